@@ -1,0 +1,60 @@
+//! clap definitions and the thin glue from flags to library calls.
+
+mod devices;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Plan, compile, train and evaluate BASIC-style contrastive image–text models on XLA.
+#[derive(Parser, Debug)]
+#[command(name = "basic", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by every command that talks to a device.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// PJRT plugin: `cpu`, `cuda`, `tpu`, or the path of a plugin `.so`
+    /// [default: $BASIC_PJRT_PLUGIN, else cpu]
+    #[arg(long, value_name = "cpu|cuda|tpu|PATH")]
+    pub backend: Option<String>,
+
+    /// Number of virtual CPU devices (CPU plugins only)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub cpu_devices: Option<u32>,
+}
+
+impl BackendArgs {
+    pub fn open(&self) -> anyhow::Result<basic::runtime::Runtime> {
+        let backend = basic::runtime::Backend::from_flag_or_env(self.backend.as_deref());
+        Ok(basic::runtime::Runtime::open(
+            &backend,
+            self.cpu_devices.map(|n| n as usize),
+        )?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the plugin, its versions and its devices
+    Devices(devices::DevicesArgs),
+}
+
+pub fn main() -> std::process::ExitCode {
+    // The XLA plugins log info lines to stderr at start; keep warnings and errors only.
+    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
+        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices(a) => devices::run(&a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The library's one error type. Every variant names the thing that is wrong and, where there is
+//! one, the fix; the CLI prints them as they are.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No plugin was found for a backend name.
+    #[error("no PJRT plugin found for backend `{backend}`; looked in:\n{}\ninstall it with:\n  {install}", .searched.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n"))]
+    PluginNotFound {
+        backend: String,
+        searched: Vec<PathBuf>,
+        install: String,
+    },
+
+    /// A file exists (or was named) but cannot be used as a PJRT plugin.
+    #[error("cannot load PJRT plugin `{}`: {reason}", .path.display())]
+    PluginLoad { path: PathBuf, reason: String },
+
+    /// The plugin's API table is too old for an entry `basic` needs.
+    #[error("PJRT plugin `{}` does not provide `{entry}` (its API table is {table_size} bytes, PJRT {version}); use a newer plugin", .path.display())]
+    MissingEntry {
+        path: PathBuf,
+        entry: &'static str,
+        table_size: usize,
+        version: String,
+    },
+
+    /// An error returned by the plugin, with its message and status code.
+    #[error("{call} failed ({code}): {message}")]
+    Pjrt {
+        call: &'static str,
+        code: &'static str,
+        message: String,
+    },
+
+    /// The program text could not be understood before it reached the plugin.
+    #[error("program: {0}")]
+    Program(String),
+
+    /// Arguments given to an executable do not match what the program declares.
+    #[error("argument {index} of `{program}`: {problem}")]
+    Argument {
+        program: String,
+        index: usize,
+        problem: String,
+    },
+
+    /// More devices are needed than the client has.
+    #[error("{what} needs {needed} devices but the `{platform}` client has {available}; {fix}")]
+    NotEnoughDevices {
+        what: String,
+        needed: usize,
+        available: usize,
+        platform: String,
+        fix: String,
+    },
+
+    /// A host array whose data does not match its shape and dtype, or a wrong conversion.
+    #[error("array: {0}")]
+    Array(String),
+
+    /// Any other bad input: names the input and the fix.
+    #[error("invalid {what}: {fix}")]
+    InvalidArgument { what: String, fix: String },
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

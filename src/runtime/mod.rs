@@ -1,0 +1,73 @@
+//! The PJRT runtime: plugins, clients, devices, buffers, compile options and executables.
+//!
+//! This module knows nothing of graphs: it takes StableHLO text and typed host arrays.
+//!
+//! ```no_run
+//! use basic::runtime::{Backend, CompileOptions, HostArray, Runtime};
+//! # fn main() -> basic::Result<()> {
+//! let rt = Runtime::open(&Backend::Cpu, Some(1))?;
+//! let exe = rt.client().compile(
+//!     "func.func @main(%a: tensor<2xf32>) -> tensor<2xf32> {\n  %0 = stablehlo.add %a, %a : tensor<2xf32>\n  return %0 : tensor<2xf32>\n}",
+//!     &CompileOptions::single(),
+//! )?;
+//! let out = exe.run(&[HostArray::new(&[2], &[1.0f32, 2.0])?])?;
+//! assert_eq!(out[0].to_vec::<f32>()?, vec![2.0, 4.0]);
+//! # Ok(()) }
+//! ```
+
+mod array;
+mod client;
+mod discovery;
+pub mod ffi;
+mod options;
+mod plugin;
+mod program;
+
+use std::sync::Arc;
+
+pub use array::{element_count, HostArray};
+pub use client::{Client, ClientOptions, DeviceBuffer, DeviceInfo, Executable, MemoryStats};
+pub use discovery::{
+    find_cpu_plugins, find_plugin, Backend, KnownPlugin, CPU_PLUGINS, LOCAL_DIR, PLUGIN_ENV,
+};
+pub use options::{CompileOptions, Partitioner};
+pub use plugin::{AttrValue, Plugin};
+pub use program::{parse_hlo_sharding, Param, Signature, TensorType, Tiling};
+
+use crate::error::Result;
+
+/// A plugin and a client on it: what every command that compiles or runs starts from.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    plugin: Arc<Plugin>,
+    client: Client,
+}
+
+impl Runtime {
+    /// Finds the backend's plugin, loads it and creates a client. `cpu_devices` sets the number of
+    /// virtual CPU devices (sent only when given).
+    pub fn open(backend: &Backend, cpu_devices: Option<usize>) -> Result<Runtime> {
+        let path = find_plugin(backend)?;
+        Runtime::open_path(&path, cpu_devices)
+    }
+
+    /// Loads the plugin at `path` and creates a client.
+    pub fn open_path(path: &std::path::Path, cpu_devices: Option<usize>) -> Result<Runtime> {
+        let plugin = Plugin::load(path)?;
+        let client = Client::new(
+            plugin.clone(),
+            &ClientOptions {
+                cpu_device_count: cpu_devices.map(|n| n as i64),
+            },
+        )?;
+        Ok(Runtime { plugin, client })
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
