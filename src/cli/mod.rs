@@ -1,6 +1,7 @@
 //! clap definitions and the thin glue from flags to library calls.
 
 mod devices;
+mod run;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -39,6 +40,8 @@ impl BackendArgs {
 enum Command {
     /// Show the plugin, its versions and its devices
     Devices(devices::DevicesArgs),
+    /// Compile a StableHLO file, report its per-device memory, and run it on generated inputs
+    Run(run::RunArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -49,6 +52,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => devices::run(&a),
+        Command::Run(a) => run::run(&a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

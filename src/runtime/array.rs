@@ -166,7 +166,7 @@ impl HostArray {
                 self.shape.len()
             ))
         })?;
-        if parts == 0 || dim as usize % parts != 0 {
+        if parts == 0 || !(dim as usize).is_multiple_of(parts) {
             return Err(Error::Array(format!(
                 "cannot split dimension {axis} of size {dim} of {}{:?} into {parts} equal parts",
                 self.dtype, self.shape

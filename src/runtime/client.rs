@@ -440,7 +440,7 @@ fn upload_to(
         num_dims: dims.len(),
         byte_strides: null(),
         num_byte_strides: 0,
-        host_buffer_semantics: ffi::HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES,
+        host_buffer_semantics: ffi::HOST_BUFFER_IMMUTABLE_ONLY_DURING_CALL,
         device: device.0,
         memory: null_mut(),
         device_layout: null_mut(),
@@ -496,29 +496,26 @@ impl DeviceBuffer {
     /// Copies the buffer back to the host.
     pub fn to_host(&self) -> Result<HostArray> {
         let n = super::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
+        if let Some(data) = self.copy_from_cpu_memory(n)? {
+            return HostArray::from_bytes(self.ty.dtype, &self.ty.shape, data);
+        }
+        self.to_host_by_transfer()
+    }
+
+    /// Copies the buffer back with `PJRT_Buffer_ToHostBuffer`, the path every plugin supports
+    /// ([`to_host`](Self::to_host) takes a faster one for host memory where it can).
+    pub fn to_host_by_transfer(&self) -> Result<HostArray> {
+        let n = super::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
         let mut data = vec![0u8; n];
+        // With no host layout the plugin writes the dense row-major array, whose size is known:
+        // one call, and a plugin that disagrees about the size fails it with an error.
         let mut a = args!(PJRT_Buffer_ToHostBuffer_Args {
             src: self.raw,
             host_layout: null_mut(),
-            dst: null_mut(),
-            dst_size: 0,
+            dst: data.as_mut_ptr().cast(),
+            dst_size: n,
             event: null_mut(),
         });
-        // First call with a null destination reports the size the plugin will write.
-        pjrt!(
-            self.client.plugin,
-            buffer_to_host_buffer,
-            "PJRT_Buffer_ToHostBuffer",
-            &mut a
-        )?;
-        if a.dst_size != n {
-            return Err(Error::Array(format!(
-                "device buffer {} holds {} bytes, expected {n}",
-                self.ty, a.dst_size
-            )));
-        }
-        a.dst = data.as_mut_ptr().cast();
-        a.event = null_mut();
         pjrt!(
             self.client.plugin,
             buffer_to_host_buffer,
@@ -527,6 +524,119 @@ impl DeviceBuffer {
         )?;
         await_event(&self.client.plugin, a.event, "PJRT_Buffer_ToHostBuffer")?;
         HostArray::from_bytes(self.ty.dtype, &self.ty.shape, data)
+    }
+
+    /// The fast path for buffers in host memory (CPU plugins): wait until the buffer is ready and
+    /// copy its bytes directly, instead of `ToHostBuffer`, which hands the copy to a worker thread
+    /// and costs two thread switches. Taken only for a dense row-major layout (minor-to-major
+    /// `rank-1, ..., 0`, no tiles) while an external reference pins the memory; `None` otherwise.
+    fn copy_from_cpu_memory(&self, n: usize) -> Result<Option<Vec<u8>>> {
+        let plugin = &self.client.plugin;
+        let api = plugin.api();
+        let available = |offset: usize, present: bool| present && offset + 8 <= api.struct_size;
+        if !available(
+            crate::pjrt_api_offset!(buffer_opaque_device_memory_data_pointer),
+            api.buffer_opaque_device_memory_data_pointer.is_some(),
+        ) || !available(
+            crate::pjrt_api_offset!(buffer_is_on_cpu),
+            api.buffer_is_on_cpu.is_some(),
+        ) || !available(
+            crate::pjrt_api_offset!(buffer_get_memory_layout),
+            api.buffer_get_memory_layout.is_some(),
+        ) || !available(
+            crate::pjrt_api_offset!(buffer_ready_event),
+            api.buffer_ready_event.is_some(),
+        ) {
+            return Ok(None);
+        }
+        let mut on_cpu = args!(PJRT_Buffer_IsOnCpu_Args {
+            buffer: self.raw,
+            is_on_cpu: false
+        });
+        pjrt!(plugin, buffer_is_on_cpu, "PJRT_Buffer_IsOnCpu", &mut on_cpu)?;
+        if !on_cpu.is_on_cpu {
+            return Ok(None);
+        }
+        let mut ready = args!(PJRT_Buffer_ReadyEvent_Args {
+            buffer: self.raw,
+            event: null_mut()
+        });
+        pjrt!(
+            plugin,
+            buffer_ready_event,
+            "PJRT_Buffer_ReadyEvent",
+            &mut ready
+        )?;
+        await_event(plugin, ready.event, "PJRT_Buffer_ReadyEvent")?;
+
+        // SAFETY: an all-zero layout is a valid "out" value for the plugin to overwrite.
+        let mut layout = args!(PJRT_Buffer_GetMemoryLayout_Args {
+            buffer: self.raw,
+            layout: unsafe { std::mem::zeroed() },
+        });
+        if pjrt!(
+            plugin,
+            buffer_get_memory_layout,
+            "PJRT_Buffer_GetMemoryLayout",
+            &mut layout
+        )
+        .is_err()
+        {
+            return Ok(None);
+        }
+        let l = &layout.layout;
+        let rank = self.ty.shape.len();
+        let dense = l.type_ == ffi::MEMORY_LAYOUT_TILED
+            && l.tiled.num_tiles == 0
+            && l.tiled.minor_to_major_size == rank
+            && (rank == 0
+                // SAFETY: the plugin owns `minor_to_major_size` entries.
+                || unsafe { std::slice::from_raw_parts(l.tiled.minor_to_major, rank) }
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .all(|(i, &d)| d == i as i64));
+        if !dense {
+            return Ok(None);
+        }
+        let mut pin = args!(PJRT_Buffer_ExternalReference_Args { buffer: self.raw });
+        pjrt!(
+            plugin,
+            buffer_increase_external_reference_count,
+            "PJRT_Buffer_IncreaseExternalReferenceCount",
+            &mut pin
+        )?;
+        let mut ptr = args!(PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args {
+            buffer: self.raw,
+            device_memory_ptr: null_mut(),
+        });
+        let got = pjrt!(
+            plugin,
+            buffer_opaque_device_memory_data_pointer,
+            "PJRT_Buffer_OpaqueDeviceMemoryDataPointer",
+            &mut ptr
+        );
+        let data = match got {
+            Ok(()) if !ptr.device_memory_ptr.is_null() || n == 0 => {
+                // SAFETY: the buffer is ready, dense, `n` bytes long, in host memory, and pinned
+                // by the external reference until the copy is done.
+                Some(if n == 0 {
+                    Vec::new()
+                } else {
+                    unsafe { std::slice::from_raw_parts(ptr.device_memory_ptr as *const u8, n) }
+                        .to_vec()
+                })
+            }
+            _ => None,
+        };
+        let mut unpin = args!(PJRT_Buffer_ExternalReference_Args { buffer: self.raw });
+        pjrt!(
+            plugin,
+            buffer_decrease_external_reference_count,
+            "PJRT_Buffer_DecreaseExternalReferenceCount",
+            &mut unpin
+        )?;
+        Ok(data)
     }
 
     fn from_output(

@@ -69,6 +69,8 @@ pub const NAMED_VALUE_BOOL: c_int = 4;
 
 /// `PJRT_HostBufferSemantics_kImmutableUntilTransferCompletes`.
 pub const HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES: c_int = 1;
+/// `PJRT_HostBufferSemantics_kImmutableOnlyDuringCall`: the plugin copies before returning.
+pub const HOST_BUFFER_IMMUTABLE_ONLY_DURING_CALL: c_int = 0;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -384,6 +386,79 @@ pub struct PJRT_Buffer_ToHostBuffer_Args {
     pub event: *mut PJRT_Event,
 }
 
+#[repr(C)]
+pub struct PJRT_Event_IsReady_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub event: *mut PJRT_Event,
+    pub is_ready: bool,
+}
+
+#[repr(C)]
+pub struct PJRT_Buffer_IsOnCpu_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub buffer: *mut PJRT_Buffer,
+    pub is_on_cpu: bool,
+}
+
+#[repr(C)]
+pub struct PJRT_Buffer_ReadyEvent_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub buffer: *mut PJRT_Buffer,
+    pub event: *mut PJRT_Event,
+}
+
+/// Shared layout of `PJRT_Buffer_IncreaseExternalReferenceCount_Args` and the decrease.
+#[repr(C)]
+pub struct PJRT_Buffer_ExternalReference_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub buffer: *mut PJRT_Buffer,
+}
+
+#[repr(C)]
+pub struct PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub buffer: *mut PJRT_Buffer,
+    pub device_memory_ptr: *mut c_void,
+}
+
+/// `PJRT_Buffer_MemoryLayout_Tiled`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PJRT_Buffer_MemoryLayout_Tiled {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub minor_to_major: *const i64,
+    pub minor_to_major_size: usize,
+    pub tile_dims: *const i64,
+    pub tile_dim_sizes: *const usize,
+    pub num_tiles: usize,
+}
+
+/// `PJRT_Buffer_MemoryLayout`; the union's other member (strides) is smaller than `tiled`.
+#[repr(C)]
+pub struct PJRT_Buffer_MemoryLayout {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub tiled: PJRT_Buffer_MemoryLayout_Tiled,
+    pub type_: c_int,
+}
+
+/// `PJRT_Buffer_MemoryLayout_Type_Tiled`.
+pub const MEMORY_LAYOUT_TILED: c_int = 0;
+
+#[repr(C)]
+pub struct PJRT_Buffer_GetMemoryLayout_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub buffer: *mut PJRT_Buffer,
+    pub layout: PJRT_Buffer_MemoryLayout,
+}
+
 /// A PJRT entry point: takes a pointer to its args struct, returns an error or null.
 pub type Entry<A> = Option<unsafe extern "C" fn(args: *mut A) -> *mut PJRT_Error>;
 /// An entry whose layout `basic` does not use; kept only so later fields sit at the right offset.
@@ -405,7 +480,7 @@ pub struct PjrtApi {
     pub plugin_attributes: Entry<PJRT_Plugin_Attributes_Args>,
 
     pub event_destroy: Entry<PJRT_Event_Destroy_Args>,
-    pub event_is_ready: Unused,
+    pub event_is_ready: Entry<PJRT_Event_IsReady_Args>,
     pub event_error: Unused,
     pub event_await: Entry<PJRT_Event_Await_Args>,
     pub event_on_ready: Unused,
@@ -469,7 +544,7 @@ pub struct PjrtApi {
     pub buffer_dimensions: Entry<PJRT_Buffer_Dimensions_Args>,
     pub buffer_unpadded_dimensions: Unused,
     pub buffer_dynamic_dimension_indices: Unused,
-    pub buffer_get_memory_layout: Unused,
+    pub buffer_get_memory_layout: Entry<PJRT_Buffer_GetMemoryLayout_Args>,
     pub buffer_on_device_size_in_bytes: Unused,
     pub buffer_device: Unused,
     pub buffer_memory: Unused,
@@ -477,12 +552,13 @@ pub struct PjrtApi {
     pub buffer_is_deleted: Unused,
     pub buffer_copy_to_device: Unused,
     pub buffer_to_host_buffer: Entry<PJRT_Buffer_ToHostBuffer_Args>,
-    pub buffer_is_on_cpu: Unused,
-    pub buffer_ready_event: Unused,
+    pub buffer_is_on_cpu: Entry<PJRT_Buffer_IsOnCpu_Args>,
+    pub buffer_ready_event: Entry<PJRT_Buffer_ReadyEvent_Args>,
     pub buffer_unsafe_pointer: Unused,
-    pub buffer_increase_external_reference_count: Unused,
-    pub buffer_decrease_external_reference_count: Unused,
-    pub buffer_opaque_device_memory_data_pointer: Unused,
+    pub buffer_increase_external_reference_count: Entry<PJRT_Buffer_ExternalReference_Args>,
+    pub buffer_decrease_external_reference_count: Entry<PJRT_Buffer_ExternalReference_Args>,
+    pub buffer_opaque_device_memory_data_pointer:
+        Entry<PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args>,
 
     pub copy_to_device_stream_destroy: Unused,
     pub copy_to_device_stream_add_chunk: Unused,
@@ -543,6 +619,12 @@ mod tests {
             808
         );
         assert_eq!(size_of::<PJRT_NamedValue>(), 56);
+        assert_eq!(size_of::<PJRT_Buffer_MemoryLayout>(), 80);
+        assert_eq!(size_of::<PJRT_Buffer_GetMemoryLayout_Args>(), 104);
+        assert_eq!(
+            offset_of!(PjrtApi, buffer_opaque_device_memory_data_pointer),
+            648
+        );
         assert_eq!(size_of::<PJRT_ExecuteOptions>(), 112);
         assert_eq!(size_of::<PJRT_Client_Create_Args>(), 88);
         assert_eq!(

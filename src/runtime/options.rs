@@ -194,3 +194,51 @@ mod tests {
         assert!(o.validate().is_ok());
     }
 }
+
+impl CompileOptions {
+    /// Options that match what a program declares: `mhlo.num_partitions` / `mhlo.num_replicas` on
+    /// its module, SPMD when partitioned, and Shardy when it declares an `sdy.mesh` (else GSPMD).
+    pub fn for_program(text: &str) -> CompileOptions {
+        let header = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("module"))
+            .unwrap_or("");
+        let read = |key: &str| -> Option<usize> {
+            let at = header.find(key)? + key.len();
+            let rest = header[at..].trim_start().strip_prefix('=')?.trim_start();
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        };
+        let partitions = read("mhlo.num_partitions").unwrap_or(1).max(1);
+        let replicas = read("mhlo.num_replicas").unwrap_or(1).max(1);
+        CompileOptions {
+            num_replicas: replicas,
+            num_partitions: partitions,
+            spmd: partitions > 1,
+            partitioner: if text.contains("sdy.mesh") {
+                Partitioner::Shardy
+            } else {
+                Partitioner::Gspmd
+            },
+            device_assignment: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod program_tests {
+    use super::*;
+
+    #[test]
+    fn reads_partitions_from_the_module() {
+        let o = CompileOptions::for_program(
+            "module @m attributes {mhlo.num_partitions = 8 : i32, mhlo.num_replicas = 1 : i32} {\n  sdy.mesh @mesh = <[\"d\"=8]>\n",
+        );
+        assert_eq!(
+            (o.num_partitions, o.spmd, o.partitioner),
+            (8, true, Partitioner::Shardy)
+        );
+        let o = CompileOptions::for_program("module @m {\n");
+        assert_eq!((o.num_partitions, o.spmd), (1, false));
+    }
+}

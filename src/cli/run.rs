@@ -1,0 +1,208 @@
+//! `basic run`: compile a StableHLO file, report its memory, run it on generated inputs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use basic::runtime::{CompileOptions, DeviceBuffer, HostArray, Partitioner};
+use basic::DType;
+
+use super::BackendArgs;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Inputs {
+    Zeros,
+    Ones,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PartitionerArg {
+    Shardy,
+    Gspmd,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// StableHLO text file whose entry function is `@main`
+    program: PathBuf,
+
+    #[command(flatten)]
+    backend: BackendArgs,
+
+    /// Number of SPMD partitions [default: the module's `mhlo.num_partitions`, else 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    partitions: Option<u32>,
+
+    /// SPMD partitioner [default: shardy when the program declares an `sdy.mesh`, else gspmd]
+    #[arg(long, value_enum)]
+    partitioner: Option<PartitionerArg>,
+
+    /// Values of the generated arguments (each device gets arrays of its shard's shape)
+    #[arg(long, value_enum, default_value = "random")]
+    inputs: Inputs,
+
+    /// Seed of the random inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Executions to time (the median is reported)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+/// splitmix64: a small, fixed generator so that `--seed` reproduces inputs on every machine.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn generate(
+    dtype: DType,
+    shape: &[i64],
+    inputs: Inputs,
+    state: &mut u64,
+) -> anyhow::Result<HostArray> {
+    let n = basic::runtime::element_count(shape)?;
+    let values: Vec<f64> = (0..n)
+        .map(|_| match inputs {
+            Inputs::Zeros => 0.0,
+            Inputs::Ones => 1.0,
+            // Uniform in [-1, 1) for floats; small integers otherwise.
+            Inputs::Random => (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0,
+        })
+        .collect();
+    let mut bytes = Vec::with_capacity(n * dtype.size_in_bytes());
+    for v in values {
+        let int = (v * 8.0).round();
+        match dtype {
+            DType::Pred => bytes.push((v > 0.0) as u8),
+            DType::U8 => bytes.push(int.abs() as u8),
+            DType::S32 => bytes.extend((int as i32).to_le_bytes()),
+            DType::U32 => bytes.extend((int.abs() as u32).to_le_bytes()),
+            DType::S64 => bytes.extend((int as i64).to_le_bytes()),
+            DType::U64 => bytes.extend((int.abs() as u64).to_le_bytes()),
+            DType::BF16 => bytes.extend(half::bf16::from_f64(v).to_bits().to_le_bytes()),
+            DType::F32 => bytes.extend((v as f32).to_le_bytes()),
+            DType::F64 => bytes.extend(v.to_le_bytes()),
+        }
+    }
+    Ok(HostArray::from_bytes(dtype, shape, bytes)?)
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.program)
+        .with_context(|| format!("cannot read program `{}`", args.program.display()))?;
+    let mut options = CompileOptions::for_program(&text);
+    if let Some(p) = args.partitions {
+        options.num_partitions = p as usize;
+        options.spmd = p > 1;
+    }
+    if let Some(p) = args.partitioner {
+        options.partitioner = match p {
+            PartitionerArg::Shardy => Partitioner::Shardy,
+            PartitionerArg::Gspmd => Partitioner::Gspmd,
+        };
+    }
+    let mut backend = args.backend.clone();
+    if backend.cpu_devices.is_none() && options.num_devices() > 1 {
+        // On CPU, give a partitioned program as many virtual devices as it needs.
+        backend.cpu_devices = Some(options.num_devices() as u32);
+    }
+    let rt = backend.open()?;
+    let t0 = Instant::now();
+    let exe = rt
+        .client()
+        .compile(&text, &options)
+        .with_context(|| format!("compiling `{}`", args.program.display()))?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let mem = exe.memory_stats()?;
+
+    let mut state = args.seed;
+    let mut buffers: Vec<Vec<DeviceBuffer>> = Vec::new();
+    for d in 0..exe.num_devices() {
+        let mut list = Vec::new();
+        for p in &exe.signature().args {
+            let t = p.per_device();
+            list.push(exe.upload(&generate(t.dtype, &t.shape, args.inputs, &mut state)?, d)?);
+        }
+        buffers.push(list);
+    }
+    let refs: Vec<Vec<&DeviceBuffer>> = buffers.iter().map(|l| l.iter().collect()).collect();
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        let out = exe.execute(&refs)?;
+        let host: Vec<HostArray> = out[0]
+            .iter()
+            .map(DeviceBuffer::to_host)
+            .collect::<Result<_, _>>()?;
+        times.push(t.elapsed().as_secs_f64());
+        outputs = host;
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+
+    let summaries: Vec<_> = outputs
+        .iter()
+        .map(|o| {
+            let v = o.to_f64_vec();
+            json!({
+                "dtype": o.dtype().name(),
+                "shape": o.shape(),
+                "sum": v.iter().sum::<f64>(),
+                "first": v.iter().take(4).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if args.json {
+        let out = json!({
+            "program": args.program.display().to_string(),
+            "platform": rt.client().platform(),
+            "devices": exe.num_devices(),
+            "compile_seconds": compile_seconds,
+            "execute_seconds_median": median,
+            "memory": mem,
+            "outputs_device0": summaries,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("program           {}", args.program.display());
+    println!(
+        "devices           {} on {} ({} partitions, {})",
+        exe.num_devices(),
+        rt.client().platform(),
+        options.num_partitions,
+        if options.spmd {
+            format!("{:?}", options.partitioner)
+        } else {
+            "no SPMD".into()
+        }
+    );
+    println!("compile           {:.3} s", compile_seconds);
+    println!(
+        "memory per device arguments {} B, outputs {} B, temporaries {} B, peak {} B",
+        mem.argument_bytes, mem.output_bytes, mem.temp_bytes, mem.peak_bytes
+    );
+    println!(
+        "execute           {:.1} µs (median of {})",
+        median * 1e6,
+        args.repeat
+    );
+    for (i, s) in summaries.iter().enumerate() {
+        println!("output {i} (device 0) {s}");
+    }
+    Ok(())
+}
