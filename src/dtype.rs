@@ -169,3 +169,88 @@ impl Element for bool {
         bytes[0] != 0
     }
 }
+
+/// A ranked tensor type: element type and static shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorType {
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+impl TensorType {
+    /// Parses `tensor<2x3xf32>` / `tensor<f32>` (an encoding after a comma is ignored).
+    pub fn parse(text: &str) -> Result<TensorType> {
+        let inner = text
+            .trim()
+            .strip_prefix("tensor<")
+            .and_then(|s| s.strip_suffix('>'))
+            .ok_or_else(|| Error::Program(format!("expected a tensor type, found `{text}`")))?;
+        let inner = inner.split(',').next().unwrap_or(inner).trim();
+        let parts: Vec<&str> = inner.split('x').collect();
+        let (dims, elem) = parts.split_at(parts.len() - 1);
+        let dtype = DType::from_mlir_name(elem[0]).ok_or_else(|| {
+            Error::Program(format!(
+                "element type `{}` in `{text}` is not supported",
+                elem[0]
+            ))
+        })?;
+        let shape = dims
+            .iter()
+            .map(|d| {
+                d.parse::<i64>().map_err(|_| {
+                    Error::Program(format!(
+                        "dimension `{d}` in `{text}` is not static; only static shapes are supported"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TensorType { dtype, shape })
+    }
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tensor<")?;
+        for d in &self.shape {
+            write!(f, "{d}x")?;
+        }
+        write!(f, "{}>", self.dtype.mlir_name())
+    }
+}
+
+impl TensorType {
+    pub fn new(dtype: DType, shape: &[i64]) -> TensorType {
+        TensorType {
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn scalar(dtype: DType) -> TensorType {
+        TensorType {
+            dtype,
+            shape: vec![],
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements (1 for a scalar).
+    pub fn element_count(&self) -> i64 {
+        self.shape.iter().product()
+    }
+
+    /// Size in bytes of a dense array of this type.
+    pub fn size_in_bytes(&self) -> i64 {
+        self.element_count() * self.dtype.size_in_bytes() as i64
+    }
+
+    pub fn with_dtype(&self, dtype: DType) -> TensorType {
+        TensorType {
+            dtype,
+            shape: self.shape.clone(),
+        }
+    }
+}

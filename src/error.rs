@@ -59,6 +59,14 @@ pub enum Error {
         fix: String,
     },
 
+    /// A shape or dtype error while building a graph: names the op and the operand types.
+    #[error("{op}: {message}")]
+    Shape { op: String, message: String },
+
+    /// An op has no derivative rule for the requested input.
+    #[error("no derivative rule for `{op}`{detail}")]
+    NoDerivative { op: String, detail: String },
+
     /// A host array whose data does not match its shape and dtype, or a wrong conversion.
     #[error("array: {0}")]
     Array(String),
@@ -83,4 +91,12 @@ impl Error {
             source,
         }
     }
+}
+
+/// Shorthand for a shape error.
+pub(crate) fn shape_err<T>(op: &str, message: impl Into<String>) -> Result<T> {
+    Err(Error::Shape {
+        op: op.to_string(),
+        message: message.into(),
+    })
 }

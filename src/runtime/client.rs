@@ -12,8 +12,8 @@ use super::array::HostArray;
 use super::ffi;
 use super::options::CompileOptions;
 use super::plugin::{plugin_str, Plugin};
-use super::program::{Signature, TensorType};
-use crate::dtype::DType;
+use super::program::Signature;
+use crate::dtype::{DType, TensorType};
 use crate::error::{Error, Result};
 
 /// Calls a PJRT entry by its `PjrtApi` field, turning the returned error into a `Result`.

@@ -25,6 +25,7 @@ mod program;
 
 use std::sync::Arc;
 
+pub use crate::dtype::TensorType;
 pub use array::{element_count, HostArray};
 pub use client::{Client, ClientOptions, DeviceBuffer, DeviceInfo, Executable, MemoryStats};
 pub use discovery::{
@@ -32,7 +33,7 @@ pub use discovery::{
 };
 pub use options::{CompileOptions, Partitioner};
 pub use plugin::{AttrValue, Plugin};
-pub use program::{parse_hlo_sharding, Param, Signature, TensorType, Tiling};
+pub use program::{parse_hlo_sharding, Param, Signature, Tiling};
 
 use crate::error::Result;
 

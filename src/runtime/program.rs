@@ -8,56 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::dtype::DType;
+use crate::dtype::TensorType;
 use crate::error::{Error, Result};
-
-/// A ranked tensor type from the program text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorType {
-    pub dtype: DType,
-    pub shape: Vec<i64>,
-}
-
-impl TensorType {
-    /// Parses `tensor<2x3xf32>` / `tensor<f32>` (an encoding after a comma is ignored).
-    pub fn parse(text: &str) -> Result<TensorType> {
-        let inner = text
-            .trim()
-            .strip_prefix("tensor<")
-            .and_then(|s| s.strip_suffix('>'))
-            .ok_or_else(|| Error::Program(format!("expected a tensor type, found `{text}`")))?;
-        let inner = split_top_level(inner, ',')[0].trim();
-        let parts: Vec<&str> = inner.split('x').collect();
-        let (dims, elem) = parts.split_at(parts.len() - 1);
-        let dtype = DType::from_mlir_name(elem[0]).ok_or_else(|| {
-            Error::Program(format!(
-                "element type `{}` in `{text}` is not supported",
-                elem[0]
-            ))
-        })?;
-        let shape = dims
-            .iter()
-            .map(|d| {
-                d.parse::<i64>().map_err(|_| {
-                    Error::Program(format!(
-                        "dimension `{d}` in `{text}` is not static; only static shapes are supported"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(TensorType { dtype, shape })
-    }
-}
-
-impl std::fmt::Display for TensorType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tensor<")?;
-        for d in &self.shape {
-            write!(f, "{d}x")?;
-        }
-        write!(f, "{}>", self.dtype.mlir_name())
-    }
-}
 
 /// How many pieces each dimension is cut into on each device (1 = whole).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -397,6 +349,7 @@ fn parse_mesh_axes(def: &str) -> Result<Vec<(String, i64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
 
     #[test]
     fn reads_plain_signature() {

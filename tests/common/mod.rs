@@ -35,3 +35,121 @@ pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
         );
     }
 }
+
+use basic::runtime::{CompileOptions, HostArray};
+use basic::trace::{Builder, Tensor};
+use basic::DType;
+
+/// A small deterministic generator for test inputs (splitmix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    pub fn array(&mut self, shape: &[i64], lo: f64, hi: f64) -> HostArray {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| self.uniform(lo, hi)).collect();
+        HostArray::new(shape, &v).unwrap()
+    }
+}
+
+/// Builds `f` over parameters of the inputs' types, emits it and runs it on CPU.
+pub fn run_fn(
+    inputs: &[HostArray],
+    f: impl Fn(&Builder, &[Tensor]) -> basic::Result<Vec<Tensor>>,
+) -> Vec<HostArray> {
+    let b = Builder::new("f");
+    let ps: Vec<Tensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| b.parameter(&format!("x{i}"), a.dtype(), a.shape()).unwrap())
+        .collect();
+    let outs = f(&b, &ps).unwrap();
+    for (i, o) in outs.iter().enumerate() {
+        b.output(&format!("y{i}"), o).unwrap();
+    }
+    let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let exe = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    exe.run(inputs).unwrap()
+}
+
+/// Checks reverse-mode gradients of `f` against central finite differences in f64.
+///
+/// The scalar checked is `Σ f(x) ⊙ W` for a fixed random `W`, so every output element counts.
+/// Every f64 input is differentiated, element by element.
+pub fn check_grads(
+    name: &str,
+    inputs: &[HostArray],
+    f: impl Fn(&Builder, &[Tensor]) -> basic::Result<Tensor>,
+    tol: f64,
+) {
+    let weight_seed = 7;
+    let scalar = |b: &Builder, ps: &[Tensor]| -> basic::Result<Tensor> {
+        let y = f(b, ps)?.convert(DType::F64)?;
+        let w = Rng(weight_seed).array(y.shape(), -1.0, 1.0);
+        let w = b.constant_array(&w)?;
+        y.mul(&w)?.sum_all()
+    };
+    let diff: Vec<usize> = (0..inputs.len())
+        .filter(|&i| inputs[i].dtype() == DType::F64)
+        .collect();
+    // Analytic gradients.
+    let analytic = run_fn(inputs, |b, ps| {
+        let loss = scalar(b, ps)?;
+        let wrt: Vec<Tensor> = diff.iter().map(|&i| ps[i].clone()).collect();
+        let mut out = vec![loss.clone()];
+        out.extend(basic::autodiff::grad(&loss, &wrt)?);
+        Ok(out)
+    });
+    // Finite differences: one compiled forward program, run at x ± h·e_k.
+    let b = Builder::new("fd");
+    let ps: Vec<Tensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| b.parameter(&format!("x{i}"), a.dtype(), a.shape()).unwrap())
+        .collect();
+    let loss = scalar(&b, &ps).unwrap();
+    b.output("loss", &loss).unwrap();
+    let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let exe = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    let eval = |args: &[HostArray]| exe.run(args).unwrap()[0].to_vec::<f64>().unwrap()[0];
+    let h = 1e-6;
+    for (gi, &i) in diff.iter().enumerate() {
+        let base = inputs[i].to_vec::<f64>().unwrap();
+        let got = analytic[1 + gi].to_vec::<f64>().unwrap();
+        for k in 0..base.len() {
+            let mut args = inputs.to_vec();
+            let mut plus = base.clone();
+            plus[k] += h;
+            args[i] = HostArray::new(inputs[i].shape(), &plus).unwrap();
+            let fp = eval(&args);
+            let mut minus = base.clone();
+            minus[k] -= h;
+            args[i] = HostArray::new(inputs[i].shape(), &minus).unwrap();
+            let fm = eval(&args);
+            let fd = (fp - fm) / (2.0 * h);
+            assert!(
+                (got[k] - fd).abs() <= tol * (1.0 + fd.abs()),
+                "{name}: d/dx{i}[{k}]: reverse mode {} vs finite difference {fd}",
+                got[k]
+            );
+        }
+    }
+}

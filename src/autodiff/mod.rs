@@ -1,0 +1,255 @@
+//! Reverse-mode differentiation of traced graphs, with rematerialisation.
+//!
+//! The sweep walks the nodes that lie between the chosen inputs and the outputs in reverse
+//! order, asks each op's derivative rule (in `crate::ops`) for its inputs' cotangents and adds
+//! them up. The rules are written with the same `Tensor` methods as models, so the gradient is a
+//! graph in the same builder, and can itself be differentiated or emitted.
+//!
+//! Checkpointed blocks (`Builder::checkpoint`) are not read from the forward pass: the first time
+//! the sweep needs a value of a block, it replays the block from its inputs (keeping what the
+//! policy saves). The replay reads its inputs, the saved values and the cotangents arriving at the
+//! block through one `optimization_barrier`, so XLA can neither merge the replay with the forward
+//! pass nor schedule it before the backward pass reaches the block.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::error::{Error, Result};
+use crate::ir::{differentiable, Graph, Op, Value};
+use crate::ops::{self, VjpCtx};
+use crate::trace::{Builder, Tensor};
+
+struct Sweep<'a> {
+    b: &'a Builder,
+    g: Graph,
+    cot: HashMap<Value, Tensor>,
+    recomputed: HashMap<Value, Tensor>,
+    done_regions: BTreeSet<usize>,
+}
+
+impl Sweep<'_> {
+    fn add_cot(&mut self, v: Value, t: Tensor) -> Result<()> {
+        if !differentiable(t.dtype()) {
+            return Ok(());
+        }
+        let t = match self.cot.remove(&v) {
+            Some(prev) => prev.add(&t)?,
+            None => t,
+        };
+        self.cot.insert(v, t);
+        Ok(())
+    }
+
+    /// The primal value to use in derivative rules: the replayed one for checkpointed nodes.
+    fn primal(&mut self, v: Value) -> Result<Tensor> {
+        if let Some(t) = self.recomputed.get(&v) {
+            return Ok(t.clone());
+        }
+        if let Some(r) = self.g.nodes.get(v.node).and_then(|n| n.region) {
+            if !self.done_regions.contains(&r) {
+                self.replay(r)?;
+                if let Some(t) = self.recomputed.get(&v) {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        Ok(self.b.tensor(v))
+    }
+
+    fn replay(&mut self, r: usize) -> Result<()> {
+        self.done_regions.insert(r);
+        let policy = self.g.regions[r].policy.clone();
+        let members: Vec<usize> = (0..self.g.nodes.len())
+            .filter(|&n| self.g.nodes[n].region == Some(r))
+            .collect();
+        let is_member = |n: usize| self.g.nodes[n].region == Some(r);
+        let mut inputs: BTreeSet<Value> = BTreeSet::new();
+        let mut saved: Vec<Value> = Vec::new();
+        for &n in &members {
+            let node = &self.g.nodes[n];
+            for v in &node.inputs {
+                if !is_member(v.node) {
+                    inputs.insert(*v);
+                }
+            }
+            if matches!(node.op, Op::Parameter { .. }) || policy.saves(node) {
+                saved.extend((0..node.outputs.len()).map(|out| Value { node: n, out }));
+            }
+        }
+        let boundary: Vec<Value> = members
+            .iter()
+            .flat_map(|&n| {
+                (0..self.g.nodes[n].outputs.len()).map(move |out| Value { node: n, out })
+            })
+            .filter(|v| self.cot.contains_key(v))
+            .collect();
+        let mut through: Vec<Tensor> = inputs
+            .iter()
+            .chain(&saved)
+            .map(|v| self.b.tensor(*v))
+            .collect();
+        through.extend(boundary.iter().map(|v| self.cot[v].clone()));
+        let barred = self.b.optimization_barrier(&through)?;
+        let mut map: HashMap<Value, Tensor> = HashMap::new();
+        for (v, t) in inputs.iter().chain(&saved).zip(&barred) {
+            map.insert(*v, t.clone());
+        }
+        for (v, t) in boundary.iter().zip(&barred[inputs.len() + saved.len()..]) {
+            self.cot.insert(*v, t.clone());
+        }
+        for &n in &members {
+            let node = self.g.nodes[n].clone();
+            if map.contains_key(&Value { node: n, out: 0 }) {
+                continue;
+            }
+            let ins: Vec<Tensor> = node.inputs.iter().map(|v| map[v].clone()).collect();
+            let refs: Vec<&Tensor> = ins.iter().collect();
+            let outs = self.b.push(node.op.clone(), &refs)?;
+            for (out, t) in outs.into_iter().enumerate() {
+                map.insert(Value { node: n, out }, t);
+            }
+        }
+        for &n in &members {
+            for out in 0..self.g.nodes[n].outputs.len() {
+                let v = Value { node: n, out };
+                self.recomputed.insert(v, map[&v].clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cotangents of `wrt` given cotangents of `outputs` (a vector–Jacobian product). `None` in
+/// `cotangents` means zero; `None` in the result means no gradient reaches that input.
+pub fn vjp(
+    outputs: &[Tensor],
+    cotangents: &[Option<Tensor>],
+    wrt: &[Tensor],
+) -> Result<Vec<Option<Tensor>>> {
+    let b = match outputs.first() {
+        Some(t) => t.builder().clone(),
+        None => return Ok(vec![None; wrt.len()]),
+    };
+    if outputs.len() != cotangents.len() {
+        return Err(Error::Shape {
+            op: "vjp".into(),
+            message: format!(
+                "{} outputs but {} cotangents",
+                outputs.len(),
+                cotangents.len()
+            ),
+        });
+    }
+    for (o, c) in outputs.iter().zip(cotangents) {
+        if let Some(c) = c {
+            if c.ty() != o.ty() {
+                return Err(Error::Shape {
+                    op: "vjp".into(),
+                    message: format!("cotangent {} does not match output {}", c.ty(), o.ty()),
+                });
+            }
+        }
+    }
+    let g = b.graph();
+    let n = g.nodes.len();
+    let mut depends = vec![false; n];
+    for w in wrt {
+        depends[w.value().node] = true;
+    }
+    for i in 0..n {
+        if !depends[i] && g.nodes[i].inputs.iter().any(|v| depends[v.node]) {
+            depends[i] = true;
+        }
+    }
+    let mut needed = vec![false; n];
+    for o in outputs {
+        needed[o.value().node] = true;
+    }
+    for i in (0..n).rev() {
+        if needed[i] {
+            for v in &g.nodes[i].inputs {
+                needed[v.node] = true;
+            }
+        }
+    }
+    let mut s = Sweep {
+        b: &b,
+        g,
+        cot: HashMap::new(),
+        recomputed: HashMap::new(),
+        done_regions: BTreeSet::new(),
+    };
+    for (o, c) in outputs.iter().zip(cotangents) {
+        if let Some(c) = c {
+            s.add_cot(o.value(), c.clone())?;
+        }
+    }
+    let wrt_nodes: BTreeSet<usize> = wrt.iter().map(|w| w.value().node).collect();
+    for i in (0..n).rev() {
+        if !(depends[i] && needed[i]) || matches!(s.g.nodes[i].op, Op::Parameter { .. }) {
+            continue;
+        }
+        // A node that is itself an input we differentiate by ends the sweep along that path
+        // only if nothing above it is asked for; its inputs still receive cotangents otherwise.
+        if wrt_nodes.contains(&i) && !s.g.nodes[i].inputs.iter().any(|v| depends[v.node]) {
+            continue;
+        }
+        let n_out = s.g.nodes[i].outputs.len();
+        let cots: Vec<Option<Tensor>> = (0..n_out)
+            .map(|out| s.cot.get(&Value { node: i, out }).cloned())
+            .collect();
+        if cots.iter().all(Option::is_none) {
+            continue;
+        }
+        let node = s.g.nodes[i].clone();
+        let ins: Vec<Tensor> = node
+            .inputs
+            .iter()
+            .map(|v| s.primal(*v))
+            .collect::<Result<_>>()?;
+        let outs: Vec<Tensor> = (0..n_out)
+            .map(|out| s.primal(Value { node: i, out }))
+            .collect::<Result<_>>()?;
+        // Re-read the cotangents: a replay may have routed them through its barrier.
+        let cots: Vec<Option<Tensor>> = (0..n_out)
+            .map(|out| s.cot.get(&Value { node: i, out }).cloned())
+            .collect();
+        let ctx = VjpCtx {
+            b: &b,
+            node: outs.first().map_or(i, |t| t.value().node),
+        };
+        let grads = ops::vjp(&ctx, &node.op, &ins, &outs, &cots).map_err(|e| match e {
+            Error::NoDerivative { op, detail } => Error::NoDerivative {
+                op,
+                detail: format!("{detail} (node %{i} of `{}`)", s.g.name),
+            },
+            other => other,
+        })?;
+        for (v, gi) in node.inputs.iter().zip(grads) {
+            if let Some(gi) = gi {
+                if depends[v.node] {
+                    s.add_cot(*v, gi)?;
+                }
+            }
+        }
+    }
+    Ok(wrt.iter().map(|w| s.cot.get(&w.value()).cloned()).collect())
+}
+
+/// Gradients of a scalar `loss` with respect to `wrt` (zeros where no gradient reaches).
+pub fn grad(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Tensor>> {
+    if loss.rank() != 0 || !loss.dtype().is_float() {
+        return Err(Error::Shape {
+            op: "grad".into(),
+            message: format!("the loss must be a float scalar, got {}", loss.ty()),
+        });
+    }
+    let one = loss.scalar_like(1.0)?;
+    vjp(std::slice::from_ref(loss), &[Some(one)], wrt)?
+        .into_iter()
+        .zip(wrt)
+        .map(|(g, w)| match g {
+            Some(g) => Ok(g),
+            None => w.zeros_like(),
+        })
+        .collect()
+}

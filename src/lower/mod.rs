@@ -1,0 +1,410 @@
+//! Graph → StableHLO text.
+//!
+//! Output is deterministic: values are numbered in node order, attributes are written in a fixed
+//! order, constants are written exactly (hex where a decimal would not round-trip). Ops are
+//! written in MLIR's generic form (`"stablehlo.add"(%0, %1) : (...) -> ...`), which every
+//! StableHLO version parses.
+
+use std::fmt::Write;
+
+use crate::dtype::{DType, TensorType};
+use crate::error::Result;
+use crate::ir::{Graph, Op, Value};
+
+/// `tensor<2x3xf32>`.
+pub fn ty(t: &TensorType) -> String {
+    let mut s = String::from("tensor<");
+    for d in &t.shape {
+        let _ = write!(s, "{d}x");
+    }
+    s.push_str(t.dtype.mlir_name());
+    s.push('>');
+    s
+}
+
+fn tys(ts: &[TensorType]) -> String {
+    ts.iter().map(ty).collect::<Vec<_>>().join(", ")
+}
+
+/// `array<i64: 1, 2>` (or `array<i64>` when empty).
+pub fn i64_array(v: &[i64]) -> String {
+    if v.is_empty() {
+        "array<i64>".into()
+    } else {
+        format!(
+            "array<i64: {}>",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// `[1, 2]`.
+pub fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// `dense<[[lo, hi], ...]> : tensor<Rx2xi64>`.
+pub fn padding_attr(p: &[(i64, i64)]) -> String {
+    if p.is_empty() {
+        return "dense<> : tensor<0x2xi64>".into();
+    }
+    format!(
+        "dense<[{}]> : tensor<{}x2xi64>",
+        p.iter()
+            .map(|(a, b)| format!("[{a}, {b}]"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.len()
+    )
+}
+
+/// Writes one scalar of `dtype` from its little-endian bytes as an MLIR literal.
+fn scalar_literal(dtype: DType, b: &[u8]) -> String {
+    // Rust's `{:?}` prints the shortest decimal that parses back to the same value of the same
+    // width, which MLIR also parses to that value; exponents, infinities and NaNs are written as
+    // their bit pattern instead (MLIR's float literals need a `.` and no bare exponent form).
+    fn decimal_or_bits(d: String, bits: String) -> String {
+        if d.contains('.') && !d.contains('e') && !d.contains("inf") && !d.contains("NaN") {
+            d
+        } else {
+            bits
+        }
+    }
+    let w8 = |b: &[u8]| -> [u8; 8] { b.try_into().unwrap_or_default() };
+    let w4 = |b: &[u8]| -> [u8; 4] { b.try_into().unwrap_or_default() };
+    match dtype {
+        DType::Pred => if b[0] != 0 { "true" } else { "false" }.into(),
+        DType::U8 => b[0].to_string(),
+        DType::S32 => i32::from_le_bytes(w4(b)).to_string(),
+        DType::U32 => u32::from_le_bytes(w4(b)).to_string(),
+        DType::S64 => i64::from_le_bytes(w8(b)).to_string(),
+        DType::U64 => u64::from_le_bytes(w8(b)).to_string(),
+        DType::BF16 => format!("0x{:04X}", u16::from_le_bytes([b[0], b[1]])),
+        DType::F32 => {
+            let x = f32::from_le_bytes(w4(b));
+            decimal_or_bits(format!("{x:?}"), format!("0x{:08X}", x.to_bits()))
+        }
+        DType::F64 => {
+            let x = f64::from_le_bytes(w8(b));
+            decimal_or_bits(format!("{x:?}"), format!("0x{:016X}", x.to_bits()))
+        }
+    }
+}
+
+/// `dense<...> : tensor<...>` for a constant.
+pub fn dense_attr(t: &TensorType, bytes: &[u8]) -> String {
+    let w = t.dtype.size_in_bytes();
+    let n = bytes.len() / w;
+    let splat = n > 0 && bytes.chunks_exact(w).all(|c| c == &bytes[..w]);
+    if splat || n == 1 {
+        return format!(
+            "dense<{}> : {}",
+            scalar_literal(t.dtype, &bytes[..w]),
+            ty(t)
+        );
+    }
+    if n == 0 {
+        return format!("dense<> : {}", ty(t));
+    }
+    let mut hex = String::with_capacity(bytes.len() * 2 + 4);
+    hex.push_str("\"0x");
+    for b in bytes {
+        let _ = write!(hex, "{b:02X}");
+    }
+    hex.push('"');
+    format!("dense<{hex}> : {}", ty(t))
+}
+
+/// Writes StableHLO text. Values get one function-wide counter (`%0`, `%1`, ...), as nested
+/// regions may not redefine a name visible from above.
+pub struct Emitter {
+    out: String,
+    next: usize,
+    indent: usize,
+}
+
+impl Emitter {
+    pub fn new() -> Emitter {
+        Emitter {
+            out: String::new(),
+            next: 0,
+            indent: 2,
+        }
+    }
+
+    pub fn fresh(&mut self) -> String {
+        let s = format!("%{}", self.next);
+        self.next += 1;
+        s
+    }
+
+    pub fn line(&mut self, s: &str) {
+        for _ in 0..self.indent {
+            self.out.push_str("  ");
+        }
+        self.out.push_str(s);
+        self.out.push('\n');
+    }
+
+    fn results(&mut self, n: usize) -> (String, Vec<String>) {
+        let r = self.fresh();
+        if n == 1 {
+            (r.clone(), vec![r])
+        } else {
+            (
+                format!("{r}:{n}"),
+                (0..n).map(|i| format!("{r}#{i}")).collect(),
+            )
+        }
+    }
+
+    fn sig(ins: &[TensorType], outs: &[TensorType]) -> String {
+        let o = if outs.len() == 1 {
+            ty(&outs[0])
+        } else {
+            format!("({})", tys(outs))
+        };
+        format!("({}) -> {o}", tys(ins))
+    }
+
+    /// One op without regions, in generic form; returns its result names.
+    pub fn op(
+        &mut self,
+        name: &str,
+        operands: &[String],
+        in_tys: &[TensorType],
+        attrs: &str,
+        out_tys: &[TensorType],
+    ) -> Vec<String> {
+        let (lhs, names) = self.results(out_tys.len());
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" {{{attrs}}}")
+        };
+        let line = format!(
+            "{lhs} = \"{name}\"({}){attrs} : {}",
+            operands.join(", "),
+            Emitter::sig(in_tys, out_tys)
+        );
+        self.line(&line);
+        names
+    }
+
+    /// One op with regions. `regions` each get fresh block arguments of the given types and return
+    /// the names their `stablehlo.return` yields.
+    #[allow(clippy::type_complexity)]
+    pub fn op_with_regions(
+        &mut self,
+        name: &str,
+        operands: &[String],
+        in_tys: &[TensorType],
+        regions: Vec<(
+            Vec<TensorType>,
+            Box<dyn FnOnce(&mut Emitter, &[String]) -> Result<(Vec<String>, Vec<TensorType>)> + '_>,
+        )>,
+        attrs: &str,
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let (lhs, names) = self.results(out_tys.len());
+        self.line(&format!("{lhs} = \"{name}\"({}) ({{", operands.join(", ")));
+        let n = regions.len();
+        for (i, (arg_tys, body)) in regions.into_iter().enumerate() {
+            let args: Vec<String> = arg_tys.iter().map(|_| self.fresh()).collect();
+            let header = args
+                .iter()
+                .zip(&arg_tys)
+                .map(|(a, t)| format!("{a}: {}", ty(t)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.line(&format!("^bb0({header}):"));
+            self.indent += 1;
+            let (rets, ret_tys) = body(self, &args)?;
+            self.line(&format!(
+                "\"stablehlo.return\"({}) : ({}) -> ()",
+                rets.join(", "),
+                tys(&ret_tys)
+            ));
+            self.indent -= 1;
+            if i + 1 < n {
+                self.line("}, {");
+            }
+        }
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" {{{attrs}}}")
+        };
+        self.line(&format!("}}){attrs} : {}", Emitter::sig(in_tys, out_tys)));
+        Ok(names)
+    }
+
+    /// A region computing `op(a, b)` on scalars of `dtype` (reductions and scatters).
+    pub fn scalar_region(
+        &mut self,
+        op: &str,
+        args: &[String],
+        dtype: DType,
+    ) -> (Vec<String>, Vec<TensorType>) {
+        let s = TensorType::scalar(dtype);
+        let r = self.op(
+            op,
+            args,
+            &[s.clone(), s.clone()],
+            "",
+            std::slice::from_ref(&s),
+        );
+        (r, vec![s])
+    }
+
+    /// Emits the nodes of `graph` with its parameters bound to `params`; returns the names of
+    /// its outputs.
+    pub fn graph_body(&mut self, graph: &Graph, params: &[String]) -> Result<Vec<String>> {
+        let mut names: Vec<Vec<String>> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            if let Op::Parameter { index, .. } = node.op {
+                names.push(vec![params[index].clone()]);
+                continue;
+            }
+            let ins: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|v| names[v.node][v.out].clone())
+                .collect();
+            let in_tys: Vec<TensorType> =
+                node.inputs.iter().map(|v| graph.ty(*v).clone()).collect();
+            let outs = crate::ops::lower(self, &node.op, &ins, &in_tys, &node.outputs)?;
+            names.push(outs);
+        }
+        Ok(graph
+            .outputs
+            .iter()
+            .map(|(_, v): &(String, Value)| names[v.node][v.out].clone())
+            .collect())
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+impl Default for Emitter {
+    fn default() -> Self {
+        Emitter::new()
+    }
+}
+
+/// Attributes written on `@main`'s arguments and results (shardings, from the partitioner).
+#[derive(Clone, Debug, Default)]
+pub struct ModuleAttrs {
+    /// Extra `module` attributes, e.g. `mhlo.num_partitions = 8 : i32`.
+    pub module: Vec<String>,
+    /// Lines placed before `func.func` (e.g. `sdy.mesh` declarations).
+    pub preamble: Vec<String>,
+    /// One attribute dictionary body per parameter (empty for none).
+    pub args: Vec<String>,
+    /// One attribute dictionary body per output (empty for none).
+    pub results: Vec<String>,
+}
+
+/// The whole module text for a graph: `@main` takes the graph's parameters and returns its outputs.
+pub fn module(graph: &Graph, attrs: &ModuleAttrs) -> Result<String> {
+    let name: String = graph
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut e = Emitter::new();
+    let params: Vec<String> = (0..graph.params.len())
+        .map(|i| format!("%arg{i}"))
+        .collect();
+    let body_start = e.out.len();
+    let outs = e.graph_body(graph, &params)?;
+    let body = e.out[body_start..].to_string();
+    let out_tys = graph.output_types();
+    let with_attr = |t: &TensorType, a: Option<&String>| match a {
+        Some(a) if !a.is_empty() => format!("{} {{{a}}}", ty(t)),
+        _ => ty(t),
+    };
+    let args = graph
+        .param_types()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("%arg{i}: {}", with_attr(t, attrs.args.get(i))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let results = out_tys
+        .iter()
+        .enumerate()
+        .map(|(i, t)| with_attr(t, attrs.results.get(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = String::new();
+    let module_attrs = if attrs.module.is_empty() {
+        String::new()
+    } else {
+        format!(" attributes {{{}}}", attrs.module.join(", "))
+    };
+    let _ = writeln!(text, "module @{name}{module_attrs} {{");
+    for p in &attrs.preamble {
+        let _ = writeln!(text, "  {p}");
+    }
+    let _ = writeln!(text, "  func.func public @main({args}) -> ({results}) {{");
+    text.push_str(&body);
+    let _ = writeln!(
+        text,
+        "    \"func.return\"({}) : ({}) -> ()",
+        outs.join(", "),
+        tys(&out_tys)
+    );
+    text.push_str("  }\n}\n");
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_exact() {
+        let t = TensorType::scalar(DType::F32);
+        assert_eq!(
+            dense_attr(&t, &0.5f32.to_le_bytes()),
+            "dense<0.5> : tensor<f32>"
+        );
+        assert_eq!(
+            dense_attr(&t, &0.1f32.to_le_bytes()),
+            "dense<0.1> : tensor<f32>"
+        );
+        assert_eq!(
+            dense_attr(&t, &1e-30f32.to_le_bytes()),
+            "dense<0x0DA24260> : tensor<f32>"
+        );
+        assert_eq!(
+            dense_attr(&t, &f32::NEG_INFINITY.to_le_bytes()),
+            "dense<0xFF800000> : tensor<f32>"
+        );
+        let t = TensorType::new(DType::S32, &[2]);
+        let mut b = 1i32.to_le_bytes().to_vec();
+        b.extend(2i32.to_le_bytes());
+        assert_eq!(
+            dense_attr(&t, &b),
+            "dense<\"0x0100000002000000\"> : tensor<2xi32>"
+        );
+    }
+}

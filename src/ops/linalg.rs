@@ -1,0 +1,428 @@
+//! `dot_general` and `convolution`.
+
+use crate::dtype::TensorType;
+use crate::error::{shape_err, Error, Result};
+use crate::ir::{ConvAttrs, ConvDims, DotDims, Op};
+use crate::lower::{i64_array, list, padding_attr, Emitter};
+use crate::trace::Tensor;
+
+use super::{arity, cot0, show};
+
+/// Output shape of `dot_general`: batch dimensions, then lhs free, then rhs free dimensions.
+pub fn dot_output_shape(lhs: &TensorType, rhs: &TensorType, d: &DotDims) -> Result<Vec<i64>> {
+    let name = "dot_general";
+    let bad = |m: String| {
+        shape_err::<Vec<i64>>(name, format!("{m} (operands {lhs} and {rhs}, dims {d:?})"))
+    };
+    if d.lhs_batch.len() != d.rhs_batch.len() || d.lhs_contract.len() != d.rhs_contract.len() {
+        return bad("batch and contracting dimension lists must pair up".into());
+    }
+    let all_l: Vec<usize> = d.lhs_batch.iter().chain(&d.lhs_contract).copied().collect();
+    let all_r: Vec<usize> = d.rhs_batch.iter().chain(&d.rhs_contract).copied().collect();
+    for (dims, t) in [(&all_l, lhs), (&all_r, rhs)] {
+        let mut seen = vec![false; t.rank()];
+        for &x in dims {
+            if x >= t.rank() || seen[x] {
+                return bad(format!("dimension {x} is out of range or repeated"));
+            }
+            seen[x] = true;
+        }
+    }
+    for (a, b) in d
+        .lhs_batch
+        .iter()
+        .zip(&d.rhs_batch)
+        .chain(d.lhs_contract.iter().zip(&d.rhs_contract))
+    {
+        if lhs.shape[*a] != rhs.shape[*b] {
+            return bad(format!(
+                "lhs dimension {a} ({}) ≠ rhs dimension {b} ({})",
+                lhs.shape[*a], rhs.shape[*b]
+            ));
+        }
+    }
+    let mut out: Vec<i64> = d.lhs_batch.iter().map(|&i| lhs.shape[i]).collect();
+    out.extend(
+        (0..lhs.rank())
+            .filter(|i| !all_l.contains(i))
+            .map(|i| lhs.shape[i]),
+    );
+    out.extend(
+        (0..rhs.rank())
+            .filter(|i| !all_r.contains(i))
+            .map(|i| rhs.shape[i]),
+    );
+    Ok(out)
+}
+
+fn dilate(size: i64, d: i64) -> i64 {
+    if size == 0 {
+        0
+    } else {
+        1 + d * (size - 1)
+    }
+}
+
+/// Padding of the input-gradient convolution (XLA/JAX's transpose rule, worked per dimension).
+pub fn conv_lhs_vjp_padding(
+    in_shape: &[i64],
+    window: &[i64],
+    strides: &[i64],
+    out_shape: &[i64],
+    padding: &[(i64, i64)],
+    lhs_dilation: &[i64],
+    rhs_dilation: &[i64],
+) -> Vec<(i64, i64)> {
+    (0..in_shape.len())
+        .map(|i| {
+            let lhs_d = dilate(in_shape[i], lhs_dilation[i]);
+            let rhs_d = dilate(window[i], rhs_dilation[i]);
+            let out_d = dilate(out_shape[i], strides[i]);
+            let before = rhs_d - padding[i].0 - 1;
+            let after = lhs_d + rhs_d - 1 - out_d - before;
+            (before, after)
+        })
+        .collect()
+}
+
+fn conv_rhs_vjp_padding(
+    in_shape: &[i64],
+    window: &[i64],
+    strides: &[i64],
+    out_shape: &[i64],
+    padding: &[(i64, i64)],
+    lhs_dilation: &[i64],
+    rhs_dilation: &[i64],
+) -> Vec<(i64, i64)> {
+    (0..in_shape.len())
+        .map(|i| {
+            let lhs_d = dilate(in_shape[i], lhs_dilation[i]);
+            let rhs_d = dilate(window[i], rhs_dilation[i]);
+            let out_d = dilate(out_shape[i], strides[i]);
+            let lo = padding[i].0;
+            let hi = (out_d - lhs_d) + (rhs_d - lo - 1);
+            (lo, hi)
+        })
+        .collect()
+}
+
+fn conv_shape(x: &TensorType, k: &TensorType, a: &ConvAttrs) -> Result<Vec<i64>> {
+    let name = "convolution";
+    let n = a.dims.lhs.2.len();
+    let bad = |m: String| shape_err::<Vec<i64>>(name, format!("{m} (input {x}, kernel {k})"));
+    let r = n + 2;
+    if x.rank() != r || k.rank() != r || a.dims.rhs.2.len() != n || a.dims.out.2.len() != n {
+        return bad(format!("{n} spatial dimensions need rank-{r} operands"));
+    }
+    if a.strides.len() != n
+        || a.padding.len() != n
+        || a.lhs_dilation.len() != n
+        || a.rhs_dilation.len() != n
+    {
+        return bad(format!(
+            "strides, padding and dilations need {n} entries each"
+        ));
+    }
+    if a.feature_groups < 1 || a.batch_groups < 1 || (a.feature_groups > 1 && a.batch_groups > 1) {
+        return bad("feature_groups and batch_groups must be ≥ 1, and not both > 1".into());
+    }
+    let (lb, lf, ls) = &a.dims.lhs;
+    let (ro, ri, rs) = &a.dims.rhs;
+    let in_f = x.shape[*lf];
+    if k.shape[*ri] * a.feature_groups != in_f {
+        return bad(format!(
+            "input features {in_f} ≠ kernel input features {} × feature groups {}",
+            k.shape[*ri], a.feature_groups
+        ));
+    }
+    let out_f = k.shape[*ro];
+    if out_f % a.feature_groups != 0
+        || out_f % a.batch_groups != 0
+        || x.shape[*lb] % a.batch_groups != 0
+    {
+        return bad("output features / batch must divide by the group counts".into());
+    }
+    let mut out = vec![0; r];
+    let (ob, of, os) = &a.dims.out;
+    out[*ob] = x.shape[*lb] / a.batch_groups;
+    out[*of] = out_f;
+    for i in 0..n {
+        let in_d = dilate(x.shape[ls[i]], a.lhs_dilation[i]) + a.padding[i].0 + a.padding[i].1;
+        let w_d = dilate(k.shape[rs[i]], a.rhs_dilation[i]);
+        if a.strides[i] < 1 {
+            return bad("strides must be ≥ 1".into());
+        }
+        out[os[i]] = if in_d >= w_d {
+            (in_d - w_d) / a.strides[i] + 1
+        } else {
+            0
+        };
+    }
+    Ok(out)
+}
+
+pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+    arity(op, ins, 2)?;
+    if ins[0].dtype != ins[1].dtype || !(ins[0].dtype.is_float() || ins[0].dtype.is_integer()) {
+        return shape_err(
+            &op.name(),
+            format!("operands must share a numeric dtype, got {}", show(ins)),
+        );
+    }
+    let shape = match op {
+        Op::DotGeneral(d) => dot_output_shape(&ins[0], &ins[1], d)?,
+        Op::Conv(a) => conv_shape(&ins[0], &ins[1], a)?,
+        _ => {
+            return Err(Error::Program(format!(
+                "{} is not linear algebra",
+                op.name()
+            )))
+        }
+    };
+    Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+}
+
+fn remaining(n: usize, a: &[usize], b: &[usize]) -> Vec<usize> {
+    (0..n)
+        .filter(|i| !a.contains(i) && !b.contains(i))
+        .collect()
+}
+
+fn argsort(v: &[usize]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by_key(|&i| v[i]);
+    idx
+}
+
+/// Cotangent of the lhs of `dot_general`: contract g with y over y's free dimensions, then put
+/// the dimensions back in x's order. With `swap_ans`, y's free dimensions come first in g
+/// (used for the rhs, by symmetry).
+fn dot_transpose_lhs(
+    g: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    d: &DotDims,
+    swap_ans: bool,
+) -> Result<Tensor> {
+    let x_kept = remaining(x.rank(), &d.lhs_contract, &d.lhs_batch);
+    let y_kept = remaining(y.rank(), &d.rhs_contract, &d.rhs_batch);
+    let nb = d.lhs_batch.len();
+    let ans_batch: Vec<usize> = (0..nb).collect();
+    let ans_y: Vec<usize> = if swap_ans {
+        (nb..nb + y_kept.len()).collect()
+    } else {
+        (nb + x_kept.len()..nb + x_kept.len() + y_kept.len()).collect()
+    };
+    let dims = DotDims {
+        lhs_batch: ans_batch,
+        rhs_batch: d.rhs_batch.clone(),
+        lhs_contract: ans_y,
+        rhs_contract: y_kept,
+    };
+    let order = argsort(&d.rhs_contract);
+    let x_contract_by_y: Vec<usize> = order.iter().map(|&i| d.lhs_contract[i]).collect();
+    let mut pre: Vec<usize> = d.lhs_batch.clone();
+    pre.extend(&x_kept);
+    pre.extend(&x_contract_by_y);
+    g.dot_general(y, dims)?.transpose(&argsort(&pre))
+}
+
+/// Swaps the first two roles of a dimension spec (batch↔feature, out↔in).
+fn swap_roles(s: &(usize, usize, Vec<usize>)) -> (usize, usize, Vec<usize>) {
+    (s.1, s.0, s.2.clone())
+}
+
+/// Splits axis `src` into `(size1, rest)`.
+fn reshape_axis_out_of(src: usize, size1: i64, x: &Tensor) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    let size2 = shape[src] / size1;
+    shape.splice(src..=src, [size1, size2]);
+    x.reshape(&shape)
+}
+
+/// Merges axis `src` into axis `dst` (indexed without `src`), `src` becoming the major part.
+fn reshape_axis_into(src: usize, dst: usize, x: &Tensor) -> Result<Tensor> {
+    let mut perm: Vec<usize> = (0..x.rank()).filter(|&i| i != src).collect();
+    perm.insert(dst, src);
+    let moved = x.transpose(&perm)?;
+    let mut shape: Vec<i64> = (0..x.rank())
+        .filter(|&i| i != src)
+        .map(|i| x.shape()[i])
+        .collect();
+    shape[dst] *= x.shape()[src];
+    moved.reshape(&shape)
+}
+
+fn conv_vjp(a: &ConvAttrs, x: &Tensor, k: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let take =
+        |t: &Tensor, dims: &[usize]| dims.iter().map(|&i| t.shape()[i]).collect::<Vec<i64>>();
+    let (ls, rs, os) = (&a.dims.lhs.2, &a.dims.rhs.2, &a.dims.out.2);
+    let in_s = take(x, ls);
+    let win = take(k, rs);
+    let out_s = take(g, os);
+
+    // Input gradient: a convolution of g with the spatially reversed kernel, roles transposed.
+    if a.batch_groups != 1 {
+        return Err(Error::NoDerivative {
+            op: "convolution".into(),
+            detail: " with batch_groups > 1 with respect to its input".into(),
+        });
+    }
+    let mut kk = k.clone();
+    if a.feature_groups > 1 {
+        kk = reshape_axis_out_of(a.dims.rhs.0, a.feature_groups, &kk)?;
+        kk = reshape_axis_into(a.dims.rhs.0, a.dims.rhs.1, &kk)?;
+    }
+    let lhs_pad = conv_lhs_vjp_padding(
+        &in_s,
+        &win,
+        &a.strides,
+        &out_s,
+        &a.padding,
+        &a.lhs_dilation,
+        &a.rhs_dilation,
+    );
+    let dx = g.conv(
+        &kk.reverse(rs)?,
+        ConvAttrs {
+            strides: a.lhs_dilation.clone(),
+            padding: lhs_pad,
+            lhs_dilation: a.strides.clone(),
+            rhs_dilation: a.rhs_dilation.clone(),
+            feature_groups: a.feature_groups,
+            batch_groups: 1,
+            dims: ConvDims {
+                lhs: a.dims.out.clone(),
+                rhs: swap_roles(&a.dims.rhs),
+                out: a.dims.lhs.clone(),
+            },
+        },
+    )?;
+
+    // Kernel gradient: a convolution of x with g, batch acting as the contracted feature.
+    let (fg, bg) = if a.feature_groups > 1 {
+        (1, a.feature_groups)
+    } else {
+        (1, 1)
+    };
+    let rhs_pad = conv_rhs_vjp_padding(
+        &in_s,
+        &win,
+        &a.strides,
+        &out_s,
+        &a.padding,
+        &a.lhs_dilation,
+        &a.rhs_dilation,
+    );
+    let dk = x.conv(
+        g,
+        ConvAttrs {
+            strides: a.rhs_dilation.clone(),
+            padding: rhs_pad,
+            lhs_dilation: a.lhs_dilation.clone(),
+            rhs_dilation: a.strides.clone(),
+            feature_groups: fg,
+            batch_groups: bg,
+            dims: ConvDims {
+                lhs: swap_roles(&a.dims.lhs),
+                rhs: swap_roles(&a.dims.out),
+                out: swap_roles(&a.dims.rhs),
+            },
+        },
+    )?;
+    Ok((dx, dk))
+}
+
+pub fn vjp(
+    op: &Op,
+    ins: &[Tensor],
+    _outs: &[Tensor],
+    cots: &[Option<Tensor>],
+) -> Result<Vec<Option<Tensor>>> {
+    let g = cot0(op, cots)?;
+    let (x, y) = (&ins[0], &ins[1]);
+    match op {
+        Op::DotGeneral(d) => {
+            let dx = dot_transpose_lhs(&g, x, y, d, false)?;
+            let swapped = DotDims {
+                lhs_batch: d.rhs_batch.clone(),
+                rhs_batch: d.lhs_batch.clone(),
+                lhs_contract: d.rhs_contract.clone(),
+                rhs_contract: d.lhs_contract.clone(),
+            };
+            let dy = dot_transpose_lhs(&g, y, x, &swapped, true)?;
+            Ok(vec![Some(dx), Some(dy)])
+        }
+        Op::Conv(a) => {
+            let (dx, dk) = conv_vjp(a, x, y, &g)?;
+            Ok(vec![Some(dx), Some(dk)])
+        }
+        _ => Err(Error::Program(format!(
+            "{} is not linear algebra",
+            op.name()
+        ))),
+    }
+}
+
+/// `[b, 0, 1, f]`-style layout string of one operand.
+fn layout(spec: &(usize, usize, Vec<usize>), a: &str, b: &str) -> String {
+    let rank = spec.2.len() + 2;
+    let mut v = vec![String::new(); rank];
+    v[spec.0] = a.into();
+    v[spec.1] = b.into();
+    for (i, &s) in spec.2.iter().enumerate() {
+        v[s] = i.to_string();
+    }
+    format!("[{}]", v.join(", "))
+}
+
+pub fn lower(
+    e: &mut Emitter,
+    op: &Op,
+    ins: &[String],
+    in_tys: &[TensorType],
+    out_tys: &[TensorType],
+) -> Result<Vec<String>> {
+    let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    Ok(match op {
+        Op::DotGeneral(d) => {
+            let mut parts = Vec::new();
+            for (k, v) in [
+                ("lhs_batching_dimensions", &d.lhs_batch),
+                ("rhs_batching_dimensions", &d.rhs_batch),
+                ("lhs_contracting_dimensions", &d.lhs_contract),
+                ("rhs_contracting_dimensions", &d.rhs_contract),
+            ] {
+                if !v.is_empty() {
+                    parts.push(format!("{k} = {}", list(&i64s(v))));
+                }
+            }
+            e.op(
+                "stablehlo.dot_general",
+                ins,
+                in_tys,
+                &format!("dot_dimension_numbers = #stablehlo.dot<{}>", parts.join(", ")),
+                out_tys,
+            )
+        }
+        Op::Conv(a) => e.op(
+            "stablehlo.convolution",
+            ins,
+            in_tys,
+            &format!(
+                "batch_group_count = {} : i64, dimension_numbers = #stablehlo.conv<{}x{}->{}>, feature_group_count = {} : i64, lhs_dilation = {}, padding = {}, rhs_dilation = {}, window_strides = {}",
+                a.batch_groups,
+                layout(&a.dims.lhs, "b", "f"),
+                layout(&a.dims.rhs, "o", "i"),
+                layout(&a.dims.out, "b", "f"),
+                a.feature_groups,
+                i64_array(&a.lhs_dilation),
+                padding_attr(&a.padding),
+                i64_array(&a.rhs_dilation),
+                i64_array(&a.strides),
+            ),
+            out_tys,
+        ),
+        _ => return Err(Error::Program(format!("{} is not linear algebra", op.name()))),
+    })
+}

@@ -1,0 +1,280 @@
+//! Reductions over dimensions and over windows (pooling).
+
+use crate::dtype::{DType, TensorType};
+use crate::error::{shape_err, Error, Result};
+use crate::ir::{Op, ReduceKind, Window};
+use crate::lower::{i64_array, padding_attr, Emitter};
+use crate::trace::Tensor;
+
+use super::{arity, conv_lhs_vjp_padding, cot0};
+
+fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
+    let r = x.rank();
+    if w.dims.len() != r || w.strides.len() != r || w.padding.len() != r {
+        return shape_err(
+            name,
+            format!("window, strides and padding need {r} entries each for {x}"),
+        );
+    }
+    (0..r)
+        .map(|i| {
+            let padded = x.shape[i] + w.padding[i].0 + w.padding[i].1;
+            if w.dims[i] < 1 || w.strides[i] < 1 || padded < w.dims[i] {
+                return shape_err(
+                    name,
+                    format!(
+                        "window {:?} stride {:?} does not fit {x} padded by {:?}",
+                        w.dims, w.strides, w.padding
+                    ),
+                );
+            }
+            Ok((padded - w.dims[i]) / w.strides[i] + 1)
+        })
+        .collect()
+}
+
+pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+    let name = op.name();
+    match op {
+        Op::Reduce { kind, axes } => {
+            arity(op, ins, 1)?;
+            let x = &ins[0];
+            let mut seen = vec![false; x.rank()];
+            for &a in axes {
+                if a >= x.rank() || seen[a] {
+                    return shape_err(&name, format!("axes {axes:?} invalid for {x}"));
+                }
+                seen[a] = true;
+            }
+            if *kind == ReduceKind::Sum && x.dtype == DType::Pred {
+                return shape_err(&name, "cannot sum pred; convert first");
+            }
+            let shape: Vec<i64> = (0..x.rank())
+                .filter(|i| !seen[*i])
+                .map(|i| x.shape[i])
+                .collect();
+            Ok(vec![TensorType::new(x.dtype, &shape)])
+        }
+        Op::ReduceWindow { window, .. } => {
+            arity(op, ins, 1)?;
+            let shape = window_shape(&name, &ins[0], window)?;
+            Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+        }
+        Op::SelectAndScatterAdd { window } => {
+            arity(op, ins, 2)?;
+            let shape = window_shape(&name, &ins[0], window)?;
+            if ins[1].shape != shape || ins[1].dtype != ins[0].dtype {
+                return shape_err(
+                    &name,
+                    format!("source must be {}{shape:?}, got {}", ins[0].dtype, ins[1]),
+                );
+            }
+            Ok(vec![ins[0].clone()])
+        }
+        _ => Err(Error::Program(format!("{name} is not a reduction"))),
+    }
+}
+
+pub fn vjp(
+    op: &Op,
+    ins: &[Tensor],
+    outs: &[Tensor],
+    cots: &[Option<Tensor>],
+) -> Result<Vec<Option<Tensor>>> {
+    let g = cot0(op, cots)?;
+    let x = &ins[0];
+    match op {
+        Op::Reduce { kind, axes } => {
+            let kept: Vec<usize> = (0..x.rank()).filter(|i| !axes.contains(i)).collect();
+            let gb = g.broadcast_in_dim(x.shape(), &kept)?;
+            match kind {
+                ReduceKind::Sum => Ok(vec![Some(gb)]),
+                ReduceKind::Max | ReduceKind::Min => {
+                    // The gradient goes to the positions that attain the extremum, split evenly
+                    // among ties.
+                    let y = outs[0].broadcast_in_dim(x.shape(), &kept)?;
+                    let hit = x.eq(&y)?;
+                    let ones = Tensor::select(&hit, &x.ones_like()?, &x.zeros_like()?)?;
+                    let count = ones.sum(axes)?.broadcast_in_dim(x.shape(), &kept)?;
+                    Ok(vec![Some(ones.mul(&gb)?.div(&count)?)])
+                }
+            }
+        }
+        Op::ReduceWindow { kind, window } => match kind {
+            ReduceKind::Sum => {
+                // Each input element receives the cotangents of every window it was part of:
+                // dilate g by the strides, pad, and sum over windows of stride 1.
+                let r = x.rank();
+                let pads = conv_lhs_vjp_padding(
+                    x.shape(),
+                    &window.dims,
+                    &window.strides,
+                    g.shape(),
+                    &window.padding,
+                    &vec![1; r],
+                    &vec![1; r],
+                );
+                let zero = g.scalar_like(0.0)?;
+                let low: Vec<i64> = pads.iter().map(|p| p.0).collect();
+                let high: Vec<i64> = pads.iter().map(|p| p.1).collect();
+                let interior: Vec<i64> = window.strides.iter().map(|s| s - 1).collect();
+                let padded = g.pad(&zero, &low, &high, &interior)?;
+                Ok(vec![Some(padded.reduce_window(
+                    ReduceKind::Sum,
+                    Window {
+                        dims: window.dims.clone(),
+                        strides: vec![1; r],
+                        padding: vec![(0, 0); r],
+                    },
+                )?)])
+            }
+            ReduceKind::Max => Ok(vec![Some(x.select_and_scatter_add(&g, window.clone())?)]),
+            // min over a window is the max of -x.
+            ReduceKind::Min => Ok(vec![Some(
+                x.neg()?.select_and_scatter_add(&g, window.clone())?,
+            )]),
+        },
+        Op::SelectAndScatterAdd { .. } => Err(Error::NoDerivative {
+            op: op.name(),
+            detail: " (second derivatives of max pooling are not supported)".into(),
+        }),
+        _ => Err(Error::Program(format!("{} is not a reduction", op.name()))),
+    }
+}
+
+/// The identity of a reduction for a dtype, as a constant op.
+fn init_value(e: &mut Emitter, kind: ReduceKind, dtype: DType) -> String {
+    let s = TensorType::scalar(dtype);
+    let lit = match (kind, dtype) {
+        (ReduceKind::Sum, DType::Pred) => "false".to_string(),
+        (ReduceKind::Sum, d) if d.is_float() => match d {
+            DType::BF16 => "0x0000".into(),
+            _ => "0.0".into(),
+        },
+        (ReduceKind::Sum, _) => "0".into(),
+        (ReduceKind::Max, DType::BF16) => "0xFF80".into(),
+        (ReduceKind::Min, DType::BF16) => "0x7F80".into(),
+        (ReduceKind::Max, DType::F32) => "0xFF800000".into(),
+        (ReduceKind::Min, DType::F32) => "0x7F800000".into(),
+        (ReduceKind::Max, DType::F64) => "0xFFF0000000000000".into(),
+        (ReduceKind::Min, DType::F64) => "0x7FF0000000000000".into(),
+        (ReduceKind::Max, DType::Pred) => "false".into(),
+        (ReduceKind::Min, DType::Pred) => "true".into(),
+        (ReduceKind::Max, DType::S32) => i32::MIN.to_string(),
+        (ReduceKind::Min, DType::S32) => i32::MAX.to_string(),
+        (ReduceKind::Max, DType::S64) => i64::MIN.to_string(),
+        (ReduceKind::Min, DType::S64) => i64::MAX.to_string(),
+        (ReduceKind::Max, _) => "0".into(),
+        (ReduceKind::Min, DType::U8) => u8::MAX.to_string(),
+        (ReduceKind::Min, DType::U32) => u32::MAX.to_string(),
+        (ReduceKind::Min, _) => u64::MAX.to_string(),
+    };
+    e.op(
+        "stablehlo.constant",
+        &[],
+        &[],
+        &format!("value = dense<{lit}> : {}", crate::lower::ty(&s)),
+        &[s],
+    )
+    .remove(0)
+}
+
+fn combiner(kind: ReduceKind, dtype: DType) -> &'static str {
+    match (kind, dtype) {
+        (ReduceKind::Sum, DType::Pred) => "stablehlo.or",
+        (ReduceKind::Sum, _) => "stablehlo.add",
+        (ReduceKind::Max, _) => "stablehlo.maximum",
+        (ReduceKind::Min, _) => "stablehlo.minimum",
+    }
+}
+
+pub fn lower(
+    e: &mut Emitter,
+    op: &Op,
+    ins: &[String],
+    in_tys: &[TensorType],
+    out_tys: &[TensorType],
+) -> Result<Vec<String>> {
+    let dtype = in_tys[0].dtype;
+    let s = TensorType::scalar(dtype);
+    match op {
+        Op::Reduce { kind, axes } => {
+            let init = init_value(e, *kind, dtype);
+            let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+            let kind = *kind;
+            e.op_with_regions(
+                "stablehlo.reduce",
+                &[ins[0].clone(), init],
+                &[in_tys[0].clone(), s.clone()],
+                vec![(
+                    vec![s.clone(), s.clone()],
+                    Box::new(move |e: &mut Emitter, a: &[String]| {
+                        Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
+                    }),
+                )],
+                &format!("dimensions = {}", i64_array(&axes)),
+                out_tys,
+            )
+        }
+        Op::ReduceWindow { kind, window } => {
+            let init = init_value(e, *kind, dtype);
+            let kind = *kind;
+            e.op_with_regions(
+                "stablehlo.reduce_window",
+                &[ins[0].clone(), init],
+                &[in_tys[0].clone(), s.clone()],
+                vec![(
+                    vec![s.clone(), s.clone()],
+                    Box::new(move |e: &mut Emitter, a: &[String]| {
+                        Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
+                    }),
+                )],
+                &format!(
+                    "padding = {}, window_dimensions = {}, window_strides = {}",
+                    padding_attr(&window.padding),
+                    i64_array(&window.dims),
+                    i64_array(&window.strides)
+                ),
+                out_tys,
+            )
+        }
+        Op::SelectAndScatterAdd { window } => {
+            let init = init_value(e, ReduceKind::Sum, dtype);
+            let pred = TensorType::scalar(DType::Pred);
+            e.op_with_regions(
+                "stablehlo.select_and_scatter",
+                &[ins[0].clone(), ins[1].clone(), init],
+                &[in_tys[0].clone(), in_tys[1].clone(), s.clone()],
+                vec![
+                    (
+                        vec![s.clone(), s.clone()],
+                        Box::new(move |e: &mut Emitter, a: &[String]| {
+                            let c = e.op(
+                                "stablehlo.compare",
+                                a,
+                                &[s.clone(), s.clone()],
+                                "comparison_direction = #stablehlo<comparison_direction GE>",
+                                std::slice::from_ref(&pred),
+                            );
+                            Ok((c, vec![pred]))
+                        }),
+                    ),
+                    (
+                        vec![TensorType::scalar(dtype), TensorType::scalar(dtype)],
+                        Box::new(move |e: &mut Emitter, a: &[String]| {
+                            Ok(e.scalar_region("stablehlo.add", a, dtype))
+                        }),
+                    ),
+                ],
+                &format!(
+                    "padding = {}, window_dimensions = {}, window_strides = {}",
+                    padding_attr(&window.padding),
+                    i64_array(&window.dims),
+                    i64_array(&window.strides)
+                ),
+                out_tys,
+            )
+        }
+        _ => Err(Error::Program(format!("{} is not a reduction", op.name()))),
+    }
+}

@@ -1,0 +1,445 @@
+//! The builder and the [`Tensor`] handle that models are written with.
+//!
+//! ```
+//! use basic::trace::Builder;
+//! use basic::DType;
+//! # fn main() -> basic::Result<()> {
+//! let b = Builder::new("affine");
+//! let x = b.parameter("x", DType::F32, &[4, 3])?;
+//! let w = b.parameter("w", DType::F32, &[3, 2])?;
+//! let y = x.matmul(&w)?.tanh()?;
+//! b.output("y", &y)?;
+//! let graph = b.finish();
+//! assert_eq!(graph.output_types()[0].shape, vec![4, 2]);
+//! # Ok(()) }
+//! ```
+
+mod composite;
+pub use composite::stop_gradient;
+mod tensor;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use tensor::Tensor;
+
+use crate::dtype::{DType, Element, TensorType};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Node, Op, Region, RematPolicy, Value};
+
+struct State {
+    graph: Graph,
+    /// Index of the open checkpoint region, if any (regions do not nest: an inner checkpoint
+    /// inside an outer one joins the outer).
+    open_region: Option<usize>,
+}
+
+/// Records a function as a [`Graph`]. Cheap to clone; clones record into the same graph.
+#[derive(Clone)]
+pub struct Builder {
+    state: Rc<RefCell<State>>,
+    id: u64,
+}
+
+thread_local! {
+    static NEXT_BUILDER: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+}
+
+impl Builder {
+    pub fn new(name: &str) -> Builder {
+        let id = NEXT_BUILDER.with(|c| {
+            let v = c.get();
+            c.set(v + 1);
+            v
+        });
+        Builder {
+            state: Rc::new(RefCell::new(State {
+                graph: Graph {
+                    name: name.to_string(),
+                    ..Graph::default()
+                },
+                open_region: None,
+            })),
+            id,
+        }
+    }
+
+    pub(crate) fn same(&self, other: &Builder) -> bool {
+        self.id == other.id
+    }
+
+    /// Appends a node after running its shape rule; returns its outputs.
+    pub(crate) fn push(&self, op: Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        for t in inputs {
+            if !self.same(&t.b) {
+                return Err(Error::Shape {
+                    op: op.name(),
+                    message: "operands come from different graphs (builders)".into(),
+                });
+            }
+        }
+        let in_tys: Vec<TensorType> = inputs.iter().map(|t| t.ty.clone()).collect();
+        let outputs = crate::ops::infer(&op, &in_tys)?;
+        let mut st = self.state.borrow_mut();
+        let region = st.open_region;
+        let node = st.graph.nodes.len();
+        st.graph.nodes.push(Node {
+            op,
+            inputs: inputs.iter().map(|t| t.v).collect(),
+            outputs: outputs.clone(),
+            name: None,
+            region,
+        });
+        drop(st);
+        Ok(outputs
+            .into_iter()
+            .enumerate()
+            .map(|(out, ty)| Tensor {
+                b: self.clone(),
+                v: Value { node, out },
+                ty,
+            })
+            .collect())
+    }
+
+    /// `push` for single-output ops.
+    pub(crate) fn push1(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        Ok(self.push(op, inputs)?.remove(0))
+    }
+
+    /// A named input of the function.
+    pub fn parameter(&self, name: &str, dtype: DType, shape: &[i64]) -> Result<Tensor> {
+        self.parameter_typed(name, &TensorType::new(dtype, shape))
+    }
+
+    pub fn parameter_typed(&self, name: &str, ty: &TensorType) -> Result<Tensor> {
+        if self
+            .state
+            .borrow()
+            .graph
+            .params
+            .iter()
+            .any(|(n, _)| n == name)
+        {
+            return Err(Error::Shape {
+                op: "parameter".into(),
+                message: format!("a parameter named `{name}` already exists"),
+            });
+        }
+        if ty.shape.iter().any(|&d| d < 0) {
+            return Err(Error::Shape {
+                op: "parameter".into(),
+                message: format!("`{name}` has a negative dimension in {:?}", ty.shape),
+            });
+        }
+        let index = self.state.borrow().graph.params.len();
+        let t = self.push1(
+            Op::Parameter {
+                index,
+                ty: ty.clone(),
+            },
+            &[],
+        )?;
+        self.state
+            .borrow_mut()
+            .graph
+            .params
+            .push((name.to_string(), t.v));
+        Ok(t)
+    }
+
+    /// Marks a value as a named output of the function.
+    pub fn output(&self, name: &str, t: &Tensor) -> Result<()> {
+        if !self.same(&t.b) {
+            return Err(Error::Shape {
+                op: "output".into(),
+                message: format!("`{name}` comes from another graph"),
+            });
+        }
+        let mut st = self.state.borrow_mut();
+        if st.graph.outputs.iter().any(|(n, _)| n == name) {
+            return Err(Error::Shape {
+                op: "output".into(),
+                message: format!("an output named `{name}` already exists"),
+            });
+        }
+        st.graph.outputs.push((name.to_string(), t.v));
+        Ok(())
+    }
+
+    /// A snapshot of the graph recorded so far.
+    pub fn graph(&self) -> Graph {
+        self.state.borrow().graph.clone()
+    }
+
+    /// The finished graph.
+    pub fn finish(self) -> Graph {
+        self.graph()
+    }
+
+    /// The type of a value of this graph.
+    pub(crate) fn type_of(&self, v: Value) -> TensorType {
+        self.state.borrow().graph.ty(v).clone()
+    }
+
+    pub(crate) fn with_graph_mut<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
+        f(&mut self.state.borrow_mut().graph)
+    }
+
+    pub(crate) fn tensor(&self, v: Value) -> Tensor {
+        Tensor {
+            b: self.clone(),
+            v,
+            ty: self.type_of(v),
+        }
+    }
+
+    pub(crate) fn set_name(&self, v: Value, name: &str) {
+        self.state.borrow_mut().graph.nodes[v.node].name = Some(name.to_string());
+    }
+
+    /// A constant array from typed values.
+    pub fn constant<T: Element>(&self, shape: &[i64], values: &[T]) -> Result<Tensor> {
+        let a = crate::runtime::HostArray::new(shape, values)?;
+        self.constant_array(&a)
+    }
+
+    /// A constant from a host array.
+    pub fn constant_array(&self, a: &crate::runtime::HostArray) -> Result<Tensor> {
+        self.push1(
+            Op::Constant {
+                bytes: Arc::new(a.bytes().to_vec()),
+                ty: TensorType::new(a.dtype(), a.shape()),
+            },
+            &[],
+        )
+    }
+
+    /// A scalar constant of any dtype (converted from f64; integers must be exact).
+    pub fn scalar(&self, value: f64, dtype: DType) -> Result<Tensor> {
+        let a = match dtype {
+            DType::Pred => crate::runtime::HostArray::scalar(value != 0.0),
+            DType::U8 => crate::runtime::HostArray::scalar(value as u8),
+            DType::S32 => crate::runtime::HostArray::scalar(value as i32),
+            DType::U32 => crate::runtime::HostArray::scalar(value as u32),
+            DType::S64 => crate::runtime::HostArray::scalar(value as i64),
+            DType::U64 => crate::runtime::HostArray::scalar(value as u64),
+            DType::BF16 => crate::runtime::HostArray::scalar(half::bf16::from_f64(value)),
+            DType::F32 => crate::runtime::HostArray::scalar(value as f32),
+            DType::F64 => crate::runtime::HostArray::scalar(value),
+        };
+        self.constant_array(&a)
+    }
+
+    /// An array filled with one value.
+    pub fn full(&self, value: f64, dtype: DType, shape: &[i64]) -> Result<Tensor> {
+        self.scalar(value, dtype)?.broadcast_to(shape)
+    }
+
+    pub fn zeros(&self, ty: &TensorType) -> Result<Tensor> {
+        self.full(0.0, ty.dtype, &ty.shape)
+    }
+
+    /// `0, 1, 2, ...` along `axis` of an array of `shape`.
+    pub fn iota(&self, dtype: DType, shape: &[i64], axis: usize) -> Result<Tensor> {
+        self.push1(
+            Op::Iota {
+                axis,
+                ty: TensorType::new(dtype, shape),
+            },
+            &[],
+        )
+    }
+
+    /// Traces `f` as a checkpointed block: in the backward pass its values are recomputed from its
+    /// inputs, except those the policy saves. The recomputation reads its inputs through an
+    /// `optimization_barrier` so that XLA cannot merge it back into the forward pass.
+    pub fn checkpoint<T>(&self, policy: RematPolicy, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.state.borrow().open_region.is_some() || policy == RematPolicy::EverythingSaveable {
+            // Nested in an open region (which already recomputes it), or nothing to recompute.
+            return f();
+        }
+        let idx = {
+            let mut st = self.state.borrow_mut();
+            let start = st.graph.nodes.len();
+            st.graph.regions.push(Region {
+                policy,
+                start,
+                end: start,
+            });
+            let idx = st.graph.regions.len() - 1;
+            st.open_region = Some(idx);
+            idx
+        };
+        let r = f();
+        let mut st = self.state.borrow_mut();
+        st.open_region = None;
+        let end = st.graph.nodes.len();
+        st.graph.regions[idx].end = end;
+        r
+    }
+
+    /// Runs `body` `length` times over a carry, slicing each `xs` array along its leading axis and
+    /// stacking each per-step output `ys` (a `lax.scan`). The body is traced once, so a stack of N
+    /// identical layers compiles in time independent of N; its derivative is itself a scan.
+    ///
+    /// `body(index, consts, carry, x_slices) -> (new_carry, y_slices)`.
+    pub fn scan(
+        &self,
+        length: i64,
+        consts: &[Tensor],
+        carry: &[Tensor],
+        xs: &[Tensor],
+        reverse: bool,
+        body: impl FnOnce(
+            &Tensor,
+            &[Tensor],
+            &[Tensor],
+            &[Tensor],
+        ) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        if length < 1 {
+            return Err(Error::Shape {
+                op: "scan".into(),
+                message: format!("length must be at least 1, got {length}"),
+            });
+        }
+        let sub = Builder::new(&format!(
+            "{}_body{}",
+            self.graph_name(),
+            self.state.borrow().graph.nodes.len()
+        ));
+        let index = sub.parameter("index", DType::S32, &[])?;
+        let mut p = 0;
+        let mut param = |t: &TensorType| {
+            p += 1;
+            sub.parameter_typed(&format!("p{p}"), t)
+        };
+        let c: Vec<Tensor> = consts.iter().map(|t| param(&t.ty)).collect::<Result<_>>()?;
+        let k: Vec<Tensor> = carry.iter().map(|t| param(&t.ty)).collect::<Result<_>>()?;
+        let x: Vec<Tensor> = xs
+            .iter()
+            .map(|t| {
+                if t.ty.shape.first() != Some(&length) {
+                    return Err(Error::Shape {
+                        op: "scan".into(),
+                        message: format!(
+                            "every xs array needs a leading axis of the scan length {length}, got {}",
+                            t.ty
+                        ),
+                    });
+                }
+                param(&TensorType::new(t.ty.dtype, &t.ty.shape[1..]))
+            })
+            .collect::<Result<_>>()?;
+        let (new_carry, ys) = body(&index, &c, &k, &x)?;
+        if new_carry.len() != carry.len() {
+            return Err(Error::Shape {
+                op: "scan".into(),
+                message: format!(
+                    "the body returned {} carries for {} inputs",
+                    new_carry.len(),
+                    carry.len()
+                ),
+            });
+        }
+        for (i, (a, b)) in new_carry.iter().zip(carry).enumerate() {
+            if a.ty != b.ty {
+                return Err(Error::Shape {
+                    op: "scan".into(),
+                    message: format!("carry {i} enters as {} but the body returns {}", b.ty, a.ty),
+                });
+            }
+        }
+        for (i, t) in new_carry.iter().chain(&ys).enumerate() {
+            sub.output(&format!("o{i}"), t)?;
+        }
+        let body_graph = sub.finish();
+        let inputs: Vec<&Tensor> = consts.iter().chain(carry).chain(xs).collect();
+        let outs = self.push(
+            Op::Scan(Box::new(crate::ir::Scan {
+                body: Arc::new(body_graph),
+                length,
+                num_consts: consts.len(),
+                num_carry: carry.len(),
+                num_xs: xs.len(),
+                reverse,
+                save_carries: false,
+            })),
+            &inputs,
+        )?;
+        let (a, b) = outs.split_at(carry.len());
+        Ok((a.to_vec(), b.to_vec()))
+    }
+
+    fn graph_name(&self) -> String {
+        self.state.borrow().graph.name.clone()
+    }
+
+    /// Replays `graph` into this builder on `inputs` (one per parameter); returns its outputs.
+    /// Checkpoint regions of `graph` become regions here.
+    pub fn inline(&self, graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        if inputs.len() != graph.params.len() {
+            return Err(Error::Shape {
+                op: "inline".into(),
+                message: format!(
+                    "`{}` takes {} inputs, got {}",
+                    graph.name,
+                    graph.params.len(),
+                    inputs.len()
+                ),
+            });
+        }
+        let mut map: std::collections::HashMap<Value, Tensor> = std::collections::HashMap::new();
+        let mut region_map: std::collections::HashMap<usize, usize> =
+            std::collections::HashMap::new();
+        for (n, node) in graph.nodes.iter().enumerate() {
+            if let Op::Parameter { index, ty } = &node.op {
+                if inputs[*index].ty != *ty {
+                    return Err(Error::Shape {
+                        op: "inline".into(),
+                        message: format!(
+                            "input {index} of `{}` must be {ty}, got {}",
+                            graph.name, inputs[*index].ty
+                        ),
+                    });
+                }
+                map.insert(Value { node: n, out: 0 }, inputs[*index].clone());
+                continue;
+            }
+            let ins: Vec<Tensor> = node.inputs.iter().map(|v| map[v].clone()).collect();
+            let refs: Vec<&Tensor> = ins.iter().collect();
+            let outs = self.push(node.op.clone(), &refs)?;
+            if node.name.is_some() || node.region.is_some() {
+                let mut st = self.state.borrow_mut();
+                let new_node = outs[0].v.node;
+                st.graph.nodes[new_node].name = node.name.clone();
+                if st.open_region.is_none() {
+                    if let Some(r) = node.region {
+                        let nr = *region_map.entry(r).or_insert_with(|| {
+                            st.graph.regions.push(Region {
+                                policy: graph.regions[r].policy.clone(),
+                                start: new_node,
+                                end: new_node,
+                            });
+                            st.graph.regions.len() - 1
+                        });
+                        st.graph.nodes[new_node].region = Some(nr);
+                        st.graph.regions[nr].end = new_node + 1;
+                    }
+                }
+            }
+            for (i, t) in outs.into_iter().enumerate() {
+                map.insert(Value { node: n, out: i }, t);
+            }
+        }
+        Ok(graph.outputs.iter().map(|(_, v)| map[v].clone()).collect())
+    }
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Builder({})", self.graph_name())
+    }
+}
