@@ -96,6 +96,17 @@ pub fn check_grads(
     f: impl Fn(&Builder, &[Tensor]) -> basic::Result<Tensor>,
     tol: f64,
 ) {
+    check_grads_step(name, inputs, f, tol, 1e-6)
+}
+
+/// [`check_grads`] with an explicit finite-difference step `h`.
+pub fn check_grads_step(
+    name: &str,
+    inputs: &[HostArray],
+    f: impl Fn(&Builder, &[Tensor]) -> basic::Result<Tensor>,
+    tol: f64,
+    h: f64,
+) {
     let weight_seed = 7;
     let scalar = |b: &Builder, ps: &[Tensor]| -> basic::Result<Tensor> {
         let y = f(b, ps)?.convert(DType::F64)?;
@@ -130,7 +141,6 @@ pub fn check_grads(
         .compile(&text, &CompileOptions::single())
         .unwrap();
     let eval = |args: &[HostArray]| exe.run(args).unwrap()[0].to_vec::<f64>().unwrap()[0];
-    let h = 1e-6;
     for (gi, &i) in diff.iter().enumerate() {
         let base = inputs[i].to_vec::<f64>().unwrap();
         let got = analytic[1 + gi].to_vec::<f64>().unwrap();

@@ -1,0 +1,6 @@
+module @exp {
+  func.func public @main(%arg0: tensor<4xf64>) -> (tensor<4xf64>) {
+    %0 = "stablehlo.exponential"(%arg0) : (tensor<4xf64>) -> tensor<4xf64>
+    "func.return"(%0) : (tensor<4xf64>) -> ()
+  }
+}
