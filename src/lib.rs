@@ -28,6 +28,7 @@ pub mod dtype;
 pub mod error;
 pub mod ir;
 pub mod lower;
+pub mod model;
 pub mod ops;
 pub mod runtime;
 pub mod trace;

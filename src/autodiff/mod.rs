@@ -39,12 +39,20 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    /// The primal value to use in derivative rules: the replayed one for checkpointed nodes.
-    fn primal(&mut self, v: Value) -> Result<Tensor> {
+    /// The primal value `v` as read by the derivative rule of a node in `reader`'s region: the
+    /// replayed value when both sit in the same checkpointed block, else the forward value (a
+    /// block's outputs are kept: they are the next block's inputs). Replaying only on reads from
+    /// inside the block makes the replay happen when the sweep reaches the block, once every
+    /// cotangent arriving at it is known.
+    fn primal(&mut self, v: Value, reader: Option<usize>) -> Result<Tensor> {
+        let region = self.g.nodes.get(v.node).and_then(|n| n.region);
+        if region.is_none() || region != reader {
+            return Ok(self.b.tensor(v));
+        }
         if let Some(t) = self.recomputed.get(&v) {
             return Ok(t.clone());
         }
-        if let Some(r) = self.g.nodes.get(v.node).and_then(|n| n.region) {
+        if let Some(r) = region {
             if !self.done_regions.contains(&r) {
                 self.replay(r)?;
                 if let Some(t) = self.recomputed.get(&v) {
@@ -89,9 +97,34 @@ impl Sweep<'_> {
             .collect();
         through.extend(boundary.iter().map(|v| self.cot[v].clone()));
         let barred = self.b.optimization_barrier(&through)?;
+        // XLA's CPU pipeline drops optimization barriers before it schedules, which would let the
+        // replay run during the forward pass. A true data dependency keeps it in place on every
+        // backend: the replay's activation inputs get `0 · g` added, `g` one element of a
+        // cotangent arriving at the block (XLA does not fold `x · 0` for floats).
+        let token = match boundary.first().map(|v| self.cot[v].clone()) {
+            Some(c) => {
+                let n = c.ty().element_count();
+                Some(
+                    c.reshape(&[n])?
+                        .slice_axis(0, 0, 1)?
+                        .reshape(&[])?
+                        .mul_scalar(0.0)?,
+                )
+            }
+            None => None,
+        };
         let mut map: HashMap<Value, Tensor> = HashMap::new();
         for (v, t) in inputs.iter().chain(&saved).zip(&barred) {
-            map.insert(*v, t.clone());
+            let is_param = matches!(self.g.nodes[v.node].op, Op::Parameter { .. });
+            let t = match &token {
+                Some(z)
+                    if inputs.contains(v) && !is_param && t.dtype().is_float() && t.rank() > 0 =>
+                {
+                    t.add(&z.convert(t.dtype())?)?
+                }
+                _ => t.clone(),
+            };
+            map.insert(*v, t);
         }
         for (v, t) in boundary.iter().zip(&barred[inputs.len() + saved.len()..]) {
             self.cot.insert(*v, t.clone());
@@ -204,10 +237,10 @@ pub fn vjp(
         let ins: Vec<Tensor> = node
             .inputs
             .iter()
-            .map(|v| s.primal(*v))
+            .map(|v| s.primal(*v, node.region))
             .collect::<Result<_>>()?;
         let outs: Vec<Tensor> = (0..n_out)
-            .map(|out| s.primal(Value { node: i, out }))
+            .map(|out| s.primal(Value { node: i, out }, node.region))
             .collect::<Result<_>>()?;
         // Re-read the cotangents: a replay may have routed them through its barrier.
         let cots: Vec<Option<Tensor>> = (0..n_out)
