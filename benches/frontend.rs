@@ -1,0 +1,120 @@
+//! Frontend cost: build + emit + compile time of a transformer stack's forward and backward, and
+//! compile time of a scan over layers against the unrolled stack, on every CPU plugin found.
+//! `benches/frontend.sh` runs `benches/frontend_jax.py` in the same session and prints ratios.
+//! One JSON line per measurement.
+
+use std::time::Instant;
+
+use basic::ir::RematPolicy;
+use basic::model::transformer::{
+    scanned_stack, stack, stack_specs, TransformerConfig, BLOCK_PARAM_NAMES,
+};
+use basic::model::{ParamSpec, Params};
+use basic::runtime::{find_cpu_plugins, CompileOptions, Runtime};
+use basic::trace::{Builder, Tensor};
+use basic::DType;
+
+const BATCH: i64 = 8;
+const LENGTH: i64 = 64;
+const WIDTH: i64 = 256;
+
+fn config(depth: i64) -> TransformerConfig {
+    TransformerConfig {
+        width: WIDTH,
+        depth,
+        heads: 4,
+        mlp: 4 * WIDTH,
+    }
+}
+
+/// Builds loss = mean(stack(x)²) and its gradients; returns the module text.
+fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result<String> {
+    let c = config(depth);
+    let b = Builder::new("stack");
+    let x = b.parameter("x", DType::F32, &[BATCH, LENGTH, WIDTH])?;
+    let (params, y) = if scanned {
+        // One stacked parameter per block parameter: [depth, ...].
+        let block = basic::model::transformer::block_specs("b", &c);
+        let specs: Vec<ParamSpec> = block
+            .iter()
+            .map(|s| {
+                let mut shape = vec![depth];
+                shape.extend_from_slice(&s.shape);
+                ParamSpec {
+                    name: s.name.clone(),
+                    shape,
+                    ..s.clone()
+                }
+            })
+            .collect();
+        let p = Params::declare(&b, &specs, DType::F32)?;
+        let stacked: Vec<Tensor> = BLOCK_PARAM_NAMES
+            .iter()
+            .map(|n| p.get(&format!("b/{n}")).cloned())
+            .collect::<basic::Result<_>>()?;
+        let y = scanned_stack(&x, &stacked, &c, None, remat.as_ref())?;
+        (stacked, y)
+    } else {
+        let specs = stack_specs("s", &c);
+        let p = Params::declare(&b, &specs, DType::F32)?;
+        let y = stack(&x, &p.scope("s"), &c, None, remat.as_ref())?;
+        (
+            specs
+                .iter()
+                .map(|s| p.get(&s.name).cloned())
+                .collect::<basic::Result<_>>()?,
+            y,
+        )
+    };
+    let loss = y.square()?.mean(&[0, 1, 2])?;
+    let grads = basic::autodiff::grad(&loss, &params)?;
+    b.output("loss", &loss)?;
+    for (i, g) in grads.iter().enumerate() {
+        b.output(&format!("g{i}"), g)?;
+    }
+    basic::lower::module(&b.finish(), &Default::default())
+}
+
+fn main() -> basic::Result<()> {
+    for (k, path) in find_cpu_plugins() {
+        let rt = Runtime::open_path(&path, Some(1))?;
+        // Warm the compiler once.
+        rt.client()
+            .compile(&build(1, false, None)?, &CompileOptions::single())?;
+        for (depth, scanned) in [
+            (12, false),
+            (4, false),
+            (4, true),
+            (12, true),
+            (48, false),
+            (48, true),
+        ] {
+            let t0 = Instant::now();
+            let text = build(depth, scanned, None)?;
+            let emit = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let exe = rt.client().compile(&text, &CompileOptions::single())?;
+            let compile = t1.elapsed().as_secs_f64();
+            let m = exe.memory_stats()?;
+            println!(
+                "{{\"impl\": \"basic\", \"plugin\": \"{}\", \"depth\": {depth}, \"scan\": {scanned}, \"build_emit_s\": {emit:.4}, \"compile_s\": {compile:.4}, \"total_s\": {:.4}, \"temp_bytes\": {}}}",
+                k.package,
+                emit + compile,
+                m.temp_bytes
+            );
+        }
+        for policy in [None, Some(RematPolicy::NothingSaveable)] {
+            let exe = rt.client().compile(
+                &build(12, false, policy.clone())?,
+                &CompileOptions::single(),
+            )?;
+            println!(
+                "{{\"impl\": \"basic\", \"plugin\": \"{}\", \"remat\": \"{}\", \"depth\": 12, \"temp_bytes\": {}}}",
+                k.package,
+                policy.map_or("none".to_string(), |p| format!("{p:?}")),
+                exe.memory_stats()?.temp_bytes
+            );
+        }
+    }
+    Ok(())
+}
