@@ -30,6 +30,7 @@ pub mod ir;
 pub mod lower;
 pub mod model;
 pub mod ops;
+pub mod partition;
 pub mod runtime;
 pub mod trace;
 

@@ -229,6 +229,12 @@ pub enum Op {
     /// Identity that XLA may not look through (keeps recomputation from being merged back).
     OptimizationBarrier,
     Scan(Box<Scan>),
+    /// Identity that asks the SPMD partitioner to lay the value out by these logical axis names
+    /// (`None`: not split); the rules file maps them to mesh axes. Without partitioning it
+    /// disappears.
+    ShardingConstraint {
+        axes: Vec<Option<String>>,
+    },
 }
 
 impl Op {
@@ -263,6 +269,7 @@ impl Op {
             Op::RngBitGenerator { .. } => "rng_bit_generator".into(),
             Op::OptimizationBarrier => "optimization_barrier".into(),
             Op::Scan(_) => "scan".into(),
+            Op::ShardingConstraint { .. } => "sharding_constraint".into(),
         }
     }
 }

@@ -10,6 +10,8 @@ use std::fmt::Write;
 use crate::dtype::{DType, TensorType};
 use crate::error::Result;
 use crate::ir::{Graph, Op, Value};
+use crate::partition::{PartitionSpec, ShardingContext};
+use crate::runtime::Partitioner;
 
 /// `tensor<2x3xf32>`.
 pub fn ty(t: &TensorType) -> String {
@@ -130,6 +132,7 @@ pub struct Emitter {
     out: String,
     next: usize,
     indent: usize,
+    sharding: Option<ShardingContext>,
 }
 
 impl Emitter {
@@ -138,7 +141,55 @@ impl Emitter {
             out: String::new(),
             next: 0,
             indent: 2,
+            sharding: None,
         }
+    }
+
+    /// An emitter that writes sharding constraints for this mesh and rules.
+    pub fn with_sharding(sharding: Option<ShardingContext>) -> Emitter {
+        Emitter {
+            sharding,
+            ..Emitter::new()
+        }
+    }
+
+    /// A sharding constraint on `x`, or `x` itself when the program is not partitioned.
+    pub fn sharding_constraint(
+        &mut self,
+        x: &str,
+        t: &TensorType,
+        axes: &[Option<String>],
+    ) -> Result<Vec<String>> {
+        let Some(ctx) = self.sharding.clone() else {
+            return Ok(vec![x.to_string()]);
+        };
+        if ctx.mesh.size() == 1 {
+            return Ok(vec![x.to_string()]);
+        }
+        let spec = ctx.spec_for(
+            &format!("activation {t} with axes {axes:?}"),
+            axes,
+            &t.shape,
+        )?;
+        Ok(match ctx.partitioner {
+            Partitioner::Shardy => self.op(
+                "sdy.sharding_constraint",
+                &[x.to_string()],
+                std::slice::from_ref(t),
+                &format!("sharding = {}", spec.sdy()),
+                std::slice::from_ref(t),
+            ),
+            Partitioner::Gspmd => self.op(
+                "stablehlo.custom_call",
+                &[x.to_string()],
+                std::slice::from_ref(t),
+                &format!(
+                    "call_target_name = \"Sharding\", mhlo.sharding = \"{}\"",
+                    spec.hlo(&ctx.mesh)
+                ),
+                std::slice::from_ref(t),
+            ),
+        })
     }
 
     pub fn fresh(&mut self) -> String {
@@ -316,8 +367,43 @@ pub struct ModuleAttrs {
     pub results: Vec<String>,
 }
 
+/// A module partitioned over `ctx`'s mesh: `@main`'s parameters and outputs carry `args` and
+/// `results` specs, and the graph's sharding constraints are written out.
+pub fn module_sharded(
+    graph: &Graph,
+    ctx: &ShardingContext,
+    args: &[PartitionSpec],
+    results: &[PartitionSpec],
+) -> Result<String> {
+    if ctx.mesh.size() == 1 {
+        return module(graph, &ModuleAttrs::default());
+    }
+    let (module_attrs, preamble) = ctx.module_attrs();
+    let attrs = ModuleAttrs {
+        module: module_attrs,
+        preamble,
+        args: args
+            .iter()
+            .map(|s| s.attribute(&ctx.mesh, ctx.partitioner))
+            .collect(),
+        results: results
+            .iter()
+            .map(|s| s.attribute(&ctx.mesh, ctx.partitioner))
+            .collect(),
+    };
+    module_with(graph, &attrs, Some(ctx.clone()))
+}
+
 /// The whole module text for a graph: `@main` takes the graph's parameters and returns its outputs.
 pub fn module(graph: &Graph, attrs: &ModuleAttrs) -> Result<String> {
+    module_with(graph, attrs, None)
+}
+
+fn module_with(
+    graph: &Graph,
+    attrs: &ModuleAttrs,
+    sharding: Option<ShardingContext>,
+) -> Result<String> {
     let name: String = graph
         .name
         .chars()
@@ -329,7 +415,7 @@ pub fn module(graph: &Graph, attrs: &ModuleAttrs) -> Result<String> {
             }
         })
         .collect();
-    let mut e = Emitter::new();
+    let mut e = Emitter::with_sharding(sharding);
     let params: Vec<String> = (0..graph.params.len())
         .map(|i| format!("%arg{i}"))
         .collect();

@@ -65,6 +65,18 @@ pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         }
         Op::OptimizationBarrier => Ok(ins.to_vec()),
         Op::Scan(s) => scan_outputs(s, ins),
+        Op::ShardingConstraint { axes } => {
+            if ins.len() != 1 || axes.len() != ins[0].rank() {
+                return shape_err(
+                    &op.name(),
+                    format!(
+                        "needs one logical axis entry per dimension, got {axes:?} for {}",
+                        show(ins)
+                    ),
+                );
+            }
+            Ok(ins.to_vec())
+        }
         _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
     }
 }
@@ -197,6 +209,11 @@ pub fn vjp(
         // The barrier is the identity: cotangents pass straight through.
         Op::OptimizationBarrier => Ok(cots.to_vec()),
         Op::Scan(s) => scan_vjp(ctx, s, ins, outs, cots),
+        // The cotangent is laid out like the value.
+        Op::ShardingConstraint { axes } => match &cots[0] {
+            Some(g) => Ok(vec![Some(g.constrain_axes(axes)?)]),
+            None => Ok(vec![None]),
+        },
         _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
     }
 }
@@ -438,6 +455,7 @@ pub fn lower(
             Ok(e.op("stablehlo.optimization_barrier", ins, in_tys, "", out_tys))
         }
         Op::Scan(s) => lower_scan(e, s, ins, in_tys, out_tys),
+        Op::ShardingConstraint { axes } => e.sharding_constraint(&ins[0], &in_tys[0], axes),
         _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
     }
 }

@@ -51,9 +51,10 @@ pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
             reduce::infer(op, ins)
         }
-        Op::RngBitGenerator { .. } | Op::OptimizationBarrier | Op::Scan(_) => {
-            control::infer(op, ins)
-        }
+        Op::RngBitGenerator { .. }
+        | Op::OptimizationBarrier
+        | Op::Scan(_)
+        | Op::ShardingConstraint { .. } => control::infer(op, ins),
     }
 }
 
@@ -90,9 +91,10 @@ pub fn vjp(
         Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
             reduce::vjp(op, ins, outs, cots)
         }
-        Op::RngBitGenerator { .. } | Op::OptimizationBarrier | Op::Scan(_) => {
-            control::vjp(ctx, op, ins, outs, cots)
-        }
+        Op::RngBitGenerator { .. }
+        | Op::OptimizationBarrier
+        | Op::Scan(_)
+        | Op::ShardingConstraint { .. } => control::vjp(ctx, op, ins, outs, cots),
     }
 }
 
@@ -131,9 +133,10 @@ pub fn lower(
         Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
             reduce::lower(e, op, ins, in_tys, out_tys)
         }
-        Op::RngBitGenerator { .. } | Op::OptimizationBarrier | Op::Scan(_) => {
-            control::lower(e, op, ins, in_tys, out_tys)
-        }
+        Op::RngBitGenerator { .. }
+        | Op::OptimizationBarrier
+        | Op::Scan(_)
+        | Op::ShardingConstraint { .. } => control::lower(e, op, ins, in_tys, out_tys),
     }
 }
 

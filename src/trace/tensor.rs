@@ -559,6 +559,26 @@ impl Tensor {
         self.b.push1(Op::ScatterAdd, &[self, ids, updates])
     }
 
+    /// Asks the SPMD partitioner to lay this value out by logical axis names, one per dimension
+    /// (`None`: not split), e.g. `x.constrain(&[Some("batch"), None, Some("embed")])`.
+    pub fn constrain(&self, axes: &[Option<&str>]) -> Result<Tensor> {
+        self.constrain_axes(
+            &axes
+                .iter()
+                .map(|a| a.map(str::to_string))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn constrain_axes(&self, axes: &[Option<String>]) -> Result<Tensor> {
+        self.b.push1(
+            Op::ShardingConstraint {
+                axes: axes.to_vec(),
+            },
+            &[self],
+        )
+    }
+
     /// Threefry random bits from a `u64[2]` key: returns the next key and `u32` bits of `shape`.
     pub fn random_bits(&self, shape: &[i64]) -> Result<(Tensor, Tensor)> {
         let mut o = self.b.push(

@@ -1,0 +1,253 @@
+//! Rule files (`partitioning/*.toml`): logical axis → mesh axes, and ordered parameter-name
+//! patterns that override them.
+//!
+//! ```toml
+//! description = "Megatron-style model parallelism"
+//! mesh = "model=8"               # default mesh when --mesh is not given
+//!
+//! [logical]                      # logical axis name → mesh axes (unlisted: not split)
+//! batch = ["data"]
+//! heads = ["model"]
+//! mlp = ["model"]
+//!
+//! [[params]]                     # first matching pattern wins
+//! pattern = "temperature$"
+//! spec = []                      # an explicit spec per dimension ([] = replicated)
+//!
+//! [[params]]
+//! pattern = ".*"
+//! largest = ["data"]             # split the largest dimension that divides (FSDP / ZeRO-3)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{Mesh, PartitionSpec};
+use crate::error::{Error, Result};
+use crate::model::ParamSpec;
+
+/// Logical axis name → mesh axes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogicalRules(pub BTreeMap<String, Vec<String>>);
+
+impl LogicalRules {
+    /// The spec of a tensor whose dimensions carry these logical names.
+    pub fn spec(&self, _tensor: &str, axes: &[Option<String>]) -> Result<PartitionSpec> {
+        Ok(PartitionSpec(
+            axes.iter()
+                .map(|a| match a {
+                    Some(name) => self.0.get(name).cloned().unwrap_or_default(),
+                    None => vec![],
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// One `[[params]]` entry.
+#[derive(Clone, Debug)]
+pub struct ParamRule {
+    pub pattern: Regex,
+    pub action: ParamAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamAction {
+    /// An explicit spec; `[]` replicates a tensor of any rank.
+    Spec(Vec<Vec<String>>),
+    /// Split the largest dimension that divides over these axes.
+    Largest(Vec<String>),
+}
+
+/// A parsed rule file.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    pub description: String,
+    pub default_mesh: Option<Mesh>,
+    pub logical: LogicalRules,
+    pub params: Vec<ParamRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParam {
+    pattern: String,
+    #[serde(default)]
+    spec: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    largest: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    mesh: Option<String>,
+    #[serde(default)]
+    logical: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    params: Vec<RawParam>,
+}
+
+impl Rules {
+    /// Parses rule-file text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Rules> {
+        let bad = |m: String| Error::InvalidArgument {
+            what: format!("partitioning rules `{source}`"),
+            fix: m,
+        };
+        let raw: RawRules = toml::from_str(text).map_err(|e| bad(format!("{e}")))?;
+        let default_mesh = raw.mesh.as_deref().map(Mesh::parse).transpose()?;
+        let mut params = Vec::new();
+        for p in raw.params {
+            let pattern = Regex::new(&p.pattern).map_err(|e| {
+                bad(format!(
+                    "pattern `{}` is not a regular expression: {e}",
+                    p.pattern
+                ))
+            })?;
+            let action = match (p.spec, p.largest) {
+                (Some(s), None) => ParamAction::Spec(s),
+                (None, Some(l)) => ParamAction::Largest(l),
+                _ => {
+                    return Err(bad(format!(
+                        "rule for `{}` needs exactly one of `spec` or `largest`",
+                        p.pattern
+                    )))
+                }
+            };
+            params.push(ParamRule { pattern, action });
+        }
+        Ok(Rules {
+            description: raw.description,
+            default_mesh,
+            logical: LogicalRules(raw.logical),
+            params,
+        })
+    }
+
+    /// Reads a rule file.
+    pub fn load(path: &Path) -> Result<Rules> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Rules::parse(&text, &path.display().to_string())
+    }
+
+    /// Loads `NAME` from the `partitioning/` folder of the source tree or the current
+    /// directory, or a path.
+    pub fn find(name_or_path: &str) -> Result<Rules> {
+        let p = Path::new(name_or_path);
+        if p.is_file() {
+            return Rules::load(p);
+        }
+        let file = if name_or_path.ends_with(".toml") {
+            name_or_path.to_string()
+        } else {
+            format!("{name_or_path}.toml")
+        };
+        for dir in [
+            Path::new("partitioning"),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("partitioning"),
+        ] {
+            let c = dir.join(&file);
+            if c.is_file() {
+                return Rules::load(&c);
+            }
+        }
+        Err(Error::InvalidArgument {
+            what: format!("partitioning `{name_or_path}`"),
+            fix: "give a rule file path or a preset of partitioning/: data_parallel, fsdp, model_parallel, data_model".into(),
+        })
+    }
+
+    /// Data parallelism: batch over `data`, weights replicated.
+    pub fn data_parallel() -> Rules {
+        let mut l = BTreeMap::new();
+        l.insert("batch".to_string(), vec!["data".to_string()]);
+        Rules {
+            description: "data parallel".into(),
+            default_mesh: None,
+            logical: LogicalRules(l),
+            params: vec![],
+        }
+    }
+
+    /// Every mesh axis a rule mentions must exist in `mesh`.
+    pub fn check_mesh(&self, mesh: &Mesh) -> Result<()> {
+        let mut mentioned: Vec<(&str, String)> = Vec::new();
+        for (k, v) in &self.logical.0 {
+            mentioned.extend(
+                v.iter()
+                    .map(|a| (a.as_str(), format!("logical axis `{k}`"))),
+            );
+        }
+        for p in &self.params {
+            let axes: Vec<&String> = match &p.action {
+                ParamAction::Spec(s) => s.iter().flatten().collect(),
+                ParamAction::Largest(l) => l.iter().collect(),
+            };
+            mentioned.extend(
+                axes.into_iter()
+                    .map(|a| (a.as_str(), format!("parameter rule `{}`", p.pattern))),
+            );
+        }
+        for (a, by) in mentioned {
+            if mesh.axis_size(a).is_none() {
+                return Err(Error::InvalidArgument {
+                    what: format!("mesh axis `{a}` (used by {by})"),
+                    fix: format!(
+                        "mesh {mesh} has no such axis: add it to --mesh or change the rules"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec of every parameter, validated against the mesh.
+    pub fn param_specs(&self, specs: &[ParamSpec], mesh: &Mesh) -> Result<Vec<PartitionSpec>> {
+        self.check_mesh(mesh)?;
+        specs
+            .iter()
+            .map(|s| {
+                let spec = match self.params.iter().find(|r| r.pattern.is_match(&s.name)) {
+                    Some(r) => match &r.action {
+                        ParamAction::Spec(v) if v.is_empty() => {
+                            PartitionSpec::replicated(s.shape.len())
+                        }
+                        ParamAction::Spec(v) => PartitionSpec(v.clone()),
+                        ParamAction::Largest(axes) => {
+                            let size: i64 = axes.iter().filter_map(|a| mesh.axis_size(a)).product();
+                            let mut order: Vec<usize> = (0..s.shape.len()).collect();
+                            order.sort_by_key(|&i| (std::cmp::Reverse(s.shape[i]), i));
+                            let mut spec = PartitionSpec::replicated(s.shape.len());
+                            if let Some(&d) = order
+                                .iter()
+                                .find(|&&d| s.shape[d] % size == 0 && s.shape[d] >= size)
+                            {
+                                spec.0[d] = axes.clone();
+                            }
+                            spec
+                        }
+                    },
+                    None => {
+                        let axes: Vec<Option<String>> =
+                            s.axes.iter().map(|a| Some(a.clone())).collect();
+                        let axes = if axes.len() == s.shape.len() {
+                            axes
+                        } else {
+                            vec![None; s.shape.len()]
+                        };
+                        self.logical.spec(&s.name, &axes)?
+                    }
+                };
+                spec.validate(&s.name, &s.shape, mesh)?;
+                Ok(spec)
+            })
+            .collect()
+    }
+}
