@@ -33,6 +33,7 @@ pub mod ops;
 pub mod partition;
 pub mod runtime;
 pub mod trace;
+pub mod train;
 
 pub use dtype::{DType, Element, TensorType};
 pub use error::{Error, Result};

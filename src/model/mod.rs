@@ -1,6 +1,13 @@
-//! Model code: parameters by name and the building blocks of BASIC's towers.
+//! Model code: parameters by name and BASIC's towers. Files read like the paper; none of them
+//! knows about devices or sharding beyond naming logical axes.
 
+pub mod basic;
+pub mod coatnet;
+pub mod config;
 pub mod params;
+pub mod text;
 pub mod transformer;
+pub mod vit;
 
+pub use config::ModelConfig;
 pub use params::{Init, ParamSpec, Params};

@@ -78,11 +78,13 @@ pub fn dense(x: &Tensor, kernel: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.matmul(kernel)?.add(bias)
 }
 
-/// Multi-head self-attention on `x [B, L, D]`. `mask_bias`, if given, is added to the scores and
-/// broadcasts to `[B, H, L, L]` (0 where attention is allowed, a large negative number elsewhere).
+/// Multi-head self-attention on `x [B, L, D_in]`; the output width is that of `out/kernel`
+/// (`qkv/kernel` is `[D_in, 3·D]`). `mask_bias`, if given, is added to the scores and broadcasts
+/// to `[B, H, L, L]` (0 where attention is allowed, a large negative number elsewhere; CoAtNet
+/// passes its relative position bias here).
 pub fn attention(x: &Tensor, p: &Params, heads: i64, mask_bias: Option<&Tensor>) -> Result<Tensor> {
-    let (b, l, d) = match x.shape() {
-        [b, l, d] => (*b, *l, *d),
+    let (b, l) = match x.shape() {
+        [b, l, _] => (*b, *l),
         _ => {
             return shape_err(
                 "attention",
@@ -90,14 +92,16 @@ pub fn attention(x: &Tensor, p: &Params, heads: i64, mask_bias: Option<&Tensor>)
             )
         }
     };
-    if d % heads != 0 {
+    let qkv_kernel = p.get("qkv/kernel")?;
+    let d = qkv_kernel.shape().get(1).copied().unwrap_or(0) / 3;
+    if heads < 1 || d % heads != 0 {
         return shape_err(
             "attention",
             format!("width {d} is not divisible by {heads} heads"),
         );
     }
     let dh = d / heads;
-    let qkv = dense(x, p.get("qkv/kernel")?, p.get("qkv/bias")?)?
+    let qkv = dense(x, qkv_kernel, p.get("qkv/bias")?)?
         .reshape(&[b, l, 3, heads, dh])?
         .transpose(&[2, 0, 3, 1, 4])?; // [3, B, H, L, dh]
     let part =

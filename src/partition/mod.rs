@@ -7,9 +7,11 @@
 //! divide by its axes' size, a mesh larger than the devices, a tensor that would use one mesh
 //! axis twice.
 
+mod exec;
 mod placement;
 mod rules;
 
+pub use exec::{Sharded, ShardedProgram};
 pub use placement::{gather, shard, shard_index};
 pub use rules::{LogicalRules, ParamRule, Rules};
 

@@ -1,0 +1,383 @@
+//! Model configurations: data in `graphs/NAME.toml`, read with serde. Unknown fields are errors,
+//! so a typo never silently falls back to a default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole dual encoder and its training defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Dimension of the shared image–text embedding space.
+    pub embed_dim: i64,
+    pub image: ImageConfig,
+    pub text: TextConfig,
+    #[serde(default)]
+    pub temperature: TemperatureConfig,
+    #[serde(default)]
+    pub loss: LossKind,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ImageConfig {
+    Vit(VitConfig),
+    Coatnet(CoatnetConfig),
+}
+
+impl ImageConfig {
+    pub fn image_size(&self) -> i64 {
+        match self {
+            ImageConfig::Vit(v) => v.image_size,
+            ImageConfig::Coatnet(c) => c.image_size,
+        }
+    }
+    pub fn channels(&self) -> i64 {
+        match self {
+            ImageConfig::Vit(v) => v.channels,
+            ImageConfig::Coatnet(c) => c.channels,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagePool {
+    /// The class token's output.
+    #[default]
+    Cls,
+    /// The mean over patch tokens.
+    Mean,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    pub image_size: i64,
+    pub channels: i64,
+    pub patch: i64,
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub mlp: i64,
+    #[serde(default)]
+    pub pool: ImagePool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoatnetStage {
+    /// `mbconv` or `transformer`.
+    pub kind: StageKind,
+    pub depth: i64,
+    pub width: i64,
+    /// Attention heads (transformer stages).
+    #[serde(default)]
+    pub heads: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Mbconv,
+    Transformer,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoatnetConfig {
+    pub image_size: i64,
+    pub channels: i64,
+    /// Width of the two-convolution stem (stage 0), which halves the resolution.
+    pub stem_width: i64,
+    /// Stages 1..4; each starts by halving the resolution.
+    pub stages: Vec<CoatnetStage>,
+    /// MBConv expansion ratio (4 in the paper) and MLP ratio of transformer stages.
+    #[serde(default = "four")]
+    pub expansion: i64,
+}
+
+fn four() -> i64 {
+    4
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TextPool {
+    /// The last non-padding token (CLIP's end-of-text token).
+    #[default]
+    Eot,
+    /// The first token (BERT's [CLS]).
+    First,
+    /// The mean over non-padding tokens.
+    Mean,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    pub vocab: i64,
+    /// Tokens per caption (padded / truncated to this).
+    pub length: i64,
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub mlp: i64,
+    #[serde(default = "yes")]
+    pub causal: bool,
+    #[serde(default)]
+    pub pool: TextPool,
+    /// Token id of padding.
+    #[serde(default)]
+    pub pad_id: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemperatureConfig {
+    /// Initial temperature τ (logits are scaled by 1/τ).
+    pub init: f64,
+    /// Smallest temperature: 1/τ is clamped at 1/min (CLIP: 0.01, i.e. a scale of 100).
+    pub min: f64,
+    #[serde(default = "yes")]
+    pub learnable: bool,
+}
+
+impl Default for TemperatureConfig {
+    fn default() -> Self {
+        TemperatureConfig {
+            init: 0.07,
+            min: 0.01,
+            learnable: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Symmetric softmax cross-entropy over the global batch (CLIP, ALIGN, BASIC).
+    #[default]
+    Softmax,
+    /// Pairwise sigmoid loss with a learnable bias (SigLIP).
+    Sigmoid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adamw,
+    Adafactorw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Cosine,
+    Linear,
+    InverseSqrt,
+    Constant,
+}
+
+/// Training defaults of a preset (flags override them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub batch: i64,
+    pub microbatches: i64,
+    /// `none`, `nothing_saveable`, `dots_saveable`, `everything_saveable`, `save_names(a,b)`.
+    pub remat: String,
+    /// `f32`, or `bf16` (bf16 compute, f32 master weights).
+    pub dtype: String,
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    pub warmup_steps: i64,
+    pub total_steps: i64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global-norm gradient clipping (0: off).
+    pub clip_norm: f64,
+    /// AdaFactor: keep a first moment.
+    pub momentum: bool,
+    /// AdaFactor: clip each update to this RMS (0: off).
+    pub update_clip: f64,
+    /// Image normalisation.
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch: 64,
+            microbatches: 1,
+            remat: "none".into(),
+            dtype: "f32".into(),
+            optimizer: OptimizerKind::Adamw,
+            learning_rate: 1e-3,
+            warmup_steps: 10,
+            total_steps: 1000,
+            schedule: Schedule::Cosine,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 1.0,
+            momentum: true,
+            update_clip: 1.0,
+            mean: vec![0.5],
+            std: vec![0.5],
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Parses TOML text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<ModelConfig> {
+        let c: ModelConfig = toml::from_str(text).map_err(|e| Error::InvalidArgument {
+            what: format!("model config `{source}`"),
+            fix: e.to_string(),
+        })?;
+        c.validate(source)?;
+        Ok(c)
+    }
+
+    /// Reads `graphs/NAME.toml`, a preset name (`tiny`), or any path.
+    pub fn load(name_or_path: &str) -> Result<ModelConfig> {
+        let p = Path::new(name_or_path);
+        let path = if p.is_file() {
+            p.to_path_buf()
+        } else {
+            let file = if name_or_path.ends_with(".toml") {
+                name_or_path.to_string()
+            } else {
+                format!("{name_or_path}.toml")
+            };
+            [Path::new("graphs").join(&file), Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs").join(&file)]
+                .into_iter()
+                .find(|c| c.is_file())
+                .ok_or_else(|| Error::InvalidArgument {
+                    what: format!("model `{name_or_path}`"),
+                    fix: "give a config file path or a preset of graphs/ (tiny, vit-b16, basic-s, basic-m, basic-l)".into(),
+                })?
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        ModelConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks sizes that the shape rules would only reject deep inside the model.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let bad = |what: String, fix: &str| {
+            Err(Error::InvalidArgument {
+                what: format!("{what} in `{source}`"),
+                fix: fix.to_string(),
+            })
+        };
+        if self.embed_dim < 1 {
+            return bad(
+                format!("embed_dim = {}", self.embed_dim),
+                "must be positive",
+            );
+        }
+        match &self.image {
+            ImageConfig::Vit(v) => {
+                if v.patch < 1 || v.image_size % v.patch != 0 {
+                    return bad(
+                        format!("image.patch = {} for image_size {}", v.patch, v.image_size),
+                        "the patch size must divide the image size",
+                    );
+                }
+                if v.heads < 1 || v.width % v.heads != 0 {
+                    return bad(
+                        format!("image.width = {} with {} heads", v.width, v.heads),
+                        "the width must divide by the heads",
+                    );
+                }
+            }
+            ImageConfig::Coatnet(c) => {
+                let downs = 1 + c.stages.len() as u32;
+                if c.stages.is_empty() || c.image_size % (1 << downs) != 0 {
+                    return bad(
+                        format!(
+                            "image.image_size = {} with {} stages",
+                            c.image_size,
+                            c.stages.len()
+                        ),
+                        "each stage halves the resolution: the size must divide by 2^(stages+1)",
+                    );
+                }
+                for (i, s) in c.stages.iter().enumerate() {
+                    if s.kind == StageKind::Transformer && (s.heads < 1 || s.width % s.heads != 0) {
+                        return bad(
+                            format!("image.stages[{i}] width {} with {} heads", s.width, s.heads),
+                            "transformer stages need heads dividing the width",
+                        );
+                    }
+                }
+            }
+        }
+        let t = &self.text;
+        if t.heads < 1 || t.width % t.heads != 0 {
+            return bad(
+                format!("text.width = {} with {} heads", t.width, t.heads),
+                "the width must divide by the heads",
+            );
+        }
+        if t.vocab < 2 || t.length < 1 {
+            return bad(
+                format!("text.vocab = {}, text.length = {}", t.vocab, t.length),
+                "need a vocabulary and a length",
+            );
+        }
+        if !(self.temperature.init > 0.0
+            && self.temperature.min > 0.0
+            && self.temperature.min <= self.temperature.init)
+        {
+            return bad(
+                format!(
+                    "temperature init {} / min {}",
+                    self.temperature.init, self.temperature.min
+                ),
+                "need 0 < min ≤ init",
+            );
+        }
+        let tr = &self.train;
+        if tr.microbatches < 1 || tr.batch < 1 || tr.batch % tr.microbatches != 0 {
+            return bad(
+                format!(
+                    "train.batch = {} with {} microbatches",
+                    tr.batch, tr.microbatches
+                ),
+                "the batch must divide into the micro-batches",
+            );
+        }
+        if crate::ir::RematPolicy::parse(&tr.remat).is_none() {
+            return bad(
+                format!("train.remat = `{}`", tr.remat),
+                "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)",
+            );
+        }
+        if tr.dtype != "f32" && tr.dtype != "bf16" && tr.dtype != "f64" {
+            return bad(
+                format!("train.dtype = `{}`", tr.dtype),
+                "use f32, bf16 or f64",
+            );
+        }
+        Ok(())
+    }
+}

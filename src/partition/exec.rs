@@ -1,0 +1,143 @@
+//! Compiling a graph over a mesh and running it on per-device shards.
+
+use super::{gather, shard, Mesh, PartitionSpec, ShardingContext};
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::runtime::{Client, DeviceBuffer, Executable, HostArray, MemoryStats};
+
+/// One logical array held as one buffer per device of the mesh (`bufs[d]` on device `d`).
+#[derive(Debug)]
+pub struct Sharded {
+    pub bufs: Vec<DeviceBuffer>,
+}
+
+/// A program partitioned over a mesh, with the specs of its arguments and results.
+pub struct ShardedProgram {
+    pub exe: Executable,
+    pub ctx: ShardingContext,
+    pub args: Vec<PartitionSpec>,
+    pub results: Vec<PartitionSpec>,
+    pub text: String,
+}
+
+impl ShardedProgram {
+    /// Validates every spec against its tensor and the mesh against the devices, emits and
+    /// compiles. Argument and result names in errors are the graph's own.
+    pub fn compile(
+        client: &Client,
+        graph: &Graph,
+        ctx: &ShardingContext,
+        args: Vec<PartitionSpec>,
+        results: Vec<PartitionSpec>,
+    ) -> Result<ShardedProgram> {
+        ctx.mesh.check_devices(client.devices().len())?;
+        if args.len() != graph.params.len() || results.len() != graph.outputs.len() {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "shardings for `{}`: {} argument and {} result specs for {} parameters and {} outputs",
+                    graph.name,
+                    args.len(),
+                    results.len(),
+                    graph.params.len(),
+                    graph.outputs.len()
+                ),
+                fix: "give one spec per parameter and per output".into(),
+            });
+        }
+        for ((name, v), s) in graph.params.iter().zip(&args) {
+            s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
+        }
+        for ((name, v), s) in graph.outputs.iter().zip(&results) {
+            s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
+        }
+        let text = crate::lower::module_sharded(graph, ctx, &args, &results)?;
+        let exe = client.compile(&text, &ctx.compile_options())?;
+        Ok(ShardedProgram {
+            exe,
+            ctx: ctx.clone(),
+            args,
+            results,
+            text,
+        })
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.ctx.mesh
+    }
+
+    fn devices(&self) -> i64 {
+        self.exe.num_devices() as i64
+    }
+
+    /// Splits argument `i`'s global value into shards and uploads them.
+    pub fn upload(&self, i: usize, global: &HostArray) -> Result<Sharded> {
+        let spec = self.args.get(i).ok_or_else(|| Error::InvalidArgument {
+            what: format!("argument {i}"),
+            fix: format!("the program takes {} arguments", self.args.len()),
+        })?;
+        let bufs = (0..self.devices())
+            .map(|d| {
+                let piece = if self.devices() == 1 {
+                    global.clone()
+                } else {
+                    shard(global, spec, self.mesh(), d)?
+                };
+                self.exe.upload(&piece, d as usize)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sharded { bufs })
+    }
+
+    /// Runs on sharded arguments; returns sharded results. Nothing goes through the host.
+    pub fn run(&self, args: &[&Sharded]) -> Result<Vec<Sharded>> {
+        let n = self.devices() as usize;
+        let lists: Vec<Vec<&DeviceBuffer>> = (0..n)
+            .map(|d| args.iter().map(|a| &a.bufs[d]).collect())
+            .collect();
+        let mut per_device = self.exe.execute(&lists)?;
+        let n_out = per_device.first().map_or(0, Vec::len);
+        let mut out: Vec<Sharded> = (0..n_out)
+            .map(|_| Sharded {
+                bufs: Vec::with_capacity(n),
+            })
+            .collect();
+        for dev in per_device.iter_mut() {
+            for (i, b) in dev.drain(..).enumerate() {
+                out[i].bufs.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Brings result `i` back to the host as one global array.
+    pub fn gather(&self, i: usize, value: &Sharded) -> Result<HostArray> {
+        let mut shards = value
+            .bufs
+            .iter()
+            .map(DeviceBuffer::to_host)
+            .collect::<Result<Vec<_>>>()?;
+        if shards.len() == 1 {
+            return Ok(shards.remove(0));
+        }
+        gather(&shards, &self.results[i], self.mesh())
+    }
+
+    /// Uploads, runs and gathers everything.
+    pub fn run_host(&self, args: &[HostArray]) -> Result<Vec<HostArray>> {
+        let up = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.upload(i, a))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Sharded> = up.iter().collect();
+        let out = self.run(&refs)?;
+        out.iter()
+            .enumerate()
+            .map(|(i, s)| self.gather(i, s))
+            .collect()
+    }
+
+    pub fn memory_stats(&self) -> Result<MemoryStats> {
+        self.exe.memory_stats()
+    }
+}

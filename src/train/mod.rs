@@ -1,0 +1,7 @@
+//! Training: BASIC's step as one program, optimizers, parameter initialisation.
+
+pub mod init;
+pub mod optim;
+pub mod step;
+
+pub use step::{embed_graph, grad_graph, train_graph, StepOptions};

@@ -1,0 +1,363 @@
+//! BASIC's training step as one program.
+//!
+//! With `M` micro-batches (§4 of the paper, "gradient accumulation for contrastive learning"), the
+//! step computes the exact full-batch gradient while holding one micro-batch's activations:
+//!
+//! 1. a loop over micro-batches computes every embedding, keeping no activations;
+//! 2. the contrastive loss over the global batch, and its gradient with respect to every
+//!    embedding (and the temperature);
+//! 3. a second loop re-runs each micro-batch's towers and backpropagates that micro-batch's slice
+//!    of the embedding gradient, summing parameter gradients;
+//!
+//! then the optimizer update. Both loops are XLA `while` loops inside the one compiled program:
+//! no host round trip between passes. With `M = 1` the step is plain backpropagation.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, RematPolicy};
+use crate::model::basic::{self, logit_scale};
+use crate::model::config::{LossKind, ModelConfig};
+use crate::model::{ParamSpec, Params};
+use crate::trace::{Builder, Tensor};
+
+use super::optim;
+
+/// Shapes and numerics of a step.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    /// Global batch (pairs per step).
+    pub batch: i64,
+    pub microbatches: i64,
+    pub remat: Option<RematPolicy>,
+    /// Dtype of parameters and optimizer state (f32, or f64 for parity checks).
+    pub param_dtype: DType,
+    /// Dtype the towers compute in (bf16 for mixed precision).
+    pub compute_dtype: DType,
+    /// Parameters that get no gradient and no optimizer state (locked towers).
+    pub frozen: Vec<String>,
+}
+
+impl StepOptions {
+    pub fn from_config(c: &ModelConfig) -> Result<StepOptions> {
+        let t = &c.train;
+        let remat = match RematPolicy::parse(&t.remat) {
+            Some(RematPolicy::EverythingSaveable) => None,
+            Some(p) => Some(p),
+            None => {
+                return Err(Error::InvalidArgument {
+                    what: format!("remat policy `{}`", t.remat),
+                    fix: "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)".into(),
+                })
+            }
+        };
+        let (param_dtype, compute_dtype) = match t.dtype.as_str() {
+            "bf16" => (DType::F32, DType::BF16),
+            "f64" => (DType::F64, DType::F64),
+            _ => (DType::F32, DType::F32),
+        };
+        Ok(StepOptions {
+            batch: t.batch,
+            microbatches: t.microbatches,
+            remat,
+            param_dtype,
+            compute_dtype,
+            frozen: vec![],
+        })
+    }
+
+    fn check(&self, c: &ModelConfig) -> Result<()> {
+        if self.batch < 1 || self.microbatches < 1 || self.batch % self.microbatches != 0 {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "batch {} with {} micro-batches",
+                    self.batch, self.microbatches
+                ),
+                fix: "the batch must divide evenly into micro-batches".into(),
+            });
+        }
+        if self.batch < 2 && c.loss == LossKind::Softmax {
+            return Err(Error::InvalidArgument {
+                what: format!("batch {}", self.batch),
+                fix: "a contrastive batch needs at least 2 pairs".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The parameters a step trains: all but the frozen ones.
+pub fn trainable(specs: &[ParamSpec], o: &StepOptions) -> Vec<ParamSpec> {
+    specs
+        .iter()
+        .filter(|s| !o.frozen.contains(&s.name))
+        .cloned()
+        .collect()
+}
+
+/// Shapes of the batch inputs.
+pub fn batch_shapes(c: &ModelConfig, n: i64) -> ([i64; 4], [i64; 2]) {
+    let s = c.image.image_size();
+    ([n, s, s, c.image.channels()], [n, c.text.length])
+}
+
+/// Declares the batch inputs `images` and `tokens`.
+fn batch_inputs(b: &Builder, c: &ModelConfig, o: &StepOptions) -> Result<(Tensor, Tensor)> {
+    let (is, ts) = batch_shapes(c, o.batch);
+    let images = b.parameter("images", o.param_dtype, &is)?;
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    Ok((
+        images.constrain(&[Some("batch"), None, None, None])?,
+        tokens.constrain(&[Some("batch"), None])?,
+    ))
+}
+
+fn embed_pair(
+    images: &Tensor,
+    tokens: &Tensor,
+    p: &Params,
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Tensor, Tensor)> {
+    let cp = basic::cast(p, o.compute_dtype)?;
+    let img = basic::embed_images(&images.convert(o.compute_dtype)?, &cp, c, o.remat.as_ref())?;
+    let txt = basic::embed_texts(tokens, &cp, c, o.compute_dtype, o.remat.as_ref())?;
+    Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
+}
+
+fn head_loss(img: &Tensor, txt: &Tensor, p: &Params, c: &ModelConfig) -> Result<Tensor> {
+    let scale = logit_scale(p, c)?;
+    let bias = match c.loss {
+        LossKind::Sigmoid => Some(p.get("logit_bias")?.clone()),
+        LossKind::Softmax => None,
+    };
+    basic::loss(img, txt, &scale, bias.as_ref(), c.loss)
+}
+
+/// Loss and gradients (in `train` order) of the whole batch, by BASIC's accumulation when
+/// `microbatches > 1`.
+pub fn loss_and_grads(
+    p: &Params,
+    train: &[ParamSpec],
+    images: &Tensor,
+    tokens: &Tensor,
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let b = images.builder().clone();
+    let wrt: Vec<Tensor> = train
+        .iter()
+        .map(|s| p.get(&s.name).cloned())
+        .collect::<Result<_>>()?;
+    let m = o.microbatches;
+    if m == 1 {
+        let (img, txt) = embed_pair(images, tokens, p, c, o)?;
+        let loss = head_loss(&img, &txt, p, c)?;
+        let grads = crate::autodiff::grad(&loss, &wrt)?;
+        return Ok((loss, grads));
+    }
+    let n = o.batch;
+    let mb = n / m;
+    let mut ishape = vec![m, mb];
+    ishape.extend_from_slice(&images.shape()[1..]);
+    let images_mb = images
+        .reshape(&ishape)?
+        .constrain(&[None, Some("batch"), None, None, None])?;
+    let tokens_mb =
+        tokens
+            .reshape(&[m, mb, tokens.shape()[1]])?
+            .constrain(&[None, Some("batch"), None])?;
+    // Tower parameters go into the loops as constants, by name.
+    let names: Vec<String> = p
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| basic::is_image_param(k) || basic::is_text_param(k))
+        .collect();
+    let consts: Vec<Tensor> = names
+        .iter()
+        .map(|k| p.get(k).cloned())
+        .collect::<Result<_>>()?;
+    let rebuild = |cs: &[Tensor]| {
+        let mut q = Params::default();
+        for (k, t) in names.iter().zip(cs) {
+            q.insert(k, t.clone());
+        }
+        q
+    };
+
+    // Pass 1: embeddings of every micro-batch.
+    let (_, embs) = b.scan(
+        m,
+        &consts,
+        &[],
+        &[images_mb.clone(), tokens_mb.clone()],
+        false,
+        |_, cs, _, xs| {
+            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o)?;
+            Ok((vec![], vec![img, txt]))
+        },
+    )?;
+    let e = c.embed_dim;
+    let img_all = embs[0]
+        .reshape(&[n, e])?
+        .constrain(&[Some("batch"), None])?;
+    let txt_all = embs[1]
+        .reshape(&[n, e])?
+        .constrain(&[Some("batch"), None])?;
+
+    // Pass 2: the loss over the global batch and its gradient per embedding (and head parameter).
+    let loss = head_loss(&img_all, &txt_all, p, c)?;
+    let heads: Vec<(usize, Tensor)> = wrt
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            !basic::is_image_param(&train[*i].name) && !basic::is_text_param(&train[*i].name)
+        })
+        .map(|(i, t)| (i, t.clone()))
+        .collect();
+    let mut targets = vec![img_all.clone(), txt_all.clone()];
+    targets.extend(heads.iter().map(|(_, t)| t.clone()));
+    let g2 = crate::autodiff::grad(&loss, &targets)?;
+    let d_img = g2[0]
+        .reshape(&[m, mb, e])?
+        .constrain(&[None, Some("batch"), None])?;
+    let d_txt = g2[1]
+        .reshape(&[m, mb, e])?
+        .constrain(&[None, Some("batch"), None])?;
+
+    // Pass 3: re-run each micro-batch and backpropagate its slice of the embedding gradient.
+    let train_names: Vec<&str> = train.iter().map(|s| s.name.as_str()).collect();
+    let acc_idx: Vec<usize> = (0..names.len())
+        .filter(|&i| train_names.contains(&names[i].as_str()))
+        .collect();
+    let acc0: Vec<Tensor> = acc_idx
+        .iter()
+        .map(|&i| consts[i].zeros_like())
+        .collect::<Result<_>>()?;
+    let (sums, _) = b.scan(
+        m,
+        &consts,
+        &acc0,
+        &[images_mb, tokens_mb, d_img, d_txt],
+        false,
+        |_, cs, acc, xs| {
+            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o)?;
+            let wrt: Vec<Tensor> = acc_idx.iter().map(|&i| cs[i].clone()).collect();
+            let g = crate::autodiff::vjp(
+                &[img, txt],
+                &[Some(xs[2].clone()), Some(xs[3].clone())],
+                &wrt,
+            )?;
+            let next = acc
+                .iter()
+                .zip(g)
+                .map(|(a, gi)| match gi {
+                    Some(gi) => a.add(&gi),
+                    None => Ok(a.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((next, vec![]))
+        },
+    )?;
+
+    // Assemble gradients in `train` order.
+    let mut grads: Vec<Option<Tensor>> = vec![None; train.len()];
+    for (k, &i) in acc_idx.iter().enumerate() {
+        let at = train_names.iter().position(|n| *n == names[i]).unwrap_or(0);
+        grads[at] = Some(sums[k].clone());
+    }
+    for (k, (i, _)) in heads.iter().enumerate() {
+        grads[*i] = Some(g2[2 + k].clone());
+    }
+    let grads = grads
+        .into_iter()
+        .zip(&wrt)
+        .map(|(g, w)| g.map_or_else(|| w.zeros_like(), Ok))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss, grads))
+}
+
+/// `(params..., images, tokens) → (loss, grads...)`: one batch's loss and the gradient of every
+/// trainable parameter, named like the parameter (`basic grad`).
+pub fn grad_graph(c: &ModelConfig, o: &StepOptions) -> Result<(Graph, Vec<ParamSpec>)> {
+    o.check(c)?;
+    let b = Builder::new(&format!("{}_grad", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, o.param_dtype)?;
+    let (images, tokens) = batch_inputs(&b, c, o)?;
+    let train = trainable(&specs, o);
+    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, c, o)?;
+    b.output("loss", &loss)?;
+    for (s, g) in train.iter().zip(&grads) {
+        b.output(&s.name, g)?;
+    }
+    Ok((b.finish(), specs))
+}
+
+/// `(params..., images, tokens) → (image_embeddings, text_embeddings, logit_scale)`.
+pub fn embed_graph(c: &ModelConfig, o: &StepOptions) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, o.param_dtype)?;
+    let (images, tokens) = batch_inputs(&b, c, o)?;
+    let no_remat = StepOptions {
+        remat: None,
+        ..o.clone()
+    };
+    let (img, txt) = embed_pair(&images, &tokens, &p, c, &no_remat)?;
+    b.output("image_embeddings", &img)?;
+    b.output("text_embeddings", &txt)?;
+    b.output("logit_scale", &logit_scale(&p, c)?)?;
+    Ok(b.finish())
+}
+
+/// The full training step: `(params..., state..., step, images, tokens) →
+/// (params..., state..., loss, grad_norm, learning_rate, temperature)`.
+/// Returns the graph, the parameter specs and the optimizer-state specs.
+pub fn train_graph(
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Graph, Vec<ParamSpec>, Vec<ParamSpec>)> {
+    o.check(c)?;
+    let b = Builder::new(&format!("{}_train", c.name));
+    let specs = basic::specs(c);
+    let train = trainable(&specs, o);
+    let sspecs = optim::state_specs(&train, &c.train);
+    let p = Params::declare(&b, &specs, o.param_dtype)?;
+    let state = Params::declare(&b, &sspecs, o.param_dtype)?;
+    let step = b.parameter("step", DType::S32, &[])?;
+    let (images, tokens) = batch_inputs(&b, c, o)?;
+    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, c, o)?;
+    let ps: Vec<Tensor> = train
+        .iter()
+        .map(|s| p.get(&s.name).cloned())
+        .collect::<Result<_>>()?;
+    let st: Vec<Tensor> = sspecs
+        .iter()
+        .map(|s| state.get(&s.name).cloned())
+        .collect::<Result<_>>()?;
+    let stepf = step.convert(DType::F32)?;
+    let (new_p, new_s, lr, norm) = optim::update(&train, &ps, &grads, &st, &stepf, &c.train)?;
+    let mut updated = std::collections::BTreeMap::new();
+    for (s, t) in train.iter().zip(new_p) {
+        updated.insert(s.name.clone(), t);
+    }
+    for s in &specs {
+        let t = match updated.get(&s.name) {
+            Some(t) => t.clone(),
+            None => p.get(&s.name)?.clone(),
+        };
+        b.output(&s.name, &t)?;
+    }
+    for (s, t) in sspecs.iter().zip(new_s) {
+        b.output(&s.name, &t)?;
+    }
+    b.output("loss", &loss)?;
+    b.output("grad_norm", &norm)?;
+    b.output("learning_rate", &lr)?;
+    let temperature = logit_scale(&p, c)?.convert(DType::F32)?;
+    b.output(
+        "temperature",
+        &temperature.scalar_like(1.0)?.div(&temperature)?,
+    )?;
+    Ok((b.finish(), specs, sspecs))
+}

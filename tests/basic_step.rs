@@ -1,0 +1,214 @@
+//! BASIC's step: gradient accumulation gives the full-batch gradient, the gradient agrees with
+//! finite differences, and the embedding program agrees with the loss.
+
+mod common;
+
+use basic::dtype::DType;
+use basic::model::{basic as dual, ModelConfig};
+use basic::runtime::{CompileOptions, HostArray};
+use basic::train::{embed_graph, grad_graph, init, StepOptions};
+use common::{assert_close, cpu_runtime, Rng};
+
+fn tiny() -> ModelConfig {
+    let mut c = ModelConfig::load("tiny").unwrap();
+    // Smaller still for f64 parity runs.
+    if let basic::model::config::ImageConfig::Vit(v) = &mut c.image {
+        v.width = 16;
+        v.mlp = 32;
+        v.heads = 2;
+    }
+    c.text.width = 16;
+    c.text.mlp = 32;
+    c.text.heads = 2;
+    c.text.vocab = 50;
+    c.text.length = 6;
+    c.embed_dim = 8;
+    c
+}
+
+fn batch(c: &ModelConfig, n: i64, seed: u64) -> (HostArray, HostArray) {
+    let mut r = Rng(seed);
+    let s = c.image.image_size();
+    let images = r.array(&[n, s, s, c.image.channels()], -1.0, 1.0);
+    let toks: Vec<i32> = (0..n * c.text.length)
+        .map(|i| {
+            let pos = i % c.text.length;
+            // Captions of varying length, padded with 0.
+            if pos < 2 + (i / c.text.length) % 4 {
+                1 + (r.next_u64() % (c.text.vocab as u64 - 1)) as i32
+            } else {
+                0
+            }
+        })
+        .collect();
+    (images, HostArray::new(&[n, c.text.length], &toks).unwrap())
+}
+
+fn opts(n: i64, m: i64) -> StepOptions {
+    StepOptions {
+        batch: n,
+        microbatches: m,
+        remat: None,
+        param_dtype: DType::F64,
+        compute_dtype: DType::F64,
+        frozen: vec![],
+    }
+}
+
+fn run_grads(
+    c: &ModelConfig,
+    o: &StepOptions,
+    params: &[HostArray],
+    images: &HostArray,
+    tokens: &HostArray,
+) -> Vec<HostArray> {
+    let (g, _) = grad_graph(c, o).unwrap();
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let exe = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    let mut args = params.to_vec();
+    args.push(images.clone());
+    args.push(tokens.clone());
+    exe.run(&args).unwrap()
+}
+
+#[test]
+fn microbatching_gives_the_full_batch_gradient() {
+    let c = tiny();
+    let n = 8;
+    let specs = dual::specs(&c);
+    let params = init::init_params(&specs, 3, DType::F64).unwrap();
+    let (images, tokens) = batch(&c, n, 11);
+    let full = run_grads(&c, &opts(n, 1), &params, &images, &tokens);
+    for m in [4, n] {
+        let acc = run_grads(&c, &opts(n, m), &params, &images, &tokens);
+        assert_eq!(acc.len(), full.len());
+        for (i, (a, b)) in acc.iter().zip(&full).enumerate() {
+            let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+            let scale = b.iter().fold(0f64, |s, x| s.max(x.abs())).max(1e-30);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-10 * scale.max(1.0),
+                    "M = {m}, output {i}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn step_gradient_matches_a_directional_finite_difference() {
+    let c = tiny();
+    let n = 4;
+    let o = opts(n, 2);
+    let specs = dual::specs(&c);
+    let params = init::init_params(&specs, 5, DType::F64).unwrap();
+    let (images, tokens) = batch(&c, n, 13);
+    let grads = run_grads(&c, &o, &params, &images, &tokens);
+    // Direction: random, per parameter.
+    let mut r = Rng(99);
+    let dirs: Vec<Vec<f64>> = params
+        .iter()
+        .map(|p| {
+            (0..p.element_count())
+                .map(|_| r.uniform(-1.0, 1.0))
+                .collect()
+        })
+        .collect();
+    let analytic: f64 = grads[1..]
+        .iter()
+        .zip(&dirs)
+        .map(|(g, d)| {
+            g.to_f64_vec()
+                .iter()
+                .zip(d)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
+        .sum();
+    let (g, _) = grad_graph(&c, &o).unwrap();
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let exe = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    let loss_at = |h: f64| {
+        let mut args: Vec<HostArray> = params
+            .iter()
+            .zip(&dirs)
+            .map(|(p, d)| {
+                let v: Vec<f64> = p
+                    .to_f64_vec()
+                    .iter()
+                    .zip(d)
+                    .map(|(x, y)| x + h * y)
+                    .collect();
+                HostArray::new(p.shape(), &v).unwrap()
+            })
+            .collect();
+        args.push(images.clone());
+        args.push(tokens.clone());
+        exe.run(&args).unwrap()[0].to_f64_vec()[0]
+    };
+    // Central differences at h and h/2, Richardson-extrapolated: O(h⁴) truncation error.
+    let d = |h: f64| (loss_at(h) - loss_at(-h)) / (2.0 * h);
+    let h = 1e-4;
+    let fd = (4.0 * d(h / 2.0) - d(h)) / 3.0;
+    assert!(
+        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
+        "finite difference {fd} vs reverse mode {analytic}"
+    );
+}
+
+#[test]
+fn loss_from_embeddings_equals_the_step_loss() {
+    let c = tiny();
+    let n = 6;
+    let specs = dual::specs(&c);
+    let params = init::init_params(&specs, 8, DType::F64).unwrap();
+    let (images, tokens) = batch(&c, n, 17);
+    let loss = run_grads(&c, &opts(n, 1), &params, &images, &tokens)[0].to_f64_vec()[0];
+    let g = embed_graph(&c, &opts(n, 1)).unwrap();
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let mut args = params.clone();
+    args.push(images);
+    args.push(tokens);
+    let out = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap()
+        .run(&args)
+        .unwrap();
+    let (x, y, s) = (
+        out[0].to_f64_vec(),
+        out[1].to_f64_vec(),
+        out[2].to_f64_vec()[0],
+    );
+    let e = c.embed_dim as usize;
+    let nn = n as usize;
+    // Embeddings are unit vectors.
+    for i in 0..nn {
+        let norm: f64 = x[i * e..(i + 1) * e].iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-12);
+    }
+    // L = ½ (CE(S, I) + CE(Sᵀ, I)), S_ij = s · x_i · y_j, computed here by the formula.
+    let sim = |i: usize, j: usize| s * (0..e).map(|k| x[i * e + k] * y[j * e + k]).sum::<f64>();
+    let mut total = 0.0;
+    for i in 0..nn {
+        let row: Vec<f64> = (0..nn).map(|j| sim(i, j)).collect();
+        let col: Vec<f64> = (0..nn).map(|j| sim(j, i)).collect();
+        let lse = |v: &[f64]| {
+            let m = v.iter().cloned().fold(f64::MIN, f64::max);
+            m + v.iter().map(|a| (a - m).exp()).sum::<f64>().ln()
+        };
+        total += (lse(&row) - row[i]) + (lse(&col) - col[i]);
+    }
+    let want = total / (2.0 * nn as f64);
+    assert_close(&[loss], &[want], 1e-12);
+    assert_close(&[s], &[1.0 / c.temperature.init], 1e-12);
+}
