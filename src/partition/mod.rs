@@ -238,47 +238,56 @@ impl PartitionSpec {
         format!("#sdy.sharding<@mesh, [{}]>", dims.join(", "))
     }
 
-    /// The HLO sharding string, e.g. `{devices=[4,1,2]<=[2,4]T(1,0) last_tile_dim_replicate}`.
+    /// The HLO sharding string with an explicit device list, e.g.
+    /// `{devices=[4,1,2]0,4,1,5,2,6,3,7 last_tile_dim_replicate}` for `[model, -]` on
+    /// `data=2,model=4`. (The compact `<=[..]T(..)` form is refused by GSPMD on `Sharding` custom
+    /// calls with a replicated last tile dimension, so the explicit form is used everywhere.)
     pub fn hlo(&self, mesh: &Mesh) -> String {
         if self.is_replicated() || mesh.size() == 1 {
             return "{replicated}".into();
         }
-        let mut perm: Vec<usize> = Vec::new();
+        // Mesh axes in tile order: each dimension's axes, then the unused ones (replication).
+        let mut order: Vec<usize> = Vec::new();
         for axes in &self.0 {
             for a in axes {
                 if let Some(i) = mesh.axis_index(a) {
-                    perm.push(i);
+                    order.push(i);
                 }
             }
         }
-        let unused: Vec<usize> = (0..mesh.axes.len()).filter(|i| !perm.contains(i)).collect();
+        let unused: Vec<usize> = (0..mesh.axes.len())
+            .filter(|i| !order.contains(i))
+            .collect();
         let replicate: i64 = unused.iter().map(|&i| mesh.axes[i].1).product();
-        perm.extend(&unused);
+        order.extend(&unused);
         let mut tiles = self.tiles(mesh);
         if replicate > 1 {
             tiles.push(replicate);
         }
-        let dims: Vec<String> = mesh.axes.iter().map(|(_, s)| s.to_string()).collect();
-        let identity = perm.iter().enumerate().all(|(i, &p)| i == p);
-        let t = if identity {
-            String::new()
-        } else {
-            format!(
-                "T({})",
-                perm.iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        };
+        // Walk the mesh coordinates in `order`-major order; each step is the next tile.
+        let sizes: Vec<i64> = order.iter().map(|&i| mesh.axes[i].1).collect();
+        let mut devices = Vec::with_capacity(mesh.size() as usize);
+        for t in 0..mesh.size() {
+            let mut rem = t;
+            let mut coords = vec![0i64; mesh.axes.len()];
+            for (k, &ax) in order.iter().enumerate().rev() {
+                coords[ax] = rem % sizes[k];
+                rem /= sizes[k];
+            }
+            let d = coords
+                .iter()
+                .zip(&mesh.axes)
+                .fold(0, |acc, (c, (_, s))| acc * s + c);
+            devices.push(d.to_string());
+        }
         format!(
-            "{{devices=[{}]<=[{}]{t}{}}}",
+            "{{devices=[{}]{}{}}}",
             tiles
                 .iter()
                 .map(|t| t.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
-            dims.join(","),
+            devices.join(","),
             if replicate > 1 {
                 " last_tile_dim_replicate"
             } else {
@@ -380,22 +389,22 @@ mod tests {
     #[test]
     fn hlo_strings_follow_the_mesh_order() {
         let m = Mesh::parse("data=2,model=4").unwrap();
-        assert_eq!(
-            spec(&[&["data"], &[]]).hlo(&m),
-            "{devices=[2,1,4]<=[2,4] last_tile_dim_replicate}"
-        );
-        assert_eq!(
-            spec(&[&["model"], &[]]).hlo(&m),
-            "{devices=[4,1,2]<=[2,4]T(1,0) last_tile_dim_replicate}"
-        );
-        assert_eq!(
-            spec(&[&["data"], &["model"]]).hlo(&m),
-            "{devices=[2,4]<=[2,4]}"
-        );
-        assert_eq!(
-            spec(&[&["data", "model"], &[]]).hlo(&m),
-            "{devices=[8,1]<=[2,4]}"
-        );
+        // Device d = 4·data + model.
+        let cases: [(&[&[&str]], &str); 4] = [
+            (
+                &[&["data"], &[]],
+                "{devices=[2,1,4]0,1,2,3,4,5,6,7 last_tile_dim_replicate}",
+            ),
+            (
+                &[&["model"], &[]],
+                "{devices=[4,1,2]0,4,1,5,2,6,3,7 last_tile_dim_replicate}",
+            ),
+            (&[&["data"], &["model"]], "{devices=[2,4]0,1,2,3,4,5,6,7}"),
+            (&[&["model", "data"], &[]], "{devices=[8,1]0,4,1,5,2,6,3,7}"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(spec(s).hlo(&m), want);
+        }
         assert_eq!(spec(&[&[], &[]]).hlo(&m), "{replicated}");
         assert_eq!(
             spec(&[&["data"], &[]]).sdy(),

@@ -2,6 +2,8 @@
 
 pub mod init;
 pub mod optim;
+pub mod sharding;
 pub mod step;
 
+pub use sharding::Layout;
 pub use step::{embed_graph, grad_graph, train_graph, StepOptions};

@@ -1,0 +1,92 @@
+//! Shardings of the step programs' arguments and results, from a rule file and a mesh.
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ir::Graph;
+use crate::model::ParamSpec;
+use crate::partition::{LogicalRules, Mesh, PartitionSpec, Rules, ShardingContext};
+use crate::runtime::Partitioner;
+
+/// Mesh, rules and partitioner of a run.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub mesh: Mesh,
+    pub rules: Rules,
+    pub partitioner: Partitioner,
+}
+
+impl Layout {
+    /// One device, nothing split.
+    pub fn single() -> Layout {
+        Layout {
+            mesh: Mesh::single(),
+            rules: Rules::default(),
+            partitioner: Partitioner::Shardy,
+        }
+    }
+
+    pub fn context(&self) -> ShardingContext {
+        ShardingContext {
+            mesh: self.mesh.clone(),
+            logical: self.rules.logical.clone(),
+            partitioner: self.partitioner,
+        }
+    }
+
+    fn batch_spec(&self, rank: usize) -> Result<PartitionSpec> {
+        let mut axes = vec![Some("batch".to_string())];
+        axes.extend(std::iter::repeat_n(None, rank - 1));
+        LogicalRules::spec(&self.rules.logical, "batch", &axes)
+    }
+
+    /// Specs for every parameter and output of a step graph: parameters and optimizer state by
+    /// the rules; `images`/`tokens` and embeddings split over `batch`; scalars replicated;
+    /// outputs named like an input share its spec.
+    pub fn specs(
+        &self,
+        g: &Graph,
+        params: &[ParamSpec],
+    ) -> Result<(Vec<PartitionSpec>, Vec<PartitionSpec>)> {
+        self.rules.check_mesh(&self.mesh)?;
+        let resolved = self.rules.param_specs(params, &self.mesh)?;
+        let by_name = |name: &str, rank: usize| -> Result<PartitionSpec> {
+            if let Some(i) = params.iter().position(|s| s.name == name) {
+                return Ok(resolved[i].clone());
+            }
+            match name {
+                "images" | "tokens" | "image_embeddings" | "text_embeddings" => {
+                    self.batch_spec(rank)
+                }
+                _ => Ok(PartitionSpec::replicated(rank)),
+            }
+        };
+        let args = g
+            .params
+            .iter()
+            .map(|(n, v)| by_name(n, g.ty(*v).rank()))
+            .collect::<Result<Vec<_>>>()?;
+        let results = g
+            .outputs
+            .iter()
+            .map(|(n, v)| by_name(n, g.ty(*v).rank()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((args, results))
+    }
+}
+
+/// Bytes of the parameters and state one device holds under `layout` (for reports).
+pub fn per_device_bytes(
+    params: &[ParamSpec],
+    specs: &[PartitionSpec],
+    mesh: &Mesh,
+    dtype: DType,
+) -> i64 {
+    params
+        .iter()
+        .zip(specs)
+        .map(|(p, s)| {
+            let tiles: i64 = s.tiles(mesh).iter().product();
+            p.element_count() / tiles.max(1) * dtype.size_in_bytes() as i64
+        })
+        .sum()
+}
