@@ -26,6 +26,7 @@
 pub mod autodiff;
 pub mod dtype;
 pub mod error;
+pub mod io;
 pub mod ir;
 pub mod lower;
 pub mod model;

@@ -1,6 +1,7 @@
 //! clap definitions and the thin glue from flags to library calls.
 
 mod devices;
+mod model;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +43,12 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Compile a StableHLO file, report its per-device memory, and run it on generated inputs
     Run(run::RunArgs),
+    /// Compile the training step without running it: parameters, FLOPs, per-device memory
+    Compile(model::CompileArgs),
+    /// Loss and gradient of every parameter for one batch (parity with other frameworks)
+    Grad(model::GradArgs),
+    /// Image and text embeddings and the logit scale of one batch
+    Embed(model::EmbedArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -53,6 +60,9 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Devices(a) => devices::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Compile(a) => model::compile(&a),
+        Command::Grad(a) => model::grad(&a),
+        Command::Embed(a) => model::embed(&a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -476,3 +476,27 @@ impl fmt::Display for Graph {
 pub fn differentiable(d: DType) -> bool {
     d.is_float()
 }
+
+/// Floating-point operations of matrix products and convolutions in `graph` (2 per
+/// multiply–add), loops counted as many times as they run: the analytic FLOPs of a program.
+pub fn flops(graph: &Graph) -> f64 {
+    graph
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::DotGeneral(d) => {
+                let lhs = graph.ty(n.inputs[0]);
+                let k: i64 = d.lhs_contract.iter().map(|&i| lhs.shape[i]).product();
+                2.0 * n.outputs[0].element_count() as f64 * k as f64
+            }
+            Op::Conv(a) => {
+                let k = graph.ty(n.inputs[1]);
+                let window: i64 = a.dims.rhs.2.iter().map(|&i| k.shape[i]).product();
+                let per_out = window * k.shape[a.dims.rhs.1];
+                2.0 * n.outputs[0].element_count() as f64 * per_out as f64
+            }
+            Op::Scan(s) => s.length as f64 * flops(&s.body),
+            _ => 0.0,
+        })
+        .sum()
+}

@@ -720,7 +720,7 @@ pub struct MemoryStats {
     pub alias_bytes: i64,
     pub temp_bytes: i64,
     pub generated_code_bytes: i64,
-    /// The plugin's peak figure, or `argument + output - alias + temp` where it reports none.
+    /// The larger of the plugin's peak figure and `argument + output - alias + temp`.
     pub peak_bytes: i64,
 }
 
@@ -1019,11 +1019,9 @@ impl Executable {
             alias_bytes: s.alias_size_in_bytes,
             temp_bytes: s.temp_size_in_bytes,
             generated_code_bytes: s.generated_code_size_in_bytes,
-            peak_bytes: if s.peak_memory_in_bytes > 0 {
-                s.peak_memory_in_bytes
-            } else {
-                derived
-            },
+            // Some plugins report a peak that leaves out the preallocated temporaries; the sum of
+            // what is allocated for the program is a floor.
+            peak_bytes: s.peak_memory_in_bytes.max(derived),
         })
     }
 }

@@ -1,0 +1,441 @@
+//! `basic compile`, `basic grad`, `basic embed`: the training step and its parts, from a model
+//! preset, on any mesh.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use basic::dtype::DType;
+use basic::io::safetensors;
+use basic::model::{basic as dual, ModelConfig};
+use basic::partition::{Mesh, Rules, ShardedProgram};
+use basic::runtime::{HostArray, Partitioner};
+use basic::train::{embed_graph, grad_graph, init, train_graph, Layout, StepOptions};
+
+use super::BackendArgs;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PartitionerArg {
+    Shardy,
+    Gspmd,
+}
+
+/// Flags shared by every command that builds the model's programs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model preset name (graphs/NAME.toml) or config path
+    #[arg(long, value_name = "NAME|FILE")]
+    pub model: String,
+
+    /// Micro-batches per step (BASIC's gradient accumulation)
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(i64).range(1..))]
+    pub microbatches: Option<i64>,
+
+    /// Rematerialisation policy: none, nothing_saveable, dots_saveable, everything_saveable, save_names(a,b)
+    #[arg(long, value_name = "POLICY")]
+    pub remat: Option<String>,
+
+    /// Mesh axis sizes, e.g. data=2,model=4 [default: the rule file's mesh, else one device]
+    #[arg(long, value_name = "AXES")]
+    pub mesh: Option<String>,
+
+    /// Sharding rule file or preset of partitioning/ (data_parallel, fsdp, model_parallel, data_model)
+    #[arg(long, value_name = "FILE|NAME")]
+    pub partitioning: Option<String>,
+
+    /// SPMD partitioner
+    #[arg(long, value_enum, default_value = "shardy")]
+    pub partitioner: PartitionerArg,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+impl ModelArgs {
+    /// The config with flags applied, and the step options.
+    pub fn config(
+        &self,
+        batch: Option<i64>,
+        dtype: Option<&str>,
+    ) -> anyhow::Result<(ModelConfig, StepOptions)> {
+        let mut c = ModelConfig::load(&self.model)?;
+        if let Some(b) = batch {
+            c.train.batch = b;
+        }
+        if let Some(m) = self.microbatches {
+            c.train.microbatches = m;
+        }
+        if let Some(r) = &self.remat {
+            c.train.remat = r.clone();
+        }
+        if let Some(d) = dtype {
+            c.train.dtype = d.to_string();
+        }
+        c.validate(&self.model)?;
+        let o = StepOptions::from_config(&c)?;
+        Ok((c, o))
+    }
+
+    /// Mesh, rules and partitioner from the flags.
+    pub fn layout(&self) -> anyhow::Result<Layout> {
+        let rules = match &self.partitioning {
+            Some(p) => Rules::find(p)?,
+            None => Rules::data_parallel(),
+        };
+        let mesh = match (&self.mesh, &rules.default_mesh) {
+            (Some(m), _) => Mesh::parse(m)?,
+            (None, Some(m)) => m.clone(),
+            (None, None) => Mesh::single(),
+        };
+        let partitioner = match self.partitioner {
+            PartitionerArg::Shardy => Partitioner::Shardy,
+            PartitionerArg::Gspmd => Partitioner::Gspmd,
+        };
+        Ok(Layout {
+            mesh,
+            rules,
+            partitioner,
+        })
+    }
+
+    /// Opens the backend with at least as many CPU devices as the mesh needs.
+    pub fn open(&self, layout: &Layout) -> anyhow::Result<basic::runtime::Runtime> {
+        let mut b = self.backend.clone();
+        if b.cpu_devices.is_none() && layout.mesh.size() > 1 {
+            b.cpu_devices = Some(layout.mesh.size() as u32);
+        }
+        b.open()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Global batch size [default: the preset's]
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(i64).range(1..))]
+    batch: Option<i64>,
+
+    /// Compute dtype: f32, or bf16 (bf16 compute, f32 master weights)
+    #[arg(long, value_name = "f32|bf16")]
+    dtype: Option<String>,
+
+    /// Also write the StableHLO text of the step here
+    #[arg(long, value_name = "FILE.mlir")]
+    emit: Option<PathBuf>,
+
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
+    if let Some(d) = &a.dtype {
+        if d != "f32" && d != "bf16" {
+            bail!("invalid --dtype `{d}`: use f32 or bf16");
+        }
+    }
+    let (c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
+    let layout = a.model.layout()?;
+    let t0 = Instant::now();
+    let (g, specs, sspecs) = train_graph(&c, &o)?;
+    let mut all = specs.clone();
+    all.extend(sspecs.iter().cloned());
+    let (args, results) = layout.specs(&g, &all)?;
+    let rt = a.model.open(&layout)?;
+    let build_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), args, results)?;
+    let compile_seconds = t1.elapsed().as_secs_f64();
+    if let Some(p) = &a.emit {
+        std::fs::write(p, &prog.text).with_context(|| format!("cannot write `{}`", p.display()))?;
+    }
+    let mem = prog.memory_stats()?;
+    let params: i64 = specs.iter().map(|s| s.element_count()).sum();
+    let flops = basic::ir::flops(&g);
+    let n = layout.mesh.size();
+    if a.json {
+        let devices: Vec<_> = (0..n)
+            .map(|d| {
+                json!({"id": d, "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
+                       "temp_bytes": mem.temp_bytes, "alias_bytes": mem.alias_bytes, "peak_bytes": mem.peak_bytes})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "model": c.name, "params": params, "flops_per_step": flops, "compile_seconds": compile_seconds,
+                "build_seconds": build_seconds, "batch": o.batch, "microbatches": o.microbatches,
+                "remat": c.train.remat, "dtype": c.train.dtype, "mesh": layout.mesh.to_string(),
+                "partitioner": format!("{:?}", layout.partitioner).to_lowercase(), "devices": devices,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "model             {} ({} parameters, {:.3} GFLOP per step)",
+        c.name,
+        params,
+        flops / 1e9
+    );
+    println!(
+        "step              batch {} in {} micro-batch(es), remat {}, {}",
+        o.batch, o.microbatches, c.train.remat, c.train.dtype
+    );
+    println!(
+        "mesh              {} ({} device(s), {:?})",
+        layout.mesh, n, layout.partitioner
+    );
+    println!("build + emit      {build_seconds:.3} s");
+    println!("compile           {compile_seconds:.3} s");
+    println!(
+        "memory per device arguments {}, outputs {}, temporaries {}, peak {}",
+        human(mem.argument_bytes),
+        human(mem.output_bytes),
+        human(mem.temp_bytes),
+        human(mem.peak_bytes)
+    );
+    Ok(())
+}
+
+/// `1.50 MiB`.
+pub fn human(b: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Parameters to differentiate at (safetensors, the model's names)
+    #[arg(long, value_name = "P.safetensors", conflicts_with = "seed")]
+    params: Option<PathBuf>,
+
+    /// Initialise the parameters from this seed instead
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+
+    /// Write the initialised parameters here
+    #[arg(long, value_name = "P.safetensors", requires = "seed")]
+    save_params: Option<PathBuf>,
+
+    /// The batch: `images` (f32 [N, H, W, C]) and `tokens` (s32 [N, L])
+    #[arg(long, value_name = "B.safetensors", conflicts_with = "random_batch")]
+    batch: Option<PathBuf>,
+
+    /// Use N random pairs instead
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(2..))]
+    random_batch: Option<i64>,
+
+    /// Write the random batch here
+    #[arg(long, value_name = "B.safetensors", requires = "random_batch")]
+    save_batch: Option<PathBuf>,
+
+    /// f32, or f64 for parity checks
+    #[arg(long, value_name = "f32|f64", default_value = "f32")]
+    dtype: String,
+
+    /// Where to write `loss` and the gradient of every parameter
+    #[arg(long, value_name = "G.safetensors")]
+    out: PathBuf,
+}
+
+fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
+    if !allowed.contains(&s) {
+        bail!("invalid --dtype `{s}`: use {}", allowed.join(" or "));
+    }
+    Ok(s.parse::<DType>()?)
+}
+
+fn load_or_init_params(
+    c: &ModelConfig,
+    path: &Option<PathBuf>,
+    seed: Option<u64>,
+    save: &Option<PathBuf>,
+    dtype: DType,
+) -> anyhow::Result<Vec<HostArray>> {
+    let specs = dual::specs(c);
+    match (path, seed) {
+        (Some(p), _) => Ok(safetensors::match_params(
+            p,
+            &safetensors::read(p)?,
+            &specs,
+            dtype,
+        )?),
+        (None, Some(s)) => {
+            let v = init::init_params(&specs, s, dtype)?;
+            if let Some(out) = save {
+                let named: Vec<(String, &HostArray)> =
+                    specs.iter().map(|s| s.name.clone()).zip(v.iter()).collect();
+                safetensors::write(out, &named, &BTreeMap::new())?;
+            }
+            Ok(v)
+        }
+        (None, None) => {
+            bail!("give --params P.safetensors, or --seed S to initialise the parameters")
+        }
+    }
+}
+
+fn load_or_random_batch(
+    c: &ModelConfig,
+    path: &Option<PathBuf>,
+    n: Option<i64>,
+    save: &Option<PathBuf>,
+    dtype: DType,
+) -> anyhow::Result<(HostArray, HostArray)> {
+    let (images, tokens) = match (path, n) {
+        (Some(p), _) => {
+            let mut f = safetensors::read(p)?;
+            let images = f
+                .remove("images")
+                .with_context(|| format!("`{}` has no tensor `images`", p.display()))?;
+            let tokens = f
+                .remove("tokens")
+                .with_context(|| format!("`{}` has no tensor `tokens`", p.display()))?;
+            (safetensors::convert(&images, dtype)?, tokens)
+        }
+        (None, Some(n)) => {
+            let mut r = init::SplitMix(0x5eed);
+            let (is, ts) = basic::train::step::batch_shapes(c, n);
+            let img: Vec<f64> = (0..is.iter().product::<i64>())
+                .map(|_| r.normal())
+                .collect();
+            let len = c.text.length;
+            let toks: Vec<i32> = (0..n * len)
+                .map(|i| {
+                    let real = 1 + (i / len) % len.max(1);
+                    if i % len < real {
+                        1 + (r.next_u64() % (c.text.vocab as u64 - 1)) as i32
+                    } else {
+                        c.text.pad_id as i32
+                    }
+                })
+                .collect();
+            let images = init::to_dtype(&is, &img, dtype)?;
+            let tokens = HostArray::new(&ts, &toks)?;
+            if let Some(out) = save {
+                let f32_images = safetensors::convert(&images, DType::F32)?;
+                safetensors::write(
+                    out,
+                    &[("images".into(), &f32_images), ("tokens".into(), &tokens)],
+                    &BTreeMap::new(),
+                )?;
+            }
+            (images, tokens)
+        }
+        (None, None) => bail!("give --batch B.safetensors, or --random-batch N"),
+    };
+    let (is, ts) = basic::train::step::batch_shapes(c, images.shape()[0]);
+    if images.shape() != is || tokens.shape() != ts || tokens.dtype() != DType::S32 {
+        bail!(
+            "the batch does not fit model `{}`: images must be f32 {:?}, tokens s32 {:?}; got images {} {:?}, tokens {} {:?}",
+            c.name, is, ts, images.dtype(), images.shape(), tokens.dtype(), tokens.shape()
+        );
+    }
+    Ok((images, tokens))
+}
+
+pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
+    let dtype = dtype_arg(&a.dtype, &["f32", "f64"])?;
+    let (mut c, _) = a.model.config(None, None)?;
+    c.train.dtype = a.dtype.clone();
+    let params = load_or_init_params(&c, &a.params, a.seed, &a.save_params, dtype)?;
+    let (images, tokens) =
+        load_or_random_batch(&c, &a.batch, a.random_batch, &a.save_batch, dtype)?;
+    c.train.batch = images.shape()[0];
+    let o = StepOptions {
+        param_dtype: dtype,
+        compute_dtype: dtype,
+        ..StepOptions::from_config(&c)?
+    };
+    let layout = a.model.layout()?;
+    let (g, specs) = grad_graph(&c, &o)?;
+    let (sa, sr) = layout.specs(&g, &specs)?;
+    let rt = a.model.open(&layout)?;
+    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), sa, sr)?;
+    let mut args = params;
+    args.push(images);
+    args.push(tokens);
+    let out = prog.run_host(&args)?;
+    let names: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let named: Vec<(String, &HostArray)> = names.into_iter().zip(out.iter()).collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("model".to_string(), c.name.clone());
+    meta.insert("microbatches".to_string(), o.microbatches.to_string());
+    safetensors::write(&a.out, &named, &meta)?;
+    println!(
+        "loss {:.8}; wrote {} gradients to {}",
+        out[0].to_f64_vec()[0],
+        named.len() - 1,
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Parameters (safetensors, the model's names)
+    #[arg(long, value_name = "P.safetensors")]
+    params: PathBuf,
+
+    /// The batch: `images` (f32 [N, H, W, C]) and `tokens` (s32 [N, L])
+    #[arg(long, value_name = "B.safetensors")]
+    batch: PathBuf,
+
+    /// Where to write `image_embeddings`, `text_embeddings` and `logit_scale`
+    #[arg(long, value_name = "E.safetensors")]
+    out: PathBuf,
+}
+
+pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
+    let (mut c, _) = a.model.config(None, Some("f32"))?;
+    let params = load_or_init_params(&c, &Some(a.params.clone()), None, &None, DType::F32)?;
+    let (images, tokens) =
+        load_or_random_batch(&c, &Some(a.batch.clone()), None, &None, DType::F32)?;
+    c.train.batch = images.shape()[0];
+    let o = StepOptions::from_config(&c)?;
+    let layout = a.model.layout()?;
+    let g = embed_graph(&c, &o)?;
+    let specs = dual::specs(&c);
+    let (sa, sr) = layout.specs(&g, &specs)?;
+    let rt = a.model.open(&layout)?;
+    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), sa, sr)?;
+    let mut args = params;
+    args.push(images);
+    args.push(tokens);
+    let out = prog.run_host(&args)?;
+    let named: Vec<(String, &HostArray)> = g
+        .outputs
+        .iter()
+        .map(|(n, _)| n.clone())
+        .zip(out.iter())
+        .collect();
+    safetensors::write(&a.out, &named, &BTreeMap::new())?;
+    println!(
+        "wrote {} image and text embeddings to {}",
+        out[0].shape()[0],
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Files: safetensors reading and atomic writing.
+
+pub mod safetensors;
