@@ -105,7 +105,13 @@ pub fn learning_rate(step: &Tensor, t: &TrainConfig) -> Result<Tensor> {
 pub fn global_norm(grads: &[Tensor]) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for g in grads {
-        let s = g.convert(DType::F32)?.square()?.sum_all()?;
+        // Accumulate in at least f32 (f64 only when the gradients are f64: TPUs have no f64).
+        let wide = if grads.iter().any(|g| g.dtype() == DType::F64) {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let s = g.convert(wide)?.square()?.sum_all()?;
         acc = Some(match acc {
             Some(a) => a.add(&s)?,
             None => s,
@@ -131,8 +137,12 @@ pub fn update(
     step: &Tensor,
     t: &TrainConfig,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>, Tensor, Tensor)> {
+    // The schedule and bias corrections run in the parameters' precision (f32, or f64 in parity
+    // runs), so that the update carries no rounding beyond the parameters' own.
+    let pd = params.first().map_or(DType::F32, |p| p.dtype());
+    let step = &step.convert(pd)?;
     let lr = learning_rate(step, t)?;
-    let norm = global_norm(grads)?;
+    let norm = global_norm(grads)?.convert(pd)?;
     let clip = if t.clip_norm > 0.0 {
         // min(1, c / ‖g‖)
         Some(
