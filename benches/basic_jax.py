@@ -1,14 +1,8 @@
-"""JAX peer of basic's `train` program: the same BASIC/CLIP dual encoder and the same training step
-as the Rust `tiny` preset (graphs/tiny.toml), or a wider `small` variant, in f32 with one
-micro-batch. Measures, in one process, the time to trace + lower + compile the step, the median
-time of a compiled step, and XLA's compiled memory figures. Prints one JSON line.
-
-The math follows src/model/{transformer,vit,text,basic}.rs and src/train/{optim,step}.rs:
-pre-LN blocks (LayerNorm eps 1e-6, tanh GELU), a ViT image tower with mean pooling over patches,
-a causal text tower pooled at the last real token, linear projections, L2 normalisation,
-logit scale min(exp(p), 1/tau_min), symmetric softmax cross-entropy, and AdamW with global-norm
-clipping, decoupled weight decay (skipping rank <= 1 parameters and the logit scale), linear
-warm-up and cosine decay. Outputs are not donated to inputs, as basic does not alias buffers.
+"""JAX peer of basic's training step: the same BASIC/CLIP dual encoder and AdamW step as the Rust
+`tiny` preset (graphs/tiny.toml, f32, one micro-batch), or a wider `small` variant. Times trace +
+lower + compile, the median compiled step, and reads XLA's memory figures; prints one JSON line.
+Math as in src/model/{transformer,vit,text,basic}.rs and src/train/{optim,step}.rs. Buffers are
+not donated unless --donate is given (basic does not alias inputs to outputs).
 
 Usage: JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py [--model tiny|small] [--batch N]
        [--steps K] [--donate]
@@ -59,10 +53,9 @@ def param_specs(cfg):
 
     iw, idepth, _, imlp = cfg["image"]
     grid = IMAGE_SIZE // PATCH
-    specs["image/patch/kernel"] = ((PATCH * PATCH * CHANNELS, iw), "lecun")
-    specs["image/patch/bias"] = ((iw,), "zeros")
-    specs["image/cls"] = ((iw,), ("normal", 0.02))
-    specs["image/pos"] = ((grid * grid + 1, iw), ("normal", 0.02))
+    specs.update({"image/patch/kernel": ((PATCH * PATCH * CHANNELS, iw), "lecun"),
+                  "image/patch/bias": ((iw,), "zeros"), "image/cls": ((iw,), ("normal", 0.02)),
+                  "image/pos": ((grid * grid + 1, iw), ("normal", 0.02))})
     stack("image", iw, idepth, imlp)
     specs["image/proj/kernel"] = ((iw, cfg["embed"]), "lecun")
     tw, tdepth, _, tmlp = cfg["text"]
@@ -263,11 +256,10 @@ def main():
     if not np.isfinite(float(loss)):
         raise SystemExit(f"non-finite loss {float(loss)}")
 
-    mem = None
     try:
         mem = compiled.memory_analysis()
     except Exception:  # not every backend reports it
-        pass
+        mem = None
 
     def field(name):
         return None if mem is None else int(getattr(mem, name, -1))

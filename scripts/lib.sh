@@ -27,3 +27,17 @@ install_cpu_plugins() {
   install_plugin xla-cpu-pjrt==0.0.1 xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so
   install_plugin lammps-jax-pjrt-cpu==0.11.2 lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so
 }
+
+# install_fashion_mnist: Debian's dataset-fashion-mnist (the real data of the quick start and
+# of the end-to-end tests), unless its files are already there.
+install_fashion_mnist() {
+  if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    return 0
+  fi
+  echo "installing dataset-fashion-mnist"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+}

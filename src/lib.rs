@@ -24,8 +24,10 @@
 //! ```
 
 pub mod autodiff;
+pub mod data;
 pub mod dtype;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod ir;
 pub mod lower;

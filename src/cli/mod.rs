@@ -3,6 +3,7 @@
 mod devices;
 mod model;
 mod run;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -49,6 +50,17 @@ enum Command {
     Grad(model::GradArgs),
     /// Image and text embeddings and the logit scale of one batch
     Embed(model::EmbedArgs),
+    /// Turn a dataset into captioned shards
+    #[command(subcommand)]
+    Data(train::DataCommand),
+    /// Train or inspect tokenizers
+    #[command(subcommand)]
+    Tokenizer(train::TokenizerCommand),
+    /// Train a model on image–text data
+    Train(train::TrainArgs),
+    /// Evaluate a trained run
+    #[command(subcommand)]
+    Eval(train::EvalCommand),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -63,6 +75,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Compile(a) => model::compile(&a),
         Command::Grad(a) => model::grad(&a),
         Command::Embed(a) => model::embed(&a),
+        Command::Data(c) => train::data(&c),
+        Command::Tokenizer(c) => train::tokenizer(&c),
+        Command::Train(a) => train::run_train(&a),
+        Command::Eval(e) => train::eval(&e),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

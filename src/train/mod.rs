@@ -2,6 +2,8 @@
 
 pub mod init;
 pub mod optim;
+pub mod plot;
+pub mod run;
 pub mod sharding;
 pub mod step;
 

@@ -361,3 +361,31 @@ pub fn train_graph(
     )?;
     Ok((b.finish(), specs, sspecs))
 }
+
+/// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
+pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed_images", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, dtype)?;
+    let (is, _) = batch_shapes(c, n);
+    let images = b.parameter("images", dtype, &is)?;
+    b.output(
+        "image_embeddings",
+        &basic::embed_images(&images, &p, c, None)?,
+    )?;
+    Ok(b.finish())
+}
+
+/// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows.
+pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed_texts", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, dtype)?;
+    let (_, ts) = batch_shapes(c, n);
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    b.output(
+        "text_embeddings",
+        &basic::embed_texts(&tokens, &p, c, dtype, None)?,
+    )?;
+    Ok(b.finish())
+}

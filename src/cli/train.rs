@@ -1,0 +1,331 @@
+//! `basic data`, `basic tokenizer`, `basic train`, `basic eval`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use basic::data::tokenizer::Kind;
+use basic::data::Tokenizer;
+use basic::eval::{class_embeddings, read_lines, retrieval, zero_shot_scores, Embedder};
+use basic::model::ModelConfig;
+use basic::train::run::{load_run_params, train, RunOptions};
+
+use super::model::ModelArgs;
+use super::BackendArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Fashion-MNIST (Debian's dataset-fashion-mnist) as captioned train/test shards
+    FashionMnist {
+        /// Folder for the shards
+        #[arg(long)]
+        out: PathBuf,
+        /// Folder with the IDX files
+        #[arg(long, default_value = basic::data::import::FASHION_DIR)]
+        source: PathBuf,
+        /// At most this many pairs per split
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+pub fn data(c: &DataCommand) -> anyhow::Result<()> {
+    match c {
+        DataCommand::FashionMnist { out, source, limit } => {
+            let files = basic::data::import::fashion_mnist(source, out, *limit)?;
+            println!("wrote {} files to {}", files.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KindArg {
+    Bpe,
+    Wordpiece,
+    Wordlevel,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train a tokenizer on a caption corpus (one caption per line)
+    Train {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "bpe")]
+        kind: KindArg,
+        #[arg(long, default_value_t = 8000)]
+        vocab: usize,
+    },
+}
+
+pub fn tokenizer(c: &TokenizerCommand) -> anyhow::Result<()> {
+    match c {
+        TokenizerCommand::Train {
+            corpus,
+            out,
+            kind,
+            vocab,
+        } => {
+            let k = match kind {
+                KindArg::Bpe => Kind::Bpe,
+                KindArg::Wordpiece => Kind::WordPiece,
+                KindArg::Wordlevel => Kind::WordLevel,
+            };
+            let t = Tokenizer::train(corpus, k, *vocab, out)?;
+            println!("wrote {} ({} tokens)", out.display(), t.vocab_size());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Data: a folder of train-*.tar / test-*.tar shards, or a JSONL manifest
+    #[arg(long)]
+    data: PathBuf,
+
+    /// Run folder (checkpoints, metrics.jsonl, plots, tokenizer, config)
+    #[arg(long)]
+    out: PathBuf,
+
+    /// Train until this step
+    #[arg(long)]
+    steps: Option<u64>,
+
+    /// Global batch size [default: the preset's]
+    #[arg(long)]
+    batch: Option<i64>,
+
+    /// f32 or bf16
+    #[arg(long)]
+    dtype: Option<String>,
+
+    /// Continue from the newest checkpoint of --out
+    #[arg(long)]
+    resume: bool,
+
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Steps between checkpoints
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+
+    /// Checkpoints kept
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+
+    /// Steps between zero-shot evaluations (0: off)
+    #[arg(long, default_value_t = 200)]
+    eval_every: u64,
+
+    /// Test images of each evaluation
+    #[arg(long, default_value_t = 1000)]
+    eval_images: usize,
+
+    /// Decoding threads
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+
+    /// Skip (and count) samples without an image or caption instead of stopping
+    #[arg(long)]
+    skip_bad: bool,
+
+    /// Start from these parameters (safetensors by name) instead of a random initialisation
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+
+    /// No progress line
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
+    let (mut c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
+    // The schedule spans the requested run.
+    if let Some(s) = a.steps {
+        c.train.total_steps = s as i64;
+    }
+    let layout = a.model.layout()?;
+    let rt = a.model.open(&layout)?;
+    let steps = c.train.total_steps as u64;
+    let opts = RunOptions {
+        config: c,
+        step: o,
+        layout,
+        data: a.data.clone(),
+        out: a.out.clone(),
+        steps,
+        resume: a.resume,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        keep: a.keep.max(1),
+        eval_every: a.eval_every,
+        eval_images: a.eval_images,
+        workers: a.workers.max(1),
+        skip_bad: a.skip_bad,
+        progress: !a.quiet,
+        init_from: a.init_from.clone(),
+    };
+    let s = train(&rt, &opts)?;
+    let last = s.losses.last().map_or(f64::NAN, |l| l.1);
+    println!(
+        "trained to step {} in {:.1} s; last loss {last:.4}; input pipeline {:.1}% of the time{}",
+        s.steps,
+        s.seconds,
+        100.0 * s.input_fraction,
+        s.last_zero_shot.map_or(String::new(), |z| format!(
+            "; zero-shot top-1 {:.2}%",
+            100.0 * z
+        ))
+    );
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Zero-shot classification with a prompt ensemble
+    ZeroShot(ZeroShotArgs),
+    /// Image→text and text→image recall@1/5/10
+    Retrieval(RetrievalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ZeroShotArgs {
+    /// Run folder of `basic train`
+    #[arg(long)]
+    run: PathBuf,
+    /// Data with labelled test-*.tar shards (or a manifest with labels)
+    #[arg(long)]
+    data: PathBuf,
+    /// Class names, one per line, in label order
+    #[arg(long)]
+    classes: PathBuf,
+    /// Prompt templates, one per line (`{}` is the class, `{a}` its article)
+    #[arg(long)]
+    templates: PathBuf,
+    /// Use at most this many test images
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RetrievalArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+fn open_run(
+    run: &std::path::Path,
+    backend: &BackendArgs,
+) -> anyhow::Result<(
+    ModelConfig,
+    Tokenizer,
+    Vec<basic::runtime::HostArray>,
+    basic::runtime::Runtime,
+)> {
+    let cfg = run.join("config.toml");
+    if !cfg.is_file() {
+        bail!(
+            "`{}` is not a run folder of `basic train` (no config.toml)",
+            run.display()
+        );
+    }
+    let c = ModelConfig::load(&cfg.to_string_lossy())?;
+    let tok = Tokenizer::load(&run.join("tokenizer.json"))?;
+    let params = load_run_params(run, &c)?;
+    Ok((c, tok, params, backend.open()?))
+}
+
+pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
+    match e {
+        EvalCommand::ZeroShot(a) => {
+            let (c, tok, params, rt) = open_run(&a.run, &a.backend)?;
+            let (test, _) = basic::data::read_dataset(&a.data, "test", false)?;
+            let test: Vec<_> = test
+                .into_iter()
+                .filter(|s| s.label.is_some())
+                .take(a.limit.unwrap_or(usize::MAX))
+                .collect();
+            if test.is_empty() {
+                bail!("`{}` has no labelled test images", a.data.display());
+            }
+            let names = read_lines(&a.classes)?;
+            let temps = read_lines(&a.templates)?;
+            let emb = Embedder::new(rt.client(), &c, params, 250)?;
+            let ce = class_embeddings(&emb, &tok, &names, &temps)?;
+            let ie = emb.embed_images(&test, 2)?;
+            let labels: Vec<i64> = test.iter().map(|s| s.label.unwrap_or(0)).collect();
+            let z = zero_shot_scores(&ie, &labels, &ce, &names)?;
+            if a.json {
+                let per: serde_json::Map<String, serde_json::Value> = z
+                    .per_class
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per})
+                    )?
+                );
+            } else {
+                println!(
+                    "zero-shot on {} images: top-1 {:.2}%, top-5 {:.2}%",
+                    z.images,
+                    100.0 * z.top1,
+                    100.0 * z.top5
+                );
+                for (k, v) in &z.per_class {
+                    println!("  {k:<16} {:.1}%", 100.0 * v);
+                }
+            }
+        }
+        EvalCommand::Retrieval(a) => {
+            let (c, tok, params, rt) = open_run(&a.run, &a.backend)?;
+            let (test, _) = basic::data::read_dataset(&a.data, "test", false)?;
+            let test: Vec<_> = test
+                .into_iter()
+                .take(a.limit.unwrap_or(usize::MAX))
+                .collect();
+            let emb = Embedder::new(rt.client(), &c, params, 250)?;
+            let ie = emb.embed_images(&test, 2)?;
+            let captions: Vec<String> = test.iter().map(|s| s.caption.clone()).collect();
+            let te = emb.embed_texts(&captions, &tok)?;
+            let r = retrieval(&ie, &te, &[1, 5, 10]);
+            if a.json {
+                let m: serde_json::Map<String, serde_json::Value> =
+                    r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::Value::Object(m))?
+                );
+            } else {
+                for (k, v) in r {
+                    println!("{k:<28} {:.2}%", 100.0 * v);
+                }
+            }
+        }
+    }
+    Ok(())
+}

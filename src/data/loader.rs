@@ -1,0 +1,186 @@
+//! Batches for training: a deterministic order (a fresh permutation per epoch from the seed),
+//! decoding and tokenizing on worker threads, prefetched ahead of the device. The position of
+//! each batch travels with it, so a checkpoint can restore the stream exactly.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::runtime::HostArray;
+
+use super::image::preprocess;
+use super::shards::Sample;
+use super::tokenizer::Tokenizer;
+
+/// Where the stream stands: the next batch is batch `batch` of epoch `epoch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub batch: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderOptions {
+    pub batch: usize,
+    pub seed: u64,
+    pub image_size: usize,
+    pub channels: usize,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub text_length: usize,
+    pub workers: usize,
+    pub prefetch: usize,
+    /// Data-parallel rank and count (this process reads every `ranks`-th batch).
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+/// One batch on the host.
+pub struct Batch {
+    pub images: HostArray,
+    pub tokens: HostArray,
+    pub labels: Vec<Option<i64>>,
+    /// The position after this batch.
+    pub next: Position,
+}
+
+/// Permutation of `0..n` for an epoch (Fisher–Yates with splitmix64).
+pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut r = crate::train::init::SplitMix(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (r.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// Decodes and tokenizes the given samples into one batch, splitting the work over `workers`.
+pub fn assemble(
+    samples: &[&Sample],
+    tok: &Tokenizer,
+    o: &LoaderOptions,
+) -> Result<(HostArray, HostArray, Vec<Option<i64>>)> {
+    let px = o.image_size * o.image_size * o.channels;
+    let n = samples.len();
+    let mut images = vec![0f32; n * px];
+    let mut tokens = vec![0i32; n * o.text_length];
+    let workers = o.workers.max(1).min(n.max(1));
+    let per = n.div_ceil(workers);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images
+            .chunks_mut(per * px)
+            .zip(tokens.chunks_mut(per * o.text_length))
+            .zip(samples.chunks(per))
+            .map(|((img, tks), chunk)| {
+                s.spawn(move || -> Result<()> {
+                    for (i, smp) in chunk.iter().enumerate() {
+                        let v = preprocess(
+                            &smp.image,
+                            &smp.key,
+                            o.image_size,
+                            o.channels,
+                            &o.mean,
+                            &o.std,
+                        )?;
+                        img[i * px..(i + 1) * px].copy_from_slice(&v);
+                        let t = tok.encode(&smp.caption, o.text_length)?;
+                        tks[i * o.text_length..(i + 1) * o.text_length].copy_from_slice(&t);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Array("a decoding thread panicked".into())))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    let s = o.image_size as i64;
+    Ok((
+        HostArray::new(&[n as i64, s, s, o.channels as i64], &images)?,
+        HostArray::new(&[n as i64, o.text_length as i64], &tokens)?,
+        samples.iter().map(|s| s.label).collect(),
+    ))
+}
+
+/// An endless stream of batches from a background thread.
+pub struct Loader {
+    rx: Receiver<Result<Batch>>,
+    /// Time the consumer spent waiting for data.
+    pub waited: Duration,
+    pub batches_per_epoch: u64,
+}
+
+impl Loader {
+    /// Starts at `start`. Fails if the dataset is smaller than one batch.
+    pub fn new(
+        samples: Arc<Vec<Sample>>,
+        tok: Arc<Tokenizer>,
+        o: LoaderOptions,
+        start: Position,
+    ) -> Result<Loader> {
+        let global = o.batch * o.ranks.max(1);
+        let per_epoch = (samples.len() / global) as u64;
+        if per_epoch == 0 {
+            return Err(Error::InvalidArgument {
+                what: format!("a dataset of {} pairs", samples.len()),
+                fix: format!(
+                    "it needs at least one batch of {global}; use a smaller --batch or more data"
+                ),
+            });
+        }
+        let (tx, rx) = sync_channel(o.prefetch.max(1));
+        std::thread::spawn(move || {
+            let mut pos = start;
+            let mut perm = permutation(samples.len(), o.seed, pos.epoch);
+            loop {
+                if pos.batch >= per_epoch {
+                    pos = Position {
+                        epoch: pos.epoch + 1,
+                        batch: 0,
+                    };
+                    perm = permutation(samples.len(), o.seed, pos.epoch);
+                }
+                let at = (pos.batch as usize * o.ranks.max(1) + o.rank) * o.batch;
+                let picked: Vec<&Sample> = perm[at..at + o.batch]
+                    .iter()
+                    .map(|&i| &samples[i])
+                    .collect();
+                pos.batch += 1;
+                let r = assemble(&picked, &tok, &o).map(|(images, tokens, labels)| Batch {
+                    images,
+                    tokens,
+                    labels,
+                    next: pos,
+                });
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Loader {
+            rx,
+            waited: Duration::ZERO,
+            batches_per_epoch: per_epoch,
+        })
+    }
+
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        let t = Instant::now();
+        let b = self
+            .rx
+            .recv()
+            .map_err(|_| Error::Array("the data loader stopped".into()))?;
+        self.waited += t.elapsed();
+        b
+    }
+}

@@ -1,0 +1,146 @@
+//! Tokenizers: any HF `tokenizer.json`, and training a BPE, WordPiece or word-level tokenizer
+//! from captions. Encoding pads (with id 0, `[PAD]` in trained tokenizers) and truncates to the
+//! model's length.
+
+use std::path::Path;
+
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::normalizers::{Lowercase, NormalizerWrapper};
+use tokenizers::pre_tokenizers::whitespace::Whitespace;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::AddedToken;
+
+use crate::error::{Error, Result};
+
+/// A loaded tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub pad_id: u32,
+}
+
+fn bad(path: &Path, fix: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        what: format!("tokenizer `{}`", path.display()),
+        fix: fix.into(),
+    }
+}
+
+/// The kinds `basic tokenizer train` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Bpe,
+    WordPiece,
+    WordLevel,
+}
+
+impl Tokenizer {
+    /// Loads a HF `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Tokenizer> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+            bad(
+                path,
+                format!("it is not JSON ({e}); give a HF tokenizer.json"),
+            )
+        })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            bad(
+                path,
+                format!("not a tokenizer.json the tokenizers library reads: {e}"),
+            )
+        })?;
+        let pad_id = inner
+            .token_to_id("[PAD]")
+            .or_else(|| inner.token_to_id("<pad>"))
+            .unwrap_or(0);
+        Ok(Tokenizer { inner, pad_id })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, truncated to `length` and padded with the pad id.
+    pub fn encode(&self, text: &str, length: usize) -> Result<Vec<i32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::InvalidArgument {
+                what: format!("caption `{text}`"),
+                fix: format!("the tokenizer cannot encode it: {e}"),
+            })?;
+        let mut ids: Vec<i32> = enc
+            .get_ids()
+            .iter()
+            .take(length)
+            .map(|&i| i as i32)
+            .collect();
+        ids.resize(length, self.pad_id as i32);
+        Ok(ids)
+    }
+
+    /// Trains a tokenizer on `corpus` (one caption per line) and saves it as `out`.
+    pub fn train(corpus: &Path, kind: Kind, vocab_size: usize, out: &Path) -> Result<Tokenizer> {
+        let specials = vec![
+            AddedToken::from("[PAD]", true),
+            AddedToken::from("[UNK]", true),
+        ];
+        let (model, mut trainer): (ModelWrapper, TrainerWrapper) = match kind {
+            Kind::Bpe => (
+                BPE::builder()
+                    .unk_token("[UNK]".into())
+                    .build()
+                    .map_err(|e| bad(out, e.to_string()))?
+                    .into(),
+                BpeTrainer::builder()
+                    .vocab_size(vocab_size)
+                    .min_frequency(1)
+                    .special_tokens(specials)
+                    .build()
+                    .into(),
+            ),
+            Kind::WordPiece => (
+                WordPiece::builder()
+                    .unk_token("[UNK]".into())
+                    .build()
+                    .map_err(|e| bad(out, e.to_string()))?
+                    .into(),
+                WordPieceTrainer::builder()
+                    .vocab_size(vocab_size)
+                    .min_frequency(1)
+                    .special_tokens(specials)
+                    .build()
+                    .into(),
+            ),
+            Kind::WordLevel => (
+                WordLevel::builder()
+                    .unk_token("[UNK]".into())
+                    .build()
+                    .map_err(|e| bad(out, e.to_string()))?
+                    .into(),
+                WordLevelTrainer::builder()
+                    .vocab_size(vocab_size)
+                    .min_frequency(1)
+                    .special_tokens(specials)
+                    .build()
+                    .map_err(|e| bad(out, e.to_string()))?
+                    .into(),
+            ),
+        };
+        let mut t = tokenizers::Tokenizer::new(model);
+        t.with_normalizer(Some(NormalizerWrapper::Lowercase(Lowercase)));
+        t.with_pre_tokenizer(Some(PreTokenizerWrapper::Whitespace(Whitespace {})));
+        let files = vec![corpus.to_string_lossy().into_owned()];
+        t.train_from_files(&mut trainer, files)
+            .map_err(|e| bad(corpus, format!("training failed: {e}")))?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        t.save(out, false)
+            .map_err(|e| bad(out, format!("cannot save: {e}")))?;
+        Tokenizer::load(out)
+    }
+}

@@ -1,0 +1,254 @@
+//! Zero-shot classification with prompt ensembles, and image–text retrieval.
+//!
+//! Zero-shot (CLIP §3.1.4): each class is represented by the mean of the normalised embeddings of
+//! its prompts (`a photo of a {}.`, ...), renormalised; an image is assigned the class of largest
+//! cosine similarity. Retrieval ranks all texts for each image (and the reverse) by similarity.
+
+use std::path::Path;
+
+use crate::data::image::preprocess;
+use crate::data::{Sample, Tokenizer};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use crate::runtime::{Client, CompileOptions, Executable, HostArray};
+use crate::train::step::{image_embed_graph, text_embed_graph};
+
+/// Compiled embedding programs of a model with fixed parameters.
+pub struct Embedder {
+    images: Executable,
+    texts: Executable,
+    params: Vec<HostArray>,
+    batch: i64,
+    c: ModelConfig,
+}
+
+fn l2(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+impl Embedder {
+    pub fn new(
+        client: &Client,
+        c: &ModelConfig,
+        params: Vec<HostArray>,
+        batch: i64,
+    ) -> Result<Embedder> {
+        let compile = |g| -> Result<Executable> {
+            let text = crate::lower::module(&g, &Default::default())?;
+            client.compile(&text, &CompileOptions::single())
+        };
+        Ok(Embedder {
+            images: compile(image_embed_graph(c, batch, DType::F32)?)?,
+            texts: compile(text_embed_graph(c, batch, DType::F32)?)?,
+            params,
+            batch,
+            c: c.clone(),
+        })
+    }
+
+    /// Runs `exe` over rows of `data` (`row` elements each) in fixed-size batches, padding the last.
+    fn batched(
+        &self,
+        exe: &Executable,
+        data: &[f32],
+        tokens: &[i32],
+        row: usize,
+        n: usize,
+        shape: &[i64],
+    ) -> Result<Vec<Vec<f32>>> {
+        let e = self.c.embed_dim as usize;
+        let b = self.batch as usize;
+        let mut out = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            let take = (n - start).min(b);
+            let mut args = self.params.clone();
+            if data.is_empty() {
+                let mut t = tokens[start * row..(start + take) * row].to_vec();
+                t.resize(b * row, 0);
+                args.push(HostArray::new(shape, &t)?);
+            } else {
+                let mut d = data[start * row..(start + take) * row].to_vec();
+                d.resize(b * row, 0.0);
+                args.push(HostArray::new(shape, &d)?);
+            }
+            let y = exe.run(&args)?.remove(0).to_vec::<f32>()?;
+            out.extend(y.chunks_exact(e).take(take).map(|c| c.to_vec()));
+            start += take;
+        }
+        Ok(out)
+    }
+
+    /// Normalised embeddings of images (preprocessed as in training).
+    pub fn embed_images(&self, samples: &[Sample], workers: usize) -> Result<Vec<Vec<f32>>> {
+        let s = self.c.image.image_size() as usize;
+        let ch = self.c.image.channels() as usize;
+        let (mean, std) = (&self.c.train.mean, &self.c.train.std);
+        let px = s * s * ch;
+        let mut data = vec![0f32; samples.len() * px];
+        let per = samples.len().div_ceil(workers.max(1)).max(1);
+        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = data
+                .chunks_mut(per * px)
+                .zip(samples.chunks(per))
+                .map(|(d, chunk)| {
+                    sc.spawn(move || -> Result<()> {
+                        for (i, smp) in chunk.iter().enumerate() {
+                            d[i * px..(i + 1) * px].copy_from_slice(&preprocess(
+                                &smp.image, &smp.key, s, ch, mean, std,
+                            )?);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Array("a decoding thread panicked".into())))
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        let shape = [self.batch, s as i64, s as i64, ch as i64];
+        self.batched(&self.images, &data, &[], px, samples.len(), &shape)
+    }
+
+    /// Normalised embeddings of texts.
+    pub fn embed_texts(&self, texts: &[String], tok: &Tokenizer) -> Result<Vec<Vec<f32>>> {
+        let l = self.c.text.length as usize;
+        let mut ids = Vec::with_capacity(texts.len() * l);
+        for t in texts {
+            ids.extend(tok.encode(t, l)?);
+        }
+        self.batched(
+            &self.texts,
+            &[],
+            &ids,
+            l,
+            texts.len(),
+            &[self.batch, l as i64],
+        )
+    }
+}
+
+/// Reads one entry per non-empty line.
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        return Err(Error::InvalidArgument {
+            what: format!("`{}`", path.display()),
+            fix: "it has no entries".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// Zero-shot results.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ZeroShot {
+    pub top1: f64,
+    pub top5: f64,
+    pub per_class: Vec<(String, f64)>,
+    pub images: usize,
+}
+
+/// Class embeddings: the renormalised mean of each class's prompt embeddings.
+pub fn class_embeddings(
+    emb: &Embedder,
+    tok: &Tokenizer,
+    classes: &[String],
+    templates: &[String],
+) -> Result<Vec<Vec<f32>>> {
+    let mut prompts = Vec::new();
+    for c in classes {
+        for t in templates {
+            prompts.push(crate::data::import::fill(t, c));
+        }
+    }
+    let e = emb.embed_texts(&prompts, tok)?;
+    Ok(e.chunks(templates.len())
+        .map(|group| {
+            let mut m = vec![0f32; group[0].len()];
+            for v in group {
+                m.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            l2(&mut m);
+            m
+        })
+        .collect())
+}
+
+/// Classifies image embeddings against class embeddings; `labels[i]` is image i's class.
+pub fn zero_shot_scores(
+    images: &[Vec<f32>],
+    labels: &[i64],
+    classes: &[Vec<f32>],
+    names: &[String],
+) -> Result<ZeroShot> {
+    let mut top1 = 0usize;
+    let mut top5 = 0usize;
+    let mut per = vec![(0usize, 0usize); classes.len()];
+    for (x, &y) in images.iter().zip(labels) {
+        let y = y as usize;
+        if y >= classes.len() {
+            return Err(Error::InvalidArgument {
+                what: format!("label {y}"),
+                fix: format!("there are {} classes", classes.len()),
+            });
+        }
+        let sims: Vec<f32> = classes
+            .iter()
+            .map(|c| c.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect();
+        let better = sims.iter().filter(|&&s| s > sims[y]).count();
+        top1 += usize::from(better == 0);
+        top5 += usize::from(better < 5);
+        per[y].1 += 1;
+        per[y].0 += usize::from(better == 0);
+    }
+    let n = images.len().max(1) as f64;
+    Ok(ZeroShot {
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        per_class: names
+            .iter()
+            .zip(&per)
+            .map(|(c, (h, t))| (c.clone(), *h as f64 / (*t).max(1) as f64))
+            .collect(),
+        images: images.len(),
+    })
+}
+
+/// Recall@K in both directions for paired embeddings (`img[i]` matches `txt[i]`).
+pub fn retrieval(img: &[Vec<f32>], txt: &[Vec<f32>], ks: &[usize]) -> Vec<(String, f64)> {
+    let n = img.len();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let rank = |q: &[f32], keys: &[Vec<f32>], i: usize| {
+        let s = dot(q, &keys[i]);
+        keys.iter()
+            .enumerate()
+            .filter(|(j, k)| *j != i && dot(q, k) > s)
+            .count()
+    };
+    let i2t: Vec<usize> = (0..n).map(|i| rank(&img[i], txt, i)).collect();
+    let t2i: Vec<usize> = (0..n).map(|i| rank(&txt[i], img, i)).collect();
+    let mut out = Vec::new();
+    for (name, ranks) in [("image_to_text", &i2t), ("text_to_image", &t2i)] {
+        for &k in ks {
+            let r = ranks.iter().filter(|&&r| r < k).count() as f64 / n.max(1) as f64;
+            out.push((format!("{name}_recall@{k}"), r));
+        }
+    }
+    out
+}

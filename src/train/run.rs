@@ -1,0 +1,497 @@
+//! The training loop: data → one compiled step per batch, parameters and optimizer state staying
+//! on the devices; metrics as JSONL; atomic checkpoints (parameters, optimizer state, step, data
+//! position) keeping the last k; exact resume; a stop with the step named on a non-finite loss;
+//! periodic zero-shot evaluation; PNG plots at the end.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::{Loader, LoaderOptions, Position, Sample, Tokenizer};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
+use crate::io::safetensors;
+use crate::model::{basic as dual, ModelConfig, ParamSpec};
+use crate::partition::{Sharded, ShardedProgram};
+use crate::runtime::{HostArray, Runtime};
+
+use super::init;
+use super::step::{train_graph, StepOptions};
+use super::Layout;
+
+/// What `basic train` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: ModelConfig,
+    pub step: StepOptions,
+    pub layout: Layout,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub steps: u64,
+    pub resume: bool,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub keep: usize,
+    pub eval_every: u64,
+    /// Test images used by the periodic evaluation.
+    pub eval_images: usize,
+    pub workers: usize,
+    pub skip_bad: bool,
+    /// Print progress to stderr.
+    pub progress: bool,
+    /// Parameters to start from, by name (pretrained towers), instead of the seed.
+    pub init_from: Option<PathBuf>,
+}
+
+/// What a run ended with.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub steps: u64,
+    pub losses: Vec<(u64, f64)>,
+    pub last_zero_shot: Option<f64>,
+    pub seconds: f64,
+    pub input_fraction: f64,
+}
+
+fn ckpt_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// Checkpoints in `RUN/checkpoints`, oldest first (temporary files of interrupted writes are
+/// not checkpoints).
+pub fn checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_dir(out))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let s = n
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((s, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tokenizer of a data folder (`tokenizer.json`), or one trained on its `captions.txt`.
+pub fn data_tokenizer(data: &Path, out: &Path, vocab: usize) -> Result<Tokenizer> {
+    let saved = out.join("tokenizer.json");
+    if saved.is_file() {
+        return Tokenizer::load(&saved);
+    }
+    let given = data.join("tokenizer.json");
+    if given.is_file() {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        std::fs::copy(&given, &saved).map_err(|e| Error::io(&saved, e))?;
+        return Tokenizer::load(&saved);
+    }
+    let corpus = data.join("captions.txt");
+    if !corpus.is_file() {
+        return Err(Error::InvalidArgument {
+            what: format!("data folder `{}`", data.display()),
+            fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`".into(),
+        });
+    }
+    Tokenizer::train(
+        &corpus,
+        crate::data::tokenizer::Kind::WordLevel,
+        vocab,
+        &saved,
+    )
+}
+
+fn loader_options(c: &ModelConfig, batch: usize, seed: u64, workers: usize) -> LoaderOptions {
+    LoaderOptions {
+        batch,
+        seed,
+        image_size: c.image.image_size() as usize,
+        channels: c.image.channels() as usize,
+        mean: c.train.mean.clone(),
+        std: c.train.std.clone(),
+        text_length: c.text.length as usize,
+        workers,
+        prefetch: 4,
+        rank: 0,
+        ranks: 1,
+    }
+}
+
+/// The state written into a checkpoint.
+struct Ckpt {
+    step: u64,
+    position: Position,
+    values: BTreeMap<String, HostArray>,
+}
+
+fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<PathBuf> {
+    let path = ckpt_dir(out).join(format!("step-{:07}.safetensors", ck.step));
+    let named: Vec<(String, &HostArray)> = ck.values.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("step".into(), ck.step.to_string());
+    meta.insert("epoch".into(), ck.position.epoch.to_string());
+    meta.insert("batch".into(), ck.position.batch.to_string());
+    meta.insert("seed".into(), seed.to_string());
+    // Fault injection for the crash tests: abort in the middle of this step's checkpoint write,
+    // after the temporary file exists and before it is renamed into place.
+    if std::env::var("BASIC_FAULT_CHECKPOINT_STEP")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(ck.step)
+    {
+        let tmp = ckpt_dir(out).join(format!(
+            ".step-{:07}.safetensors.tmp{}",
+            ck.step,
+            std::process::id()
+        ));
+        let _ = std::fs::write(&tmp, b"partial");
+        std::process::abort();
+    }
+    safetensors::write(&path, &named, &meta)?;
+    let all = checkpoints(out);
+    if all.len() > keep {
+        for (_, p) in &all[..all.len() - keep] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    Ok(path)
+}
+
+fn load_checkpoint(path: &Path) -> Result<Ckpt> {
+    let (values, meta) = safetensors::read_with_metadata(path)?;
+    let num = |k: &str| -> Result<u64> {
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("checkpoint `{}`", path.display()),
+                fix: format!("its metadata has no `{k}`; it was not written by basic train"),
+            })
+    };
+    Ok(Ckpt {
+        step: num("step")?,
+        position: Position {
+            epoch: num("epoch")?,
+            batch: num("batch")?,
+        },
+        values,
+    })
+}
+
+/// Pulls arguments `range` of the step back to the host, named.
+fn gather_named(
+    prog: &ShardedProgram,
+    names: &[String],
+    values: &[Sharded],
+    offset: usize,
+) -> Result<BTreeMap<String, HostArray>> {
+    let mut m = BTreeMap::new();
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        // Result i + offset has the same spec as argument i + offset.
+        m.insert(n.clone(), prog.gather(i + offset, v)?);
+    }
+    Ok(m)
+}
+
+/// Zero-shot top-1 on up to `n` test images of the data folder.
+pub fn quick_zero_shot(
+    rt: &Runtime,
+    c: &ModelConfig,
+    params: Vec<HostArray>,
+    data: &Path,
+    tok: &Tokenizer,
+    test: &[Sample],
+    n: usize,
+) -> Result<Option<f64>> {
+    let classes = data.join("classes.txt");
+    let templates = data.join("templates.txt");
+    if !classes.is_file() || !templates.is_file() || test.is_empty() {
+        return Ok(None);
+    }
+    let names = crate::eval::read_lines(&classes)?;
+    let temps = crate::eval::read_lines(&templates)?;
+    let subset: Vec<Sample> = test
+        .iter()
+        .filter(|s| s.label.is_some())
+        .take(n)
+        .cloned()
+        .collect();
+    let labels: Vec<i64> = subset.iter().map(|s| s.label.unwrap_or(0)).collect();
+    let emb = Embedder::new(rt.client(), c, params, 250)?;
+    let ce = class_embeddings(&emb, tok, &names, &temps)?;
+    let ie = emb.embed_images(&subset, 2)?;
+    Ok(Some(zero_shot_scores(&ie, &labels, &ce, &names)?.top1))
+}
+
+/// Trains; returns the summary. Resumes from the newest checkpoint when asked.
+pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
+    let c = &o.config;
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let tok = Arc::new(data_tokenizer(&o.data, &o.out, c.text.vocab as usize)?);
+    if tok.vocab_size() > c.text.vocab as usize {
+        return Err(Error::InvalidArgument {
+            what: format!("tokenizer with {} tokens", tok.vocab_size()),
+            fix: format!(
+                "model `{}` has a vocabulary of {}: raise text.vocab",
+                c.name, c.text.vocab
+            ),
+        });
+    }
+    let cfg_text =
+        toml::to_string(c).map_err(|e| Error::Array(format!("cannot write the config: {e}")))?;
+    safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
+    let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
+    if skipped.samples > 0 && o.progress {
+        eprintln!(
+            "skipped {} bad samples (first: {})",
+            skipped.samples, skipped.reasons[0]
+        );
+    }
+    let test = crate::data::read_dataset(&o.data, "test", o.skip_bad)
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+
+    // The step program, sharded over the layout's mesh.
+    let (g, specs, sspecs) = train_graph(c, &o.step)?;
+    let mut all: Vec<ParamSpec> = specs.clone();
+    all.extend(sspecs.iter().cloned());
+    let (sa, sr) = o.layout.specs(&g, &all)?;
+    let prog = ShardedProgram::compile(rt.client(), &g, &o.layout.context(), sa, sr)?;
+    let pnames: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let snames: Vec<String> = sspecs.iter().map(|s| s.name.clone()).collect();
+
+    // Start: fresh, pretrained, or from the newest checkpoint.
+    let dtype = o.step.param_dtype;
+    let (mut step, start, mut host): (u64, Position, BTreeMap<String, HostArray>) = match checkpoints(&o.out).last() {
+        Some((_, p)) if o.resume => {
+            let ck = load_checkpoint(p)?;
+            if o.progress {
+                eprintln!("resuming from {} (step {})", p.display(), ck.step);
+            }
+            (ck.step, ck.position, ck.values)
+        }
+        Some(_) if !o.resume => {
+            return Err(Error::InvalidArgument {
+                what: format!("run folder `{}`", o.out.display()),
+                fix: "it already has checkpoints: pass --resume to continue it, or choose another --out".into(),
+            })
+        }
+        _ => {
+            let mut m = BTreeMap::new();
+            let fresh = init::init_params(&specs, o.seed, dtype)?;
+            for (s, a) in specs.iter().zip(fresh) {
+                m.insert(s.name.clone(), a);
+            }
+            if let Some(p) = &o.init_from {
+                let file = safetensors::read(p)?;
+                for (k, v) in file {
+                    if let Some(s) = specs.iter().find(|s| s.name == k) {
+                        if v.shape() != s.shape.as_slice() {
+                            return Err(Error::InvalidArgument {
+                                what: format!("`{k}` in `{}`", p.display()),
+                                fix: format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
+                            });
+                        }
+                        m.insert(k, safetensors::convert(&v, dtype)?);
+                    }
+                }
+            }
+            for s in &sspecs {
+                m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
+            }
+            (0, Position::default(), m)
+        }
+    };
+    let missing: Vec<&String> = pnames
+        .iter()
+        .chain(&snames)
+        .filter(|n| !host.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::InvalidArgument {
+            what: "checkpoint".into(),
+            fix: format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0]),
+        });
+    }
+    // Upload parameters and state once; they stay on the devices.
+    let mut values: Vec<Sharded> = pnames
+        .iter()
+        .chain(&snames)
+        .enumerate()
+        .map(|(i, n)| prog.upload(i, &host[n]))
+        .collect::<Result<_>>()?;
+    host.clear();
+    let n_state = pnames.len() + snames.len();
+
+    let mut loader = Loader::new(
+        Arc::new(train),
+        tok.clone(),
+        loader_options(c, o.step.batch as usize, o.seed, o.workers),
+        start,
+    )?;
+    // Metrics: keep what was logged before the resumed step.
+    let metrics_path = o.out.join("metrics.jsonl");
+    let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(str::to_string)
+        .collect();
+    let mut metrics =
+        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    for l in &kept {
+        writeln!(metrics, "{l}").map_err(|e| Error::io(&metrics_path, e))?;
+    }
+    let mut summary = Summary::default();
+    let t0 = Instant::now();
+    let first = step;
+    let mut last_good: Option<PathBuf> = checkpoints(&o.out).last().map(|(_, p)| p.clone());
+    while step < o.steps {
+        let batch = loader.next_batch()?;
+        let i_img = n_state + 1;
+        let step_arg = prog.upload(n_state, &HostArray::scalar(step as i32))?;
+        let img = prog.upload(
+            i_img,
+            &crate::io::safetensors::convert(&batch.images, dtype)?,
+        )?;
+        let tks = prog.upload(i_img + 1, &batch.tokens)?;
+        let mut args: Vec<&Sharded> = values.iter().collect();
+        args.push(&step_arg);
+        args.push(&img);
+        args.push(&tks);
+        let mut out = prog.run(&args)?;
+        let scalars: Vec<f64> = (n_state..n_state + 4)
+            .map(|i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
+            .collect::<Result<_>>()?;
+        let (loss, gnorm, lr, temp) = (scalars[0], scalars[1], scalars[2], scalars[3]);
+        if !loss.is_finite() {
+            return Err(Error::InvalidArgument {
+                what: format!("training at step {step}: the loss is {loss}"),
+                fix: format!(
+                    "training stopped; the last good checkpoint is {}. Lower the learning rate or check the data",
+                    last_good.as_ref().map_or("none".to_string(), |p| p.display().to_string())
+                ),
+            });
+        }
+        out.truncate(n_state);
+        values = out;
+        let position = batch.next;
+        step += 1;
+        summary.losses.push((step, loss));
+        let elapsed = t0.elapsed().as_secs_f64();
+        let done = (step - first) as f64;
+        let mut line = serde_json::json!({
+            "step": step, "loss": loss, "grad_norm": gnorm, "learning_rate": lr, "temperature": temp,
+            "epoch": position.epoch, "seconds": elapsed, "input_seconds": loader.waited.as_secs_f64(),
+        });
+        if o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps) {
+            let params: Vec<HostArray> = (0..pnames.len())
+                .map(|i| prog.gather(i, &values[i]))
+                .collect::<Result<_>>()?;
+            let params = params
+                .iter()
+                .map(|p| safetensors::convert(p, DType::F32))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(acc) = quick_zero_shot(rt, c, params, &o.data, &tok, &test, o.eval_images)?
+            {
+                line["zero_shot_top1"] = serde_json::json!(acc);
+                summary.last_zero_shot = Some(acc);
+            }
+        }
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        // A live line on a terminal; a line every 10% of the run in logs.
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let every = ((o.steps - first) / 10).max(1);
+        if o.progress && (tty || (step - first) % every == 0 || step == o.steps) {
+            let rate = done / elapsed.max(1e-9);
+            let eta = (o.steps - step) as f64 / rate.max(1e-9);
+            let text = format!(
+                "step {step}/{} | {:.2} steps/s | {:.0} img/s | loss {loss:.4} | lr {lr:.2e} | τ {temp:.4} | ETA {:.0}s",
+                o.steps,
+                rate,
+                rate * o.step.batch as f64,
+                eta
+            );
+            if tty {
+                eprint!("\r{text}   ");
+            } else {
+                eprintln!("{text}");
+            }
+        }
+        if o.checkpoint_every > 0 && (step % o.checkpoint_every == 0 || step == o.steps) {
+            let mut vals = gather_named(&prog, &pnames, &values[..pnames.len()], 0)?;
+            vals.extend(gather_named(
+                &prog,
+                &snames,
+                &values[pnames.len()..],
+                pnames.len(),
+            )?);
+            last_good = Some(save_checkpoint(
+                &o.out,
+                o.keep,
+                &Ckpt {
+                    step,
+                    position,
+                    values: vals,
+                },
+                o.seed,
+            )?);
+        }
+    }
+    if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
+    summary.steps = step;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    summary.input_fraction = loader.waited.as_secs_f64() / summary.seconds.max(1e-9);
+    // Plots from the whole metrics file (resumed runs included).
+    let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+            .collect()
+    };
+    crate::train::plot::plot(&o.out.join("loss.png"), &series("loss"))?;
+    let acc = series("zero_shot_top1");
+    if !acc.is_empty() {
+        crate::train::plot::plot(&o.out.join("accuracy.png"), &acc)?;
+    }
+    Ok(summary)
+}
+
+/// The parameters of a run's newest checkpoint, by name, as f32.
+pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
+    let (_, path) = checkpoints(run)
+        .pop()
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("run `{}`", run.display()),
+            fix: "it has no checkpoints; train it first with `basic train`".into(),
+        })?;
+    let file = safetensors::read(&path)?;
+    let specs = dual::specs(c);
+    specs
+        .iter()
+        .map(|s| {
+            let a = file.get(&s.name).ok_or_else(|| Error::InvalidArgument {
+                what: format!("checkpoint `{}`", path.display()),
+                fix: format!("it has no parameter `{}`", s.name),
+            })?;
+            safetensors::convert(a, DType::F32)
+        })
+        .collect()
+}
