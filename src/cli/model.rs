@@ -51,6 +51,14 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "shardy")]
     pub partitioner: PartitionerArg,
 
+    /// Lock the image tower: no gradient, no optimizer state (LiT)
+    #[arg(long)]
+    pub lock_image: bool,
+
+    /// Lock the text tower
+    #[arg(long)]
+    pub lock_text: bool,
+
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -74,6 +82,11 @@ impl ModelArgs {
         }
         if let Some(d) = dtype {
             c.train.dtype = d.to_string();
+        }
+        for (flag, tower) in [(self.lock_image, "image"), (self.lock_text, "text")] {
+            if flag && !c.train.lock.iter().any(|t| t == tower) {
+                c.train.lock.push(tower.to_string());
+            }
         }
         c.validate(&self.model)?;
         let o = StepOptions::from_config(&c)?;
@@ -105,7 +118,11 @@ impl ModelArgs {
     /// Opens the backend with at least as many CPU devices as the mesh needs.
     pub fn open(&self, layout: &Layout) -> anyhow::Result<basic::runtime::Runtime> {
         let mut b = self.backend.clone();
-        if b.cpu_devices.is_none() && layout.mesh.size() > 1 {
+        // On CPU, exactly as many virtual devices as the mesh: the plugin's default of 4 would
+        // split its threads over devices the run does not use.
+        let cpu = basic::runtime::Backend::from_flag_or_env(b.backend.as_deref())
+            == basic::runtime::Backend::Cpu;
+        if b.cpu_devices.is_none() && (cpu || layout.mesh.size() > 1) {
             b.cpu_devices = Some(layout.mesh.size() as u32);
         }
         b.open()
@@ -395,24 +412,79 @@ pub struct EmbedArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Parameters (safetensors, the model's names)
+    /// Parameters (safetensors, the model's names; HF BERT names for a BERT text tower)
     #[arg(long, value_name = "P.safetensors")]
     params: PathBuf,
 
     /// The batch: `images` (f32 [N, H, W, C]) and `tokens` (s32 [N, L])
-    #[arg(long, value_name = "B.safetensors")]
-    batch: PathBuf,
+    #[arg(long, value_name = "B.safetensors", required_unless_present = "texts")]
+    batch: Option<PathBuf>,
 
-    /// Where to write `image_embeddings`, `text_embeddings` and `logit_scale`
+    /// Text-only: one text per line; writes the text tower's pooled, unprojected embeddings
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "batch",
+        requires = "tokenizer"
+    )]
+    texts: Option<PathBuf>,
+
+    /// The tokenizer.json of --texts
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+
+    /// Where to write `image_embeddings`, `text_embeddings` and `logit_scale` (or, with
+    /// --texts, `text_embeddings`)
     #[arg(long, value_name = "E.safetensors")]
     out: PathBuf,
 }
 
+fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
+    let (c, _) = a.model.config(None, Some("f32"))?;
+    let tok_path = a.tokenizer.as_ref().context("--texts needs --tokenizer")?;
+    let tok = basic::data::Tokenizer::load(tok_path)?;
+    let lines = basic::eval::read_lines(texts)?;
+    let n = lines.len() as i64;
+    let (g, specs) = basic::train::step::text_features_graph(&c, n)?;
+    let file = safetensors::read_params(&a.params, &c)?;
+    let text_only: BTreeMap<String, HostArray> = file
+        .into_iter()
+        .filter(|(k, _)| specs.iter().any(|s| &s.name == k))
+        .collect();
+    let mut args = safetensors::match_params(&a.params, &text_only, &specs, DType::F32)?;
+    let len = c.text.length as usize;
+    let mut ids = Vec::with_capacity(lines.len() * len);
+    for l in &lines {
+        ids.extend(tok.encode(l, len)?);
+    }
+    args.push(HostArray::new(&[n, c.text.length], &ids)?);
+    let rt = a.model.backend.open()?;
+    let text = basic::lower::module(&g, &Default::default())?;
+    let exe = rt
+        .client()
+        .compile(&text, &basic::runtime::CompileOptions::single())?;
+    let out = exe.run(&args)?;
+    safetensors::write(
+        &a.out,
+        &[("text_embeddings".into(), &out[0])],
+        &BTreeMap::new(),
+    )?;
+    println!(
+        "wrote {} text embeddings of width {} to {}",
+        n,
+        out[0].shape()[1],
+        a.out.display()
+    );
+    Ok(())
+}
+
 pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
+    if let Some(t) = &a.texts {
+        return embed_texts(a, t);
+    }
     let (mut c, _) = a.model.config(None, Some("f32"))?;
     let params = load_or_init_params(&c, &Some(a.params.clone()), None, &None, DType::F32)?;
-    let (images, tokens) =
-        load_or_random_batch(&c, &Some(a.batch.clone()), None, &None, DType::F32)?;
+    let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];
     let o = StepOptions::from_config(&c)?;
     let layout = a.model.layout()?;

@@ -143,6 +143,10 @@ pub struct TrainArgs {
     #[arg(long)]
     init_from: Option<PathBuf>,
 
+    /// Tokenizer to use instead of the data folder's (e.g. a pretrained text tower's tokenizer.json)
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+
     /// No progress line
     #[arg(long)]
     quiet: bool,
@@ -174,6 +178,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         skip_bad: a.skip_bad,
         progress: !a.quiet,
         init_from: a.init_from.clone(),
+        tokenizer: a.tokenizer.clone(),
     };
     let s = train(&rt, &opts)?;
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);

@@ -151,6 +151,22 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A parameter file by the model's names: HF BERT checkpoints (`embeddings.*`, `encoder.*`) are
+/// mapped under `text/bert/` when the model has a BERT text tower.
+pub fn read_params(
+    path: &Path,
+    c: &crate::model::ModelConfig,
+) -> Result<BTreeMap<String, HostArray>> {
+    let file = read(path)?;
+    let hf = file.keys().any(|k| {
+        k.starts_with("embeddings.") || k.starts_with("encoder.") || k.starts_with("bert.")
+    });
+    if hf && c.text.kind == crate::model::config::TextKind::Bert {
+        return Ok(crate::model::bert::from_checkpoint("text/bert", file));
+    }
+    Ok(file)
+}
+
 /// Picks the model's parameters out of a file, checking names, shapes and dtypes; one error lists
 /// everything missing, unexpected or misshaped.
 pub fn match_params(

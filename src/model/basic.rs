@@ -14,9 +14,9 @@ use crate::error::Result;
 use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
-use super::config::{ImageConfig, LossKind, ModelConfig};
+use super::config::{ImageConfig, LossKind, ModelConfig, TextKind};
 use super::params::{Init, ParamSpec, Params};
-use super::{coatnet, text, vit};
+use super::{bert, coatnet, text, vit};
 
 /// Width of the image tower's features (before projection).
 pub fn image_width(c: &ModelConfig) -> i64 {
@@ -38,7 +38,10 @@ pub fn specs(c: &ModelConfig) -> Vec<ParamSpec> {
         Init::LecunUniform,
         &["embed", "proj"],
     ));
-    v.extend(text::specs("text", &c.text));
+    match c.text.kind {
+        TextKind::Transformer => v.extend(text::specs("text", &c.text)),
+        TextKind::Bert => v.extend(bert::specs("text/bert", &c.text)),
+    }
     v.push(ParamSpec::new(
         "text/proj/kernel",
         &[c.text.width, c.embed_dim],
@@ -69,6 +72,19 @@ pub fn is_image_param(name: &str) -> bool {
 /// Parameters that belong to the text tower (including its projection).
 pub fn is_text_param(name: &str) -> bool {
     name.starts_with("text/")
+}
+
+/// The parameters of the towers named in `lock` (`image`, `text`).
+pub fn locked(specs: &[ParamSpec], lock: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| {
+            lock.iter().any(|t| {
+                (t == "image" && is_image_param(&s.name)) || (t == "text" && is_text_param(&s.name))
+            })
+        })
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// Casts every parameter to the compute dtype (master weights stay as they are).
@@ -103,6 +119,21 @@ pub fn embed_images(
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 
+/// The text tower's pooled features `[B, text width]` (before projection).
+pub fn text_features(
+    tokens: &Tensor,
+    p: &Params,
+    c: &ModelConfig,
+    dtype: DType,
+    remat: Option<&RematPolicy>,
+) -> Result<Tensor> {
+    let tp = p.scope("text");
+    match c.text.kind {
+        TextKind::Transformer => text::apply(tokens, &tp, &c.text, dtype, remat),
+        TextKind::Bert => bert::apply(tokens, &tp.scope("bert"), &c.text, dtype, remat),
+    }
+}
+
 /// Normalised text embeddings `[B, embed_dim]` of `tokens [B, L]`.
 pub fn embed_texts(
     tokens: &Tensor,
@@ -112,7 +143,7 @@ pub fn embed_texts(
     remat: Option<&RematPolicy>,
 ) -> Result<Tensor> {
     let tp = p.scope("text");
-    let f = text::apply(tokens, &tp, &c.text, dtype, remat)?;
+    let f = text_features(tokens, p, c, dtype, remat)?;
     let e = f.matmul(tp.get("proj/kernel")?)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }

@@ -119,9 +119,23 @@ pub enum TextPool {
     Mean,
 }
 
+/// The text encoder's architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TextKind {
+    /// Pre-LN transformer (CLIP-style), parameters named `text/blocks/N/...`.
+    #[default]
+    Transformer,
+    /// BERT (post-LN, exact GELU, token types, mean pooling), parameters named as in HF
+    /// checkpoints under `text/bert/`.
+    Bert,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
+    #[serde(default)]
+    pub kind: TextKind,
     pub vocab: i64,
     /// Tokens per caption (padded / truncated to this).
     pub length: i64,
@@ -136,6 +150,16 @@ pub struct TextConfig {
     /// Token id of padding.
     #[serde(default)]
     pub pad_id: i64,
+    /// BERT: rows of the position table (512 in BERT checkpoints).
+    #[serde(default)]
+    pub max_positions: i64,
+    /// BERT: LayerNorm epsilon (1e-12 in BERT checkpoints).
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn bert_eps() -> f64 {
+    1e-12
 }
 
 fn yes() -> bool {
@@ -216,6 +240,8 @@ pub struct TrainConfig {
     pub momentum: bool,
     /// AdaFactor: clip each update to this RMS (0: off).
     pub update_clip: f64,
+    /// Towers that get no gradient and no optimizer state (`image`, `text`): LiT-style locking.
+    pub lock: Vec<String>,
     /// Image normalisation.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
@@ -240,6 +266,7 @@ impl Default for TrainConfig {
             clip_norm: 1.0,
             momentum: true,
             update_clip: 1.0,
+            lock: vec![],
             mean: vec![0.5],
             std: vec![0.5],
         }
@@ -370,6 +397,12 @@ impl ModelConfig {
             return bad(
                 format!("train.remat = `{}`", tr.remat),
                 "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)",
+            );
+        }
+        if let Some(l) = tr.lock.iter().find(|l| *l != "image" && *l != "text") {
+            return bad(
+                format!("train.lock entry `{l}`"),
+                "lock `image` and/or `text`",
             );
         }
         if tr.dtype != "f32" && tr.dtype != "bf16" && tr.dtype != "f64" {

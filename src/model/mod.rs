@@ -2,6 +2,7 @@
 //! knows about devices or sharding beyond naming logical axes.
 
 pub mod basic;
+pub mod bert;
 pub mod coatnet;
 pub mod config;
 pub mod params;

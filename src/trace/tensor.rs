@@ -201,7 +201,20 @@ impl Tensor {
     pub fn div_scalar(&self, v: f64) -> Result<Tensor> {
         self.div(&self.scalar_like(v)?)
     }
+    /// `x^v`; small integer powers are repeated multiplications (as JAX's `integer_pow`), which
+    /// are exact where they can be and far cheaper than `power`.
     pub fn pow_scalar(&self, v: f64) -> Result<Tensor> {
+        if v.fract() == 0.0 && (1.0..=4.0).contains(&v.abs()) {
+            let mut r = self.clone();
+            for _ in 1..(v.abs() as i64) {
+                r = r.mul(self)?;
+            }
+            return if v < 0.0 {
+                r.ones_like()?.div(&r)
+            } else {
+                Ok(r)
+            };
+        }
         self.pow(&self.scalar_like(v)?)
     }
     pub fn max_scalar(&self, v: f64) -> Result<Tensor> {

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Parameters to start from, by name (pretrained towers), instead of the seed.
     pub init_from: Option<PathBuf>,
+    /// The tokenizer to use instead of the data folder's (e.g. a pretrained text tower's).
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// What a run ended with.
@@ -81,9 +83,21 @@ pub fn checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
     v
 }
 
-/// The tokenizer of a data folder (`tokenizer.json`), or one trained on its `captions.txt`.
-pub fn data_tokenizer(data: &Path, out: &Path, vocab: usize) -> Result<Tokenizer> {
+/// The run's tokenizer: the one given, else the data folder's `tokenizer.json`, else one trained
+/// on its `captions.txt`. It is saved in the run folder.
+pub fn data_tokenizer(
+    data: &Path,
+    out: &Path,
+    vocab: usize,
+    given: Option<&Path>,
+) -> Result<Tokenizer> {
     let saved = out.join("tokenizer.json");
+    if let Some(g) = given {
+        Tokenizer::load(g)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        std::fs::copy(g, &saved).map_err(|e| Error::io(&saved, e))?;
+        return Tokenizer::load(&saved);
+    }
     if saved.is_file() {
         return Tokenizer::load(&saved);
     }
@@ -233,7 +247,12 @@ pub fn quick_zero_shot(
 pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     let c = &o.config;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let tok = Arc::new(data_tokenizer(&o.data, &o.out, c.text.vocab as usize)?);
+    let tok = Arc::new(data_tokenizer(
+        &o.data,
+        &o.out,
+        c.text.vocab as usize,
+        o.tokenizer.as_deref(),
+    )?);
     if tok.vocab_size() > c.text.vocab as usize {
         return Err(Error::InvalidArgument {
             what: format!("tokenizer with {} tokens", tok.vocab_size()),
@@ -289,7 +308,7 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
                 m.insert(s.name.clone(), a);
             }
             if let Some(p) = &o.init_from {
-                let file = safetensors::read(p)?;
+                let file = safetensors::read_params(p, c)?;
                 for (k, v) in file {
                     if let Some(s) = specs.iter().find(|s| s.name == k) {
                         if v.shape() != s.shape.as_slice() {

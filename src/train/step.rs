@@ -61,7 +61,7 @@ impl StepOptions {
             remat,
             param_dtype,
             compute_dtype,
-            frozen: vec![],
+            frozen: basic::locked(&basic::specs(c), &t.lock),
         })
     }
 
@@ -388,4 +388,22 @@ pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> 
         &basic::embed_texts(&tokens, &p, c, dtype, None)?,
     )?;
     Ok(b.finish())
+}
+
+/// `(text-tower params..., tokens) → text_embeddings`: the text tower's pooled features, not
+/// projected or normalised (sentence embeddings of a text-only model).
+pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamSpec>)> {
+    let b = Builder::new(&format!("{}_text_features", c.name));
+    let specs: Vec<ParamSpec> = basic::specs(c)
+        .into_iter()
+        .filter(|s| basic::is_text_param(&s.name) && s.name != "text/proj/kernel")
+        .collect();
+    let p = Params::declare(&b, &specs, DType::F32)?;
+    let (_, ts) = batch_shapes(c, n);
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    b.output(
+        "text_embeddings",
+        &basic::text_features(&tokens, &p, c, DType::F32, None)?,
+    )?;
+    Ok((b.finish(), specs))
 }

