@@ -29,12 +29,25 @@ pub enum DataCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Emoji images and their names (the npm package emoji-datasource-google) as shards
+    Emoji {
+        /// Folder for the shards
+        #[arg(long)]
+        out: PathBuf,
+        /// The extracted package folder (with emoji.json and img/google/64/)
+        #[arg(long)]
+        source: PathBuf,
+    },
 }
 
 pub fn data(c: &DataCommand) -> anyhow::Result<()> {
     match c {
         DataCommand::FashionMnist { out, source, limit } => {
             let files = basic::data::import::fashion_mnist(source, out, *limit)?;
+            println!("wrote {} files to {}", files.len(), out.display());
+        }
+        DataCommand::Emoji { out, source } => {
+            let files = basic::data::import::emoji(source, out)?;
             println!("wrote {} files to {}", files.len(), out.display());
         }
     }

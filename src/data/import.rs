@@ -146,3 +146,62 @@ pub fn fashion_mnist(source: &Path, out: &Path, limit: Option<usize>) -> Result<
     written.push(write("captions.txt", corpus)?);
     Ok(written)
 }
+
+/// Imports the npm package `emoji-datasource-google` (the extracted `package/` folder: 64×64
+/// images and `emoji.json`) as image–text pairs: each emoji captioned by its lower-cased name.
+/// A fixed hash of the short name puts one emoji in ten into the test split.
+pub fn emoji(source: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+    let meta_path = source.join("emoji.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::InvalidArgument {
+        what: format!("emoji metadata `{}`", meta_path.display()),
+        fix: format!("{e}; extract the npm package emoji-datasource-google (`npm pack emoji-datasource-google@16.0.0`) and pass its package/ folder as --source"),
+    })?;
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| Error::InvalidArgument {
+            what: format!("emoji metadata `{}`", meta_path.display()),
+            fix: format!("not the package's emoji.json: {e}"),
+        })?;
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let mut corpus = String::new();
+    for e in &entries {
+        if e["has_img_google"].as_bool() != Some(true) {
+            continue;
+        }
+        let (Some(name), Some(image), Some(short)) = (
+            e["name"].as_str(),
+            e["image"].as_str(),
+            e["short_name"].as_str(),
+        ) else {
+            continue;
+        };
+        let path = source.join("img/google/64").join(image);
+        let bytes = std::fs::read(&path).map_err(|err| Error::InvalidArgument {
+            what: format!("emoji image `{}`", path.display()),
+            fix: format!("{err}; the package folder is incomplete"),
+        })?;
+        let caption = format!("{}.", name.to_lowercase());
+        let key = short.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let s = Sample {
+            key,
+            image: Arc::new(bytes),
+            caption: caption.clone(),
+            label: None,
+        };
+        if hash % 10 == 0 {
+            test.push(s);
+        } else {
+            corpus.push_str(&caption);
+            corpus.push('\n');
+            train.push(s);
+        }
+    }
+    let mut written = write_shards(out, "train", &train, 1000)?;
+    written.extend(write_shards(out, "test", &test, 1000)?);
+    let p = out.join("captions.txt");
+    crate::io::safetensors::write_atomic(&p, corpus.as_bytes())?;
+    written.push(p);
+    Ok(written)
+}
