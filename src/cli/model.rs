@@ -346,6 +346,8 @@ fn load_or_random_batch(
                     }
                 })
                 .collect();
+            // Batch files hold f32 images: round first, so that the saved batch is the one used.
+            let img: Vec<f64> = img.iter().map(|&v| f64::from(v as f32)).collect();
             let images = init::to_dtype(&is, &img, dtype)?;
             let tokens = HostArray::new(&ts, &toks)?;
             if let Some(out) = save {

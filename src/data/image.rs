@@ -163,6 +163,56 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Inception-style random-resized crop: a window of 8–100% of the area with aspect ratio in
+    /// [3/4, 4/3] at a random place, resized to `size × size`. `r` yields uniforms in [0, 1).
+    pub fn random_resized_crop(&self, size: usize, r: &mut impl FnMut() -> f64) -> Image {
+        let area = (self.h * self.w) as f64;
+        for _ in 0..10 {
+            let target = area * (0.08 + 0.92 * r());
+            let ratio =
+                ((3.0f64 / 4.0).ln() + r() * ((4.0f64 / 3.0).ln() - (3.0f64 / 4.0).ln())).exp();
+            let w = (target * ratio).sqrt().round() as usize;
+            let h = (target / ratio).sqrt().round() as usize;
+            if w >= 1 && h >= 1 && w <= self.w && h <= self.h {
+                let y0 = ((self.h - h) as f64 * r()) as usize;
+                let x0 = ((self.w - w) as f64 * r()) as usize;
+                let mut data = Vec::with_capacity(h * w * self.c);
+                for y in y0..y0 + h {
+                    let row = (y * self.w + x0) * self.c;
+                    data.extend_from_slice(&self.data[row..row + w * self.c]);
+                }
+                return Image {
+                    h,
+                    w,
+                    c: self.c,
+                    data,
+                }
+                .resize(size, size);
+            }
+        }
+        self.resize_center_crop(size)
+    }
+}
+
+/// Decodes, augments with a random-resized crop seeded by `seed`, and normalises.
+pub fn preprocess_augmented(
+    bytes: &[u8],
+    name: &str,
+    size: usize,
+    channels: usize,
+    mean: &[f64],
+    std: &[f64],
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let mut rng = crate::train::init::SplitMix(seed);
+    let mut img = decode(bytes, name)?
+        .to_channels(channels)
+        .random_resized_crop(size, &mut || rng.uniform());
+    img.normalize(mean, std);
+    Ok(img.data)
+}
+
 /// Decodes and preprocesses to the model's input: `size × size × channels`, normalised.
 pub fn preprocess(
     bytes: &[u8],
@@ -198,4 +248,43 @@ pub fn encode_png(w: u32, h: u32, channels: usize, pixels: &[u8]) -> Result<Vec<
             .map_err(|e| Error::Array(format!("PNG encoding: {e}")))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient_png(w: u32, h: u32) -> Vec<u8> {
+        let px: Vec<u8> = (0..w * h)
+            .map(|i| ((i % w) * 255 / (w - 1)) as u8)
+            .collect();
+        encode_png(w, h, 1, &px).unwrap()
+    }
+
+    #[test]
+    fn decode_resize_and_crop() {
+        let png = gradient_png(8, 4);
+        let img = decode(&png, "g").unwrap();
+        assert_eq!((img.h, img.w, img.c), (4, 8, 1));
+        assert_eq!(img.data[0], 0.0);
+        assert_eq!(img.data[7], 1.0);
+        // The short side becomes 2, then the centre 2×2 of a 4-wide row is kept.
+        let c = img.resize_center_crop(2);
+        assert_eq!((c.h, c.w), (2, 2));
+        assert!(c.data[0] > 0.2 && c.data[1] < 0.8, "{:?}", c.data);
+        let rgb = img.to_channels(3);
+        assert_eq!(rgb.data[21..24], [1.0, 1.0, 1.0]);
+        assert!(decode(b"GIF89a....", "x").is_err());
+    }
+
+    #[test]
+    fn random_resized_crops_are_reproducible_by_seed() {
+        let png = gradient_png(16, 16);
+        let a = preprocess_augmented(&png, "g", 8, 1, &[0.0], &[1.0], 7).unwrap();
+        let b = preprocess_augmented(&png, "g", 8, 1, &[0.0], &[1.0], 7).unwrap();
+        let c = preprocess_augmented(&png, "g", 8, 1, &[0.0], &[1.0], 8).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::runtime::HostArray;
 
-use super::image::preprocess;
+use super::image::{preprocess, preprocess_augmented};
 use super::shards::Sample;
 use super::tokenizer::Tokenizer;
 
@@ -34,6 +34,9 @@ pub struct LoaderOptions {
     /// Data-parallel rank and count (this process reads every `ranks`-th batch).
     pub rank: usize,
     pub ranks: usize,
+    /// Random-resized-crop augmentation, seeded per sample by (seed, epoch, position), so a
+    /// resumed run sees the same crops.
+    pub augment: bool,
 }
 
 /// One batch on the host.
@@ -57,8 +60,10 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// Decodes and tokenizes the given samples into one batch, splitting the work over `workers`.
+/// `seeds[i]` seeds sample i's augmentation (when it is on).
 pub fn assemble(
     samples: &[&Sample],
+    seeds: &[u64],
     tok: &Tokenizer,
     o: &LoaderOptions,
 ) -> Result<(HostArray, HostArray, Vec<Option<i64>>)> {
@@ -72,18 +77,18 @@ pub fn assemble(
         let handles: Vec<_> = images
             .chunks_mut(per * px)
             .zip(tokens.chunks_mut(per * o.text_length))
-            .zip(samples.chunks(per))
-            .map(|((img, tks), chunk)| {
+            .zip(samples.chunks(per).zip(seeds.chunks(per)))
+            .map(|((img, tks), (chunk, sd))| {
                 s.spawn(move || -> Result<()> {
                     for (i, smp) in chunk.iter().enumerate() {
-                        let v = preprocess(
-                            &smp.image,
-                            &smp.key,
-                            o.image_size,
-                            o.channels,
-                            &o.mean,
-                            &o.std,
-                        )?;
+                        let (size, ch) = (o.image_size, o.channels);
+                        let v = if o.augment {
+                            preprocess_augmented(
+                                &smp.image, &smp.key, size, ch, &o.mean, &o.std, sd[i],
+                            )?
+                        } else {
+                            preprocess(&smp.image, &smp.key, size, ch, &o.mean, &o.std)?
+                        };
                         img[i * px..(i + 1) * px].copy_from_slice(&v);
                         let t = tok.encode(&smp.caption, o.text_length)?;
                         tks[i * o.text_length..(i + 1) * o.text_length].copy_from_slice(&t);
@@ -154,8 +159,16 @@ impl Loader {
                     .iter()
                     .map(|&i| &samples[i])
                     .collect();
+                // Each sample's crop depends on the seed, the epoch and its place in the epoch.
+                let seeds: Vec<u64> = (0..o.batch as u64)
+                    .map(|i| {
+                        o.seed
+                            ^ pos.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ ((at as u64 + i) << 20)
+                    })
+                    .collect();
                 pos.batch += 1;
-                let r = assemble(&picked, &tok, &o).map(|(images, tokens, labels)| Batch {
+                let r = assemble(&picked, &seeds, &tok, &o).map(|(images, tokens, labels)| Batch {
                     images,
                     tokens,
                     labels,

@@ -242,6 +242,8 @@ pub struct TrainConfig {
     pub update_clip: f64,
     /// Towers that get no gradient and no optimizer state (`image`, `text`): LiT-style locking.
     pub lock: Vec<String>,
+    /// Random-resized-crop augmentation of training images.
+    pub random_resized_crop: bool,
     /// Image normalisation.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
@@ -267,6 +269,7 @@ impl Default for TrainConfig {
             momentum: true,
             update_clip: 1.0,
             lock: vec![],
+            random_resized_crop: false,
             mean: vec![0.5],
             std: vec![0.5],
         }

@@ -135,6 +135,7 @@ fn loader_options(c: &ModelConfig, batch: usize, seed: u64, workers: usize) -> L
         prefetch: 4,
         rank: 0,
         ranks: 1,
+        augment: c.train.random_resized_crop,
     }
 }
 

@@ -1,0 +1,167 @@
+//! The command-line contracts users and scripts rely on.
+
+use std::process::{Command, Stdio};
+
+fn basic_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_basic"))
+        .args(args)
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("basic-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn devices_json_has_the_documented_keys() {
+    let o = basic_cmd(&["devices", "--cpu-devices", "3", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["platform"], "cpu");
+    assert!(v["plugin"].as_str().unwrap().ends_with(".so"));
+    assert!(v["pjrt_api_version"].as_str().unwrap().starts_with("0."));
+    let d = v["devices"].as_array().unwrap();
+    assert_eq!(d.len(), 3);
+    assert_eq!(d[2]["id"], 2);
+    assert!(d[0]["kind"].is_string());
+}
+
+#[test]
+fn compile_json_reports_params_flops_and_memory_per_device() {
+    let dir = tmp("compile");
+    let emit = dir.join("step.mlir");
+    let o = basic_cmd(&[
+        "compile",
+        "--model",
+        "tiny",
+        "--batch",
+        "16",
+        "--microbatches",
+        "2",
+        "--remat",
+        "nothing_saveable",
+        "--partitioning",
+        "data_parallel",
+        "--mesh",
+        "data=2",
+        "--emit",
+        emit.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["params"], 213249);
+    assert!(v["flops_per_step"].as_f64().unwrap() > 1e8);
+    assert!(v["compile_seconds"].as_f64().unwrap() > 0.0);
+    let d = v["devices"].as_array().unwrap();
+    assert_eq!(d.len(), 2);
+    for k in ["argument_bytes", "output_bytes", "temp_bytes", "peak_bytes"] {
+        assert!(d[0][k].as_i64().unwrap() > 0, "{k}");
+    }
+    let text = std::fs::read_to_string(&emit).unwrap();
+    assert!(text.contains("sdy.mesh @mesh = <[\"data\"=2]>") && text.contains("stablehlo.while"));
+}
+
+#[test]
+fn grad_writes_the_loss_and_every_parameter_gradient_by_name() {
+    let dir = tmp("grad");
+    let p = dir.join("p.safetensors");
+    let b = dir.join("b.safetensors");
+    let g = dir.join("g.safetensors");
+    let g4 = dir.join("g4.safetensors");
+    let o = basic_cmd(&[
+        "grad",
+        "--model",
+        "tiny",
+        "--seed",
+        "3",
+        "--save-params",
+        p.to_str().unwrap(),
+        "--random-batch",
+        "8",
+        "--save-batch",
+        b.to_str().unwrap(),
+        "--dtype",
+        "f64",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = basic_cmd(&[
+        "grad",
+        "--model",
+        "tiny",
+        "--params",
+        p.to_str().unwrap(),
+        "--batch",
+        b.to_str().unwrap(),
+        "--microbatches",
+        "4",
+        "--dtype",
+        "f64",
+        "--out",
+        g4.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = basic::io::safetensors::read(&g).unwrap();
+    let b4 = basic::io::safetensors::read(&g4).unwrap();
+    assert!(
+        a.contains_key("loss")
+            && a.contains_key("image/blocks/1/attn/qkv/kernel")
+            && a.contains_key("logit_scale")
+    );
+    assert_eq!(a.len(), 62);
+    for (k, v) in &a {
+        let (x, y) = (v.to_f64_vec(), b4[k].to_f64_vec());
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() <= 1e-10 * (1.0 + p.abs()), "{k}: {p} vs {q}");
+        }
+    }
+    let e = dir.join("e.safetensors");
+    let o = basic_cmd(&[
+        "embed",
+        "--model",
+        "tiny",
+        "--params",
+        p.to_str().unwrap(),
+        "--batch",
+        b.to_str().unwrap(),
+        "--out",
+        e.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = basic::io::safetensors::read(&e).unwrap();
+    assert_eq!(e["image_embeddings"].shape(), &[8, 64]);
+    assert_eq!(e["logit_scale"].shape(), &[] as &[i64]);
+}
+
+#[test]
+fn bad_flags_and_files_are_one_clear_error() {
+    let o = basic_cmd(&["compile", "--model", "tiny", "--dtype", "f16"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--dtype") && !e.contains("panicked"),
+        "{e}"
+    );
+    let o = basic_cmd(&["compile", "--model", "tiny", "--mesh", "data=x"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("data=x"), "{e}");
+    let o = basic_cmd(&["devices", "--backend", "/nonexistent/plugin.so"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("/nonexistent/plugin.so"),
+        "{e}"
+    );
+    let dir = tmp("badcfg");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "name = \"x\"\nembed_dim = 8\nimage_sise = 3\n").unwrap();
+    let o = basic_cmd(&["compile", "--model", cfg.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("bad.toml"), "{e}");
+}
