@@ -169,6 +169,42 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
         "optimizer state for a locked tower"
     );
     assert!(last.keys().any(|k| k.starts_with("opt/m/image/")));
+
+    // Unlocked later, the run resumes from its checkpoint and the text tower starts to learn.
+    let st = basic_cmd(&[
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "9",
+        "--batch",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "0",
+        "--quiet",
+        "--resume",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let ck = basic::train::run::checkpoints(&run);
+    let resumed = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    assert_eq!(ck[ck.len() - 1].0, 9);
+    assert_ne!(
+        resumed["text/blocks/0/attn/qkv/kernel"],
+        last["text/blocks/0/attn/qkv/kernel"]
+    );
+    assert!(resumed.contains_key("opt/m/text/token_embedding"));
 }
 
 #[test]

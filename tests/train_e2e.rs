@@ -395,3 +395,53 @@ fn zero_shot_on_a_hand_built_case() {
     let r = basic::eval::retrieval(&classes, &classes, &[1]);
     assert!(r.iter().all(|(_, v)| *v == 1.0));
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let d = data().to_str().unwrap().to_string();
+    let dir = tmp("nan");
+    // A learning rate no model survives: the loss turns non-finite within a few steps.
+    let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/tiny.toml"))
+        .unwrap()
+        .replace("learning_rate = 1e-3", "learning_rate = 1e30")
+        .replace("clip_norm = 1.0", "clip_norm = 0.0")
+        .replace("warmup_steps = 20", "warmup_steps = 0");
+    let model = dir.join("unstable.toml");
+    std::fs::write(&model, cfg).unwrap();
+    let run = dir.join("run");
+    let out = basic_cmd(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        &d,
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "30",
+        "--batch",
+        "16",
+        "--checkpoint-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--quiet",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("at step") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    // Every checkpoint left behind is complete and finite.
+    for (_, p) in basic::train::run::checkpoints(&run) {
+        let f = basic::io::safetensors::read(&p).unwrap();
+        assert!(
+            f.values()
+                .all(|a| a.to_f64_vec().iter().all(|v| v.is_finite())),
+            "{}",
+            p.display()
+        );
+    }
+}

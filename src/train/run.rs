@@ -328,6 +328,20 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             (0, Position::default(), m)
         }
     };
+    // A tower locked when the checkpoint was written and unlocked now has no optimizer state
+    // yet: it starts from zeros, as on the first step.
+    for s in &sspecs {
+        let param = s.name.splitn(3, '/').nth(2).unwrap_or("");
+        if !host.contains_key(&s.name) && host.contains_key(param) {
+            if o.progress {
+                eprintln!(
+                    "starting optimizer state `{}` from zeros (the tower was locked before)",
+                    s.name
+                );
+            }
+            host.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
+        }
+    }
     let missing: Vec<&String> = pnames
         .iter()
         .chain(&snames)
