@@ -1,21 +1,11 @@
 //! The command-line contracts users and scripts rely on.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use common::tmp;
 
 fn basic_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_basic"))
-        .args(args)
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("basic-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::basic_cmd(args).output().unwrap()
 }
 
 #[test]

@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::{basic_cmd, tmp};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 fn minilm() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,21 +17,6 @@ fn minilm() -> PathBuf {
         "all-MiniLM-L6-v2 is not installed in .models/; run scripts/test"
     );
     p
-}
-
-fn basic_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_basic"));
-    c.args(args)
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .stdin(Stdio::null());
-    c
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("basic-pre-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

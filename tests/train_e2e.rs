@@ -5,18 +5,13 @@
 
 mod common;
 
+use common::{basic_cmd, tmp};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 
 use basic::data::import::{fashion_mnist, FASHION_DIR};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("basic-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// 600 training and 600 test pairs, imported once per test process.
 fn data() -> &'static Path {
@@ -30,14 +25,6 @@ fn data() -> &'static Path {
         fashion_mnist(Path::new(FASHION_DIR), &d, Some(600)).unwrap();
         d
     })
-}
-
-fn basic_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_basic"));
-    c.args(args)
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .stdin(Stdio::null());
-    c
 }
 
 fn losses(run: &Path) -> Vec<(u64, String)> {

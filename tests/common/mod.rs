@@ -163,3 +163,20 @@ pub fn check_grads_step(
         }
     }
 }
+
+/// The `basic` binary with quiet plugin logs and no standard input.
+pub fn basic_cmd(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_basic"));
+    c.args(args)
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A fresh temporary folder for one test of this process.
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("basic-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
