@@ -14,9 +14,7 @@ module @avg_pool {
       %11 = "stablehlo.add"(%9, %10) : (tensor<f64>, tensor<f64>) -> tensor<f64>
       "stablehlo.return"(%11) : (tensor<f64>) -> ()
     }) {padding = dense<[[0, 0], [0, 0], [0, 0], [0, 0]]> : tensor<4x2xi64>, window_dimensions = array<i64: 1, 2, 2, 1>, window_strides = array<i64: 1, 2, 2, 1>} : (tensor<1x4x4x2xf64>, tensor<f64>) -> tensor<1x2x2x2xf64>
-    %12 = "stablehlo.bitcast_convert"(%8) : (tensor<1x2x2x2xf64>) -> tensor<1x2x2x2xui64>
-    %13 = "stablehlo.bitcast_convert"(%12) : (tensor<1x2x2x2xui64>) -> tensor<1x2x2x2xf64>
-    %14 = "stablehlo.divide"(%1, %13) : (tensor<1x2x2x2xf64>, tensor<1x2x2x2xf64>) -> tensor<1x2x2x2xf64>
-    "func.return"(%14) : (tensor<1x2x2x2xf64>) -> ()
+    %12 = "stablehlo.divide"(%1, %8) : (tensor<1x2x2x2xf64>, tensor<1x2x2x2xf64>) -> tensor<1x2x2x2xf64>
+    "func.return"(%12) : (tensor<1x2x2x2xf64>) -> ()
   }
 }

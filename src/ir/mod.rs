@@ -228,6 +228,8 @@ pub enum Op {
     },
     /// Identity that XLA may not look through (keeps recomputation from being merged back).
     OptimizationBarrier,
+    /// Identity whose derivative is zero; it emits nothing.
+    StopGradient,
     Scan(Box<Scan>),
     /// Identity that asks the SPMD partitioner to lay the value out by these logical axis names
     /// (`None`: not split); the rules file maps them to mesh axes. Without partitioning it
@@ -268,6 +270,7 @@ impl Op {
             Op::ScatterAdd => "scatter_add".into(),
             Op::RngBitGenerator { .. } => "rng_bit_generator".into(),
             Op::OptimizationBarrier => "optimization_barrier".into(),
+            Op::StopGradient => "stop_gradient".into(),
             Op::Scan(_) => "scan".into(),
             Op::ShardingConstraint { .. } => "sharding_constraint".into(),
         }

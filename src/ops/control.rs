@@ -64,6 +64,12 @@ pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
             Ok(vec![ins[0].clone(), TensorType::new(DType::U32, shape)])
         }
         Op::OptimizationBarrier => Ok(ins.to_vec()),
+        Op::StopGradient => {
+            if ins.len() != 1 {
+                return shape_err(&op.name(), format!("takes one operand, got {}", show(ins)));
+            }
+            Ok(ins.to_vec())
+        }
         Op::Scan(s) => scan_outputs(s, ins),
         Op::ShardingConstraint { axes } => {
             if ins.len() != 1 || axes.len() != ins[0].rank() {
@@ -208,6 +214,7 @@ pub fn vjp(
         Op::RngBitGenerator { .. } => Ok(vec![None]),
         // The barrier is the identity: cotangents pass straight through.
         Op::OptimizationBarrier => Ok(cots.to_vec()),
+        Op::StopGradient => Ok(vec![None]),
         Op::Scan(s) => scan_vjp(ctx, s, ins, outs, cots),
         // The cotangent is laid out like the value.
         Op::ShardingConstraint { axes } => match &cots[0] {
@@ -454,6 +461,8 @@ pub fn lower(
         Op::OptimizationBarrier => {
             Ok(e.op("stablehlo.optimization_barrier", ins, in_tys, "", out_tys))
         }
+        // Only the sweep looks at it: the program uses the value as it is.
+        Op::StopGradient => Ok(vec![ins[0].clone()]),
         Op::Scan(s) => lower_scan(e, s, ins, in_tys, out_tys),
         Op::ShardingConstraint { axes } => e.sharding_constraint(&ins[0], &in_tys[0], axes),
         _ => Err(Error::Program(format!("{} is not a control op", op.name()))),

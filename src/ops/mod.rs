@@ -53,6 +53,7 @@ pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         }
         Op::RngBitGenerator { .. }
         | Op::OptimizationBarrier
+        | Op::StopGradient
         | Op::Scan(_)
         | Op::ShardingConstraint { .. } => control::infer(op, ins),
     }
@@ -93,6 +94,7 @@ pub fn vjp(
         }
         Op::RngBitGenerator { .. }
         | Op::OptimizationBarrier
+        | Op::StopGradient
         | Op::Scan(_)
         | Op::ShardingConstraint { .. } => control::vjp(ctx, op, ins, outs, cots),
     }
@@ -135,6 +137,7 @@ pub fn lower(
         }
         Op::RngBitGenerator { .. }
         | Op::OptimizationBarrier
+        | Op::StopGradient
         | Op::Scan(_)
         | Op::ShardingConstraint { .. } => control::lower(e, op, ins, in_tys, out_tys),
     }

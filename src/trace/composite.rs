@@ -178,20 +178,7 @@ fn pool_window(window: [i64; 2], strides: [i64; 2], padding: [(i64, i64); 2]) ->
     }
 }
 
-/// The value of `x` with no gradient flowing back through it. Built as a round trip through the
-/// integer bit pattern, which has no derivative.
+/// The value of `x` with no gradient flowing back through it.
 pub fn stop_gradient(x: &Tensor) -> Result<Tensor> {
-    let int = match x.dtype() {
-        DType::F32 => DType::U32,
-        DType::F64 => DType::U64,
-        DType::BF16 => {
-            return x
-                .convert(DType::F32)?
-                .bitcast(DType::U32)?
-                .bitcast(DType::F32)?
-                .convert(DType::BF16)
-        }
-        _ => return Ok(x.clone()),
-    };
-    x.bitcast(int)?.bitcast(x.dtype())
+    x.builder().push1(crate::ir::Op::StopGradient, &[x])
 }
