@@ -275,3 +275,81 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
         "nothing_saveable {nothing} vs none {none}"
     );
 }
+
+#[test]
+fn dropout_and_stochastic_depth_draw_the_same_masks_in_both_passes() {
+    let mut c = tiny();
+    c.train.dropout = 0.2;
+    c.train.drop_path = 0.2;
+    let n = 4;
+    let o = opts(n, 2);
+    let specs = dual::specs(&c);
+    let params = init::init_params(&specs, 21, DType::F64).unwrap();
+    let (images, tokens) = batch(&c, n, 23);
+    let (g, _) = grad_graph(&c, &o).unwrap();
+    assert_eq!(g.params.last().unwrap().0, "rng");
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let rt = cpu_runtime(1);
+    let exe = rt
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    let run = |ps: &[HostArray], key: [u64; 2]| {
+        let mut args = ps.to_vec();
+        args.push(images.clone());
+        args.push(tokens.clone());
+        args.push(HostArray::new(&[2], &key).unwrap());
+        exe.run(&args).unwrap()
+    };
+    let key = [7u64, 3];
+    let grads = run(&params, key);
+    // The noise is live: another key gives another loss.
+    let other = run(&params, [8, 3])[0].to_f64_vec()[0];
+    assert!((other - grads[0].to_f64_vec()[0]).abs() > 1e-6);
+    // The gradient of pass 3 is that of the loss computed from pass 1's embeddings only if both
+    // passes drew the same masks: check it against a directional finite difference.
+    let mut r = Rng(77);
+    let dirs: Vec<Vec<f64>> = params
+        .iter()
+        .map(|p| {
+            (0..p.element_count())
+                .map(|_| r.uniform(-1.0, 1.0))
+                .collect()
+        })
+        .collect();
+    let analytic: f64 = grads[1..]
+        .iter()
+        .zip(&dirs)
+        .map(|(g, d)| {
+            g.to_f64_vec()
+                .iter()
+                .zip(d)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
+        .sum();
+    let loss_at = |h: f64| {
+        let ps: Vec<HostArray> = params
+            .iter()
+            .zip(&dirs)
+            .map(|(p, d)| {
+                HostArray::new(
+                    p.shape(),
+                    &p.to_f64_vec()
+                        .iter()
+                        .zip(d)
+                        .map(|(x, y)| x + h * y)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap()
+            })
+            .collect();
+        run(&ps, key)[0].to_f64_vec()[0]
+    };
+    let d = |h: f64| (loss_at(h) - loss_at(-h)) / (2.0 * h);
+    let fd = (4.0 * d(5e-5) - d(1e-4)) / 3.0;
+    assert!(
+        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
+        "finite difference {fd} vs reverse mode {analytic}"
+    );
+}

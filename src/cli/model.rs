@@ -393,6 +393,10 @@ pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
     let mut args = params;
     args.push(images);
     args.push(tokens);
+    if basic::train::step::has_rng(&c) {
+        // The dropout key: the seed (0 without --seed) and step 0.
+        args.push(HostArray::new(&[2], &[a.seed.unwrap_or(0), 0u64])?);
+    }
     let out = prog.run_host(&args)?;
     let names: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
     let named: Vec<(String, &HostArray)> = names.into_iter().zip(out.iter()).collect();

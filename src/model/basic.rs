@@ -15,6 +15,7 @@ use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{ImageConfig, LossKind, ModelConfig, TextKind};
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 use super::{bert, coatnet, text, vit};
 
@@ -104,15 +105,18 @@ pub fn cast(p: &Params, dtype: DType) -> Result<Params> {
 }
 
 /// Normalised image embeddings `[B, embed_dim]` of `images [B, H, W, C]`.
+/// `noise` drives dropout and stochastic depth in the ViT's blocks (CoAtNet takes none).
 pub fn embed_images(
     images: &Tensor,
     p: &Params,
     c: &ModelConfig,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let ip = p.scope("image");
+    let noise = noise.map(|n| n.fold(1)).transpose()?;
     let f = match &c.image {
-        ImageConfig::Vit(vc) => vit::apply(images, &ip, vc, remat)?,
+        ImageConfig::Vit(vc) => vit::apply(images, &ip, vc, remat, noise.as_ref())?,
         ImageConfig::Coatnet(cc) => coatnet::apply(images, &ip, cc, remat)?,
     };
     let e = f.matmul(ip.get("proj/kernel")?)?;
@@ -126,10 +130,12 @@ pub fn text_features(
     c: &ModelConfig,
     dtype: DType,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let tp = p.scope("text");
+    let noise = noise.map(|n| n.fold(2)).transpose()?;
     match c.text.kind {
-        TextKind::Transformer => text::apply(tokens, &tp, &c.text, dtype, remat),
+        TextKind::Transformer => text::apply(tokens, &tp, &c.text, dtype, remat, noise.as_ref()),
         TextKind::Bert => bert::apply(tokens, &tp.scope("bert"), &c.text, dtype, remat),
     }
 }
@@ -141,9 +147,10 @@ pub fn embed_texts(
     c: &ModelConfig,
     dtype: DType,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let tp = p.scope("text");
-    let f = text_features(tokens, p, c, dtype, remat)?;
+    let f = text_features(tokens, p, c, dtype, remat, noise)?;
     let e = f.matmul(tp.get("proj/kernel")?)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }

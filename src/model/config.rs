@@ -244,6 +244,10 @@ pub struct TrainConfig {
     pub lock: Vec<String>,
     /// Random-resized-crop augmentation of training images.
     pub random_resized_crop: bool,
+    /// Dropout on the transformer blocks' residual branches (ViT and text transformer).
+    pub dropout: f64,
+    /// Stochastic depth: probability of dropping a block's residual branch per example.
+    pub drop_path: f64,
     /// Image normalisation.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
@@ -270,6 +274,8 @@ impl Default for TrainConfig {
             update_clip: 1.0,
             lock: vec![],
             random_resized_crop: false,
+            dropout: 0.0,
+            drop_path: 0.0,
             mean: vec![0.5],
             std: vec![0.5],
         }
@@ -400,6 +406,15 @@ impl ModelConfig {
             return bad(
                 format!("train.remat = `{}`", tr.remat),
                 "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)",
+            );
+        }
+        if !(0.0..1.0).contains(&tr.dropout) || !(0.0..1.0).contains(&tr.drop_path) {
+            return bad(
+                format!(
+                    "train.dropout = {}, train.drop_path = {}",
+                    tr.dropout, tr.drop_path
+                ),
+                "rates are in [0, 1)",
             );
         }
         if let Some(l) = tr.lock.iter().find(|l| *l != "image" && *l != "text") {

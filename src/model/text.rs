@@ -8,6 +8,7 @@ use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{TextConfig, TextPool};
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 use super::transformer::{self, layer_norm, TransformerConfig};
 
@@ -59,6 +60,7 @@ pub fn apply(
     c: &TextConfig,
     dtype: DType,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let (b, l) = (tokens.shape()[0], tokens.shape()[1]);
     let bd = tokens.builder().clone();
@@ -82,7 +84,7 @@ pub fn apply(
     }
     // 0 where allowed, -1e9 where masked.
     let mask_bias = allowed.neg()?.add_scalar(1.0)?.mul_scalar(neg)?;
-    let x = transformer::stack(&x, p, &blocks(c), Some(&mask_bias), remat)?;
+    let x = transformer::stack_with_noise(&x, p, &blocks(c), Some(&mask_bias), remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
     match c.pool {
         TextPool::First => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),

@@ -8,6 +8,7 @@ use crate::error::{shape_err, Result};
 use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 
 /// Sizes of a stack of transformer blocks.
@@ -129,15 +130,32 @@ pub fn block(
     c: &TransformerConfig,
     mask_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    block_with_noise(x, p, c, mask_bias, None)
+}
+
+/// One pre-LN block with dropout / stochastic depth on both residual branches.
+pub fn block_with_noise(
+    x: &Tensor,
+    p: &Params,
+    c: &TransformerConfig,
+    mask_bias: Option<&Tensor>,
+    noise: Option<&Noise>,
+) -> Result<Tensor> {
+    let branch = |t: Tensor, salt: u64| -> Result<Tensor> {
+        match noise {
+            Some(n) => n.branch(&t, salt),
+            None => Ok(t),
+        }
+    };
     let h = layer_norm(x, p.get("ln1/scale")?, p.get("ln1/bias")?, 1e-6)?;
     let a = attention(&h, &p.scope("attn"), c.heads, mask_bias)?.named("attn_out");
-    let x = x.add(&a)?;
+    let x = x.add(&branch(a, 1)?)?;
     let h = layer_norm(&x, p.get("ln2/scale")?, p.get("ln2/bias")?, 1e-6)?;
     let h = dense(&h, p.get("mlp/in/kernel")?, p.get("mlp/in/bias")?)?
         .gelu()?
         .named("mlp_hidden");
     let h = dense(&h, p.get("mlp/out/kernel")?, p.get("mlp/out/bias")?)?;
-    x.add(&h)
+    x.add(&branch(h, 2)?)
 }
 
 /// The whole stack, each block checkpointed with `remat` (None: no checkpoint).
@@ -148,15 +166,26 @@ pub fn stack(
     mask_bias: Option<&Tensor>,
     remat: Option<&RematPolicy>,
 ) -> Result<Tensor> {
+    stack_with_noise(x, p, c, mask_bias, remat, None)
+}
+
+/// [`stack`] with dropout / stochastic depth; block `i` draws from the key folded with `i`.
+pub fn stack_with_noise(
+    x: &Tensor,
+    p: &Params,
+    c: &TransformerConfig,
+    mask_bias: Option<&Tensor>,
+    remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
+) -> Result<Tensor> {
     let mut x = x.clone();
     for i in 0..c.depth {
         let bp = p.scope(&format!("blocks/{i}"));
+        let n = noise.map(|n| n.fold(100 + i as u64)).transpose()?;
+        let run = |x: &Tensor| block_with_noise(x, &bp, c, mask_bias, n.as_ref());
         x = match remat {
-            Some(policy) => x
-                .builder()
-                .clone()
-                .checkpoint(policy.clone(), || block(&x, &bp, c, mask_bias))?,
-            None => block(&x, &bp, c, mask_bias)?,
+            Some(policy) => x.builder().clone().checkpoint(policy.clone(), || run(&x))?,
+            None => run(&x)?,
         };
     }
     Ok(x)

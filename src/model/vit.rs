@@ -7,6 +7,7 @@ use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{ImagePool, VitConfig};
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 use super::transformer::{self, layer_norm, TransformerConfig};
 
@@ -56,6 +57,7 @@ pub fn apply(
     p: &Params,
     c: &VitConfig,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let b = images.shape()[0];
     let (g, ps, ch) = (c.image_size / c.patch, c.patch, c.channels);
@@ -68,7 +70,7 @@ pub fn apply(
     let cls = p.get("cls")?.broadcast_in_dim(&[b, 1, c.width], &[2])?;
     let x = Tensor::concat(&[cls, x], 1)?.add(p.get("pos")?)?;
     let x = x.constrain(&[Some("batch"), None, None])?;
-    let x = transformer::stack(&x, p, &blocks(c), None, remat)?;
+    let x = transformer::stack_with_noise(&x, p, &blocks(c), None, remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
     match c.pool {
         ImagePool::Cls => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),

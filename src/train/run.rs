@@ -400,10 +400,20 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             &crate::io::safetensors::convert(&batch.images, dtype)?,
         )?;
         let tks = prog.upload(i_img + 1, &batch.tokens)?;
+        // Dropout and stochastic depth draw from a key made of the seed and the step, so a
+        // resumed run draws the same masks.
+        let rng = if crate::train::step::has_rng(c) {
+            Some(prog.upload(i_img + 2, &HostArray::new(&[2], &[o.seed, step])?)?)
+        } else {
+            None
+        };
         let mut args: Vec<&Sharded> = values.iter().collect();
         args.push(&step_arg);
         args.push(&img);
         args.push(&tks);
+        if let Some(r) = &rng {
+            args.push(r);
+        }
         let mut out = prog.run(&args)?;
         let scalars: Vec<f64> = (n_state..n_state + 4)
             .map(|i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))

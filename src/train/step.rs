@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, RematPolicy};
 use crate::model::basic::{self, logit_scale};
 use crate::model::config::{LossKind, ModelConfig};
+use crate::model::noise::Noise;
 use crate::model::{ParamSpec, Params};
 use crate::trace::{Builder, Tensor};
 
@@ -100,15 +101,39 @@ pub fn batch_shapes(c: &ModelConfig, n: i64) -> ([i64; 4], [i64; 2]) {
     ([n, s, s, c.image.channels()], [n, c.text.length])
 }
 
-/// Declares the batch inputs `images` and `tokens`.
-fn batch_inputs(b: &Builder, c: &ModelConfig, o: &StepOptions) -> Result<(Tensor, Tensor)> {
+/// Whether the step draws random numbers (dropout or stochastic depth): it then takes a
+/// `u64[2]` key input named `rng`, after `tokens`.
+pub fn has_rng(c: &ModelConfig) -> bool {
+    c.train.dropout > 0.0 || c.train.drop_path > 0.0
+}
+
+/// Declares the batch inputs `images` and `tokens` (and `rng` when the step is random).
+fn batch_inputs(
+    b: &Builder,
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let (is, ts) = batch_shapes(c, o.batch);
     let images = b.parameter("images", o.param_dtype, &is)?;
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    let rng = if has_rng(c) {
+        Some(b.parameter("rng", DType::U64, &[2])?)
+    } else {
+        None
+    };
     Ok((
         images.constrain(&[Some("batch"), None, None, None])?,
         tokens.constrain(&[Some("batch"), None])?,
+        rng,
     ))
+}
+
+fn noise(key: &Tensor, c: &ModelConfig) -> Noise {
+    Noise {
+        key: key.clone(),
+        dropout: c.train.dropout,
+        drop_path: c.train.drop_path,
+    }
 }
 
 fn embed_pair(
@@ -117,10 +142,17 @@ fn embed_pair(
     p: &Params,
     c: &ModelConfig,
     o: &StepOptions,
+    noise: Option<&Noise>,
 ) -> Result<(Tensor, Tensor)> {
     let cp = basic::cast(p, o.compute_dtype)?;
-    let img = basic::embed_images(&images.convert(o.compute_dtype)?, &cp, c, o.remat.as_ref())?;
-    let txt = basic::embed_texts(tokens, &cp, c, o.compute_dtype, o.remat.as_ref())?;
+    let img = basic::embed_images(
+        &images.convert(o.compute_dtype)?,
+        &cp,
+        c,
+        o.remat.as_ref(),
+        noise,
+    )?;
+    let txt = basic::embed_texts(tokens, &cp, c, o.compute_dtype, o.remat.as_ref(), noise)?;
     Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
 }
 
@@ -140,6 +172,7 @@ pub fn loss_and_grads(
     train: &[ParamSpec],
     images: &Tensor,
     tokens: &Tensor,
+    rng: Option<&Tensor>,
     c: &ModelConfig,
     o: &StepOptions,
 ) -> Result<(Tensor, Vec<Tensor>)> {
@@ -150,7 +183,8 @@ pub fn loss_and_grads(
         .collect::<Result<_>>()?;
     let m = o.microbatches;
     if m == 1 {
-        let (img, txt) = embed_pair(images, tokens, p, c, o)?;
+        let n = rng.map(|k| noise(k, c).fold(0)).transpose()?;
+        let (img, txt) = embed_pair(images, tokens, p, c, o, n.as_ref())?;
         let loss = head_loss(&img, &txt, p, c)?;
         let grads = crate::autodiff::grad(&loss, &wrt)?;
         return Ok((loss, grads));
@@ -172,10 +206,22 @@ pub fn loss_and_grads(
         .map(|(k, _)| k.clone())
         .filter(|k| basic::is_image_param(k) || basic::is_text_param(k))
         .collect();
-    let consts: Vec<Tensor> = names
+    let mut consts: Vec<Tensor> = names
         .iter()
         .map(|k| p.get(k).cloned())
         .collect::<Result<_>>()?;
+    // The key rides along as the last constant; each micro-batch folds in its index, so passes 1
+    // and 3 draw the same masks for it.
+    if let Some(k) = rng {
+        consts.push(k.clone());
+    }
+    let n_tower = names.len();
+    let step_noise = |index: &Tensor, cs: &[Tensor]| -> Result<Option<Noise>> {
+        match rng {
+            Some(_) => Ok(Some(noise(&cs[n_tower], c).fold_index(index)?)),
+            None => Ok(None),
+        }
+    };
     let rebuild = |cs: &[Tensor]| {
         let mut q = Params::default();
         for (k, t) in names.iter().zip(cs) {
@@ -191,8 +237,9 @@ pub fn loss_and_grads(
         &[],
         &[images_mb.clone(), tokens_mb.clone()],
         false,
-        |_, cs, _, xs| {
-            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o)?;
+        |index, cs, _, xs| {
+            let nz = step_noise(index, cs)?;
+            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o, nz.as_ref())?;
             Ok((vec![], vec![img, txt]))
         },
     )?;
@@ -239,8 +286,9 @@ pub fn loss_and_grads(
         &acc0,
         &[images_mb, tokens_mb, d_img, d_txt],
         false,
-        |_, cs, acc, xs| {
-            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o)?;
+        |index, cs, acc, xs| {
+            let nz = step_noise(index, cs)?;
+            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o, nz.as_ref())?;
             let wrt: Vec<Tensor> = acc_idx.iter().map(|&i| cs[i].clone()).collect();
             let g = crate::autodiff::vjp(
                 &[img, txt],
@@ -283,9 +331,9 @@ pub fn grad_graph(c: &ModelConfig, o: &StepOptions) -> Result<(Graph, Vec<ParamS
     let b = Builder::new(&format!("{}_grad", c.name));
     let specs = basic::specs(c);
     let p = Params::declare(&b, &specs, o.param_dtype)?;
-    let (images, tokens) = batch_inputs(&b, c, o)?;
+    let (images, tokens, rng) = batch_inputs(&b, c, o)?;
     let train = trainable(&specs, o);
-    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, c, o)?;
+    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, rng.as_ref(), c, o)?;
     b.output("loss", &loss)?;
     for (s, g) in train.iter().zip(&grads) {
         b.output(&s.name, g)?;
@@ -298,12 +346,15 @@ pub fn embed_graph(c: &ModelConfig, o: &StepOptions) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed", c.name));
     let specs = basic::specs(c);
     let p = Params::declare(&b, &specs, o.param_dtype)?;
-    let (images, tokens) = batch_inputs(&b, c, o)?;
+    let mut eval = c.clone();
+    eval.train.dropout = 0.0;
+    eval.train.drop_path = 0.0;
+    let (images, tokens, _) = batch_inputs(&b, &eval, o)?;
     let no_remat = StepOptions {
         remat: None,
         ..o.clone()
     };
-    let (img, txt) = embed_pair(&images, &tokens, &p, c, &no_remat)?;
+    let (img, txt) = embed_pair(&images, &tokens, &p, c, &no_remat, None)?;
     b.output("image_embeddings", &img)?;
     b.output("text_embeddings", &txt)?;
     b.output("logit_scale", &logit_scale(&p, c)?)?;
@@ -325,8 +376,8 @@ pub fn train_graph(
     let p = Params::declare(&b, &specs, o.param_dtype)?;
     let state = Params::declare(&b, &sspecs, o.param_dtype)?;
     let step = b.parameter("step", DType::S32, &[])?;
-    let (images, tokens) = batch_inputs(&b, c, o)?;
-    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, c, o)?;
+    let (images, tokens, rng) = batch_inputs(&b, c, o)?;
+    let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, rng.as_ref(), c, o)?;
     let ps: Vec<Tensor> = train
         .iter()
         .map(|s| p.get(&s.name).cloned())
@@ -371,7 +422,7 @@ pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph>
     let images = b.parameter("images", dtype, &is)?;
     b.output(
         "image_embeddings",
-        &basic::embed_images(&images, &p, c, None)?,
+        &basic::embed_images(&images, &p, c, None, None)?,
     )?;
     Ok(b.finish())
 }
@@ -385,7 +436,7 @@ pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> 
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
     b.output(
         "text_embeddings",
-        &basic::embed_texts(&tokens, &p, c, dtype, None)?,
+        &basic::embed_texts(&tokens, &p, c, dtype, None, None)?,
     )?;
     Ok(b.finish())
 }
@@ -403,7 +454,7 @@ pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamS
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
     b.output(
         "text_embeddings",
-        &basic::text_features(&tokens, &p, c, DType::F32, None)?,
+        &basic::text_features(&tokens, &p, c, DType::F32, None, None)?,
     )?;
     Ok((b.finish(), specs))
 }
