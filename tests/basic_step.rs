@@ -55,6 +55,59 @@ fn opts(n: i64, m: i64) -> StepOptions {
     }
 }
 
+/// Checks the reverse-mode gradient `grads` (one per parameter) along a random direction
+/// against central differences of `loss(params)` at h and h/2, Richardson-extrapolated (O(h⁴)).
+fn check_directional(
+    params: &[HostArray],
+    grads: &[HostArray],
+    seed: u64,
+    loss: impl Fn(&[HostArray]) -> f64,
+) {
+    let mut r = Rng(seed);
+    let dirs: Vec<Vec<f64>> = params
+        .iter()
+        .map(|p| {
+            (0..p.element_count())
+                .map(|_| r.uniform(-1.0, 1.0))
+                .collect()
+        })
+        .collect();
+    let analytic: f64 = grads
+        .iter()
+        .zip(&dirs)
+        .map(|(g, d)| {
+            g.to_f64_vec()
+                .iter()
+                .zip(d)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
+        .sum();
+    let at = |h: f64| {
+        let moved: Vec<HostArray> = params
+            .iter()
+            .zip(&dirs)
+            .map(|(p, d)| {
+                let v: Vec<f64> = p
+                    .to_f64_vec()
+                    .iter()
+                    .zip(d)
+                    .map(|(x, y)| x + h * y)
+                    .collect();
+                HostArray::new(p.shape(), &v).unwrap()
+            })
+            .collect();
+        loss(&moved)
+    };
+    let d = |h: f64| (at(h) - at(-h)) / (2.0 * h);
+    let h = 1e-4;
+    let fd = (4.0 * d(h / 2.0) - d(h)) / 3.0;
+    assert!(
+        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
+        "finite difference {fd} vs reverse mode {analytic}"
+    );
+}
+
 fn run_grads(
     c: &ModelConfig,
     o: &StepOptions,
@@ -108,27 +161,6 @@ fn step_gradient_matches_a_directional_finite_difference() {
     let params = init::init_params(&specs, 5, DType::F64).unwrap();
     let (images, tokens) = batch(&c, n, 13);
     let grads = run_grads(&c, &o, &params, &images, &tokens);
-    // Direction: random, per parameter.
-    let mut r = Rng(99);
-    let dirs: Vec<Vec<f64>> = params
-        .iter()
-        .map(|p| {
-            (0..p.element_count())
-                .map(|_| r.uniform(-1.0, 1.0))
-                .collect()
-        })
-        .collect();
-    let analytic: f64 = grads[1..]
-        .iter()
-        .zip(&dirs)
-        .map(|(g, d)| {
-            g.to_f64_vec()
-                .iter()
-                .zip(d)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        })
-        .sum();
     let (g, _) = grad_graph(&c, &o).unwrap();
     let text = basic::lower::module(&g, &Default::default()).unwrap();
     let rt = cpu_runtime(1);
@@ -136,32 +168,12 @@ fn step_gradient_matches_a_directional_finite_difference() {
         .client()
         .compile(&text, &CompileOptions::single())
         .unwrap();
-    let loss_at = |h: f64| {
-        let mut args: Vec<HostArray> = params
-            .iter()
-            .zip(&dirs)
-            .map(|(p, d)| {
-                let v: Vec<f64> = p
-                    .to_f64_vec()
-                    .iter()
-                    .zip(d)
-                    .map(|(x, y)| x + h * y)
-                    .collect();
-                HostArray::new(p.shape(), &v).unwrap()
-            })
-            .collect();
+    check_directional(&params, &grads[1..], 99, |ps| {
+        let mut args = ps.to_vec();
         args.push(images.clone());
         args.push(tokens.clone());
         exe.run(&args).unwrap()[0].to_f64_vec()[0]
-    };
-    // Central differences at h and h/2, Richardson-extrapolated: O(h⁴) truncation error.
-    let d = |h: f64| (loss_at(h) - loss_at(-h)) / (2.0 * h);
-    let h = 1e-4;
-    let fd = (4.0 * d(h / 2.0) - d(h)) / 3.0;
-    assert!(
-        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
-        "finite difference {fd} vs reverse mode {analytic}"
-    );
+    });
 }
 
 #[test]
@@ -308,48 +320,7 @@ fn dropout_and_stochastic_depth_draw_the_same_masks_in_both_passes() {
     assert!((other - grads[0].to_f64_vec()[0]).abs() > 1e-6);
     // The gradient of pass 3 is that of the loss computed from pass 1's embeddings only if both
     // passes drew the same masks: check it against a directional finite difference.
-    let mut r = Rng(77);
-    let dirs: Vec<Vec<f64>> = params
-        .iter()
-        .map(|p| {
-            (0..p.element_count())
-                .map(|_| r.uniform(-1.0, 1.0))
-                .collect()
-        })
-        .collect();
-    let analytic: f64 = grads[1..]
-        .iter()
-        .zip(&dirs)
-        .map(|(g, d)| {
-            g.to_f64_vec()
-                .iter()
-                .zip(d)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        })
-        .sum();
-    let loss_at = |h: f64| {
-        let ps: Vec<HostArray> = params
-            .iter()
-            .zip(&dirs)
-            .map(|(p, d)| {
-                HostArray::new(
-                    p.shape(),
-                    &p.to_f64_vec()
-                        .iter()
-                        .zip(d)
-                        .map(|(x, y)| x + h * y)
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap()
-            })
-            .collect();
-        run(&ps, key)[0].to_f64_vec()[0]
-    };
-    let d = |h: f64| (loss_at(h) - loss_at(-h)) / (2.0 * h);
-    let fd = (4.0 * d(5e-5) - d(1e-4)) / 3.0;
-    assert!(
-        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
-        "finite difference {fd} vs reverse mode {analytic}"
-    );
+    check_directional(&params, &grads[1..], 77, |ps| {
+        run(ps, key)[0].to_f64_vec()[0]
+    });
 }
