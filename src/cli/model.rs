@@ -115,6 +115,24 @@ impl ModelArgs {
         })
     }
 
+    /// Lays `g` out by the flags' mesh and rules, opens the backend and compiles.
+    pub fn compile_sharded(
+        &self,
+        g: &basic::ir::Graph,
+        specs: &[basic::model::ParamSpec],
+    ) -> anyhow::Result<ShardedProgram> {
+        let layout = self.layout()?;
+        let (sa, sr) = layout.specs(g, specs)?;
+        let rt = self.open(&layout)?;
+        Ok(ShardedProgram::compile(
+            rt.client(),
+            g,
+            &layout.context(),
+            sa,
+            sr,
+        )?)
+    }
+
     /// Opens the backend with at least as many CPU devices as the mesh needs.
     pub fn open(&self, layout: &Layout) -> anyhow::Result<basic::runtime::Runtime> {
         let mut b = self.backend.clone();
@@ -385,11 +403,8 @@ pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
         compute_dtype: dtype,
         ..StepOptions::from_config(&c)?
     };
-    let layout = a.model.layout()?;
     let (g, specs) = grad_graph(&c, &o)?;
-    let (sa, sr) = layout.specs(&g, &specs)?;
-    let rt = a.model.open(&layout)?;
-    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), sa, sr)?;
+    let prog = a.model.compile_sharded(&g, &specs)?;
     let mut args = params;
     args.push(images);
     args.push(tokens);
@@ -493,12 +508,8 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];
     let o = StepOptions::from_config(&c)?;
-    let layout = a.model.layout()?;
     let g = embed_graph(&c, &o)?;
-    let specs = dual::specs(&c);
-    let (sa, sr) = layout.specs(&g, &specs)?;
-    let rt = a.model.open(&layout)?;
-    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), sa, sr)?;
+    let prog = a.model.compile_sharded(&g, &dual::specs(&c))?;
     let mut args = params;
     args.push(images);
     args.push(tokens);
