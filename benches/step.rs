@@ -91,11 +91,11 @@ fn opts(c: &ModelConfig, batch: i64, m: i64, remat: Option<basic::ir::RematPolic
 fn main() -> basic::Result<()> {
     let only = std::env::var("BASIC_BENCH").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only == s;
-    let rt = Runtime::open(&basic::runtime::Backend::Cpu, Some(8))?;
+    let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(8))?;
     let single = Layout::single();
     if want("jax") {
         // One device, as the JAX peer runs on one.
-        let rt = Runtime::open(&basic::runtime::Backend::Cpu, Some(1))?;
+        let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(1))?;
         for (name, steps) in [("tiny", 20), ("small", 5)] {
             let c = ModelConfig::load(name)?;
             let o = opts(&c, 64, 1, None);

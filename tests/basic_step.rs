@@ -7,7 +7,7 @@ use basic::dtype::DType;
 use basic::model::{basic as dual, ModelConfig};
 use basic::runtime::{CompileOptions, HostArray};
 use basic::train::{embed_graph, grad_graph, init, StepOptions};
-use common::{assert_close, cpu_runtime, Rng};
+use common::{assert_close, check_directional, cpu_runtime, Rng};
 
 fn tiny() -> ModelConfig {
     let mut c = ModelConfig::load("tiny").unwrap();
@@ -53,59 +53,6 @@ fn opts(n: i64, m: i64) -> StepOptions {
         compute_dtype: DType::F64,
         frozen: vec![],
     }
-}
-
-/// Checks the reverse-mode gradient `grads` (one per parameter) along a random direction
-/// against central differences of `loss(params)` at h and h/2, Richardson-extrapolated (O(h⁴)).
-fn check_directional(
-    params: &[HostArray],
-    grads: &[HostArray],
-    seed: u64,
-    loss: impl Fn(&[HostArray]) -> f64,
-) {
-    let mut r = Rng(seed);
-    let dirs: Vec<Vec<f64>> = params
-        .iter()
-        .map(|p| {
-            (0..p.element_count())
-                .map(|_| r.uniform(-1.0, 1.0))
-                .collect()
-        })
-        .collect();
-    let analytic: f64 = grads
-        .iter()
-        .zip(&dirs)
-        .map(|(g, d)| {
-            g.to_f64_vec()
-                .iter()
-                .zip(d)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        })
-        .sum();
-    let at = |h: f64| {
-        let moved: Vec<HostArray> = params
-            .iter()
-            .zip(&dirs)
-            .map(|(p, d)| {
-                let v: Vec<f64> = p
-                    .to_f64_vec()
-                    .iter()
-                    .zip(d)
-                    .map(|(x, y)| x + h * y)
-                    .collect();
-                HostArray::new(p.shape(), &v).unwrap()
-            })
-            .collect();
-        loss(&moved)
-    };
-    let d = |h: f64| (at(h) - at(-h)) / (2.0 * h);
-    let h = 1e-4;
-    let fd = (4.0 * d(h / 2.0) - d(h)) / 3.0;
-    assert!(
-        (fd - analytic).abs() <= 1e-6 * (1.0 + fd.abs()),
-        "finite difference {fd} vs reverse mode {analytic}"
-    );
 }
 
 fn run_grads(

@@ -51,6 +51,11 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "shardy")]
     pub partitioner: PartitionerArg,
 
+    /// Run each tower's identical blocks as one loop over stacked `layers/` parameters
+    /// (compile time independent of depth; parameter names change)
+    #[arg(long)]
+    pub scan_layers: bool,
+
     /// Lock the image tower: no gradient, no optimizer state (LiT)
     #[arg(long)]
     pub lock_image: bool,
@@ -82,6 +87,9 @@ impl ModelArgs {
         }
         if let Some(d) = dtype {
             c.train.dtype = d.to_string();
+        }
+        if self.scan_layers {
+            c.scan_layers = true;
         }
         for (flag, tower) in [(self.lock_image, "image"), (self.lock_text, "text")] {
             if flag && !c.train.lock.iter().any(|t| t == tower) {

@@ -30,8 +30,8 @@ pub fn image_width(c: &ModelConfig) -> i64 {
 /// Every parameter of the model, in a fixed order, with stable readable names.
 pub fn specs(c: &ModelConfig) -> Vec<ParamSpec> {
     let mut v = match &c.image {
-        ImageConfig::Vit(vc) => vit::specs("image", vc),
-        ImageConfig::Coatnet(cc) => coatnet::specs("image", cc),
+        ImageConfig::Vit(vc) => vit::specs("image", vc, c.scan_layers),
+        ImageConfig::Coatnet(cc) => coatnet::specs("image", cc, c.scan_layers),
     };
     v.push(ParamSpec::new(
         "image/proj/kernel",
@@ -40,7 +40,7 @@ pub fn specs(c: &ModelConfig) -> Vec<ParamSpec> {
         &["embed", "proj"],
     ));
     match c.text.kind {
-        TextKind::Transformer => v.extend(text::specs("text", &c.text)),
+        TextKind::Transformer => v.extend(text::specs("text", &c.text, c.scan_layers)),
         TextKind::Bert => v.extend(bert::specs("text/bert", &c.text)),
     }
     v.push(ParamSpec::new(
@@ -105,7 +105,7 @@ pub fn cast(p: &Params, dtype: DType) -> Result<Params> {
 }
 
 /// Normalised image embeddings `[B, embed_dim]` of `images [B, H, W, C]`.
-/// `noise` drives dropout and stochastic depth in the ViT's blocks (CoAtNet takes none).
+/// `noise` drives dropout and stochastic depth in the tower's blocks.
 pub fn embed_images(
     images: &Tensor,
     p: &Params,
@@ -116,8 +116,10 @@ pub fn embed_images(
     let ip = p.scope("image");
     let noise = noise.map(|n| n.fold(1)).transpose()?;
     let f = match &c.image {
-        ImageConfig::Vit(vc) => vit::apply(images, &ip, vc, remat, noise.as_ref())?,
-        ImageConfig::Coatnet(cc) => coatnet::apply(images, &ip, cc, remat)?,
+        ImageConfig::Vit(vc) => vit::apply(images, &ip, vc, remat, noise.as_ref(), c.scan_layers)?,
+        ImageConfig::Coatnet(cc) => {
+            coatnet::apply(images, &ip, cc, remat, noise.as_ref(), c.scan_layers)?
+        }
     };
     let e = f.matmul(ip.get("proj/kernel")?)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
@@ -135,7 +137,15 @@ pub fn text_features(
     let tp = p.scope("text");
     let noise = noise.map(|n| n.fold(2)).transpose()?;
     match c.text.kind {
-        TextKind::Transformer => text::apply(tokens, &tp, &c.text, dtype, remat, noise.as_ref()),
+        TextKind::Transformer => text::apply(
+            tokens,
+            &tp,
+            &c.text,
+            dtype,
+            remat,
+            noise.as_ref(),
+            c.scan_layers,
+        ),
         TextKind::Bert => bert::apply(tokens, &tp.scope("bert"), &c.text, dtype, remat),
     }
 }

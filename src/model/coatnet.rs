@@ -12,9 +12,10 @@ use crate::error::Result;
 use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
-use super::config::{CoatnetConfig, StageKind};
+use super::config::{CoatnetConfig, CoatnetStage, StageKind};
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
-use super::transformer::{attention, dense, layer_norm};
+use super::transformer::{attention, dense, layer_norm, scan_layers};
 
 /// Spatial size after the stem and each stage.
 fn sizes(c: &CoatnetConfig) -> Vec<i64> {
@@ -56,7 +57,106 @@ fn dense_specs(v: &mut Vec<ParamSpec>, prefix: &str, din: i64, dout: i64, axes: 
     ));
 }
 
-pub fn specs(prefix: &str, c: &CoatnetConfig) -> Vec<ParamSpec> {
+/// One block's specs under `p`; `down`: the stage's first block, which halves the resolution and
+/// projects its shortcut from `din` channels.
+fn block_specs(
+    p: &str,
+    c: &CoatnetConfig,
+    st: &CoatnetStage,
+    din: i64,
+    side: i64,
+    down: bool,
+) -> Vec<ParamSpec> {
+    let mut v = Vec::new();
+    let d = st.width;
+    if down {
+        dense_specs(
+            &mut v,
+            &format!("{p}/shortcut"),
+            din,
+            d,
+            ["channels", "mlp"],
+        );
+    }
+    match st.kind {
+        StageKind::Mbconv => {
+            let e = d * c.expansion;
+            let se = (din / 4).max(1);
+            ln_specs(&mut v, &format!("{p}/ln"), din);
+            dense_specs(&mut v, &format!("{p}/expand"), din, e, ["channels", "mlp"]);
+            v.push(ParamSpec::new(
+                format!("{p}/depthwise/kernel"),
+                &[3, 3, 1, e],
+                Init::LecunUniform,
+                &["kh", "kw", "one", "mlp"],
+            ));
+            v.push(ParamSpec::new(
+                format!("{p}/depthwise/bias"),
+                &[e],
+                Init::Zeros,
+                &["mlp"],
+            ));
+            dense_specs(
+                &mut v,
+                &format!("{p}/se/reduce"),
+                e,
+                se,
+                ["mlp", "channels"],
+            );
+            dense_specs(
+                &mut v,
+                &format!("{p}/se/expand"),
+                se,
+                e,
+                ["channels", "mlp"],
+            );
+            dense_specs(&mut v, &format!("{p}/project"), e, d, ["mlp", "channels"]);
+        }
+        StageKind::Transformer => {
+            ln_specs(&mut v, &format!("{p}/ln1"), din);
+            dense_specs(
+                &mut v,
+                &format!("{p}/attn/qkv"),
+                din,
+                3 * d,
+                ["channels", "heads"],
+            );
+            dense_specs(
+                &mut v,
+                &format!("{p}/attn/out"),
+                d,
+                d,
+                ["heads", "channels"],
+            );
+            v.push(ParamSpec::new(
+                format!("{p}/attn/rel_bias"),
+                &[(2 * side - 1) * (2 * side - 1), st.heads],
+                Init::Zeros,
+                &["relpos", "heads"],
+            ));
+            ln_specs(&mut v, &format!("{p}/ln2"), d);
+            dense_specs(
+                &mut v,
+                &format!("{p}/mlp/in"),
+                d,
+                d * c.expansion,
+                ["channels", "mlp"],
+            );
+            dense_specs(
+                &mut v,
+                &format!("{p}/mlp/out"),
+                d * c.expansion,
+                d,
+                ["mlp", "channels"],
+            );
+        }
+    }
+    v
+}
+
+/// Parameter specs; `scan`: each stage's blocks after the first stacked under
+/// `prefix/stages/S/layers/` for one loop (the first block changes shape, so it stays apart).
+pub fn specs(prefix: &str, c: &CoatnetConfig, scan: bool) -> Vec<ParamSpec> {
     let mut v = Vec::new();
     let s0 = c.stem_width;
     v.push(ParamSpec::new(
@@ -86,93 +186,33 @@ pub fn specs(prefix: &str, c: &CoatnetConfig) -> Vec<ParamSpec> {
     let hw = sizes(c);
     let mut cin = s0;
     for (si, st) in c.stages.iter().enumerate() {
-        for bi in 0..st.depth {
-            let p = format!("{prefix}/stages/{si}/blocks/{bi}");
-            let down = bi == 0;
-            let din = if down { cin } else { st.width };
-            let d = st.width;
-            if down {
-                dense_specs(
-                    &mut v,
-                    &format!("{p}/shortcut"),
-                    din,
-                    d,
-                    ["channels", "mlp"],
-                );
+        let side = hw[si + 1];
+        v.extend(block_specs(
+            &format!("{prefix}/stages/{si}/blocks/0"),
+            c,
+            st,
+            cin,
+            side,
+            true,
+        ));
+        if scan {
+            if st.depth > 1 {
+                let one = block_specs("", c, st, st.width, side, false);
+                v.extend(one.iter().map(|s| {
+                    let rel = s.name.trim_start_matches('/');
+                    s.stacked(st.depth - 1, format!("{prefix}/stages/{si}/layers/{rel}"))
+                }));
             }
-            match st.kind {
-                StageKind::Mbconv => {
-                    let e = d * c.expansion;
-                    let se = (din / 4).max(1);
-                    ln_specs(&mut v, &format!("{p}/ln"), din);
-                    dense_specs(&mut v, &format!("{p}/expand"), din, e, ["channels", "mlp"]);
-                    v.push(ParamSpec::new(
-                        format!("{p}/depthwise/kernel"),
-                        &[3, 3, 1, e],
-                        Init::LecunUniform,
-                        &["kh", "kw", "one", "mlp"],
-                    ));
-                    v.push(ParamSpec::new(
-                        format!("{p}/depthwise/bias"),
-                        &[e],
-                        Init::Zeros,
-                        &["mlp"],
-                    ));
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/se/reduce"),
-                        e,
-                        se,
-                        ["mlp", "channels"],
-                    );
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/se/expand"),
-                        se,
-                        e,
-                        ["channels", "mlp"],
-                    );
-                    dense_specs(&mut v, &format!("{p}/project"), e, d, ["mlp", "channels"]);
-                }
-                StageKind::Transformer => {
-                    let side = hw[si + 1];
-                    ln_specs(&mut v, &format!("{p}/ln1"), din);
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/attn/qkv"),
-                        din,
-                        3 * d,
-                        ["channels", "heads"],
-                    );
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/attn/out"),
-                        d,
-                        d,
-                        ["heads", "channels"],
-                    );
-                    v.push(ParamSpec::new(
-                        format!("{p}/attn/rel_bias"),
-                        &[(2 * side - 1) * (2 * side - 1), st.heads],
-                        Init::Zeros,
-                        &["relpos", "heads"],
-                    ));
-                    ln_specs(&mut v, &format!("{p}/ln2"), d);
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/mlp/in"),
-                        d,
-                        d * c.expansion,
-                        ["channels", "mlp"],
-                    );
-                    dense_specs(
-                        &mut v,
-                        &format!("{p}/mlp/out"),
-                        d * c.expansion,
-                        d,
-                        ["mlp", "channels"],
-                    );
-                }
+        } else {
+            for bi in 1..st.depth {
+                v.extend(block_specs(
+                    &format!("{prefix}/stages/{si}/blocks/{bi}"),
+                    c,
+                    st,
+                    st.width,
+                    side,
+                    false,
+                ));
             }
         }
         cin = st.width;
@@ -217,7 +257,7 @@ fn relative_index(x: &Tensor, side: i64) -> Result<Tensor> {
     x.builder().constant(&[n * n], &idx)
 }
 
-fn mbconv(x: &Tensor, p: &Params, down: bool) -> Result<Tensor> {
+fn mbconv(x: &Tensor, p: &Params, down: bool, noise: Option<&Noise>) -> Result<Tensor> {
     let shortcut = if down {
         dense(
             &pool2(x)?,
@@ -244,14 +284,25 @@ fn mbconv(x: &Tensor, p: &Params, down: bool) -> Result<Tensor> {
     let s = dense(&s, p.get("se/expand/kernel")?, p.get("se/expand/bias")?)?.logistic()?;
     let b = s.shape()[0];
     let h = h.mul(&s.reshape(&[b, 1, 1, e])?)?;
-    shortcut.add(&dense(
-        &h,
-        p.get("project/kernel")?,
-        p.get("project/bias")?,
-    )?)
+    let h = dense(&h, p.get("project/kernel")?, p.get("project/bias")?)?;
+    shortcut.add(&branch(h, noise, 1)?)
 }
 
-fn transformer_block(x: &Tensor, p: &Params, heads: i64, down: bool) -> Result<Tensor> {
+/// Dropout and stochastic depth on a residual branch (identity without noise).
+fn branch(h: Tensor, noise: Option<&Noise>, salt: u64) -> Result<Tensor> {
+    match noise {
+        Some(n) => n.branch(&h, salt),
+        None => Ok(h),
+    }
+}
+
+fn transformer_block(
+    x: &Tensor,
+    p: &Params,
+    heads: i64,
+    down: bool,
+    noise: Option<&Noise>,
+) -> Result<Tensor> {
     let (shortcut, h) = if down {
         let px = pool2(x)?;
         let sc = dense(&px, p.get("shortcut/kernel")?, p.get("shortcut/bias")?)?;
@@ -281,22 +332,23 @@ fn transformer_block(x: &Tensor, p: &Params, heads: i64, down: bool) -> Result<T
         .reshape(&[1, heads, n, n])?;
     let a = attention(&h.reshape(&[b, n, c_in])?, &ap, heads, Some(&bias))?;
     let d = a.shape()[2];
-    let x = shortcut.add(&a.reshape(&[b, side, side, d])?)?;
+    let x = shortcut.add(&branch(a.reshape(&[b, side, side, d])?, noise, 1)?)?;
     let h = layer_norm(&x, p.get("ln2/scale")?, p.get("ln2/bias")?, 1e-6)?;
     let h = dense(&h, p.get("mlp/in/kernel")?, p.get("mlp/in/bias")?)?.gelu()?;
-    x.add(&dense(
-        &h,
-        p.get("mlp/out/kernel")?,
-        p.get("mlp/out/bias")?,
-    )?)
+    let h = dense(&h, p.get("mlp/out/kernel")?, p.get("mlp/out/bias")?)?;
+    x.add(&branch(h, noise, 2)?)
 }
 
-/// `images [B, H, W, C]` → features `[B, width of the last stage]`.
+/// `images [B, H, W, C]` → features `[B, width of the last stage]`. `noise` drives dropout and
+/// stochastic depth on every block's residual branches; `scan` runs each stage's blocks after
+/// the first as one loop (parameters from [`specs`] with the same `scan`).
 pub fn apply(
     images: &Tensor,
     p: &Params,
     c: &CoatnetConfig,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
+    scan: bool,
 ) -> Result<Tensor> {
     let x = images.constrain(&[Some("batch"), None, None, None])?;
     let x = conv(
@@ -315,17 +367,36 @@ pub fn apply(
         1,
     )?;
     for (si, st) in c.stages.iter().enumerate() {
-        for bi in 0..st.depth {
-            let bp = p.scope(&format!("stages/{si}/blocks/{bi}"));
-            let down = bi == 0;
-            let run = |x: &Tensor| match st.kind {
-                StageKind::Mbconv => mbconv(x, &bp, down),
-                StageKind::Transformer => transformer_block(x, &bp, st.heads, down),
-            };
-            x = match remat {
-                Some(policy) => x.builder().clone().checkpoint(policy.clone(), || run(&x))?,
-                None => run(&x)?,
-            };
+        let run = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| match st.kind {
+            StageKind::Mbconv => mbconv(x, bp, down, n),
+            StageKind::Transformer => transformer_block(x, bp, st.heads, down, n),
+        };
+        let checkpointed = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| match remat {
+            Some(policy) => x
+                .builder()
+                .clone()
+                .checkpoint(policy.clone(), || run(x, bp, down, n)),
+            None => run(x, bp, down, n),
+        };
+        // Block `bi` of stage `si` draws from the key folded with 100 + 1000·si + bi.
+        let salt = |bi: i64| 100 + 1000 * si as u64 + bi as u64;
+        let n = noise.map(|n| n.fold(salt(0))).transpose()?;
+        let bp = p.scope(&format!("stages/{si}/blocks/0"));
+        x = checkpointed(&x, &bp, true, n.as_ref())?;
+        if scan {
+            if st.depth > 1 {
+                let n = noise.map(|n| n.fold(salt(1))).transpose()?;
+                let lp = p.scope(&format!("stages/{si}/layers"));
+                x = scan_layers(&x, &lp, &[], remat, n.as_ref(), |x, bp, _, n| {
+                    run(x, bp, false, n)
+                })?;
+            }
+        } else {
+            for bi in 1..st.depth {
+                let n = noise.map(|n| n.fold(salt(bi))).transpose()?;
+                let bp = p.scope(&format!("stages/{si}/blocks/{bi}"));
+                x = checkpointed(&x, &bp, false, n.as_ref())?;
+            }
         }
     }
     let pooled = x.mean(&[1, 2])?;

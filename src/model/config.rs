@@ -22,6 +22,11 @@ pub struct ModelConfig {
     pub loss: LossKind,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Run each tower's identical blocks as one loop over parameters stacked on a leading
+    /// `layers` axis (`text/layers/...`, `image/stages/S/layers/...`) instead of unrolling them:
+    /// compile time and program size stop growing with depth. Changes parameter names.
+    #[serde(default)]
+    pub scan_layers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -368,6 +373,12 @@ impl ModelConfig {
             }
         }
         let t = &self.text;
+        if self.scan_layers && t.kind == TextKind::Bert {
+            return bad(
+                "scan_layers = true with a BERT text tower".into(),
+                "BERT towers keep per-layer Hugging Face names for loading weights: set scan_layers = false",
+            );
+        }
         if t.heads < 1 || t.width % t.heads != 0 {
             return bad(
                 format!("text.width = {} with {} heads", t.width, t.heads),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::dtype::{DType, TensorType};
 use crate::error::{Error, Result};
+use crate::runtime::HostArray;
 use crate::trace::{Builder, Tensor};
 
 /// How a parameter is initialised.
@@ -48,6 +49,107 @@ impl ParamSpec {
     pub fn element_count(&self) -> i64 {
         self.shape.iter().product()
     }
+
+    /// This spec for `depth` identical layers run as one scan: the shape gains a leading
+    /// [`LAYERS`] axis and the name is `rename`d; weight decay and initialisation stay per layer.
+    pub fn stacked(&self, depth: i64, name: impl Into<String>) -> ParamSpec {
+        let mut shape = vec![depth];
+        shape.extend_from_slice(&self.shape);
+        let mut axes = vec![LAYERS.to_string()];
+        axes.extend(self.axes.iter().cloned());
+        ParamSpec {
+            name: name.into(),
+            shape,
+            init: self.init.clone(),
+            axes,
+            no_decay: self.no_decay,
+        }
+    }
+
+    /// Whether the leading axis stacks layers (see [`ParamSpec::stacked`]).
+    pub fn is_stacked(&self) -> bool {
+        self.axes.len() == self.shape.len() && self.axes.first().is_some_and(|a| a == LAYERS)
+    }
+
+    /// The shape of one layer's slice: the whole shape unless the spec is stacked.
+    pub fn layer_shape(&self) -> &[i64] {
+        if self.is_stacked() {
+            &self.shape[1..]
+        } else {
+            &self.shape
+        }
+    }
+}
+
+/// The logical axis that stacks identical layers for a scan (`image/layers/mlp/in/kernel`
+/// is `[depth, width, mlp]`). Sharding rules leave it whole: each loop step takes one layer.
+pub const LAYERS: &str = "layers";
+
+/// The unrolled name of layer `j` of a stacked parameter: `X/layers/R` holds `X/blocks/{j}/R`
+/// for `j` in `0..depth`, except in CoAtNet stages (`.../stages/S/layers/R`), whose first block
+/// stands apart, where it holds `X/blocks/{j + 1}/R`. `None` for a name without `/layers/`.
+pub fn layer_name(stacked: &str, j: i64) -> Option<String> {
+    let (head, rest) = stacked.rsplit_once("/layers/")?;
+    let first = i64::from(head.rsplit('/').nth(1) == Some("stages"));
+    Some(format!("{head}/blocks/{}/{rest}", j + first))
+}
+
+/// Values for `scanned` specs from values by unrolled names (`values[name]`): each stacked
+/// parameter is the concatenation of its layers ([`layer_name`]). Converts a checkpoint of a
+/// model built with `scan_layers = false` into one for the same model with `scan_layers = true`.
+pub fn stack_layers(
+    scanned: &[ParamSpec],
+    values: &BTreeMap<String, HostArray>,
+) -> Result<Vec<HostArray>> {
+    let get = |n: &str| {
+        values.get(n).ok_or_else(|| Error::InvalidArgument {
+            what: format!("parameter `{n}`"),
+            fix: "the unrolled values lack it: are they of the same model?".into(),
+        })
+    };
+    scanned
+        .iter()
+        .map(|s| {
+            if !s.is_stacked() {
+                return Ok(get(&s.name)?.clone());
+            }
+            let parts = (0..s.shape[0])
+                .map(|j| {
+                    let n = layer_name(&s.name, j).unwrap_or_default();
+                    let mut shape = vec![1];
+                    shape.extend_from_slice(get(&n)?.shape());
+                    get(&n)?.clone().reshape(&shape)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let v = HostArray::concat(&parts, 0)?;
+            if v.shape() != s.shape.as_slice() {
+                return Err(Error::InvalidArgument {
+                    what: format!("stacked `{}` of shape {:?}", s.name, v.shape()),
+                    fix: format!("expected {:?}: the layers differ in shape", s.shape),
+                });
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// The inverse of [`stack_layers`]: unrolled names and values from values of `scanned` specs.
+pub fn unstack_layers(
+    scanned: &[ParamSpec],
+    values: &[HostArray],
+) -> Result<BTreeMap<String, HostArray>> {
+    let mut out = BTreeMap::new();
+    for (s, v) in scanned.iter().zip(values) {
+        if !s.is_stacked() {
+            out.insert(s.name.clone(), v.clone());
+            continue;
+        }
+        for (j, part) in v.split(0, s.shape[0] as usize)?.into_iter().enumerate() {
+            let n = layer_name(&s.name, j as i64).unwrap_or_default();
+            out.insert(n, part.reshape(&s.shape[1..])?);
+        }
+    }
+    Ok(out)
 }
 
 /// Parameters of a graph by path. Lookups of missing paths are errors naming the path.

@@ -21,7 +21,8 @@ fn blocks(c: &TextConfig) -> TransformerConfig {
     }
 }
 
-pub fn specs(prefix: &str, c: &TextConfig) -> Vec<ParamSpec> {
+/// Parameter specs; `scan`: the blocks stacked under `prefix/layers/` for one loop.
+pub fn specs(prefix: &str, c: &TextConfig, scan: bool) -> Vec<ParamSpec> {
     let s = |n: &str| format!("{prefix}/{n}");
     let mut v = vec![
         ParamSpec::new(
@@ -37,7 +38,11 @@ pub fn specs(prefix: &str, c: &TextConfig) -> Vec<ParamSpec> {
             &["length", "embed"],
         ),
     ];
-    v.extend(transformer::stack_specs(prefix, &blocks(c)));
+    if scan {
+        v.extend(transformer::scanned_stack_specs(prefix, &blocks(c)));
+    } else {
+        v.extend(transformer::stack_specs(prefix, &blocks(c)));
+    }
     v.push(ParamSpec::new(
         s("ln/scale"),
         &[c.width],
@@ -61,6 +66,7 @@ pub fn apply(
     dtype: DType,
     remat: Option<&RematPolicy>,
     noise: Option<&Noise>,
+    scan: bool,
 ) -> Result<Tensor> {
     let (b, l) = (tokens.shape()[0], tokens.shape()[1]);
     let bd = tokens.builder().clone();
@@ -84,7 +90,12 @@ pub fn apply(
     }
     // 0 where allowed, -1e9 where masked.
     let mask_bias = allowed.neg()?.add_scalar(1.0)?.mul_scalar(neg)?;
-    let x = transformer::stack_with_noise(&x, p, &blocks(c), Some(&mask_bias), remat, noise)?;
+    let stack = if scan {
+        transformer::scanned_stack_with_noise
+    } else {
+        transformer::stack_with_noise
+    };
+    let x = stack(&x, p, &blocks(c), Some(&mask_bias), remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
     match c.pool {
         TextPool::First => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),

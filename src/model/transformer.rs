@@ -207,6 +207,105 @@ pub const BLOCK_PARAM_NAMES: [&str; 12] = [
     "mlp/out/bias",
 ];
 
+/// Specs of a stack run as one scan: each block parameter stacked over the layers, as
+/// `prefix/layers/...` with shape `[depth, ...]` (see [`ParamSpec::stacked`]).
+pub fn scanned_stack_specs(prefix: &str, c: &TransformerConfig) -> Vec<ParamSpec> {
+    block_specs("", c)
+        .iter()
+        .map(|s| {
+            let rel = s.name.trim_start_matches('/');
+            s.stacked(c.depth, format!("{prefix}/layers/{rel}"))
+        })
+        .collect()
+}
+
+/// Runs `depth` identical blocks as ONE loop over parameters stacked on a leading layers axis:
+/// `stacked` holds one block's parameter paths, each `[depth, ...]`. The body is traced once, so
+/// compile time and program size do not grow with depth. Each step is checkpointed with `remat`;
+/// with `noise`, step `i` draws from the key folded with `i`. `block(x, params, consts, noise)`
+/// sees one layer's parameters and the loop-invariant `consts`.
+pub fn scan_layers(
+    x: &Tensor,
+    stacked: &Params,
+    consts: &[Tensor],
+    remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
+    block: impl Fn(&Tensor, &Params, &[Tensor], Option<&Noise>) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let names: Vec<String> = stacked.iter().map(|(k, _)| k.clone()).collect();
+    let xs: Vec<Tensor> = stacked.iter().map(|(_, t)| t.clone()).collect();
+    let depth = match xs.first().map(|t| t.shape()) {
+        Some([d, ..]) => *d,
+        _ => {
+            return shape_err(
+                "scan_layers",
+                "needs stacked parameters with a leading layers axis",
+            )
+        }
+    };
+    let mut all = consts.to_vec();
+    if let Some(n) = noise {
+        all.push(n.key.clone());
+    }
+    let b = x.builder().clone();
+    let (carry, _) = b.scan(
+        depth,
+        &all,
+        std::slice::from_ref(x),
+        &xs,
+        false,
+        |index, cs, k, ws| {
+            let mut p = Params::default();
+            for (n, w) in names.iter().zip(ws) {
+                p.insert(n, w.clone());
+            }
+            let (cs, n) = match noise {
+                Some(n) => {
+                    let (key, rest) = cs.split_last().expect("the key was pushed last");
+                    let n = Noise {
+                        key: key.clone(),
+                        ..n.clone()
+                    }
+                    .fold_index(index)?;
+                    (rest, Some(n))
+                }
+                None => (cs, None),
+            };
+            let sb = k[0].builder().clone();
+            let y = match remat {
+                Some(policy) => {
+                    sb.checkpoint(policy.clone(), || block(&k[0], &p, cs, n.as_ref()))?
+                }
+                None => block(&k[0], &p, cs, n.as_ref())?,
+            };
+            Ok((vec![y], vec![]))
+        },
+    )?;
+    Ok(carry[0].clone())
+}
+
+/// The stack as one scan over `prefix/layers/...` parameters ([`scanned_stack_specs`]), with
+/// dropout / stochastic depth.
+pub fn scanned_stack_with_noise(
+    x: &Tensor,
+    p: &Params,
+    c: &TransformerConfig,
+    mask_bias: Option<&Tensor>,
+    remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
+) -> Result<Tensor> {
+    let consts: Vec<Tensor> = mask_bias.into_iter().cloned().collect();
+    let noise = noise.map(|n| n.fold(100)).transpose()?;
+    scan_layers(
+        x,
+        &p.scope("layers"),
+        &consts,
+        remat,
+        noise.as_ref(),
+        |x, p, cs, n| block_with_noise(x, p, c, cs.first(), n),
+    )
+}
+
 /// The stack as one scan over weights stacked on a leading `depth` axis (`stacked` holds
 /// [`BLOCK_PARAM_NAMES`] in order, each `[depth, ...]`): one loop body for all blocks, so compile
 /// time does not grow with depth. Each step is checkpointed with `remat` inside the body.
@@ -217,27 +316,9 @@ pub fn scanned_stack(
     mask_bias: Option<&Tensor>,
     remat: Option<&RematPolicy>,
 ) -> Result<Tensor> {
-    let b = x.builder().clone();
-    let consts: Vec<Tensor> = mask_bias.into_iter().cloned().collect();
-    let (carry, _) = b.scan(
-        c.depth,
-        &consts,
-        std::slice::from_ref(x),
-        stacked,
-        false,
-        |_, cs, k, ws| {
-            let mut p = Params::default();
-            for (n, w) in BLOCK_PARAM_NAMES.iter().zip(ws) {
-                p.insert(n, w.clone());
-            }
-            let m = cs.first();
-            let sb = k[0].builder().clone();
-            let y = match remat {
-                Some(policy) => sb.checkpoint(policy.clone(), || block(&k[0], &p, c, m))?,
-                None => block(&k[0], &p, c, m)?,
-            };
-            Ok((vec![y], vec![]))
-        },
-    )?;
-    Ok(carry[0].clone())
+    let mut p = Params::default();
+    for (n, w) in BLOCK_PARAM_NAMES.iter().zip(stacked) {
+        p.insert(&format!("layers/{n}"), w.clone());
+    }
+    scanned_stack_with_noise(x, &p, c, mask_bias, remat, None)
 }

@@ -25,7 +25,8 @@ pub fn num_patches(c: &VitConfig) -> i64 {
     (c.image_size / c.patch) * (c.image_size / c.patch)
 }
 
-pub fn specs(prefix: &str, c: &VitConfig) -> Vec<ParamSpec> {
+/// Parameter specs; `scan`: the blocks stacked under `prefix/layers/` for one loop.
+pub fn specs(prefix: &str, c: &VitConfig, scan: bool) -> Vec<ParamSpec> {
     let pd = c.patch * c.patch * c.channels;
     let d = c.width;
     let s = |n: &str| format!("{prefix}/{n}");
@@ -45,7 +46,11 @@ pub fn specs(prefix: &str, c: &VitConfig) -> Vec<ParamSpec> {
             &["length", "embed"],
         ),
     ];
-    v.extend(transformer::stack_specs(prefix, &blocks(c)));
+    if scan {
+        v.extend(transformer::scanned_stack_specs(prefix, &blocks(c)));
+    } else {
+        v.extend(transformer::stack_specs(prefix, &blocks(c)));
+    }
     v.push(ParamSpec::new(s("ln/scale"), &[d], Init::Ones, &["embed"]));
     v.push(ParamSpec::new(s("ln/bias"), &[d], Init::Zeros, &["embed"]));
     v
@@ -58,6 +63,7 @@ pub fn apply(
     c: &VitConfig,
     remat: Option<&RematPolicy>,
     noise: Option<&Noise>,
+    scan: bool,
 ) -> Result<Tensor> {
     let b = images.shape()[0];
     let (g, ps, ch) = (c.image_size / c.patch, c.patch, c.channels);
@@ -70,7 +76,12 @@ pub fn apply(
     let cls = p.get("cls")?.broadcast_in_dim(&[b, 1, c.width], &[2])?;
     let x = Tensor::concat(&[cls, x], 1)?.add(p.get("pos")?)?;
     let x = x.constrain(&[Some("batch"), None, None])?;
-    let x = transformer::stack_with_noise(&x, p, &blocks(c), None, remat, noise)?;
+    let stack = if scan {
+        transformer::scanned_stack_with_noise
+    } else {
+        transformer::stack_with_noise
+    };
+    let x = stack(&x, p, &blocks(c), None, remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
     match c.pool {
         ImagePool::Cls => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),

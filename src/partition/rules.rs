@@ -222,7 +222,9 @@ impl Rules {
                         ParamAction::Spec(v) => PartitionSpec(v.clone()),
                         ParamAction::Largest(axes) => {
                             let size: i64 = axes.iter().filter_map(|a| mesh.axis_size(a)).product();
-                            let mut order: Vec<usize> = (0..s.shape.len()).collect();
+                            // A stacked layers axis stays whole: a scan takes one layer a step.
+                            let mut order: Vec<usize> =
+                                (usize::from(s.is_stacked())..s.shape.len()).collect();
                             order.sort_by_key(|&i| (std::cmp::Reverse(s.shape[i]), i));
                             let mut spec = PartitionSpec::replicated(s.shape.len());
                             if let Some(&d) = order

@@ -42,8 +42,9 @@ fn name_hash(name: &str) -> u64 {
 pub fn init_param(spec: &ParamSpec, seed: u64, dtype: DType) -> Result<HostArray> {
     let n: i64 = spec.shape.iter().product();
     let mut r = SplitMix(seed ^ name_hash(&spec.name));
-    let fan_in: i64 = if spec.shape.len() >= 2 {
-        spec.shape[..spec.shape.len() - 1].iter().product()
+    let layer = spec.layer_shape();
+    let fan_in: i64 = if layer.len() >= 2 {
+        layer[..layer.len() - 1].iter().product()
     } else {
         1
     };

@@ -8,9 +8,10 @@ use crate::model::config::{OptimizerKind, Schedule, TrainConfig};
 use crate::model::{Init, ParamSpec};
 use crate::trace::Tensor;
 
-/// Whether AdaFactor factors this parameter's second moment (matrices and up).
+/// Whether AdaFactor factors this parameter's second moment (matrices and up; a stacked
+/// parameter by the rank of one layer, so that a scanned stack is optimized like its layers).
 fn factored(s: &ParamSpec) -> bool {
-    s.shape.len() >= 2
+    s.layer_shape().len() >= 2
 }
 
 /// The optimizer state's specs, named `opt/<slot>/<param>`, laid out like their parameters.
@@ -222,9 +223,13 @@ pub fn update(
                     new_state.push(v2.clone());
                     g.mul(&v2.rsqrt()?)?
                 };
-                // Update clipping: divide by max(1, RMS(u) / d).
+                // Update clipping: divide by max(1, RMS(u) / d), the RMS taken per layer.
                 let u = if t.update_clip > 0.0 {
-                    let rms = u.square()?.mean(&(0..r).collect::<Vec<_>>())?.sqrt()?;
+                    let lead = usize::from(s.is_stacked());
+                    let rms = u
+                        .square()?
+                        .mean_keepdims(&(lead..r).collect::<Vec<_>>())?
+                        .sqrt()?;
                     u.div(&rms.div_scalar(t.update_clip)?.max_scalar(1.0)?)?
                 } else {
                     u
