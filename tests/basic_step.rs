@@ -173,6 +173,51 @@ fn loss_from_embeddings_equals_the_step_loss() {
 }
 
 #[test]
+fn sigmoid_loss_matches_its_formula_and_finite_differences() {
+    let mut c = tiny();
+    c.loss = basic::model::config::LossKind::Sigmoid;
+    let n = 6;
+    let specs = dual::specs(&c);
+    let mut params = init::init_params(&specs, 8, DType::F64).unwrap();
+    // A bias near the logits' range, so that both label signs matter.
+    let bi = specs.iter().position(|s| s.name == "logit_bias").unwrap();
+    params[bi] = HostArray::scalar(-1.5f64);
+    let (images, tokens) = batch(&c, n, 17);
+    let grads = run_grads(&c, &opts(n, 2), &params, &images, &tokens);
+    let loss = grads[0].to_f64_vec()[0];
+    let g = embed_graph(&c, &opts(n, 1)).unwrap();
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let mut args = params.clone();
+    args.push(images.clone());
+    args.push(tokens.clone());
+    let out = cpu_runtime(1)
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap()
+        .run(&args)
+        .unwrap();
+    let (x, y, s) = (
+        out[0].to_f64_vec(),
+        out[1].to_f64_vec(),
+        out[2].to_f64_vec()[0],
+    );
+    let (e, nn) = (c.embed_dim as usize, n as usize);
+    // L = -1/N Σ_ij log σ(z_ij (s · x_i · y_j + b)), z = +1 on the diagonal, -1 elsewhere.
+    let mut total = 0.0;
+    for i in 0..nn {
+        for j in 0..nn {
+            let l = s * (0..e).map(|k| x[i * e + k] * y[j * e + k]).sum::<f64>() - 1.5;
+            let z = if i == j { 1.0 } else { -1.0 };
+            total -= (1.0 / (1.0 + (-z * l).exp())).ln();
+        }
+    }
+    assert_close(&[loss], &[total / nn as f64], 1e-12);
+    check_directional(&params, &grads[1..], 31, |ps| {
+        run_grads(&c, &opts(n, 2), ps, &images, &tokens)[0].to_f64_vec()[0]
+    });
+}
+
+#[test]
 fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
     let c = tiny();
     let n = 6;

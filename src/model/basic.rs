@@ -183,35 +183,34 @@ pub fn loss(
     kind: LossKind,
 ) -> Result<Tensor> {
     let n = img.shape()[0];
-    let logits = img.matmul(&txt.t()?)?.mul(scale)?;
+    // The N × N logits stay split by rows over the batch axes (at BASIC's batch of 65,536 a
+    // whole f32 copy is 16 GiB), and the matching pairs' logits s·⟨x_i, y_i⟩ come from the
+    // embeddings directly, so nothing N × N is ever replicated or built from an identity matrix.
+    let logits = img
+        .matmul(&txt.t()?)?
+        .mul(scale)?
+        .constrain(&[Some("batch"), None])?;
+    let diag = img.mul(txt)?.sum(&[1])?.mul(scale)?;
     match kind {
         LossKind::Softmax => {
-            let labels = img.builder().iota(DType::S32, &[n], 0)?;
-            let a = logits.cross_entropy(&labels)?;
-            let b = logits.t()?.cross_entropy(&labels)?;
-            a.add(&b)?.mul_scalar(0.5)
+            // CE(S, I) = mean_i(logsumexp_j S_ij - S_ii); CE(Sᵀ, I) uses the column sums.
+            let rows = logits.logsumexp(&[1])?;
+            let cols = logits.logsumexp(&[0])?;
+            rows.add(&cols)?
+                .sub(&diag.mul_scalar(2.0)?)?
+                .sum_all()?
+                .div_scalar(2.0 * n as f64)
         }
         LossKind::Sigmoid => {
-            let z = match bias {
-                Some(bv) => logits.add(bv)?,
-                None => logits,
+            let (z, zd) = match bias {
+                Some(bv) => (logits.add(bv)?, diag.add(bv)?),
+                None => (logits, diag),
             };
-            let b = img.builder();
-            let row = b.iota(DType::S32, &[n, n], 0)?;
-            let col = b.iota(DType::S32, &[n, n], 1)?;
-            // labels: +1 on the diagonal, -1 elsewhere.
-            let labels = row
-                .eq(&col)?
-                .convert(z.dtype())?
-                .mul_scalar(2.0)?
-                .sub_scalar(1.0)?;
-            // -log σ(t) = log(1 + e^{-t}) = softplus(-t), computed stably as max(-t, 0) + log1p(e^{-|t|}).
-            let t = labels.mul(&z)?;
-            let sp = t
-                .neg()?
-                .max_scalar(0.0)?
-                .add(&t.abs()?.neg()?.exp()?.log1p()?)?;
-            sp.sum_all()?.div_scalar(n as f64)
+            // -Σ_ij log σ(y_ij z_ij) with y = +1 on the diagonal and -1 elsewhere equals
+            // Σ_ij softplus(z_ij) - Σ_i z_ii, since log σ(z) - log σ(-z) = z.
+            // softplus(t) = max(t, 0) + log1p(e^{-|t|}), stable for any t.
+            let sp = z.max_scalar(0.0)?.add(&z.abs()?.neg()?.exp()?.log1p()?)?;
+            sp.sum_all()?.sub(&zd.sum_all()?)?.div_scalar(n as f64)
         }
     }
 }
