@@ -138,6 +138,41 @@ fn weights_split_eight_ways_take_an_eighth_per_device() {
 }
 
 #[test]
+fn the_global_batch_logits_stay_split_over_the_data_axis() {
+    // At a batch of 2,048 in 16 micro-batches the N × N logits (16 MiB in f32) outweigh
+    // everything else the step holds; on 8 data-parallel devices each must hold only its rows.
+    let rt = cpu_runtime(8);
+    let c = model();
+    let n = 2048;
+    let o = StepOptions {
+        batch: n,
+        ..opts(DType::F32, 16)
+    };
+    let (g, specs) = grad_graph(&c, &o).unwrap();
+    let temp = |mesh: &str| {
+        let layout = Layout {
+            mesh: Mesh::parse(mesh).unwrap(),
+            rules: Rules::data_parallel(),
+            partitioner: Partitioner::Shardy,
+        };
+        let (a, r) = layout.specs(&g, &specs).unwrap();
+        let p = ShardedProgram::compile(rt.client(), &g, &layout.context(), a, r).unwrap();
+        p.memory_stats().unwrap().temp_bytes
+    };
+    let full = n * n * 4;
+    let one = temp("data=1");
+    assert!(
+        one >= full,
+        "one device holds the whole logits: {one} B vs {full} B"
+    );
+    let eight = temp("data=8");
+    assert!(
+        eight < full,
+        "per-device temp {eight} B: a whole {n} × {n} f32 array ({full} B) is replicated"
+    );
+}
+
+#[test]
 fn sharding_mistakes_are_named_before_compiling() {
     let rt = cpu_runtime(8);
     let c = model();

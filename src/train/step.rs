@@ -191,15 +191,19 @@ pub fn loss_and_grads(
     }
     let n = o.batch;
     let mb = n / m;
-    let mut ishape = vec![m, mb];
+    // Micro-batch k holds examples j·M + k (j < N/M). A device's contiguous rows of the global
+    // batch then hold its share of every micro-batch, so splitting the batch moves no data
+    // between devices (contiguous micro-batches would need an all-to-all of every image). The
+    // full-batch gradient does not depend on how the batch is split.
+    let mut ishape = vec![mb, m];
     ishape.extend_from_slice(&images.shape()[1..]);
     let images_mb = images
         .reshape(&ishape)?
-        .constrain(&[None, Some("batch"), None, None, None])?;
+        .constrain(&[Some("batch"), None, None, None, None])?;
     let tokens_mb =
         tokens
-            .reshape(&[m, mb, tokens.shape()[1]])?
-            .constrain(&[None, Some("batch"), None])?;
+            .reshape(&[mb, m, tokens.shape()[1]])?
+            .constrain(&[Some("batch"), None, None])?;
     // Tower parameters go into the loops as constants, by name.
     let names: Vec<String> = p
         .iter()
@@ -216,6 +220,23 @@ pub fn loss_and_grads(
         consts.push(k.clone());
     }
     let n_tower = names.len();
+    // The batch rides along too; each step takes its micro-batch with a dynamic slice.
+    let at_batch = consts.len();
+    consts.push(images_mb);
+    consts.push(tokens_mb);
+    let micro = |index: &Tensor, cs: &[Tensor]| -> Result<(Tensor, Tensor)> {
+        let zero = index.builder().scalar(0.0, DType::S32)?;
+        let take = |t: &Tensor| -> Result<Tensor> {
+            let mut starts = vec![zero.clone(); t.rank()];
+            starts[1] = index.clone();
+            let mut sizes = t.shape().to_vec();
+            sizes[1] = 1;
+            let mut shape = t.shape().to_vec();
+            shape.remove(1);
+            t.dynamic_slice(&starts, &sizes)?.reshape(&shape)
+        };
+        Ok((take(&cs[at_batch])?, take(&cs[at_batch + 1])?))
+    };
     let step_noise = |index: &Tensor, cs: &[Tensor]| -> Result<Option<Noise>> {
         match rng {
             Some(_) => Ok(Some(noise(&cs[n_tower], c).fold_index(index)?)),
@@ -231,25 +252,21 @@ pub fn loss_and_grads(
     };
 
     // Pass 1: embeddings of every micro-batch.
-    let (_, embs) = b.scan(
-        m,
-        &consts,
-        &[],
-        &[images_mb.clone(), tokens_mb.clone()],
-        false,
-        |index, cs, _, xs| {
-            let nz = step_noise(index, cs)?;
-            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o, nz.as_ref())?;
-            Ok((vec![], vec![img, txt]))
-        },
-    )?;
+    let (_, embs) = b.scan(m, &consts, &[], &[], false, |index, cs, _, _| {
+        let nz = step_noise(index, cs)?;
+        let (images, tokens) = micro(index, cs)?;
+        let (img, txt) = embed_pair(&images, &tokens, &rebuild(cs), c, o, nz.as_ref())?;
+        Ok((vec![], vec![img, txt]))
+    })?;
     let e = c.embed_dim;
-    let img_all = embs[0]
-        .reshape(&[n, e])?
-        .constrain(&[Some("batch"), None])?;
-    let txt_all = embs[1]
-        .reshape(&[n, e])?
-        .constrain(&[Some("batch"), None])?;
+    // [M, N/M, E] in micro-batch order → [N, E] in batch order (row j·M + k).
+    let gather = |t: &Tensor| -> Result<Tensor> {
+        t.transpose(&[1, 0, 2])?
+            .reshape(&[n, e])?
+            .constrain(&[Some("batch"), None])
+    };
+    let img_all = gather(&embs[0])?;
+    let txt_all = gather(&embs[1])?;
 
     // Pass 2: the loss over the global batch and its gradient per embedding (and head parameter).
     let loss = head_loss(&img_all, &txt_all, p, c)?;
@@ -264,12 +281,15 @@ pub fn loss_and_grads(
     let mut targets = vec![img_all.clone(), txt_all.clone()];
     targets.extend(heads.iter().map(|(_, t)| t.clone()));
     let g2 = crate::autodiff::grad(&loss, &targets)?;
-    let d_img = g2[0]
-        .reshape(&[m, mb, e])?
-        .constrain(&[None, Some("batch"), None])?;
-    let d_txt = g2[1]
-        .reshape(&[m, mb, e])?
-        .constrain(&[None, Some("batch"), None])?;
+    // And back: row j·M + k of the batch to micro-batch k, row j.
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape(&[mb, m, e])?
+            .constrain(&[Some("batch"), None, None])?
+            .transpose(&[1, 0, 2])?
+            .constrain(&[None, Some("batch"), None])
+    };
+    let d_img = split(&g2[0])?;
+    let d_txt = split(&g2[1])?;
 
     // Pass 3: re-run each micro-batch and backpropagate its slice of the embedding gradient.
     let train_names: Vec<&str> = train.iter().map(|s| s.name.as_str()).collect();
@@ -284,15 +304,16 @@ pub fn loss_and_grads(
         m,
         &consts,
         &acc0,
-        &[images_mb, tokens_mb, d_img, d_txt],
+        &[d_img, d_txt],
         false,
         |index, cs, acc, xs| {
             let nz = step_noise(index, cs)?;
-            let (img, txt) = embed_pair(&xs[0], &xs[1], &rebuild(cs), c, o, nz.as_ref())?;
+            let (images, tokens) = micro(index, cs)?;
+            let (img, txt) = embed_pair(&images, &tokens, &rebuild(cs), c, o, nz.as_ref())?;
             let wrt: Vec<Tensor> = acc_idx.iter().map(|&i| cs[i].clone()).collect();
             let g = crate::autodiff::vjp(
                 &[img, txt],
-                &[Some(xs[2].clone()), Some(xs[3].clone())],
+                &[Some(xs[0].clone()), Some(xs[1].clone())],
                 &wrt,
             )?;
             let next = acc
