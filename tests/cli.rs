@@ -56,6 +56,31 @@ fn compile_json_reports_params_flops_and_memory_per_device() {
     }
     let text = std::fs::read_to_string(&emit).unwrap();
     assert!(text.contains("sdy.mesh @mesh = <[\"data\"=2]>") && text.contains("stablehlo.while"));
+    assert!(!text.contains("tf.aliasing_output"));
+    assert_eq!(d[0]["alias_bytes"], 0);
+
+    // --donate: every parameter and optimizer-state slot is written in place, on each device.
+    let o = basic_cmd(&[
+        "compile",
+        "--model",
+        "tiny",
+        "--batch",
+        "16",
+        "--mesh",
+        "data=2",
+        "--donate",
+        "--emit",
+        emit.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let text = std::fs::read_to_string(&emit).unwrap();
+    // tiny's 61 parameters, and AdamW's m and v of each.
+    assert_eq!(text.matches("tf.aliasing_output").count(), 3 * 61);
+    let d = &v["devices"][0];
+    // Replicated over `data`, the whole parameters and state are aliased on each device.
+    assert!(d["alias_bytes"].as_i64().unwrap() >= 3 * 213249 * 4, "{d}");
 }
 
 #[test]

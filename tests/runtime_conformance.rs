@@ -327,6 +327,65 @@ fn device_buffers_stay_on_device_between_executions() {
     assert!(e.to_string().contains("another device"), "{e}");
 }
 
+/// `acc + x`, donating `acc` to the result (as a training step donates its parameters).
+const DONATING: &str = r#"module @donating {
+  func.func public @main(%arg0: tensor<3xf64> {tf.aliasing_output = 0 : i32}, %arg1: tensor<3xf64>) -> (tensor<3xf64>) {
+    %0 = "stablehlo.add"(%arg0, %arg1) : (tensor<3xf64>, tensor<3xf64>) -> tensor<3xf64>
+    "func.return"(%0) : (tensor<3xf64>) -> ()
+  }
+}
+"#;
+
+#[test]
+fn donated_arguments_must_be_given_up() {
+    use basic::runtime::ArgBuffer;
+    for (name, rt) in runtimes(1) {
+        let exe = rt
+            .client()
+            .compile(DONATING, &CompileOptions::single())
+            .unwrap();
+        assert_eq!(exe.donations(), vec![(0, 0)], "{name}");
+        let stats = exe.memory_stats().unwrap();
+        assert_eq!(
+            stats.alias_bytes, 24,
+            "{name}: the result lives in the argument"
+        );
+        let up = |v: [f64; 3]| exe.upload(&HostArray::new(&[3], &v).unwrap(), 0).unwrap();
+        let (acc, x) = (up([1., 2., 3.]), up([10., 20., 30.]));
+        // Borrowing a donated argument is refused before anything runs.
+        let e = exe.execute(&[vec![&acc, &x]]).unwrap_err();
+        assert!(e.to_string().contains("donates"), "{name}: {e}");
+        let e = exe
+            .execute_owned(vec![vec![
+                ArgBuffer::Borrowed(&acc),
+                ArgBuffer::Borrowed(&x),
+            ]])
+            .unwrap_err();
+        assert!(e.to_string().contains("borrowed"), "{name}: {e}");
+        // Given up, it is consumed; the borrowed `x` stays usable for the next step.
+        let mut acc = acc;
+        for _ in 0..2 {
+            let mut out = exe
+                .execute_owned(vec![vec![ArgBuffer::Owned(acc), ArgBuffer::Borrowed(&x)]])
+                .unwrap();
+            acc = out.remove(0).remove(0);
+        }
+        assert_eq!(
+            acc.to_host().unwrap().to_vec::<f64>().unwrap(),
+            vec![21., 42., 63.],
+            "{name}"
+        );
+        // Host arrays are uploaded, owned and consumed.
+        let out = exe
+            .run(&[
+                HostArray::new(&[3], &[1f64, 1., 1.]).unwrap(),
+                HostArray::new(&[3], &[2f64, 2., 2.]).unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(out[0].to_vec::<f64>().unwrap(), vec![3., 3., 3.], "{name}");
+    }
+}
+
 /// Every bad input in one process, each an error naming the problem, then a good run.
 #[test]
 fn bad_inputs_are_errors_and_the_process_survives() {

@@ -192,10 +192,13 @@ fn killed_runs_resume_to_the_same_losses() {
     assert_eq!(losses(&killed), want, "SIGKILL + resume");
 
     // A crash in the middle of the step-15 checkpoint write: the partial file never replaces a
-    // checkpoint, the run resumes from step 10.
+    // checkpoint, the run resumes from step 10. This run donates its parameters and optimizer
+    // state to the step (written in place), which must not change a single bit.
     let crashed = tmp("crashed");
     let c = crashed.to_str().unwrap().to_string();
-    let out = basic_cmd(&train_args(&d, &c, steps))
+    let mut donating = train_args(&d, &c, steps);
+    donating.push("--donate");
+    let out = basic_cmd(&donating)
         .env("BASIC_FAULT_CHECKPOINT_STEP", "15")
         .output()
         .unwrap();
@@ -209,7 +212,7 @@ fn killed_runs_resume_to_the_same_losses() {
         vec![5, 10],
         "the interrupted write must leave the earlier checkpoints intact"
     );
-    let mut resume = train_args(&d, &c, steps);
+    let mut resume = donating.clone();
     resume.push("--resume");
     let out = basic_cmd(&resume).output().unwrap();
     assert!(
@@ -217,7 +220,11 @@ fn killed_runs_resume_to_the_same_losses() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(losses(&crashed), want, "crash during checkpoint + resume");
+    assert_eq!(
+        losses(&crashed),
+        want,
+        "crash during checkpoint + resume, donating"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use basic::io::safetensors;
 use basic::model::{basic as dual, ModelConfig};
 use basic::partition::{Mesh, Rules, ShardedProgram};
 use basic::runtime::{HostArray, Partitioner};
+use basic::train::step::train_donations;
 use basic::train::{embed_graph, grad_graph, init, train_graph, Layout, StepOptions};
 
 use super::BackendArgs;
@@ -55,6 +56,11 @@ pub struct ModelArgs {
     /// (compile time independent of depth; parameter names change)
     #[arg(long)]
     pub scan_layers: bool,
+
+    /// Donate parameters and optimizer state to the training step's outputs, so XLA may write
+    /// them in place (compile, train)
+    #[arg(long)]
+    pub donate: bool,
 
     /// Lock the image tower: no gradient, no optimizer state (LiT)
     #[arg(long)]
@@ -193,7 +199,20 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
     let rt = a.model.open(&layout)?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let prog = ShardedProgram::compile(rt.client(), &g, &layout.context(), args, results)?;
+    // With --donate, as `basic train --donate` compiles it.
+    let donations = if a.model.donate {
+        train_donations(&specs, &sspecs)
+    } else {
+        vec![]
+    };
+    let prog = ShardedProgram::compile_donating(
+        rt.client(),
+        &g,
+        &layout.context(),
+        args,
+        results,
+        &donations,
+    )?;
     let compile_seconds = t1.elapsed().as_secs_f64();
     if let Some(p) = &a.emit {
         std::fs::write(p, &prog.text).with_context(|| format!("cannot write `{}`", p.display()))?;

@@ -192,6 +192,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: !a.quiet,
         init_from: a.init_from.clone(),
         tokenizer: a.tokenizer.clone(),
+        donate: a.model.donate,
     };
     let s = train(&rt, &opts)?;
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);

@@ -375,8 +375,64 @@ pub fn module_sharded(
     args: &[PartitionSpec],
     results: &[PartitionSpec],
 ) -> Result<String> {
+    module_sharded_donating(graph, ctx, args, results, &[])
+}
+
+/// [`module_sharded`] where each `(argument, result)` pair of `donate` lets XLA write the result
+/// into the argument's buffer (`tf.aliasing_output`): the caller gives the argument up, and
+/// parameters and optimizer state are not held twice across a step. Pairs must agree in type
+/// and sharding.
+pub fn module_sharded_donating(
+    graph: &Graph,
+    ctx: &ShardingContext,
+    args: &[PartitionSpec],
+    results: &[PartitionSpec],
+    donate: &[(usize, usize)],
+) -> Result<String> {
+    let out_tys = graph.output_types();
+    let in_tys = graph.param_types();
+    for &(a, r) in donate {
+        let (Some(at), Some(rt)) = (in_tys.get(a), out_tys.get(r)) else {
+            return Err(crate::error::Error::InvalidArgument {
+                what: format!("donating argument {a} to result {r} of `{}`", graph.name),
+                fix: format!(
+                    "the graph has {} parameters and {} outputs",
+                    in_tys.len(),
+                    out_tys.len()
+                ),
+            });
+        };
+        if at != rt || args.get(a) != results.get(r) {
+            return Err(crate::error::Error::InvalidArgument {
+                what: format!(
+                    "donating `{}` ({at}) to output `{}` ({rt}) of `{}`",
+                    graph.params[a].0, graph.outputs[r].0, graph.name
+                ),
+                fix: "a donated argument and its result need the same type and sharding".into(),
+            });
+        }
+    }
+    let alias = |i: usize| {
+        donate
+            .iter()
+            .find(|(a, _)| *a == i)
+            .map(|(_, r)| format!("tf.aliasing_output = {r} : i32"))
+    };
+    let join = |parts: Vec<String>| {
+        parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if ctx.mesh.size() == 1 {
-        return module(graph, &ModuleAttrs::default());
+        let attrs = ModuleAttrs {
+            args: (0..in_tys.len())
+                .map(|i| alias(i).unwrap_or_default())
+                .collect(),
+            ..ModuleAttrs::default()
+        };
+        return module(graph, &attrs);
     }
     let (module_attrs, preamble) = ctx.module_attrs();
     let attrs = ModuleAttrs {
@@ -384,7 +440,13 @@ pub fn module_sharded(
         preamble,
         args: args
             .iter()
-            .map(|s| s.attribute(&ctx.mesh, ctx.partitioner))
+            .enumerate()
+            .map(|(i, s)| {
+                join(vec![
+                    s.attribute(&ctx.mesh, ctx.partitioner),
+                    alias(i).unwrap_or_default(),
+                ])
+            })
             .collect(),
         results: results
             .iter()

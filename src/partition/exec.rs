@@ -3,12 +3,27 @@
 use super::{gather, shard, Mesh, PartitionSpec, ShardingContext};
 use crate::error::{Error, Result};
 use crate::ir::Graph;
-use crate::runtime::{Client, DeviceBuffer, Executable, HostArray, MemoryStats};
+use crate::runtime::{ArgBuffer, Client, DeviceBuffer, Executable, HostArray, MemoryStats};
 
 /// One logical array held as one buffer per device of the mesh (`bufs[d]` on device `d`).
 #[derive(Debug)]
 pub struct Sharded {
     pub bufs: Vec<DeviceBuffer>,
+}
+
+/// An argument of [`ShardedProgram::run_owned`]: owned (consumed) or borrowed.
+pub enum ShardedArg<'a> {
+    Owned(Sharded),
+    Borrowed(&'a Sharded),
+}
+
+impl ShardedArg<'_> {
+    fn get(&self) -> &Sharded {
+        match self {
+            ShardedArg::Owned(s) => s,
+            ShardedArg::Borrowed(s) => s,
+        }
+    }
 }
 
 /// A program partitioned over a mesh, with the specs of its arguments and results.
@@ -30,6 +45,20 @@ impl ShardedProgram {
         args: Vec<PartitionSpec>,
         results: Vec<PartitionSpec>,
     ) -> Result<ShardedProgram> {
+        Self::compile_donating(client, graph, ctx, args, results, &[])
+    }
+
+    /// [`ShardedProgram::compile`] donating each `(argument, result)` pair of `donate`: the
+    /// result may be written into the argument's buffers, so a training step holds its
+    /// parameters and optimizer state once. Run it with [`ShardedProgram::run_owned`].
+    pub fn compile_donating(
+        client: &Client,
+        graph: &Graph,
+        ctx: &ShardingContext,
+        args: Vec<PartitionSpec>,
+        results: Vec<PartitionSpec>,
+        donate: &[(usize, usize)],
+    ) -> Result<ShardedProgram> {
         ctx.mesh.check_devices(client.devices().len())?;
         if args.len() != graph.params.len() || results.len() != graph.outputs.len() {
             return Err(Error::InvalidArgument {
@@ -50,7 +79,7 @@ impl ShardedProgram {
         for ((name, v), s) in graph.outputs.iter().zip(&results) {
             s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
         }
-        let text = crate::lower::module_sharded(graph, ctx, &args, &results)?;
+        let text = crate::lower::module_sharded_donating(graph, ctx, &args, &results, donate)?;
         let exe = client.compile(&text, &ctx.compile_options())?;
         Ok(ShardedProgram {
             exe,
@@ -89,12 +118,43 @@ impl ShardedProgram {
     }
 
     /// Runs on sharded arguments; returns sharded results. Nothing goes through the host.
+    /// A donating program refuses borrowed arguments: use [`ShardedProgram::run_owned`].
     pub fn run(&self, args: &[&Sharded]) -> Result<Vec<Sharded>> {
+        self.run_owned(args.iter().map(|a| ShardedArg::Borrowed(a)).collect())
+    }
+
+    /// Runs, consuming the owned arguments (every donated argument must be owned).
+    pub fn run_owned(&self, args: Vec<ShardedArg<'_>>) -> Result<Vec<Sharded>> {
         let n = self.devices() as usize;
-        let lists: Vec<Vec<&DeviceBuffer>> = (0..n)
-            .map(|d| args.iter().map(|a| &a.bufs[d]).collect())
-            .collect();
-        let mut per_device = self.exe.execute(&lists)?;
+        if let Some((i, a)) = args
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.get().bufs.len() != n)
+        {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "argument {i}: {} shard(s) for a program on {n} device(s)",
+                    a.get().bufs.len()
+                ),
+                fix: "upload it with this program's `upload`".into(),
+            });
+        }
+        let mut lists: Vec<Vec<ArgBuffer<'_>>> = (0..n).map(|_| Vec::new()).collect();
+        for a in args {
+            match a {
+                ShardedArg::Owned(s) => {
+                    for (d, b) in s.bufs.into_iter().enumerate() {
+                        lists[d].push(ArgBuffer::Owned(b));
+                    }
+                }
+                ShardedArg::Borrowed(s) => {
+                    for (d, b) in s.bufs.iter().enumerate() {
+                        lists[d].push(ArgBuffer::Borrowed(b));
+                    }
+                }
+            }
+        }
+        let mut per_device = self.exe.execute_owned(lists)?;
         let n_out = per_device.first().map_or(0, Vec::len);
         let mut out: Vec<Sharded> = (0..n_out)
             .map(|_| Sharded {
@@ -129,8 +189,7 @@ impl ShardedProgram {
             .enumerate()
             .map(|(i, a)| self.upload(i, a))
             .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&Sharded> = up.iter().collect();
-        let out = self.run(&refs)?;
+        let out = self.run_owned(up.into_iter().map(ShardedArg::Owned).collect())?;
         out.iter()
             .enumerate()
             .map(|(i, s)| self.gather(i, s))

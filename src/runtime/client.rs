@@ -724,6 +724,22 @@ pub struct MemoryStats {
     pub peak_bytes: i64,
 }
 
+/// An argument buffer for [`Executable::execute_owned`]: owned (consumed by the call, as a
+/// donated argument must be) or borrowed.
+pub enum ArgBuffer<'a> {
+    Owned(DeviceBuffer),
+    Borrowed(&'a DeviceBuffer),
+}
+
+impl ArgBuffer<'_> {
+    pub fn buffer(&self) -> &DeviceBuffer {
+        match self {
+            ArgBuffer::Owned(b) => b,
+            ArgBuffer::Borrowed(b) => b,
+        }
+    }
+}
+
 /// A compiled program, loaded on its devices.
 pub struct Executable {
     client: Arc<ClientInner>,
@@ -861,9 +877,56 @@ impl Executable {
         Ok(())
     }
 
+    /// The arguments the program donates to its results (`(argument, result)` pairs).
+    pub fn donations(&self) -> Vec<(usize, usize)> {
+        self.signature
+            .args
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.donated_to.map(|r| (i, r)))
+            .collect()
+    }
+
     /// Runs the program on device buffers: `args[i]` is the argument list of device `i`.
     /// Returns each device's outputs. Every argument's dtype, shape and device is checked first.
+    /// A program that donates arguments refuses borrowed buffers: use [`Executable::execute_owned`].
     pub fn execute(&self, args: &[Vec<&DeviceBuffer>]) -> Result<Vec<Vec<DeviceBuffer>>> {
+        if let Some(&(i, r)) = self.donations().first() {
+            return Err(self.arg_error(
+                i,
+                format!("the program donates this argument to result {r}, which consumes its buffer: pass it owned with `execute_owned`"),
+            ));
+        }
+        self.execute_borrowed(args)
+    }
+
+    /// Runs the program, consuming the owned arguments. Every argument the program donates
+    /// (`tf.aliasing_output`) must be owned: XLA may write a result into its memory, so no
+    /// handle to it may survive the call.
+    pub fn execute_owned(&self, args: Vec<Vec<ArgBuffer<'_>>>) -> Result<Vec<Vec<DeviceBuffer>>> {
+        for (i, _) in self.donations() {
+            if let Some(d) = args
+                .iter()
+                .position(|l| matches!(l.get(i), Some(ArgBuffer::Borrowed(_))))
+            {
+                return Err(self.arg_error(
+                    i,
+                    format!("device {d}'s buffer is borrowed, but the program donates this argument (its buffer is consumed): pass it owned"),
+                ));
+            }
+        }
+        let refs: Vec<Vec<&DeviceBuffer>> = args
+            .iter()
+            .map(|l| l.iter().map(ArgBuffer::buffer).collect())
+            .collect();
+        let out = self.execute_borrowed(&refs);
+        drop(refs);
+        // Donated buffers are gone on the device; dropping the handles releases them.
+        drop(args);
+        out
+    }
+
+    fn execute_borrowed(&self, args: &[Vec<&DeviceBuffer>]) -> Result<Vec<Vec<DeviceBuffer>>> {
         self.check_device_count(args.len())?;
         for (d, list) in args.iter().enumerate() {
             self.check_args(d, list.iter().map(|b| (b.dtype(), b.shape())))?;
@@ -962,8 +1025,11 @@ impl Executable {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<Vec<&DeviceBuffer>> = bufs.iter().map(|l| l.iter().collect()).collect();
-        self.execute(&refs)?
+        let owned = bufs
+            .into_iter()
+            .map(|l| l.into_iter().map(ArgBuffer::Owned).collect())
+            .collect();
+        self.execute_owned(owned)?
             .iter()
             .map(|l| l.iter().map(DeviceBuffer::to_host).collect())
             .collect()

@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 pub use crate::dtype::TensorType;
 pub use array::{element_count, HostArray};
-pub use client::{Client, ClientOptions, DeviceBuffer, DeviceInfo, Executable, MemoryStats};
+pub use client::{
+    ArgBuffer, Client, ClientOptions, DeviceBuffer, DeviceInfo, Executable, MemoryStats,
+};
 pub use discovery::{
     find_cpu_plugins, find_plugin, Backend, KnownPlugin, CPU_PLUGINS, LOCAL_DIR, PLUGIN_ENV,
 };

@@ -35,6 +35,9 @@ pub struct Param {
     pub ty: TensorType,
     /// `None` when the value carries no sharding (replicated, or a single-device program).
     pub tiling: Option<Tiling>,
+    /// For an argument: the result it is donated to (`tf.aliasing_output = K`), whose buffer
+    /// XLA may write over it. The caller's buffer is consumed by the execute.
+    pub donated_to: Option<usize>,
 }
 
 impl Param {
@@ -186,7 +189,25 @@ fn parse_param(text: &str, meshes: &BTreeMap<String, Vec<(String, i64)>>) -> Res
         None => None,
         Some(a) => parse_sharding_attrs(a, ty.shape.len(), meshes)?,
     };
-    Ok(Param { ty, tiling })
+    let donated_to = match attrs.and_then(|a| a.find("tf.aliasing_output").map(|p| &a[p..])) {
+        None => None,
+        Some(rest) => {
+            let value = rest
+                .split_once('=')
+                .map(|(_, v)| v.trim_start())
+                .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::Program(format!("cannot read tf.aliasing_output in `{text}`"))
+                })?;
+            Some(value)
+        }
+    };
+    Ok(Param {
+        ty,
+        tiling,
+        donated_to,
+    })
 }
 
 fn parse_sharding_attrs(

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::io::safetensors;
 use crate::model::{basic as dual, ModelConfig, ParamSpec};
-use crate::partition::{Sharded, ShardedProgram};
+use crate::partition::{Sharded, ShardedArg, ShardedProgram};
 use crate::runtime::{HostArray, Runtime};
 
 use super::init;
@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// The tokenizer to use instead of the data folder's (e.g. a pretrained text tower's).
     pub tokenizer: Option<PathBuf>,
+    /// Donate parameters and optimizer state to the step's outputs (written in place).
+    pub donate: bool,
 }
 
 /// What a run ended with.
@@ -282,7 +284,14 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     let mut all: Vec<ParamSpec> = specs.clone();
     all.extend(sspecs.iter().cloned());
     let (sa, sr) = o.layout.specs(&g, &all)?;
-    let prog = ShardedProgram::compile(rt.client(), &g, &o.layout.context(), sa, sr)?;
+    // With `donate`, parameters and optimizer state are written in place by the step.
+    let donations = if o.donate {
+        crate::train::step::train_donations(&specs, &sspecs)
+    } else {
+        vec![]
+    };
+    let prog =
+        ShardedProgram::compile_donating(rt.client(), &g, &o.layout.context(), sa, sr, &donations)?;
     let pnames: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let snames: Vec<String> = sspecs.iter().map(|s| s.name.clone()).collect();
 
@@ -407,14 +416,18 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
         } else {
             None
         };
-        let mut args: Vec<&Sharded> = values.iter().collect();
-        args.push(&step_arg);
-        args.push(&img);
-        args.push(&tks);
-        if let Some(r) = &rng {
-            args.push(r);
+        // The values are consumed by the step (donated, when asked) and replaced by its outputs.
+        let mut args: Vec<ShardedArg> = std::mem::take(&mut values)
+            .into_iter()
+            .map(ShardedArg::Owned)
+            .collect();
+        args.push(ShardedArg::Owned(step_arg));
+        args.push(ShardedArg::Owned(img));
+        args.push(ShardedArg::Owned(tks));
+        if let Some(r) = rng {
+            args.push(ShardedArg::Owned(r));
         }
-        let mut out = prog.run(&args)?;
+        let mut out = prog.run_owned(args)?;
         let scalars: Vec<f64> = (n_state..n_state + 4)
             .map(|i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
             .collect::<Result<_>>()?;

@@ -434,6 +434,13 @@ pub fn train_graph(
     Ok((b.finish(), specs, sspecs))
 }
 
+/// The `(argument, result)` pairs a training step donates: every parameter and optimizer-state
+/// slot to its updated value (the step's first outputs, in the same order), so that a step holds
+/// them once instead of twice.
+pub fn train_donations(params: &[ParamSpec], state: &[ParamSpec]) -> Vec<(usize, usize)> {
+    (0..params.len() + state.len()).map(|i| (i, i)).collect()
+}
+
 /// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
 pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_images", c.name));
