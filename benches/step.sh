@@ -11,23 +11,29 @@ install_cpu_plugins
 export TF_CPP_MIN_LOG_LEVEL=2
 # basic on both CPU plugins: xla-cpu-pjrt (the default) and lammps-jax-pjrt-cpu, whose XLA is the
 # one jaxlib 0.10.2 runs, so that the second pair compares the graphs on the same compiler.
+# ROUNDS rounds (default 3) interleave the three, so that a noisy stretch of the machine hits all
+# of them; each figure is the median over rounds of the per-run median step.
 newer=$PWD/.pjrt/lammps-jax-pjrt-cpu/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so
-ours=$(BASIC_BENCH=jax cargo bench --quiet --bench step 2>/dev/null)
-ours_newer=$(BASIC_BENCH=jax BASIC_PJRT_PLUGIN=$newer cargo bench --quiet --bench step 2>/dev/null)
-jax=$(JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model tiny --steps 20; JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model small --steps 5)
-echo "$ours"
-echo "$ours_newer"
-echo "$jax"
+runs=""
+for _ in $(seq "${ROUNDS:-3}"); do
+  runs+=$(BASIC_BENCH=jax cargo bench --quiet --bench step 2>/dev/null | sed 's/"impl": "basic"/"impl": "basic", "plugin": "xla-cpu-pjrt"/')$'\n'
+  runs+=$(BASIC_BENCH=jax BASIC_PJRT_PLUGIN=$newer cargo bench --quiet --bench step 2>/dev/null | sed 's/"impl": "basic"/"impl": "basic", "plugin": "lammps-jax-pjrt-cpu"/')$'\n'
+  runs+=$(JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model tiny --steps 20; JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model small --steps 5)$'\n'
+done
+echo "$runs"
 python3 - <<PY
-import json
-jax = {j["model"]: j for j in map(json.loads, """$jax""".splitlines())}
-for plugin, text in [("xla-cpu-pjrt", """$ours"""), ("lammps-jax-pjrt-cpu", """$ours_newer""")]:
-    for o in map(json.loads, text.splitlines()):
-        m = o["model"]
-        j = jax[m]
-        print(f"{m} on {plugin}: step {o['step_s_median']*1e3:.1f} ms vs jax {j['step_s_median']*1e3:.1f} ms = {o['step_s_median']/j['step_s_median']:.2f}x; "
-              f"compile {o['compile_s']:.2f} s vs {j['compile_s']:.2f} s = {o['compile_s']/j['compile_s']:.2f}x; "
-              f"temp {o['temp_bytes']/2**20:.1f} MiB vs {j['temp_bytes']/2**20:.1f} MiB = {o['temp_bytes']/j['temp_bytes']:.2f}x")
+import json, statistics
+runs = [json.loads(l) for l in """$runs""".splitlines() if l.strip()]
+def med(impl, model, key, plugin=None):
+    v = [r[key] for r in runs if r["impl"] == impl and r["model"] == model and r.get("plugin") == plugin]
+    return statistics.median(v), len(v)
+for plugin in ["xla-cpu-pjrt", "lammps-jax-pjrt-cpu"]:
+    for m in ["tiny", "small"]:
+        (o, n), (j, _) = med("basic", m, "step_s_median", plugin), med("jax", m, "step_s_median")
+        (oc, _), (jc, _) = med("basic", m, "compile_s", plugin), med("jax", m, "compile_s")
+        (ot, _), (jt, _) = med("basic", m, "temp_bytes", plugin), med("jax", m, "temp_bytes")
+        print(f"{m} on {plugin} ({n} rounds): step {o*1e3:.1f} ms vs jax {j*1e3:.1f} ms = {o/j:.2f}x; "
+              f"compile {oc:.2f} s vs {jc:.2f} s = {oc/jc:.2f}x; temp {ot/2**20:.1f} MiB vs {jt/2**20:.1f} MiB = {ot/jt:.2f}x")
 PY
 BASIC_BENCH=memory cargo bench --quiet --bench step 2>/dev/null
 BASIC_BENCH=mesh cargo bench --quiet --bench step 2>/dev/null

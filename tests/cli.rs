@@ -138,6 +138,42 @@ fn grad_writes_the_loss_and_every_parameter_gradient_by_name() {
             assert!((p - q).abs() <= 1e-10 * (1.0 + p.abs()), "{k}: {p} vs {q}");
         }
     }
+    // The same parameters, unrolled, into the model with scanned layers: the loss is the same
+    // and each stacked gradient holds its layers' gradients.
+    let gs = dir.join("gs.safetensors");
+    let o = basic_cmd(&[
+        "grad",
+        "--model",
+        "tiny",
+        "--scan-layers",
+        "--params",
+        p.to_str().unwrap(),
+        "--batch",
+        b.to_str().unwrap(),
+        "--dtype",
+        "f64",
+        "--out",
+        gs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = basic::io::safetensors::read(&gs).unwrap();
+    let stacked = &s["image/layers/attn/qkv/kernel"];
+    assert_eq!(stacked.shape(), &[2, 64, 192]);
+    let layers = stacked.split(0, 2).unwrap();
+    for (name, want) in [
+        ("loss", &s["loss"]),
+        ("image/blocks/0/attn/qkv/kernel", &layers[0]),
+        ("image/blocks/1/attn/qkv/kernel", &layers[1]),
+    ] {
+        let (x, y) = (a[name].to_f64_vec(), want.to_f64_vec());
+        assert_eq!(x.len(), y.len(), "{name}");
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-10 * (1.0 + p.abs()),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
     let e = dir.join("e.safetensors");
     let o = basic_cmd(&[
         "embed",

@@ -337,7 +337,7 @@ fn load_or_init_params(
     match (path, seed) {
         (Some(p), _) => Ok(safetensors::match_params(
             p,
-            &safetensors::read(p)?,
+            &safetensors::read_params(p, c)?,
             &specs,
             dtype,
         )?),

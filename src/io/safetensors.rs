@@ -157,12 +157,41 @@ pub fn read_params(
     path: &Path,
     c: &crate::model::ModelConfig,
 ) -> Result<BTreeMap<String, HostArray>> {
-    let file = read(path)?;
+    let mut file = read(path)?;
     let hf = file.keys().any(|k| {
         k.starts_with("embeddings.") || k.starts_with("encoder.") || k.starts_with("bert.")
     });
     if hf && c.text.kind == crate::model::config::TextKind::Bert {
         return Ok(crate::model::bert::from_checkpoint("text/bert", file));
+    }
+    if c.scan_layers {
+        // A checkpoint of the unrolled model (`.../blocks/{i}/...`) fits the model with scanned
+        // layers: each stacked parameter whose layers are all in the file is built from them.
+        let specs = crate::model::basic::specs(c);
+        for s in specs.iter().filter(|s| s.is_stacked()) {
+            if file.contains_key(&s.name) {
+                continue;
+            }
+            let names: Vec<String> = (0..s.shape[0])
+                .filter_map(|j| crate::model::params::layer_name(&s.name, j))
+                .collect();
+            if names.is_empty() || !names.iter().all(|n| file.contains_key(n)) {
+                continue;
+            }
+            let stacked = crate::model::params::stack_layers(std::slice::from_ref(s), &file)
+                .map_err(|e| Error::InvalidArgument {
+                    what: format!(
+                        "`{}`: stacking its layers into `{}`",
+                        path.display(),
+                        s.name
+                    ),
+                    fix: e.to_string(),
+                })?;
+            for n in &names {
+                file.remove(n);
+            }
+            file.extend(std::iter::once(s.name.clone()).zip(stacked));
+        }
     }
     Ok(file)
 }
