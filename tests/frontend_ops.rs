@@ -146,6 +146,23 @@ fn cases() -> Vec<Case> {
             x[0].transpose(&[2, 0, 1])
         }),
         case("reverse", vec![a(&[3, 4])], |_, x| x[0].reverse(&[1])),
+        // Slices of one value: tiling an axis with a gap (their cotangents are one
+        // concatenate), overlapping, and along two axes (padded and summed).
+        case("slices_tiling_an_axis", vec![a(&[6, 4])], |_, x| {
+            let (p, q, r) = (
+                x[0].slice_axis(0, 0, 2)?,
+                x[0].slice_axis(0, 2, 3)?,
+                x[0].slice_axis(0, 4, 6)?,
+            );
+            p.mul(&r)?.add(&q.sin()?)
+        }),
+        case("slices_overlapping", vec![a(&[5, 3])], |_, x| {
+            x[0].slice_axis(0, 0, 3)?.mul(&x[0].slice_axis(0, 2, 5)?)
+        }),
+        case("slices_along_two_axes", vec![a(&[4, 4])], |_, x| {
+            x[0].slice_axis(0, 0, 2)?
+                .mul(&x[0].slice_axis(1, 0, 2)?.t()?)
+        }),
         case("slice", vec![a(&[5, 6])], |_, x| {
             x[0].slice(&[1, 0], &[5, 5], &[2, 3])
         }),
@@ -339,4 +356,27 @@ fn gradients_match_finite_differences() {
             check_grads_step(c.name, &c.inputs, &c.f, tol, c.h);
         }
     }
+}
+
+#[test]
+fn cotangents_of_slices_that_tile_an_axis_are_one_concatenate() {
+    // q, k and v cut from one fused projection: the gradient of the projection is the three
+    // cotangents side by side, not three zero-padded copies summed.
+    let b = Builder::new("qkv");
+    let x = b.parameter("x", basic::DType::F32, &[4, 9]).unwrap();
+    let parts: Vec<Tensor> = (0..3)
+        .map(|i| x.slice_axis(1, 3 * i, 3 * i + 3).unwrap())
+        .collect();
+    let loss = parts[0]
+        .mul(&parts[1])
+        .unwrap()
+        .add(&parts[2].sin().unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = basic::autodiff::grad(&loss, std::slice::from_ref(&x)).unwrap();
+    b.output("g", &g[0]).unwrap();
+    let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
+    assert!(text.contains("stablehlo.concatenate"), "{text}");
+    assert!(!text.contains("stablehlo.pad"), "{text}");
 }

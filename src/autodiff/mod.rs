@@ -24,9 +24,74 @@ struct Sweep<'a> {
     cot: HashMap<Value, Tensor>,
     recomputed: HashMap<Value, Tensor>,
     done_regions: BTreeSet<usize>,
+    /// Cotangents of unit-stride slices, by the sliced value, not yet put back into its shape:
+    /// slices that tile one axis (q, k and v out of a fused projection) become one concatenate
+    /// instead of a zero-padded copy per slice and a sum of them.
+    slices: HashMap<Value, Vec<SlicePiece>>,
+}
+
+/// The cotangent `g` of `operand[start..limit]` (unit strides).
+struct SlicePiece {
+    start: Vec<i64>,
+    limit: Vec<i64>,
+    g: Tensor,
 }
 
 impl Sweep<'_> {
+    /// Adds the pending slice cotangents of `v` to its cotangent.
+    fn flush_slices(&mut self, v: Value) -> Result<()> {
+        let Some(mut pieces) = self.slices.remove(&v) else {
+            return Ok(());
+        };
+        let shape = self.b.tensor(v).shape().to_vec();
+        let r = shape.len();
+        // The one axis along which the pieces differ; every other axis whole.
+        let axis = (0..r).find(|&d| pieces.iter().any(|p| p.limit[d] - p.start[d] != shape[d]));
+        let tiles = pieces.len() > 1
+            && axis.is_some_and(|ax| {
+                pieces
+                    .iter()
+                    .all(|p| (0..r).all(|d| d == ax || (p.start[d] == 0 && p.limit[d] == shape[d])))
+            });
+        if let (true, Some(ax)) = (tiles, axis) {
+            pieces.sort_by_key(|p| p.start[ax]);
+            if pieces.windows(2).all(|w| w[0].limit[ax] <= w[1].start[ax]) {
+                let mut parts = Vec::new();
+                let mut at = 0;
+                for p in &pieces {
+                    if p.start[ax] > at {
+                        let mut gap = shape.clone();
+                        gap[ax] = p.start[ax] - at;
+                        parts.push(p.g.scalar_like(0.0)?.broadcast_to(&gap)?);
+                    }
+                    parts.push(p.g.clone());
+                    at = p.limit[ax];
+                }
+                if at < shape[ax] {
+                    let mut gap = shape.clone();
+                    gap[ax] = shape[ax] - at;
+                    parts.push(pieces[0].g.scalar_like(0.0)?.broadcast_to(&gap)?);
+                }
+                return self.add_cot(v, Tensor::concat(&parts, ax)?);
+            }
+        }
+        for p in pieces {
+            let high: Vec<i64> = (0..r).map(|d| shape[d] - p.limit[d]).collect();
+            let zero = p.g.scalar_like(0.0)?;
+            let padded = p.g.pad(&zero, &p.start, &high, &vec![0; r])?;
+            self.add_cot(v, padded)?;
+        }
+        Ok(())
+    }
+
+    fn flush_all_slices(&mut self) -> Result<()> {
+        let pending: Vec<Value> = self.slices.keys().copied().collect();
+        for v in pending {
+            self.flush_slices(v)?;
+        }
+        Ok(())
+    }
+
     fn add_cot(&mut self, v: Value, t: Tensor) -> Result<()> {
         if !differentiable(t.dtype()) {
             return Ok(());
@@ -64,6 +129,8 @@ impl Sweep<'_> {
     }
 
     fn replay(&mut self, r: usize) -> Result<()> {
+        // The replay routes every known cotangent arriving at the block through its barrier.
+        self.flush_all_slices()?;
         self.done_regions.insert(r);
         let policy = self.g.regions[r].policy.clone();
         let members: Vec<usize> = (0..self.g.nodes.len())
@@ -210,6 +277,7 @@ pub fn vjp(
         cot: HashMap::new(),
         recomputed: HashMap::new(),
         done_regions: BTreeSet::new(),
+        slices: HashMap::new(),
     };
     for (o, c) in outputs.iter().zip(cotangents) {
         if let Some(c) = c {
@@ -227,6 +295,30 @@ pub fn vjp(
             continue;
         }
         let n_out = s.g.nodes[i].outputs.len();
+        for out in 0..n_out {
+            s.flush_slices(Value { node: i, out })?;
+        }
+        // A unit-stride slice's cotangent waits for its siblings (see `Sweep::slices`).
+        if let Op::Slice {
+            start,
+            limit,
+            strides,
+        } = &s.g.nodes[i].op
+        {
+            let (v, key) = (s.g.nodes[i].inputs[0], Value { node: i, out: 0 });
+            if strides.iter().all(|&st| st == 1) && depends[v.node] {
+                if let Some(g) = s.cot.get(&key).cloned() {
+                    if differentiable(g.dtype()) {
+                        s.slices.entry(v).or_default().push(SlicePiece {
+                            start: start.clone(),
+                            limit: limit.clone(),
+                            g,
+                        });
+                    }
+                }
+                continue;
+            }
+        }
         let cots: Vec<Option<Tensor>> = (0..n_out)
             .map(|out| s.cot.get(&Value { node: i, out }).cloned())
             .collect();
@@ -265,6 +357,7 @@ pub fn vjp(
             }
         }
     }
+    s.flush_all_slices()?;
     Ok(wrt.iter().map(|w| s.cot.get(&w.value()).cloned()).collect())
 }
 
