@@ -193,6 +193,37 @@ fn grad_writes_the_loss_and_every_parameter_gradient_by_name() {
 }
 
 #[test]
+fn run_compiles_and_times_any_program_including_donating_ones() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/examples");
+    // `acc + x` donating `acc`: every repetition gets a fresh `acc`, so each sees 1 + 1.
+    let o = basic_cmd(&[
+        "run",
+        &format!("{examples}/donate.mlir"),
+        "--inputs",
+        "ones",
+        "--repeat",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["memory"]["alias_bytes"], 24);
+    assert_eq!(v["outputs_device0"][0]["sum"], 6.0);
+    // A program without donation.
+    let o = basic_cmd(&[
+        "run",
+        &format!("{examples}/f64_sqrt.mlir"),
+        "--inputs",
+        "ones",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["memory"]["alias_bytes"], 0);
+    assert!(v["execute_seconds_median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn bad_flags_and_files_are_one_clear_error() {
     let o = basic_cmd(&["compile", "--model", "tiny", "--dtype", "f16"]);
     let e = String::from_utf8_lossy(&o.stderr);

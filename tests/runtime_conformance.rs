@@ -328,13 +328,7 @@ fn device_buffers_stay_on_device_between_executions() {
 }
 
 /// `acc + x`, donating `acc` to the result (as a training step donates its parameters).
-const DONATING: &str = r#"module @donating {
-  func.func public @main(%arg0: tensor<3xf64> {tf.aliasing_output = 0 : i32}, %arg1: tensor<3xf64>) -> (tensor<3xf64>) {
-    %0 = "stablehlo.add"(%arg0, %arg1) : (tensor<3xf64>, tensor<3xf64>) -> tensor<3xf64>
-    "func.return"(%0) : (tensor<3xf64>) -> ()
-  }
-}
-"#;
+const DONATING: &str = include_str!("../graphs/examples/donate.mlir");
 
 #[test]
 fn donated_arguments_must_be_given_up() {

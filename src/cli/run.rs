@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use basic::runtime::{CompileOptions, DeviceBuffer, HostArray, Partitioner};
+use basic::runtime::{ArgBuffer, CompileOptions, DeviceBuffer, HostArray, Partitioner};
 use basic::DType;
 
 use super::BackendArgs;
@@ -129,21 +129,40 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mem = exe.memory_stats()?;
 
     let mut state = args.seed;
+    let mut inputs: Vec<Vec<HostArray>> = Vec::new();
     let mut buffers: Vec<Vec<DeviceBuffer>> = Vec::new();
     for d in 0..exe.num_devices() {
+        let mut host = Vec::new();
         let mut list = Vec::new();
         for p in &exe.signature().args {
             let t = p.per_device();
-            list.push(exe.upload(&generate(t.dtype, &t.shape, args.inputs, &mut state)?, d)?);
+            let a = generate(t.dtype, &t.shape, args.inputs, &mut state)?;
+            list.push(exe.upload(&a, d)?);
+            host.push(a);
         }
+        inputs.push(host);
         buffers.push(list);
     }
-    let refs: Vec<Vec<&DeviceBuffer>> = buffers.iter().map(|l| l.iter().collect()).collect();
+    // Donated arguments (`tf.aliasing_output`) are consumed by each execution: they are uploaded
+    // afresh before each one, outside the timed part.
+    let donated: Vec<usize> = exe.donations().iter().map(|&(a, _)| a).collect();
     let mut times = Vec::new();
     let mut outputs = Vec::new();
     for _ in 0..args.repeat {
+        let mut lists: Vec<Vec<ArgBuffer>> = Vec::new();
+        for (d, list) in buffers.iter().enumerate() {
+            let mut l = Vec::new();
+            for (i, b) in list.iter().enumerate() {
+                l.push(if donated.contains(&i) {
+                    ArgBuffer::Owned(exe.upload(&inputs[d][i], d)?)
+                } else {
+                    ArgBuffer::Borrowed(b)
+                });
+            }
+            lists.push(l);
+        }
         let t = Instant::now();
-        let out = exe.execute(&refs)?;
+        let out = exe.execute_owned(lists)?;
         let host: Vec<HostArray> = out[0]
             .iter()
             .map(DeviceBuffer::to_host)
