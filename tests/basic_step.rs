@@ -316,3 +316,71 @@ fn dropout_and_stochastic_depth_draw_the_same_masks_in_both_passes() {
         run(ps, key)[0].to_f64_vec()[0]
     });
 }
+
+#[test]
+fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
+    let mut c = tiny();
+    c.text.kind = basic::model::config::TextKind::Bert;
+    c.text.max_positions = 8;
+    c.train.dropout = 0.2;
+    c.train.drop_path = 0.1;
+    c.validate("bert test config").unwrap();
+    let n = 4;
+    let specs = dual::specs(&c);
+    assert!(specs
+        .iter()
+        .any(|s| s.name.starts_with("text/bert/encoder.layer.1.")));
+    let params = init::init_params(&specs, 41, DType::F64).unwrap();
+    let (images, tokens) = batch(&c, n, 43);
+    let (g, _) = grad_graph(&c, &opts(n, 2)).unwrap();
+    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let exe = cpu_runtime(1)
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    let run = |ps: &[HostArray], key: [u64; 2]| {
+        let mut args = ps.to_vec();
+        args.push(images.clone());
+        args.push(tokens.clone());
+        args.push(HostArray::new(&[2], &key).unwrap());
+        exe.run(&args).unwrap()
+    };
+    // The BERT tower itself draws masks: its features depend on the key.
+    let features = |noisy: bool, key: [u64; 2]| {
+        let b = basic::trace::Builder::new("bert_features");
+        let p = basic::model::Params::declare(&b, &specs, DType::F64).unwrap();
+        let t = b
+            .parameter("tokens", DType::S32, &[n, c.text.length])
+            .unwrap();
+        let k = b.parameter("key", DType::U64, &[2]).unwrap();
+        let noise = basic::model::noise::Noise {
+            key: k,
+            dropout: 0.2,
+            drop_path: 0.1,
+        };
+        let f = dual::text_features(&t, &p, &c, DType::F64, None, noisy.then_some(&noise)).unwrap();
+        b.output("f", &f).unwrap();
+        let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
+        let mut args = params.clone();
+        args.push(tokens.clone());
+        args.push(HostArray::new(&[2], &key).unwrap());
+        cpu_runtime(1)
+            .client()
+            .compile(&text, &CompileOptions::single())
+            .unwrap()
+            .run(&args)
+            .unwrap()[0]
+            .to_f64_vec()
+    };
+    assert_ne!(features(true, [1, 2]), features(true, [5, 2]));
+    assert_eq!(features(false, [1, 2]), features(false, [5, 2]));
+    let grads = run(&params, [3, 9]);
+    let other = run(&params, [4, 9])[0].to_f64_vec()[0];
+    assert!(
+        (other - grads[0].to_f64_vec()[0]).abs() > 1e-6,
+        "the noise is live"
+    );
+    check_directional(&params, &grads[1..], 47, |ps| {
+        run(ps, [3, 9])[0].to_f64_vec()[0]
+    });
+}

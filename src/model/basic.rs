@@ -146,7 +146,14 @@ pub fn text_features(
             noise.as_ref(),
             c.scan_layers,
         ),
-        TextKind::Bert => bert::apply(tokens, &tp.scope("bert"), &c.text, dtype, remat),
+        TextKind::Bert => bert::apply(
+            tokens,
+            &tp.scope("bert"),
+            &c.text,
+            dtype,
+            remat,
+            noise.as_ref(),
+        ),
     }
 }
 

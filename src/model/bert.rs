@@ -10,6 +10,7 @@ use crate::ir::{DotDims, RematPolicy};
 use crate::trace::Tensor;
 
 use super::config::TextConfig;
+use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 
 /// Sizes BERT needs beyond the text config.
@@ -160,6 +161,7 @@ pub fn apply(
     c: &TextConfig,
     dtype: DType,
     remat: Option<&RematPolicy>,
+    noise: Option<&Noise>,
 ) -> Result<Tensor> {
     let (b, l) = (tokens.shape()[0], tokens.shape()[1]);
     if l > max_positions(c) {
@@ -194,6 +196,15 @@ pub fn apply(
         .mul_scalar(-1e9)?
         .reshape(&[b, 1, 1, l])?;
     for i in 0..c.depth {
+        // Dropout (and stochastic depth) on each sublayer's output before its residual sum, as
+        // BERT's hidden dropout; layer `i` draws from the key folded with 100 + i.
+        let n = noise.map(|n| n.fold(100 + i as u64)).transpose()?;
+        let branch = |t: Tensor, salt: u64| -> Result<Tensor> {
+            match &n {
+                Some(n) => n.branch(&t, salt),
+                None => Ok(t),
+            }
+        };
         let lp = |n: &str| p.get(&format!("encoder.layer.{i}.{n}"));
         let lname = |n: &str| format!("encoder.layer.{i}.{n}");
         let layer = |x: &Tensor| -> Result<Tensor> {
@@ -221,7 +232,12 @@ pub fn apply(
                 lp("attention.output.dense.weight")?,
                 lp("attention.output.dense.bias")?,
             )?;
-            let x = ln(&x.add(&a)?, p, &lname("attention.output.LayerNorm"), eps)?;
+            let x = ln(
+                &x.add(&branch(a, 1)?)?,
+                p,
+                &lname("attention.output.LayerNorm"),
+                eps,
+            )?;
             let f = linear(
                 &x,
                 lp("intermediate.dense.weight")?,
@@ -229,7 +245,7 @@ pub fn apply(
             )?
             .gelu_exact()?;
             let f = linear(&f, lp("output.dense.weight")?, lp("output.dense.bias")?)?;
-            ln(&x.add(&f)?, p, &lname("output.LayerNorm"), eps)
+            ln(&x.add(&branch(f, 2)?)?, p, &lname("output.LayerNorm"), eps)
         };
         x = match remat {
             Some(policy) => bd.checkpoint(policy.clone(), || layer(&x))?,

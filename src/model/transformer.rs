@@ -261,7 +261,9 @@ pub fn scan_layers(
             }
             let (cs, n) = match noise {
                 Some(n) => {
-                    let (key, rest) = cs.split_last().expect("the key was pushed last");
+                    let Some((key, rest)) = cs.split_last() else {
+                        return shape_err("scan_layers", "the loop lost its noise key");
+                    };
                     let n = Noise {
                         key: key.clone(),
                         ..n.clone()
