@@ -384,3 +384,41 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
         run(ps, [3, 9])[0].to_f64_vec()[0]
     });
 }
+
+#[test]
+fn locked_towers_run_without_dropout() {
+    let loss = |lock: &[&str], key: [u64; 2]| {
+        let mut c = tiny();
+        c.train.dropout = 0.3;
+        c.train.drop_path = 0.2;
+        c.train.lock = lock.iter().map(|s| s.to_string()).collect();
+        let o = StepOptions {
+            frozen: dual::locked(&dual::specs(&c), &c.train.lock),
+            ..opts(4, 2)
+        };
+        let specs = dual::specs(&c);
+        let params = init::init_params(&specs, 51, DType::F64).unwrap();
+        let (images, tokens) = batch(&c, 4, 53);
+        let (g, _) = grad_graph(&c, &o).unwrap();
+        let text = basic::lower::module(&g, &Default::default()).unwrap();
+        let mut args = params;
+        args.push(images);
+        args.push(tokens);
+        args.push(HostArray::new(&[2], &key).unwrap());
+        cpu_runtime(1)
+            .client()
+            .compile(&text, &CompileOptions::single())
+            .unwrap()
+            .run(&args)
+            .unwrap()[0]
+            .to_f64_vec()[0]
+    };
+    // Both towers locked (LiT's frozen feature extractors): the key changes nothing.
+    assert_eq!(
+        loss(&["image", "text"], [1, 1]),
+        loss(&["image", "text"], [2, 1])
+    );
+    // One tower learning: its dropout is live.
+    assert_ne!(loss(&["text"], [1, 1]), loss(&["text"], [2, 1]));
+    assert_ne!(loss(&["image"], [1, 1]), loss(&["image"], [2, 1]));
+}

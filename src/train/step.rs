@@ -145,14 +145,23 @@ fn embed_pair(
     noise: Option<&Noise>,
 ) -> Result<(Tensor, Tensor)> {
     let cp = basic::cast(p, o.compute_dtype)?;
+    // A locked tower (LiT) is a fixed feature extractor: it runs without dropout.
+    let locked = |tower: &str| c.train.lock.iter().any(|t| t == tower);
     let img = basic::embed_images(
         &images.convert(o.compute_dtype)?,
         &cp,
         c,
         o.remat.as_ref(),
-        noise,
+        noise.filter(|_| !locked("image")),
     )?;
-    let txt = basic::embed_texts(tokens, &cp, c, o.compute_dtype, o.remat.as_ref(), noise)?;
+    let txt = basic::embed_texts(
+        tokens,
+        &cp,
+        c,
+        o.compute_dtype,
+        o.remat.as_ref(),
+        noise.filter(|_| !locked("text")),
+    )?;
     Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
 }
 
