@@ -5,9 +5,9 @@ mod common;
 
 use basic::dtype::DType;
 use basic::model::{basic as dual, ModelConfig};
-use basic::runtime::{CompileOptions, HostArray};
+use basic::runtime::HostArray;
 use basic::train::{embed_graph, grad_graph, init, StepOptions};
-use common::{assert_close, check_directional, cpu_runtime, Rng};
+use common::{assert_close, check_directional, compile_graph, f64_step, random_batch};
 
 fn tiny() -> ModelConfig {
     let mut c = ModelConfig::load("tiny").unwrap();
@@ -26,35 +26,6 @@ fn tiny() -> ModelConfig {
     c
 }
 
-fn batch(c: &ModelConfig, n: i64, seed: u64) -> (HostArray, HostArray) {
-    let mut r = Rng(seed);
-    let s = c.image.image_size();
-    let images = r.array(&[n, s, s, c.image.channels()], -1.0, 1.0);
-    let toks: Vec<i32> = (0..n * c.text.length)
-        .map(|i| {
-            let pos = i % c.text.length;
-            // Captions of varying length, padded with 0.
-            if pos < 2 + (i / c.text.length) % 4 {
-                1 + (r.next_u64() % (c.text.vocab as u64 - 1)) as i32
-            } else {
-                0
-            }
-        })
-        .collect();
-    (images, HostArray::new(&[n, c.text.length], &toks).unwrap())
-}
-
-fn opts(n: i64, m: i64) -> StepOptions {
-    StepOptions {
-        batch: n,
-        microbatches: m,
-        remat: None,
-        param_dtype: DType::F64,
-        compute_dtype: DType::F64,
-        frozen: vec![],
-    }
-}
-
 fn run_grads(
     c: &ModelConfig,
     o: &StepOptions,
@@ -63,12 +34,7 @@ fn run_grads(
     tokens: &HostArray,
 ) -> Vec<HostArray> {
     let (g, _) = grad_graph(c, o).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let rt = cpu_runtime(1);
-    let exe = rt
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
+    let exe = compile_graph(&g);
     let mut args = params.to_vec();
     args.push(images.clone());
     args.push(tokens.clone());
@@ -81,10 +47,10 @@ fn microbatching_gives_the_full_batch_gradient() {
     let n = 8;
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 3, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 11);
-    let full = run_grads(&c, &opts(n, 1), &params, &images, &tokens);
+    let (images, tokens) = random_batch(&c, n, 11);
+    let full = run_grads(&c, &f64_step(n, 1), &params, &images, &tokens);
     for m in [4, n] {
-        let acc = run_grads(&c, &opts(n, m), &params, &images, &tokens);
+        let acc = run_grads(&c, &f64_step(n, m), &params, &images, &tokens);
         assert_eq!(acc.len(), full.len());
         for (i, (a, b)) in acc.iter().zip(&full).enumerate() {
             let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
@@ -103,18 +69,13 @@ fn microbatching_gives_the_full_batch_gradient() {
 fn step_gradient_matches_a_directional_finite_difference() {
     let c = tiny();
     let n = 4;
-    let o = opts(n, 2);
+    let o = f64_step(n, 2);
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 5, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 13);
+    let (images, tokens) = random_batch(&c, n, 13);
     let grads = run_grads(&c, &o, &params, &images, &tokens);
     let (g, _) = grad_graph(&c, &o).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let rt = cpu_runtime(1);
-    let exe = rt
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
+    let exe = compile_graph(&g);
     check_directional(&params, &grads[1..], 99, |ps| {
         let mut args = ps.to_vec();
         args.push(images.clone());
@@ -129,20 +90,13 @@ fn loss_from_embeddings_equals_the_step_loss() {
     let n = 6;
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 8, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 17);
-    let loss = run_grads(&c, &opts(n, 1), &params, &images, &tokens)[0].to_f64_vec()[0];
-    let g = embed_graph(&c, &opts(n, 1)).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let rt = cpu_runtime(1);
+    let (images, tokens) = random_batch(&c, n, 17);
+    let loss = run_grads(&c, &f64_step(n, 1), &params, &images, &tokens)[0].to_f64_vec()[0];
+    let g = embed_graph(&c, &f64_step(n, 1)).unwrap();
     let mut args = params.clone();
     args.push(images);
     args.push(tokens);
-    let out = rt
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap()
-        .run(&args)
-        .unwrap();
+    let out = compile_graph(&g).run(&args).unwrap();
     let (x, y, s) = (
         out[0].to_f64_vec(),
         out[1].to_f64_vec(),
@@ -182,20 +136,14 @@ fn sigmoid_loss_matches_its_formula_and_finite_differences() {
     // A bias near the logits' range, so that both label signs matter.
     let bi = specs.iter().position(|s| s.name == "logit_bias").unwrap();
     params[bi] = HostArray::scalar(-1.5f64);
-    let (images, tokens) = batch(&c, n, 17);
-    let grads = run_grads(&c, &opts(n, 2), &params, &images, &tokens);
+    let (images, tokens) = random_batch(&c, n, 17);
+    let grads = run_grads(&c, &f64_step(n, 2), &params, &images, &tokens);
     let loss = grads[0].to_f64_vec()[0];
-    let g = embed_graph(&c, &opts(n, 1)).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
+    let g = embed_graph(&c, &f64_step(n, 1)).unwrap();
     let mut args = params.clone();
     args.push(images.clone());
     args.push(tokens.clone());
-    let out = cpu_runtime(1)
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap()
-        .run(&args)
-        .unwrap();
+    let out = compile_graph(&g).run(&args).unwrap();
     let (x, y, s) = (
         out[0].to_f64_vec(),
         out[1].to_f64_vec(),
@@ -213,7 +161,7 @@ fn sigmoid_loss_matches_its_formula_and_finite_differences() {
     }
     assert_close(&[loss], &[total / nn as f64], 1e-12);
     check_directional(&params, &grads[1..], 31, |ps| {
-        run_grads(&c, &opts(n, 2), ps, &images, &tokens)[0].to_f64_vec()[0]
+        run_grads(&c, &f64_step(n, 2), ps, &images, &tokens)[0].to_f64_vec()[0]
     });
 }
 
@@ -223,15 +171,15 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
     let n = 6;
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 12, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 19);
-    let base = run_grads(&c, &opts(n, 2), &params, &images, &tokens);
+    let (images, tokens) = random_batch(&c, n, 19);
+    let base = run_grads(&c, &f64_step(n, 2), &params, &images, &tokens);
     for policy in [
         basic::ir::RematPolicy::NothingSaveable,
         basic::ir::RematPolicy::DotsSaveable,
     ] {
         let o = StepOptions {
             remat: Some(policy.clone()),
-            ..opts(n, 2)
+            ..f64_step(n, 2)
         };
         let got = run_grads(&c, &o, &params, &images, &tokens);
         // Equal to the last bits or so: inside the accumulation loops XLA may fuse the replayed
@@ -246,7 +194,6 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
         }
     }
     // Temporary memory of the f32 step at a larger batch, from XLA's statistics.
-    let rt = cpu_runtime(1);
     let temp = |remat: Option<basic::ir::RematPolicy>| {
         let mut c = ModelConfig::load("tiny").unwrap();
         c.text.depth = 4;
@@ -262,13 +209,7 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
             frozen: vec![],
         };
         let (g, _) = grad_graph(&c, &o).unwrap();
-        let text = basic::lower::module(&g, &Default::default()).unwrap();
-        rt.client()
-            .compile(&text, &CompileOptions::single())
-            .unwrap()
-            .memory_stats()
-            .unwrap()
-            .temp_bytes
+        compile_graph(&g).memory_stats().unwrap().temp_bytes
     };
     let (none, nothing) = (
         temp(None),
@@ -286,18 +227,13 @@ fn dropout_and_stochastic_depth_draw_the_same_masks_in_both_passes() {
     c.train.dropout = 0.2;
     c.train.drop_path = 0.2;
     let n = 4;
-    let o = opts(n, 2);
+    let o = f64_step(n, 2);
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 21, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 23);
+    let (images, tokens) = random_batch(&c, n, 23);
     let (g, _) = grad_graph(&c, &o).unwrap();
     assert_eq!(g.params.last().unwrap().0, "rng");
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let rt = cpu_runtime(1);
-    let exe = rt
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
+    let exe = compile_graph(&g);
     let run = |ps: &[HostArray], key: [u64; 2]| {
         let mut args = ps.to_vec();
         args.push(images.clone());
@@ -331,13 +267,9 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
         .iter()
         .any(|s| s.name.starts_with("text/bert/encoder.layer.1.")));
     let params = init::init_params(&specs, 41, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 43);
-    let (g, _) = grad_graph(&c, &opts(n, 2)).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let exe = cpu_runtime(1)
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
+    let (images, tokens) = random_batch(&c, n, 43);
+    let (g, _) = grad_graph(&c, &f64_step(n, 2)).unwrap();
+    let exe = compile_graph(&g);
     let run = |ps: &[HostArray], key: [u64; 2]| {
         let mut args = ps.to_vec();
         args.push(images.clone());
@@ -360,17 +292,10 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
         };
         let f = dual::text_features(&t, &p, &c, DType::F64, None, noisy.then_some(&noise)).unwrap();
         b.output("f", &f).unwrap();
-        let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
         let mut args = params.clone();
         args.push(tokens.clone());
         args.push(HostArray::new(&[2], &key).unwrap());
-        cpu_runtime(1)
-            .client()
-            .compile(&text, &CompileOptions::single())
-            .unwrap()
-            .run(&args)
-            .unwrap()[0]
-            .to_f64_vec()
+        compile_graph(&b.finish()).run(&args).unwrap()[0].to_f64_vec()
     };
     assert_ne!(features(true, [1, 2]), features(true, [5, 2]));
     assert_eq!(features(false, [1, 2]), features(false, [5, 2]));
@@ -394,24 +319,17 @@ fn locked_towers_run_without_dropout() {
         c.train.lock = lock.iter().map(|s| s.to_string()).collect();
         let o = StepOptions {
             frozen: dual::locked(&dual::specs(&c), &c.train.lock),
-            ..opts(4, 2)
+            ..f64_step(4, 2)
         };
         let specs = dual::specs(&c);
         let params = init::init_params(&specs, 51, DType::F64).unwrap();
-        let (images, tokens) = batch(&c, 4, 53);
+        let (images, tokens) = random_batch(&c, 4, 53);
         let (g, _) = grad_graph(&c, &o).unwrap();
-        let text = basic::lower::module(&g, &Default::default()).unwrap();
         let mut args = params;
         args.push(images);
         args.push(tokens);
         args.push(HostArray::new(&[2], &key).unwrap());
-        cpu_runtime(1)
-            .client()
-            .compile(&text, &CompileOptions::single())
-            .unwrap()
-            .run(&args)
-            .unwrap()[0]
-            .to_f64_vec()[0]
+        compile_graph(&g).run(&args).unwrap()[0].to_f64_vec()[0]
     };
     // Both towers locked (LiT's frozen feature extractors): the key changes nothing.
     assert_eq!(

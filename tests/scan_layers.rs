@@ -11,9 +11,9 @@ use basic::dtype::DType;
 use basic::model::config::{CoatnetConfig, CoatnetStage, ImageConfig, OptimizerKind, StageKind};
 use basic::model::params::{layer_name, stack_layers, unstack_layers};
 use basic::model::{basic as dual, ModelConfig, ParamSpec};
-use basic::runtime::{CompileOptions, HostArray};
-use basic::train::{grad_graph, init, train_graph, StepOptions};
-use common::{check_directional, cpu_runtime, Rng};
+use basic::runtime::HostArray;
+use basic::train::{grad_graph, init, train_graph};
+use common::{check_directional, compile_graph, f64_step, random_batch, Rng};
 
 /// The tiny preset, smaller still, with 3-layer towers.
 fn vit() -> ModelConfig {
@@ -69,42 +69,6 @@ fn scanned(c: &ModelConfig) -> ModelConfig {
     }
 }
 
-fn batch(c: &ModelConfig, n: i64, seed: u64) -> (HostArray, HostArray) {
-    let mut r = Rng(seed);
-    let s = c.image.image_size();
-    let images = r.array(&[n, s, s, c.image.channels()], -1.0, 1.0);
-    let toks: Vec<i32> = (0..n * c.text.length)
-        .map(|i| {
-            if i % c.text.length < 2 + (i / c.text.length) % 4 {
-                1 + (r.next_u64() % (c.text.vocab as u64 - 1)) as i32
-            } else {
-                0
-            }
-        })
-        .collect();
-    (images, HostArray::new(&[n, c.text.length], &toks).unwrap())
-}
-
-fn opts(n: i64, m: i64) -> StepOptions {
-    StepOptions {
-        batch: n,
-        microbatches: m,
-        remat: None,
-        param_dtype: DType::F64,
-        compute_dtype: DType::F64,
-        frozen: vec![],
-    }
-}
-
-fn compile_and_run(g: &basic::ir::Graph, args: &[HostArray]) -> Vec<HostArray> {
-    let text = basic::lower::module(g, &Default::default()).unwrap();
-    let exe = cpu_runtime(1)
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
-    exe.run(args).unwrap()
-}
-
 fn by_name(specs: &[ParamSpec], values: &[HostArray]) -> BTreeMap<String, HostArray> {
     specs
         .iter()
@@ -158,7 +122,7 @@ fn stacked_names_map_to_their_layers() {
 /// inside BASIC's accumulation loops).
 fn check_grads_match(c: &ModelConfig) {
     let s = scanned(c);
-    let (n, o) = (4, opts(4, 2));
+    let (n, o) = (4, f64_step(4, 2));
     let specs = dual::specs(c);
     let sspecs = dual::specs(&s);
     assert_ne!(
@@ -168,13 +132,13 @@ fn check_grads_match(c: &ModelConfig) {
     );
     let params = init::init_params(&specs, 5, DType::F64).unwrap();
     let sparams = stack_layers(&sspecs, &by_name(&specs, &params)).unwrap();
-    let (images, tokens) = batch(c, n, 9);
+    let (images, tokens) = random_batch(c, n, 9);
     let run = |c: &ModelConfig, ps: &[HostArray]| {
         let (g, _) = grad_graph(c, &o).unwrap();
         let mut args = ps.to_vec();
         args.push(images.clone());
         args.push(tokens.clone());
-        compile_and_run(&g, &args)
+        compile_graph(&g).run(&args).unwrap()
     };
     let want = run(c, &params);
     let got = run(&s, &sparams);
@@ -207,8 +171,8 @@ fn a_scanned_adafactor_step_equals_the_unrolled_one() {
     c.train.learning_rate = 0.05;
     c.train.warmup_steps = 1;
     let s = scanned(&c);
-    let o = opts(4, 2);
-    let (images, tokens) = batch(&c, 4, 13);
+    let o = f64_step(4, 2);
+    let (images, tokens) = random_batch(&c, 4, 13);
     let step = |c: &ModelConfig, ps: &[HostArray], state: &[HostArray]| {
         let (g, specs, sspecs) = train_graph(c, &o).unwrap();
         assert_eq!(ps.len(), specs.len());
@@ -218,7 +182,7 @@ fn a_scanned_adafactor_step_equals_the_unrolled_one() {
         args.push(HostArray::scalar(0i32));
         args.push(images.clone());
         args.push(tokens.clone());
-        compile_and_run(&g, &args)
+        compile_graph(&g).run(&args).unwrap()
     };
     let (_, specs, sspecs) = train_graph(&c, &o).unwrap();
     let (_, specs_s, sspecs_s) = train_graph(&s, &o).unwrap();
@@ -263,13 +227,9 @@ fn scanned_coatnet_step_with_noise_matches_a_directional_finite_difference() {
     let n = 4;
     let specs = dual::specs(&c);
     let params = init::init_params(&specs, 17, DType::F64).unwrap();
-    let (images, tokens) = batch(&c, n, 19);
-    let (g, _) = grad_graph(&c, &opts(n, 2)).unwrap();
-    let text = basic::lower::module(&g, &Default::default()).unwrap();
-    let exe = cpu_runtime(1)
-        .client()
-        .compile(&text, &CompileOptions::single())
-        .unwrap();
+    let (images, tokens) = random_batch(&c, n, 19);
+    let (g, _) = grad_graph(&c, &f64_step(n, 2)).unwrap();
+    let exe = compile_graph(&g);
     let run = |ps: &[HostArray], key: [u64; 2]| {
         let mut args = ps.to_vec();
         args.push(images.clone());

@@ -25,6 +25,51 @@ pub fn cpu_runtime(n: usize) -> Runtime {
     Runtime::open_path(&path, Some(n)).expect("open CPU runtime")
 }
 
+/// `g` emitted and compiled for one device of the preferred CPU plugin.
+pub fn compile_graph(g: &basic::ir::Graph) -> basic::runtime::Executable {
+    let text = basic::lower::module(g, &Default::default()).unwrap();
+    cpu_runtime(1)
+        .client()
+        .compile(&text, &basic::runtime::CompileOptions::single())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A batch of `n` uniform images and captions of 2 to 5 random tokens, padded with 0.
+pub fn random_batch(
+    c: &basic::model::ModelConfig,
+    n: i64,
+    seed: u64,
+) -> (basic::runtime::HostArray, basic::runtime::HostArray) {
+    let mut r = Rng(seed);
+    let s = c.image.image_size();
+    let images = r.array(&[n, s, s, c.image.channels()], -1.0, 1.0);
+    let toks: Vec<i32> = (0..n * c.text.length)
+        .map(|i| {
+            if i % c.text.length < 2 + (i / c.text.length) % 4 {
+                1 + (r.next_u64() % (c.text.vocab as u64 - 1)) as i32
+            } else {
+                0
+            }
+        })
+        .collect();
+    (
+        images,
+        basic::runtime::HostArray::new(&[n, c.text.length], &toks).unwrap(),
+    )
+}
+
+/// Step options for `n` examples in `m` micro-batches, f64 throughout, no remat.
+pub fn f64_step(n: i64, m: i64) -> basic::train::StepOptions {
+    basic::train::StepOptions {
+        batch: n,
+        microbatches: m,
+        remat: None,
+        param_dtype: basic::dtype::DType::F64,
+        compute_dtype: basic::dtype::DType::F64,
+        frozen: vec![],
+    }
+}
+
 /// Asserts two float slices agree within `tol` (absolute + relative).
 pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "length: got {got:?}, want {want:?}");
