@@ -247,10 +247,7 @@ pub fn apply(
             let f = linear(&f, lp("output.dense.weight")?, lp("output.dense.bias")?)?;
             ln(&x.add(&branch(f, 2)?)?, p, &lname("output.LayerNorm"), eps)
         };
-        x = match remat {
-            Some(policy) => bd.checkpoint(policy.clone(), || layer(&x))?,
-            None => layer(&x)?,
-        };
+        x = bd.remat(remat, || layer(&x))?;
     }
     let n = real.sum_keepdims(&[1])?.max_scalar(1e-9)?;
     x.mul(&real.reshape(&[b, l, 1])?)?.sum(&[1])?.div(&n)

@@ -371,12 +371,8 @@ pub fn apply(
             StageKind::Mbconv => mbconv(x, bp, down, n),
             StageKind::Transformer => transformer_block(x, bp, st.heads, down, n),
         };
-        let checkpointed = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| match remat {
-            Some(policy) => x
-                .builder()
-                .clone()
-                .checkpoint(policy.clone(), || run(x, bp, down, n)),
-            None => run(x, bp, down, n),
+        let checkpointed = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| {
+            x.builder().remat(remat, || run(x, bp, down, n))
         };
         // Block `bi` of stage `si` draws from the key folded with 100 + 1000·si + bi.
         let salt = |bi: i64| 100 + 1000 * si as u64 + bi as u64;

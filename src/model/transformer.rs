@@ -183,10 +183,7 @@ pub fn stack_with_noise(
         let bp = p.scope(&format!("blocks/{i}"));
         let n = noise.map(|n| n.fold(100 + i as u64)).transpose()?;
         let run = |x: &Tensor| block_with_noise(x, &bp, c, mask_bias, n.as_ref());
-        x = match remat {
-            Some(policy) => x.builder().clone().checkpoint(policy.clone(), || run(&x))?,
-            None => run(&x)?,
-        };
+        x = x.builder().remat(remat, || run(&x))?;
     }
     Ok(x)
 }
@@ -273,13 +270,9 @@ pub fn scan_layers(
                 }
                 None => (cs, None),
             };
-            let sb = k[0].builder().clone();
-            let y = match remat {
-                Some(policy) => {
-                    sb.checkpoint(policy.clone(), || block(&k[0], &p, cs, n.as_ref()))?
-                }
-                None => block(&k[0], &p, cs, n.as_ref())?,
-            };
+            let y = k[0]
+                .builder()
+                .remat(remat, || block(&k[0], &p, cs, n.as_ref()))?;
             Ok((vec![y], vec![]))
         },
     )?;

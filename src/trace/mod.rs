@@ -280,6 +280,18 @@ impl Builder {
         r
     }
 
+    /// [`Builder::checkpoint`] under `policy`, or `f` traced as it is when there is none.
+    pub fn remat<T>(
+        &self,
+        policy: Option<&RematPolicy>,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        match policy {
+            Some(p) => self.checkpoint(p.clone(), f),
+            None => f(),
+        }
+    }
+
     /// Runs `body` `length` times over a carry, slicing each `xs` array along its leading axis and
     /// stacking each per-step output `ys` (a `lax.scan`). The body is traced once, so a stack of N
     /// identical layers compiles in time independent of N; its derivative is itself a scan.
