@@ -35,6 +35,7 @@ pub mod model;
 pub mod ops;
 pub mod partition;
 pub mod runtime;
+pub mod target;
 pub mod trace;
 pub mod train;
 

@@ -10,12 +10,124 @@ pub struct DevicesArgs {
     #[command(flatten)]
     backend: BackendArgs,
 
+    /// List a described target's devices instead (no hardware needed): tpu-v5e:2x2, h100:8, ...
+    #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices"])]
+    target: Option<String>,
+
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
 }
 
+/// A target's devices as its plugin describes them, with hosts and each device's process.
+fn target_devices(name: &str, json_out: bool) -> anyhow::Result<()> {
+    let target = basic::target::Target::parse(name)?;
+    let topo = target.topology()?;
+    let plugin = topo.plugin();
+    let version = basic::target::plugin_package_version(plugin.path());
+    if json_out {
+        let devices: Vec<_> = topo
+            .devices()
+            .iter()
+            .map(|d| {
+                let attrs: serde_json::Map<String, serde_json::Value> = d
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), option_json(v)))
+                    .collect();
+                json!({"id": d.id, "process_index": d.process_index, "kind": d.kind,
+                       "description": d.text, "attributes": attrs})
+            })
+            .collect();
+        let out = json!({
+            "target": target.name(),
+            "platform": topo.platform(),
+            "platform_version": topo.platform_version(),
+            "plugin": plugin.path().display().to_string(),
+            "plugin_version": version,
+            "pjrt_api_version": plugin.api_version_string(),
+            "chips": target.chips(),
+            "hosts": topo.num_processes(),
+            "hbm_bytes_per_device": target.spec.hbm_bytes,
+            "peak_bf16_flops_per_device": target.spec.peak_bf16_flops,
+            "devices": devices,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "target            {} ({})",
+        target.name(),
+        target.spec.description
+    );
+    println!(
+        "platform          {} ({})",
+        topo.platform(),
+        topo.platform_version().lines().next().unwrap_or_default()
+    );
+    println!(
+        "plugin            {}{}",
+        plugin.path().display(),
+        version.map(|v| format!(" ({v})")).unwrap_or_default()
+    );
+    println!(
+        "chips             {}, {} device(s) over {} host(s); per device {} HBM, {:.1} TFLOP/s bf16",
+        target.chips(),
+        topo.devices().len(),
+        topo.num_processes(),
+        super::model::human(target.spec.hbm_bytes),
+        target.spec.peak_bf16_flops / 1e12
+    );
+    for d in topo.devices() {
+        let mut attrs: Vec<String> = d
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={}", option_text(v)))
+            .collect();
+        attrs.sort();
+        println!(
+            "  {:>4}  process {:<3} {:<14} {}",
+            d.id,
+            d.process_index,
+            d.kind,
+            attrs.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn option_json(v: &basic::runtime::OptionValue) -> serde_json::Value {
+    use basic::runtime::OptionValue as V;
+    match v {
+        V::String(s) => json!(s),
+        V::Int64(i) => json!(i),
+        V::Int64List(l) => json!(l),
+        V::Float(x) => json!(x),
+        V::Bool(b) => json!(b),
+    }
+}
+
+fn option_text(v: &basic::runtime::OptionValue) -> String {
+    use basic::runtime::OptionValue as V;
+    match v {
+        V::String(s) => s.clone(),
+        V::Int64(i) => i.to_string(),
+        V::Int64List(l) => format!(
+            "[{}]",
+            l.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        V::Float(x) => x.to_string(),
+        V::Bool(b) => b.to_string(),
+    }
+}
+
 pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
+    if let Some(t) = &args.target {
+        return target_devices(t, args.json);
+    }
     let rt = args.backend.open()?;
     let plugin = rt.plugin();
     let client = rt.client();

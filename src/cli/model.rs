@@ -14,8 +14,8 @@ use basic::io::safetensors;
 use basic::model::{basic as dual, ModelConfig};
 use basic::partition::{Mesh, Rules, ShardedProgram};
 use basic::runtime::{HostArray, Partitioner};
-use basic::train::step::train_donations;
-use basic::train::{embed_graph, grad_graph, init, train_graph, Layout, StepOptions};
+use basic::train::aot::{Machine, StepProgram};
+use basic::train::{embed_graph, grad_graph, init, Layout, StepOptions};
 
 use super::BackendArgs;
 
@@ -107,6 +107,13 @@ impl ModelArgs {
         Ok((c, o))
     }
 
+    /// The partitioning preset or file, as given (`data_parallel` without the flag).
+    pub fn partitioning_label(&self) -> String {
+        self.partitioning
+            .clone()
+            .unwrap_or_else(|| "data_parallel".into())
+    }
+
     /// Mesh, rules and partitioner from the flags.
     pub fn layout(&self) -> anyhow::Result<Layout> {
         let rules = match &self.partitioning {
@@ -174,13 +181,43 @@ pub struct CompileArgs {
     #[arg(long, value_name = "f32|bf16")]
     dtype: Option<String>,
 
+    /// Compile for a described TPU slice or GPU host with its own compiler, no device attached:
+    /// tpu-v4:2x2x1, tpu-v5e:2x2, tpu-v5p:2x2x1, tpu-v6e:2x2, a100:8, h100:8, h200:8
+    #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices"])]
+    target: Option<String>,
+
     /// Also write the StableHLO text of the step here
     #[arg(long, value_name = "FILE.mlir")]
     emit: Option<PathBuf>,
 
+    /// Write the compiled step and its manifest here, for `basic train --executable`
+    #[arg(long, value_name = "FILE")]
+    save_executable: Option<PathBuf>,
+
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+}
+
+/// What one compile of the step reports.
+pub struct StepReport {
+    pub target: Option<basic::target::Target>,
+    pub params: i64,
+    pub flops: f64,
+    pub build_seconds: f64,
+    pub compile_seconds: f64,
+    pub mem: basic::runtime::MemoryStats,
+    /// Each device's process (host) index.
+    pub process_index: Vec<i32>,
+}
+
+impl StepReport {
+    /// Per device: the target's HBM and whether the peak fits in it.
+    fn fits(&self) -> Option<bool> {
+        self.target
+            .as_ref()
+            .map(|t| self.mem.peak_bytes <= t.spec.hbm_bytes)
+    }
 }
 
 pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
@@ -189,61 +226,200 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
             bail!("invalid --dtype `{d}`: use f32 or bf16");
         }
     }
+    let target = a
+        .target
+        .as_deref()
+        .map(basic::target::Target::parse)
+        .transpose()?;
     let (c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
     let layout = a.model.layout()?;
     let t0 = Instant::now();
-    let (g, specs, sspecs) = train_graph(&c, &o)?;
-    let mut all = specs.clone();
-    all.extend(sspecs.iter().cloned());
-    let (args, results) = layout.specs(&g, &all)?;
-    let rt = a.model.open(&layout)?;
+    let sp = StepProgram::build(&c, &o, &layout, a.model.donate)?;
     let build_seconds = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    // With --donate, as `basic train --donate` compiles it.
-    let donations = if a.model.donate {
-        train_donations(&specs, &sspecs)
-    } else {
-        vec![]
-    };
-    let prog = ShardedProgram::compile_donating(
-        rt.client(),
-        &g,
-        &layout.context(),
-        args,
-        results,
-        &donations,
-    )?;
-    let compile_seconds = t1.elapsed().as_secs_f64();
+    let params = sp.param_count();
+    let flops = basic::ir::flops(&sp.graph);
     if let Some(p) = &a.emit {
-        std::fs::write(p, &prog.text).with_context(|| format!("cannot write `{}`", p.display()))?;
+        std::fs::write(p, &sp.text).with_context(|| format!("cannot write `{}`", p.display()))?;
     }
-    let mem = prog.memory_stats()?;
-    let params: i64 = specs.iter().map(|s| s.element_count()).sum();
-    let flops = basic::ir::flops(&g);
-    let n = layout.mesh.size();
-    if a.json {
+    let n = layout.mesh.size() as usize;
+    let report = match &target {
+        Some(t) => {
+            let topo = t.topology()?;
+            let t1 = Instant::now();
+            let compiled = sp.compile_for(t, &topo, &layout)?;
+            let compile_seconds = t1.elapsed().as_secs_f64();
+            let mem = compiled.memory_stats()?;
+            let ids = compiled.options().devices();
+            let process_index = ids
+                .iter()
+                .map(|id| {
+                    topo.devices()
+                        .iter()
+                        .find(|d| i64::from(d.id) == *id)
+                        .map_or(0, |d| d.process_index)
+                })
+                .collect();
+            if let Some(path) = &a.save_executable {
+                let machine = Machine::of_target(t, &topo, &compiled);
+                save_executable(
+                    path,
+                    &sp,
+                    &c,
+                    &o,
+                    &layout,
+                    &a.model,
+                    &machine,
+                    compiled.serialize()?,
+                )?;
+            }
+            StepReport {
+                target: Some(t.clone()),
+                params,
+                flops,
+                build_seconds,
+                compile_seconds,
+                mem,
+                process_index,
+            }
+        }
+        None => {
+            let rt = a.model.open(&layout)?;
+            let t1 = Instant::now();
+            let prog = ShardedProgram::compile_text(
+                rt.client(),
+                &layout.context(),
+                sp.args.clone(),
+                sp.results.clone(),
+                sp.text.clone(),
+            )?;
+            let compile_seconds = t1.elapsed().as_secs_f64();
+            let mem = prog.memory_stats()?;
+            if let Some(path) = &a.save_executable {
+                let machine = Machine::of_client(rt.client(), n);
+                save_executable(
+                    path,
+                    &sp,
+                    &c,
+                    &o,
+                    &layout,
+                    &a.model,
+                    &machine,
+                    prog.exe.serialize()?,
+                )?;
+            }
+            StepReport {
+                target: None,
+                params,
+                flops,
+                build_seconds,
+                compile_seconds,
+                mem,
+                process_index: vec![0; n],
+            }
+        }
+    };
+    print_report(&c, &o, &layout, &report, a.json)?;
+    if let Some(p) = &a.save_executable {
+        if !a.json {
+            println!("executable        {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_executable(
+    path: &std::path::Path,
+    sp: &StepProgram,
+    c: &ModelConfig,
+    o: &StepOptions,
+    layout: &basic::train::Layout,
+    m: &ModelArgs,
+    machine: &Machine,
+    bytes: Vec<u8>,
+) -> anyhow::Result<()> {
+    let manifest = sp.manifest(c, o, layout, &m.partitioning_label(), machine)?;
+    basic::io::executable::SavedExecutable {
+        manifest,
+        program: sp.text.clone(),
+        executable: bytes,
+    }
+    .write(path)?;
+    Ok(())
+}
+
+fn print_report(
+    c: &ModelConfig,
+    o: &StepOptions,
+    layout: &basic::train::Layout,
+    r: &StepReport,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let n = layout.mesh.size() as usize;
+    let mem = &r.mem;
+    let hbm = r.target.as_ref().map(|t| t.spec.hbm_bytes);
+    let fits = r.fits();
+    let bound = r.target.as_ref().map(|t| {
+        // Every device runs the whole program on its shard: the analytic FLOPs of the global step
+        // spread over the mesh's devices at the target's peak.
+        r.flops / (n as f64 * t.spec.peak_bf16_flops)
+    });
+    if json_out {
         let devices: Vec<_> = (0..n)
             .map(|d| {
-                json!({"id": d, "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
-                       "temp_bytes": mem.temp_bytes, "alias_bytes": mem.alias_bytes, "peak_bytes": mem.peak_bytes})
+                let mut v = json!({"id": d, "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
+                       "temp_bytes": mem.temp_bytes, "alias_bytes": mem.alias_bytes, "peak_bytes": mem.peak_bytes,
+                       "generated_code_bytes": mem.generated_code_bytes,
+                       "process_index": r.process_index.get(d).copied().unwrap_or(0)});
+                if let (Some(h), Some(f)) = (hbm, fits) {
+                    v["hbm_bytes"] = json!(h);
+                    v["fits"] = json!(f);
+                }
+                v
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "model": c.name, "params": params, "flops_per_step": flops, "compile_seconds": compile_seconds,
-                "build_seconds": build_seconds, "batch": o.batch, "microbatches": o.microbatches,
-                "remat": c.train.remat, "dtype": c.train.dtype, "mesh": layout.mesh.to_string(),
-                "partitioner": format!("{:?}", layout.partitioner).to_lowercase(), "devices": devices,
-            }))?
-        );
+        let mut hosts: Vec<i32> = r.process_index.clone();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut out = json!({
+            "model": c.name, "params": r.params, "flops_per_step": r.flops, "compile_seconds": r.compile_seconds,
+            "build_seconds": r.build_seconds, "batch": o.batch, "microbatches": o.microbatches,
+            "remat": c.train.remat, "dtype": c.train.dtype, "mesh": layout.mesh.to_string(),
+            "partitioner": format!("{:?}", layout.partitioner).to_lowercase(), "devices": devices,
+            "generated_code_bytes": mem.generated_code_bytes, "hosts": hosts.len(),
+        });
+        if let Some(t) = &r.target {
+            out["target"] = json!(t.name());
+            out["fits"] = json!(fits);
+            out["hbm_bytes"] = json!(t.spec.hbm_bytes);
+            out["step_time_lower_bound_seconds"] = json!(bound);
+            out["step_time_lower_bound_is"] = json!(
+                "analytic FLOPs / (devices × peak dense bf16 FLOP/s): a bound, not a prediction"
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
+    }
+    if let Some(t) = &r.target {
+        let hosts = {
+            let mut h = r.process_index.clone();
+            h.sort_unstable();
+            h.dedup();
+            h.len()
+        };
+        println!(
+            "target            {} ({}; {} device(s) over {} host(s) in this program)",
+            t.name(),
+            t.spec.description,
+            n,
+            hosts
+        );
     }
     println!(
         "model             {} ({} parameters, {:.3} GFLOP per step)",
         c.name,
-        params,
-        flops / 1e9
+        r.params,
+        r.flops / 1e9
     );
     println!(
         "step              batch {} in {} micro-batch(es), remat {}, {}",
@@ -253,8 +429,8 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
         "mesh              {} ({} device(s), {:?})",
         layout.mesh, n, layout.partitioner
     );
-    println!("build + emit      {build_seconds:.3} s");
-    println!("compile           {compile_seconds:.3} s");
+    println!("build + emit      {:.3} s", r.build_seconds);
+    println!("compile           {:.3} s", r.compile_seconds);
     println!(
         "memory per device arguments {}, outputs {}, temporaries {}, peak {}",
         human(mem.argument_bytes),
@@ -262,6 +438,29 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
         human(mem.temp_bytes),
         human(mem.peak_bytes)
     );
+    println!("generated code    {}", human(mem.generated_code_bytes));
+    if let (Some(t), Some(f), Some(b)) = (&r.target, fits, bound) {
+        if f {
+            println!(
+                "fits              yes: peak {} of {} HBM per device ({} free)",
+                human(mem.peak_bytes),
+                human(t.spec.hbm_bytes),
+                human(t.spec.hbm_bytes - mem.peak_bytes)
+            );
+        } else {
+            println!(
+                "fits              NO: peak {} exceeds {} HBM per device by {}",
+                human(mem.peak_bytes),
+                human(t.spec.hbm_bytes),
+                human(mem.peak_bytes - t.spec.hbm_bytes)
+            );
+        }
+        println!(
+            "step time         ≥ {:.4} s (a lower bound: analytic FLOPs at {:.0} TFLOP/s bf16 per device)",
+            b,
+            t.spec.peak_bf16_flops / 1e12
+        );
+    }
     Ok(())
 }
 

@@ -163,6 +163,11 @@ pub struct TrainArgs {
     /// No progress line
     #[arg(long)]
     quiet: bool,
+
+    /// Load the step from an executable saved by `basic compile --save-executable` for this
+    /// machine and these flags, instead of compiling it (a mismatch is refused)
+    #[arg(long, value_name = "FILE")]
+    executable: Option<PathBuf>,
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -193,6 +198,8 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         init_from: a.init_from.clone(),
         tokenizer: a.tokenizer.clone(),
         donate: a.model.donate,
+        partitioning: a.model.partitioning_label(),
+        executable: a.executable.clone(),
     };
     let s = train(&rt, &opts)?;
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);

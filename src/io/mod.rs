@@ -1,3 +1,4 @@
 //! Files: safetensors reading and atomic writing.
 
+pub mod executable;
 pub mod safetensors;

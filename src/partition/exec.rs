@@ -26,6 +26,37 @@ impl ShardedArg<'_> {
     }
 }
 
+/// Validates every spec against its tensor and the mesh, then emits the partitioned StableHLO,
+/// donating each `(argument, result)` pair of `donate`. Names in errors are the graph's own.
+pub fn emit(
+    graph: &Graph,
+    ctx: &ShardingContext,
+    args: &[PartitionSpec],
+    results: &[PartitionSpec],
+    donate: &[(usize, usize)],
+) -> Result<String> {
+    if args.len() != graph.params.len() || results.len() != graph.outputs.len() {
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "shardings for `{}`: {} argument and {} result specs for {} parameters and {} outputs",
+                graph.name,
+                args.len(),
+                results.len(),
+                graph.params.len(),
+                graph.outputs.len()
+            ),
+            fix: "give one spec per parameter and per output".into(),
+        });
+    }
+    for ((name, v), s) in graph.params.iter().zip(args) {
+        s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
+    }
+    for ((name, v), s) in graph.outputs.iter().zip(results) {
+        s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
+    }
+    crate::lower::module_sharded_donating(graph, ctx, args, results, donate)
+}
+
 /// A program partitioned over a mesh, with the specs of its arguments and results.
 pub struct ShardedProgram {
     pub exe: Executable,
@@ -60,26 +91,19 @@ impl ShardedProgram {
         donate: &[(usize, usize)],
     ) -> Result<ShardedProgram> {
         ctx.mesh.check_devices(client.devices().len())?;
-        if args.len() != graph.params.len() || results.len() != graph.outputs.len() {
-            return Err(Error::InvalidArgument {
-                what: format!(
-                    "shardings for `{}`: {} argument and {} result specs for {} parameters and {} outputs",
-                    graph.name,
-                    args.len(),
-                    results.len(),
-                    graph.params.len(),
-                    graph.outputs.len()
-                ),
-                fix: "give one spec per parameter and per output".into(),
-            });
-        }
-        for ((name, v), s) in graph.params.iter().zip(&args) {
-            s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
-        }
-        for ((name, v), s) in graph.outputs.iter().zip(&results) {
-            s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
-        }
-        let text = crate::lower::module_sharded_donating(graph, ctx, &args, &results, donate)?;
+        let text = emit(graph, ctx, &args, &results, donate)?;
+        Self::compile_text(client, ctx, args, results, text)
+    }
+
+    /// Compiles a program [`emit`] made with these specs.
+    pub fn compile_text(
+        client: &Client,
+        ctx: &ShardingContext,
+        args: Vec<PartitionSpec>,
+        results: Vec<PartitionSpec>,
+        text: String,
+    ) -> Result<ShardedProgram> {
+        ctx.mesh.check_devices(client.devices().len())?;
         let exe = client.compile(&text, &ctx.compile_options())?;
         Ok(ShardedProgram {
             exe,
@@ -88,6 +112,25 @@ impl ShardedProgram {
             results,
             text,
         })
+    }
+
+    /// A program loaded from a serialized executable (`basic train --executable`): `text` is the
+    /// StableHLO it was compiled from, whose specs the caller has checked against `args` and
+    /// `results`.
+    pub fn from_loaded(
+        exe: Executable,
+        ctx: &ShardingContext,
+        args: Vec<PartitionSpec>,
+        results: Vec<PartitionSpec>,
+        text: String,
+    ) -> ShardedProgram {
+        ShardedProgram {
+            exe,
+            ctx: ctx.clone(),
+            args,
+            results,
+            text,
+        }
     }
 
     pub fn mesh(&self) -> &Mesh {

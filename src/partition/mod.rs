@@ -11,7 +11,7 @@ mod exec;
 mod placement;
 mod rules;
 
-pub use exec::{Sharded, ShardedArg, ShardedProgram};
+pub use exec::{emit, Sharded, ShardedArg, ShardedProgram};
 pub use placement::{gather, shard, shard_index};
 pub use rules::{LogicalRules, ParamRule, Rules};
 

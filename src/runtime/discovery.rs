@@ -202,13 +202,18 @@ pub fn find_plugin(backend: &Backend) -> Result<PathBuf> {
         }
         Backend::Cuda => {
             let site = python_site_dirs();
-            let searched: Vec<PathBuf> = site
+            // The project-local copy first (`scripts/test` installs jax-cuda13-pjrt there).
+            let searched: Vec<PathBuf> = local_roots()
                 .iter()
-                .flat_map(|s| glob_one(&s.join("jax_plugins"), "xla_cuda", "xla_cuda_plugin.so"))
-                .chain(local_roots().iter().flat_map(|r| {
-                    glob_one(r, "xla-cuda", "jax_plugins")
+                .flat_map(|r| {
+                    ["jax-cuda", "xla-cuda"]
                         .into_iter()
+                        .flat_map(|prefix| glob_one(r, prefix, "jax_plugins"))
                         .flat_map(|j| glob_one(&j, "xla_cuda", "xla_cuda_plugin.so"))
+                        .collect::<Vec<_>>()
+                })
+                .chain(site.iter().flat_map(|s| {
+                    glob_one(&s.join("jax_plugins"), "xla_cuda", "xla_cuda_plugin.so")
                 }))
                 .collect();
             if let Some(p) = searched.iter().find(|p| p.is_file()) {
@@ -221,7 +226,7 @@ pub fn find_plugin(backend: &Backend) -> Result<PathBuf> {
             );
             (
                 shown,
-                "python3 -m pip install jax-cuda13-pjrt   (or pass --backend PATH/TO/xla_cuda_plugin.so)".into(),
+                format!("python3 -m pip install --no-deps --target {LOCAL_DIR}/jax-cuda13-pjrt jax-cuda13-pjrt==0.10.2   (or run scripts/test, which does it)"),
             )
         }
         Backend::Tpu => {
@@ -236,7 +241,7 @@ pub fn find_plugin(backend: &Backend) -> Result<PathBuf> {
             }
             (
                 searched,
-                format!("python3 -m pip install --target {LOCAL_DIR}/libtpu libtpu"),
+                format!("python3 -m pip install --no-deps --target {LOCAL_DIR}/libtpu libtpu==0.0.42.1   (or run scripts/test, which does it)"),
             )
         }
     };
@@ -244,6 +249,39 @@ pub fn find_plugin(backend: &Backend) -> Result<PathBuf> {
         backend: backend.name(),
         searched,
         install,
+    })
+}
+
+/// The folder the CUDA compiler reads `nvvm/libdevice/libdevice.10.bc` and `bin/ptxas` from
+/// (XLA's `xla_gpu_cuda_data_dir`): the project-local `.pjrt/cuda-tools/nvidia/cu13` that
+/// `scripts/test` installs (PyPI `nvidia-nvvm` and `nvidia-cuda-nvcc`), else the same packages in
+/// Python's site-packages.
+pub fn find_cuda_data_dir() -> Result<PathBuf> {
+    let has = |d: &Path| d.join("nvvm/libdevice/libdevice.10.bc").is_file();
+    let mut searched = Vec::new();
+    for root in local_roots() {
+        for cu in ["cu13", "cu12"] {
+            searched.push(root.join("cuda-tools/nvidia").join(cu));
+        }
+    }
+    for site in python_site_dirs() {
+        for cu in ["cu13", "cu12"] {
+            searched.push(site.join("nvidia").join(cu));
+        }
+        searched.push(site.join("nvidia/cuda_nvcc"));
+    }
+    if let Some(d) = searched.iter().find(|d| has(d)) {
+        return Ok(d.clone());
+    }
+    Err(Error::PluginNotFound {
+        backend: "cuda compiler tools (libdevice, ptxas)".into(),
+        searched: searched
+            .iter()
+            .map(|d| d.join("nvvm/libdevice/libdevice.10.bc"))
+            .collect(),
+        install: format!(
+            "python3 -m pip install --no-deps --target {LOCAL_DIR}/cuda-tools nvidia-nvvm==13.0.88 nvidia-cuda-nvcc==13.0.88   (or run scripts/test, which does it)"
+        ),
     })
 }
 

@@ -42,6 +42,14 @@ pub struct PJRT_Executable {
 pub struct PJRT_LoadedExecutable {
     _p: [u8; 0],
 }
+#[repr(C)]
+pub struct PJRT_TopologyDescription {
+    _p: [u8; 0],
+}
+#[repr(C)]
+pub struct PJRT_SerializedExecutable {
+    _p: [u8; 0],
+}
 
 pub type Ext = *mut c_void;
 
@@ -459,6 +467,121 @@ pub struct PJRT_Buffer_GetMemoryLayout_Args {
     pub layout: PJRT_Buffer_MemoryLayout,
 }
 
+#[repr(C)]
+pub struct PJRT_DeviceDescription_ProcessIndex_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub device_description: *mut PJRT_DeviceDescription,
+    pub process_index: c_int,
+}
+
+#[repr(C)]
+pub struct PJRT_DeviceDescription_Attributes_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub device_description: *mut PJRT_DeviceDescription,
+    pub num_attributes: usize,
+    pub attributes: *const PJRT_NamedValue,
+}
+
+#[repr(C)]
+pub struct PJRT_Executable_SizeOfGeneratedCodeInBytes_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub executable: *mut PJRT_Executable,
+    pub size_in_bytes: i64,
+}
+
+#[repr(C)]
+pub struct PJRT_Executable_OptimizedProgram_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub executable: *mut PJRT_Executable,
+    pub program: *mut PJRT_Program,
+}
+
+#[repr(C)]
+pub struct PJRT_Executable_Serialize_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub executable: *const PJRT_Executable,
+    pub serialized_bytes: *const c_char,
+    pub serialized_bytes_size: usize,
+    pub serialized_executable: *mut PJRT_SerializedExecutable,
+    pub serialized_executable_deleter: Option<unsafe extern "C" fn(*mut PJRT_SerializedExecutable)>,
+}
+
+#[repr(C)]
+pub struct PJRT_Executable_DeserializeAndLoad_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub client: *mut PJRT_Client,
+    pub serialized_executable: *const c_char,
+    pub serialized_executable_size: usize,
+    pub loaded_executable: *mut PJRT_LoadedExecutable,
+    pub overridden_serialized_compile_options: *const c_char,
+    pub overridden_serialized_compile_options_size: usize,
+}
+
+#[repr(C)]
+pub struct PJRT_Executable_Fingerprint_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub executable: *mut PJRT_Executable,
+    pub executable_fingerprint: *const c_char,
+    pub executable_fingerprint_size: usize,
+}
+
+#[repr(C)]
+pub struct PJRT_TopologyDescription_Create_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub topology_name: *const c_char,
+    pub topology_name_size: usize,
+    pub create_options: *const PJRT_NamedValue,
+    pub num_options: usize,
+    pub topology: *mut PJRT_TopologyDescription,
+}
+
+#[repr(C)]
+pub struct PJRT_TopologyDescription_Destroy_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub topology: *mut PJRT_TopologyDescription,
+}
+
+/// Shared layout of `PJRT_TopologyDescription_PlatformName_Args` and `_PlatformVersion_Args`.
+#[repr(C)]
+pub struct PJRT_TopologyDescription_String_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub topology: *mut PJRT_TopologyDescription,
+    pub value: *const c_char,
+    pub value_size: usize,
+}
+
+#[repr(C)]
+pub struct PJRT_TopologyDescription_GetDeviceDescriptions_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub topology: *mut PJRT_TopologyDescription,
+    pub descriptions: *const *mut PJRT_DeviceDescription,
+    pub num_descriptions: usize,
+}
+
+/// `PJRT_Compile_Args`: compiling for a topology, with no client (compile-only).
+#[repr(C)]
+pub struct PJRT_Compile_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub topology: *mut PJRT_TopologyDescription,
+    pub program: *const PJRT_Program,
+    pub compile_options: *const c_char,
+    pub compile_options_size: usize,
+    pub client: *mut PJRT_Client,
+    pub executable: *mut PJRT_Executable,
+}
+
 /// A PJRT entry point: takes a pointer to its args struct, returns an error or null.
 pub type Entry<A> = Option<unsafe extern "C" fn(args: *mut A) -> *mut PJRT_Error>;
 /// An entry whose layout `basic` does not use; kept only so later fields sit at the right offset.
@@ -500,8 +623,8 @@ pub struct PjrtApi {
     pub client_buffer_from_host_buffer: Entry<PJRT_Client_BufferFromHostBuffer_Args>,
 
     pub device_description_id: Entry<PJRT_DeviceDescription_Id_Args>,
-    pub device_description_process_index: Unused,
-    pub device_description_attributes: Unused,
+    pub device_description_process_index: Entry<PJRT_DeviceDescription_ProcessIndex_Args>,
+    pub device_description_attributes: Entry<PJRT_DeviceDescription_Attributes_Args>,
     pub device_description_kind: Entry<PJRT_DeviceDescription_String_Args>,
     pub device_description_debug_string: Entry<PJRT_DeviceDescription_String_Args>,
     pub device_description_to_string: Entry<PJRT_DeviceDescription_String_Args>,
@@ -524,11 +647,12 @@ pub struct PjrtApi {
     pub executable_num_replicas: Unused,
     pub executable_num_partitions: Unused,
     pub executable_num_outputs: Entry<PJRT_Executable_NumOutputs_Args>,
-    pub executable_size_of_generated_code_in_bytes: Unused,
+    pub executable_size_of_generated_code_in_bytes:
+        Entry<PJRT_Executable_SizeOfGeneratedCodeInBytes_Args>,
     pub executable_get_cost_analysis: Unused,
     pub executable_output_memory_kinds: Unused,
-    pub executable_optimized_program: Unused,
-    pub executable_serialize: Unused,
+    pub executable_optimized_program: Entry<PJRT_Executable_OptimizedProgram_Args>,
+    pub executable_serialize: Entry<PJRT_Executable_Serialize_Args>,
 
     pub loaded_executable_destroy: Entry<PJRT_LoadedExecutable_Destroy_Args>,
     pub loaded_executable_get_executable: Entry<PJRT_LoadedExecutable_GetExecutable_Args>,
@@ -536,7 +660,7 @@ pub struct PjrtApi {
     pub loaded_executable_delete: Unused,
     pub loaded_executable_is_deleted: Unused,
     pub loaded_executable_execute: Entry<PJRT_LoadedExecutable_Execute_Args>,
-    pub executable_deserialize_and_load: Unused,
+    pub executable_deserialize_and_load: Entry<PJRT_Executable_DeserializeAndLoad_Args>,
     pub loaded_executable_fingerprint: Unused,
 
     pub buffer_destroy: Entry<PJRT_Buffer_Destroy_Args>,
@@ -566,15 +690,16 @@ pub struct PjrtApi {
     pub copy_to_device_stream_granule_size: Unused,
     pub copy_to_device_stream_current_bytes: Unused,
 
-    pub topology_description_create: Unused,
-    pub topology_description_destroy: Unused,
-    pub topology_description_platform_name: Unused,
-    pub topology_description_platform_version: Unused,
-    pub topology_description_get_device_descriptions: Unused,
+    pub topology_description_create: Entry<PJRT_TopologyDescription_Create_Args>,
+    pub topology_description_destroy: Entry<PJRT_TopologyDescription_Destroy_Args>,
+    pub topology_description_platform_name: Entry<PJRT_TopologyDescription_String_Args>,
+    pub topology_description_platform_version: Entry<PJRT_TopologyDescription_String_Args>,
+    pub topology_description_get_device_descriptions:
+        Entry<PJRT_TopologyDescription_GetDeviceDescriptions_Args>,
     pub topology_description_serialize: Unused,
     pub topology_description_attributes: Unused,
 
-    pub compile: Unused,
+    pub compile: Entry<PJRT_Compile_Args>,
 
     pub executable_output_element_types: Unused,
     pub executable_output_dimensions: Unused,
@@ -583,7 +708,7 @@ pub struct PjrtApi {
 
     pub client_create_view_of_device_buffer: Unused,
 
-    pub executable_fingerprint: Unused,
+    pub executable_fingerprint: Entry<PJRT_Executable_Fingerprint_Args>,
 
     pub client_topology_description: Unused,
 
@@ -633,5 +758,36 @@ mod tests {
         );
         assert_eq!(size_of::<PJRT_Client_BufferFromHostBuffer_Args>(), 120);
         assert_eq!(size_of::<PJRT_LoadedExecutable_Execute_Args>(), 80);
+        // The compile-only entries (same C program).
+        assert_eq!(offset_of!(PjrtApi, device_description_process_index), 232);
+        assert_eq!(offset_of!(PjrtApi, device_description_attributes), 240);
+        assert_eq!(
+            offset_of!(PjrtApi, executable_size_of_generated_code_in_bytes),
+            400
+        );
+        assert_eq!(offset_of!(PjrtApi, executable_optimized_program), 424);
+        assert_eq!(offset_of!(PjrtApi, executable_serialize), 432);
+        assert_eq!(offset_of!(PjrtApi, executable_deserialize_and_load), 488);
+        assert_eq!(offset_of!(PjrtApi, topology_description_create), 696);
+        assert_eq!(offset_of!(PjrtApi, topology_description_destroy), 704);
+        assert_eq!(offset_of!(PjrtApi, topology_description_platform_name), 712);
+        assert_eq!(
+            offset_of!(PjrtApi, topology_description_get_device_descriptions),
+            728
+        );
+        assert_eq!(offset_of!(PjrtApi, compile), 752);
+        assert_eq!(offset_of!(PjrtApi, executable_fingerprint), 792);
+        assert_eq!(size_of::<PJRT_TopologyDescription_Create_Args>(), 56);
+        assert_eq!(size_of::<PJRT_Compile_Args>(), 64);
+        assert_eq!(size_of::<PJRT_Executable_Serialize_Args>(), 56);
+        assert_eq!(size_of::<PJRT_Executable_DeserializeAndLoad_Args>(), 64);
+        assert_eq!(size_of::<PJRT_Executable_OptimizedProgram_Args>(), 32);
+        assert_eq!(size_of::<PJRT_DeviceDescription_Attributes_Args>(), 40);
+        assert_eq!(
+            size_of::<PJRT_TopologyDescription_GetDeviceDescriptions_Args>(),
+            40
+        );
+        assert_eq!(size_of::<PJRT_Executable_Fingerprint_Args>(), 40);
+        assert_eq!(size_of::<PJRT_DeviceDescription_ProcessIndex_Args>(), 32);
     }
 }

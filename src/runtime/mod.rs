@@ -15,27 +15,38 @@
 //! # Ok(()) }
 //! ```
 
+#[macro_use]
+mod call;
 mod array;
+mod buffer;
 mod client;
 mod discovery;
+mod executable;
 pub mod ffi;
+mod named;
 mod options;
 mod plugin;
 mod program;
+mod topology;
 
 use std::sync::Arc;
 
 pub use crate::dtype::TensorType;
 pub use array::{element_count, HostArray};
-pub use client::{
-    ArgBuffer, Client, ClientOptions, DeviceBuffer, DeviceInfo, Executable, MemoryStats,
-};
+pub use buffer::{ArgBuffer, DeviceBuffer};
+pub use client::{Client, ClientOptions, DeviceInfo};
 pub use discovery::{
-    find_cpu_plugins, find_plugin, Backend, KnownPlugin, CPU_PLUGINS, LOCAL_DIR, PLUGIN_ENV,
+    find_cpu_plugins, find_cuda_data_dir, find_plugin, Backend, KnownPlugin, CPU_PLUGINS,
+    LOCAL_DIR, PLUGIN_ENV,
 };
-pub use options::{CompileOptions, Partitioner};
+pub use executable::{CompiledProgram, Executable, MemoryStats};
+pub use named::{
+    NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_TOPOLOGY, TPU_TOPOLOGY,
+};
+pub use options::{CompileOptions, DebugValue, Partitioner};
 pub use plugin::{AttrValue, Plugin};
 pub use program::{parse_hlo_sharding, Param, Signature, Tiling};
+pub use topology::{Description, Topology};
 
 use crate::error::Result;
 

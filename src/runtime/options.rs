@@ -24,7 +24,7 @@ pub enum Partitioner {
 }
 
 /// How a program is laid out over devices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CompileOptions {
     pub num_replicas: usize,
     pub num_partitions: usize,
@@ -34,6 +34,19 @@ pub struct CompileOptions {
     /// Device ids, replica-major: `devices[r * num_partitions + p]` runs replica `r`, partition `p`.
     /// `None` means `0..num_replicas * num_partitions`.
     pub device_assignment: Option<Vec<i64>>,
+    /// XLA debug options set by name on top of the plugin's defaults (`env_option_overrides`),
+    /// e.g. `xla_gpu_cuda_data_dir`. Sent as overrides rather than a `DebugOptions` message,
+    /// which would replace every default with zero.
+    pub debug_options: Vec<(String, DebugValue)>,
+}
+
+/// The value of one XLA debug option (`OptionOverrideProto`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DebugValue {
+    String(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
 }
 
 impl Default for CompileOptions {
@@ -51,6 +64,7 @@ impl CompileOptions {
             spmd: false,
             partitioner: Partitioner::Shardy,
             device_assignment: None,
+            debug_options: Vec::new(),
         }
     }
 
@@ -62,6 +76,7 @@ impl CompileOptions {
             spmd: true,
             partitioner,
             device_assignment: None,
+            debug_options: Vec::new(),
         }
     }
 
@@ -139,6 +154,25 @@ impl CompileOptions {
 
         let mut out = Vec::new();
         put_bytes_field(&mut out, 3, &build);
+        // CompileOptionsProto.env_option_overrides = 7: map<string, OptionOverrideProto>, each
+        // entry { key = 1, value = 2 }; OptionOverrideProto: string_field = 1, bool_field = 2,
+        // int_field = 3, double_field = 4.
+        for (name, value) in &self.debug_options {
+            let mut v = Vec::new();
+            match value {
+                DebugValue::String(s) => put_bytes_field(&mut v, 1, s.as_bytes()),
+                DebugValue::Bool(b) => put_varint_field(&mut v, 2, *b as u64),
+                DebugValue::Int(i) => put_varint_field(&mut v, 3, *i as u64),
+                DebugValue::Double(d) => {
+                    put_varint(&mut v, (4 << 3) | 1);
+                    v.extend_from_slice(&d.to_le_bytes());
+                }
+            }
+            let mut entry = Vec::new();
+            put_bytes_field(&mut entry, 1, name.as_bytes());
+            put_bytes_field(&mut entry, 2, &v);
+            put_bytes_field(&mut out, 7, &entry);
+        }
         out
     }
 }
@@ -181,6 +215,15 @@ mod tests {
         let mut expected = vec![0x1a, build.len() as u8];
         expected.extend(build);
         assert_eq!(bytes, expected);
+
+        // One string override: field 7 { key "k" (0a 01 6b), value { string_field "v" } (12 03 0a 01 76) }.
+        let mut o = CompileOptions::single();
+        o.debug_options = vec![("k".into(), DebugValue::String("v".into()))];
+        let bytes = o.encode();
+        assert_eq!(
+            &bytes[expected.len()..],
+            &[0x3a, 0x08, 0x0a, 0x01, 0x6b, 0x12, 0x03, 0x0a, 0x01, 0x76]
+        );
     }
 
     #[test]
@@ -221,6 +264,7 @@ impl CompileOptions {
                 Partitioner::Gspmd
             },
             device_assignment: None,
+            debug_options: Vec::new(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Training: BASIC's step as one program, optimizers, parameter initialisation.
 
+pub mod aot;
 pub mod init;
 pub mod optim;
 pub mod plot;

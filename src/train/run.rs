@@ -14,12 +14,13 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::io::safetensors;
-use crate::model::{basic as dual, ModelConfig, ParamSpec};
+use crate::model::{basic as dual, ModelConfig};
 use crate::partition::{Sharded, ShardedArg, ShardedProgram};
 use crate::runtime::{HostArray, Runtime};
 
+use super::aot::{Machine, StepProgram};
 use super::init;
-use super::step::{train_graph, StepOptions};
+use super::step::StepOptions;
 use super::Layout;
 
 /// What `basic train` was asked to do.
@@ -48,6 +49,11 @@ pub struct RunOptions {
     pub tokenizer: Option<PathBuf>,
     /// Donate parameters and optimizer state to the step's outputs (written in place).
     pub donate: bool,
+    /// The partitioning preset or file the layout's rules came from (recorded in and checked
+    /// against a saved executable's manifest).
+    pub partitioning: String,
+    /// Load the step from this saved executable instead of compiling it.
+    pub executable: Option<PathBuf>,
 }
 
 /// What a run ended with.
@@ -279,19 +285,28 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
         .map(|(t, _)| t)
         .unwrap_or_default();
 
-    // The step program, sharded over the layout's mesh.
-    let (g, specs, sspecs) = train_graph(c, &o.step)?;
-    let mut all: Vec<ParamSpec> = specs.clone();
-    all.extend(sspecs.iter().cloned());
-    let (sa, sr) = o.layout.specs(&g, &all)?;
-    // With `donate`, parameters and optimizer state are written in place by the step.
-    let donations = if o.donate {
-        crate::train::step::train_donations(&specs, &sspecs)
-    } else {
-        vec![]
+    // The step program, sharded over the layout's mesh: compiled here, or loaded from an
+    // executable saved for this machine and these flags.
+    let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
+    let (specs, sspecs) = (sp.params.clone(), sp.state.clone());
+    let prog = match &o.executable {
+        Some(path) => {
+            let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
+            let expected = sp.manifest(c, &o.step, &o.layout, &o.partitioning, &machine)?;
+            let prog = sp.load(rt.client(), path, &expected, &o.layout)?;
+            if o.progress {
+                eprintln!("loaded the step from {}", path.display());
+            }
+            prog
+        }
+        None => ShardedProgram::compile_text(
+            rt.client(),
+            &o.layout.context(),
+            sp.args,
+            sp.results,
+            sp.text,
+        )?,
     };
-    let prog =
-        ShardedProgram::compile_donating(rt.client(), &g, &o.layout.context(), sa, sr, &donations)?;
     let pnames: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let snames: Vec<String> = sspecs.iter().map(|s| s.name.clone()).collect();
 

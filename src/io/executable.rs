@@ -1,0 +1,192 @@
+//! Saved executables: a compiled training step with the manifest that says what it was compiled
+//! for, so that `basic train --executable F` on a machine of that target loads it instead of
+//! compiling, and refuses one built for anything else.
+//!
+//! Layout of the file: the 8 bytes `BASICEXE`, then three sections, each a little-endian `u64`
+//! length and its bytes: the manifest (JSON), the StableHLO program it was compiled from (its
+//! `@main` signature checks every execute), and the plugin's serialized executable. Written
+//! atomically.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"BASICEXE";
+/// Bumped when the layout or the manifest's meaning changes.
+pub const FORMAT: u32 = 1;
+
+/// What an executable was compiled for and from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// `tpu-v5e:2x2`, `h100:8`, or `cpu:N` for the local CPU plugin.
+    pub target: String,
+    /// The platform (`tpu`, `cuda`, `cpu`) and the kind of its devices (`TPU v5 lite`).
+    pub platform: String,
+    pub device_kind: String,
+    /// Devices the program runs on (the mesh's size).
+    pub devices: usize,
+    /// The plugin package and version (`libtpu 0.0.42.1`), else its platform version.
+    pub plugin_version: String,
+    pub model: String,
+    /// SHA-256 of the model configuration (TOML, flags applied).
+    pub config_sha256: String,
+    pub batch: i64,
+    pub microbatches: i64,
+    pub remat: String,
+    pub dtype: String,
+    pub mesh: String,
+    pub partitioning: String,
+    pub partitioner: String,
+    pub donate: bool,
+    /// SHA-256 of the StableHLO text.
+    pub program_sha256: String,
+    /// `@main`'s argument and result types (global shapes).
+    pub arguments: Vec<String>,
+    pub results: Vec<String>,
+    /// Device ids, replica-major, that the program was compiled for.
+    pub device_assignment: Vec<i64>,
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A saved executable: manifest, program text and the plugin's bytes.
+#[derive(Clone, Debug)]
+pub struct SavedExecutable {
+    pub manifest: Manifest,
+    pub program: String,
+    pub executable: Vec<u8>,
+}
+
+impl SavedExecutable {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let manifest =
+            serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::InvalidArgument {
+                what: format!("the manifest of `{}`", path.display()),
+                fix: format!("cannot serialize it: {e}"),
+            })?;
+        let mut out = Vec::with_capacity(
+            MAGIC.len() + 24 + manifest.len() + self.program.len() + self.executable.len(),
+        );
+        out.extend_from_slice(MAGIC);
+        for section in [&manifest[..], self.program.as_bytes(), &self.executable[..]] {
+            out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+            out.extend_from_slice(section);
+        }
+        crate::io::safetensors::write_atomic(path, &out)
+    }
+
+    pub fn read(path: &Path) -> Result<SavedExecutable> {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |why: &str| Error::InvalidArgument {
+            what: format!("executable file `{}`", path.display()),
+            fix: format!("{why}; write it with `basic compile --save-executable`"),
+        };
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            return Err(bad("it is not a basic executable (no BASICEXE header)"));
+        }
+        let mut at = MAGIC.len();
+        let mut sections = Vec::new();
+        for _ in 0..3 {
+            let Some(len) = data.get(at..at + 8) else {
+                return Err(bad("it is truncated"));
+            };
+            let len = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
+            at += 8;
+            let Some(bytes) = at.checked_add(len).and_then(|end| data.get(at..end)) else {
+                return Err(bad("it is truncated"));
+            };
+            sections.push(bytes);
+            at += len;
+        }
+        if at != data.len() {
+            return Err(bad("it has trailing bytes"));
+        }
+        let manifest: Manifest = serde_json::from_slice(sections[0])
+            .map_err(|e| bad(&format!("its manifest does not parse ({e})")))?;
+        if manifest.format != FORMAT {
+            return Err(bad(&format!(
+                "it has format {}, this basic reads format {FORMAT}",
+                manifest.format
+            )));
+        }
+        let program =
+            String::from_utf8(sections[1].to_vec()).map_err(|_| bad("its program is not UTF-8"))?;
+        if sha256_hex(program.as_bytes()) != manifest.program_sha256 {
+            return Err(bad(
+                "its program does not match the manifest's hash (corrupt file)",
+            ));
+        }
+        Ok(SavedExecutable {
+            manifest,
+            program,
+            executable: sections[2].to_vec(),
+        })
+    }
+
+    /// Refuses an executable made for anything other than `expected`: one error listing every
+    /// field that differs (target, plugin version, model, batch, mesh, ...).
+    pub fn check(&self, path: &Path, expected: &Manifest) -> Result<()> {
+        let (a, b) = (&self.manifest, expected);
+        let mut diffs = Vec::new();
+        let mut cmp = |field: &str, saved: String, here: String| {
+            if saved != here {
+                diffs.push(format!("{field}: saved for {saved}, here {here}"));
+            }
+        };
+        cmp("platform", a.platform.clone(), b.platform.clone());
+        cmp("device kind", a.device_kind.clone(), b.device_kind.clone());
+        cmp("devices", a.devices.to_string(), b.devices.to_string());
+        cmp("plugin", a.plugin_version.clone(), b.plugin_version.clone());
+        cmp("model", a.model.clone(), b.model.clone());
+        cmp(
+            "model config (sha256)",
+            a.config_sha256.clone(),
+            b.config_sha256.clone(),
+        );
+        cmp("batch", a.batch.to_string(), b.batch.to_string());
+        cmp(
+            "micro-batches",
+            a.microbatches.to_string(),
+            b.microbatches.to_string(),
+        );
+        cmp("remat", a.remat.clone(), b.remat.clone());
+        cmp("dtype", a.dtype.clone(), b.dtype.clone());
+        cmp("mesh", a.mesh.clone(), b.mesh.clone());
+        cmp(
+            "partitioning",
+            a.partitioning.clone(),
+            b.partitioning.clone(),
+        );
+        cmp("partitioner", a.partitioner.clone(), b.partitioner.clone());
+        cmp("donate", a.donate.to_string(), b.donate.to_string());
+        if diffs.is_empty() && a.program_sha256 != b.program_sha256 {
+            diffs.push(format!(
+                "program: saved {}…, here {}… (another rule file, or another version of basic)",
+                &a.program_sha256[..12],
+                &b.program_sha256[..12]
+            ));
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument {
+            what: format!(
+                "executable `{}` (compiled for {}): {}",
+                path.display(),
+                a.target,
+                diffs.join("; ")
+            ),
+            fix: "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable".into(),
+        })
+    }
+}
