@@ -28,6 +28,29 @@ install_cpu_plugins() {
   install_plugin lammps-jax-pjrt-cpu==0.11.2 lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so
 }
 
+# install_target_plugins: the compilers of the accelerator targets (targets/), which compile for a
+# described TPU slice or GPU host with no device attached: libtpu (TPU), the CUDA PJRT plugin, and
+# the CUDA compiler's libdevice (nvidia-nvvm) and ptxas (nvidia-cuda-nvcc), pinned.
+install_target_plugins() {
+  install_plugin libtpu==0.0.42.1 libtpu/libtpu.so
+  install_plugin jax-cuda13-pjrt==0.10.2 jax_plugins/xla_cuda13/xla_cuda_plugin.so
+  install_into .pjrt/cuda-tools nvidia/cu13/nvvm/libdevice/libdevice.10.bc \
+    nvidia-nvvm==13.0.88 nvidia-cuda-nvcc==13.0.88
+}
+
+# install_into DEST FILE SPEC...: installs the wheels SPEC... (without dependencies) together into
+# DEST, unless DEST/FILE is already there; through a temporary folder, as install_plugin.
+install_into() {
+  local dest=$1 file=$2
+  shift 2
+  [ -f "$dest/$file" ] && return 0
+  echo "installing $* into $dest"
+  rm -rf "$dest.partial"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.partial" "$@"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+}
+
 # install_fashion_mnist: Debian's dataset-fashion-mnist (the real data of the quick start and
 # of the end-to-end tests), unless its files are already there.
 install_fashion_mnist() {

@@ -34,6 +34,7 @@ pub mod lower;
 pub mod model;
 pub mod ops;
 pub mod partition;
+pub mod plan;
 pub mod runtime;
 pub mod target;
 pub mod trace;

@@ -2,6 +2,7 @@
 
 mod devices;
 mod model;
+mod plan;
 mod run;
 mod train;
 
@@ -46,6 +47,8 @@ enum Command {
     Run(run::RunArgs),
     /// Compile the training step without running it: parameters, FLOPs, per-device memory
     Compile(model::CompileArgs),
+    /// Find the micro-batches, remat, mesh and partitioning that fit a target's HBM
+    Plan(plan::PlanArgs),
     /// Loss and gradient of every parameter for one batch (parity with other frameworks)
     Grad(model::GradArgs),
     /// Image and text embeddings and the logit scale of one batch
@@ -73,6 +76,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Devices(a) => devices::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Compile(a) => model::compile(&a),
+        Command::Plan(a) => plan::run(&a),
         Command::Grad(a) => model::grad(&a),
         Command::Embed(a) => model::embed(&a),
         Command::Data(c) => train::data(&c),

@@ -181,6 +181,11 @@ pub struct CompileArgs {
     #[arg(long, value_name = "f32|bf16")]
     dtype: Option<String>,
 
+    /// Length of the learning-rate schedule, as `basic train --steps` sets it (the schedule is
+    /// part of the program, so a saved executable needs the same) [default: the preset's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    steps: Option<i64>,
+
     /// Compile for a described TPU slice or GPU host with its own compiler, no device attached:
     /// tpu-v4:2x2x1, tpu-v5e:2x2, tpu-v5p:2x2x1, tpu-v6e:2x2, a100:8, h100:8, h200:8
     #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices"])]
@@ -209,6 +214,9 @@ pub struct StepReport {
     pub mem: basic::runtime::MemoryStats,
     /// Each device's process (host) index.
     pub process_index: Vec<i32>,
+    /// The target's compiler refused the program as too large, with this message; `mem` then
+    /// holds only what it said it needs (a lower bound on the peak).
+    pub refused: Option<String>,
 }
 
 impl StepReport {
@@ -216,7 +224,7 @@ impl StepReport {
     fn fits(&self) -> Option<bool> {
         self.target
             .as_ref()
-            .map(|t| self.mem.peak_bytes <= t.spec.hbm_bytes)
+            .map(|t| self.refused.is_none() && self.mem.peak_bytes <= t.spec.hbm_bytes)
     }
 }
 
@@ -231,7 +239,10 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(basic::target::Target::parse)
         .transpose()?;
-    let (c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
+    let (mut c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
+    if let Some(s) = a.steps {
+        c.train.total_steps = s;
+    }
     let layout = a.model.layout()?;
     let t0 = Instant::now();
     let sp = StepProgram::build(&c, &o, &layout, a.model.donate)?;
@@ -246,7 +257,36 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
         Some(t) => {
             let topo = t.topology()?;
             let t1 = Instant::now();
-            let compiled = sp.compile_for(t, &topo, &layout)?;
+            let compiled = match sp.compile_for(t, &topo, &layout) {
+                Ok(c) => c,
+                Err(e) => match basic::target::OutOfMemory::from_error(&e) {
+                    // libtpu refuses a program that does not fit instead of sizing it: report
+                    // what it said, as a program that does not fit.
+                    Some(oom) => {
+                        if a.save_executable.is_some() {
+                            bail!("{e}; nothing saved: the program does not fit the target");
+                        }
+                        let report = StepReport {
+                            target: Some(t.clone()),
+                            params,
+                            flops,
+                            build_seconds,
+                            compile_seconds: t1.elapsed().as_secs_f64(),
+                            mem: basic::runtime::MemoryStats {
+                                temp_bytes: oom.required_bytes,
+                                peak_bytes: oom.required_bytes,
+                                ..Default::default()
+                            },
+                            process_index: (0..n)
+                                .map(|i| topo.devices().get(i).map_or(0, |d| d.process_index))
+                                .collect(),
+                            refused: Some(oom.message),
+                        };
+                        return print_report(&c, &o, &layout, &report, a.json);
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             let compile_seconds = t1.elapsed().as_secs_f64();
             let mem = compiled.memory_stats()?;
             let ids = compiled.options().devices();
@@ -280,6 +320,7 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
                 compile_seconds,
                 mem,
                 process_index,
+                refused: None,
             }
         }
         None => {
@@ -315,6 +356,7 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
                 compile_seconds,
                 mem,
                 process_index: vec![0; n],
+                refused: None,
             }
         }
     };
@@ -393,6 +435,10 @@ fn print_report(
             out["fits"] = json!(fits);
             out["hbm_bytes"] = json!(t.spec.hbm_bytes);
             out["step_time_lower_bound_seconds"] = json!(bound);
+            if let Some(m) = &r.refused {
+                out["compiler_refused"] = json!(m);
+                out["peak_bytes_is_lower_bound"] = json!(true);
+            }
             out["step_time_lower_bound_is"] = json!(
                 "analytic FLOPs / (devices × peak dense bf16 FLOP/s): a bound, not a prediction"
             );
@@ -447,6 +493,13 @@ fn print_report(
                 human(t.spec.hbm_bytes),
                 human(t.spec.hbm_bytes - mem.peak_bytes)
             );
+        } else if let Some(m) = &r.refused {
+            println!(
+                "fits              NO: the compiler refused it: {m} (needs at least {}, {} more than the {} HBM per device)",
+                human(mem.peak_bytes),
+                human(mem.peak_bytes - t.spec.hbm_bytes),
+                human(t.spec.hbm_bytes)
+            );
         } else {
             println!(
                 "fits              NO: peak {} exceeds {} HBM per device by {}",
@@ -456,7 +509,7 @@ fn print_report(
             );
         }
         println!(
-            "step time         ≥ {:.4} s (a lower bound: analytic FLOPs at {:.0} TFLOP/s bf16 per device)",
+            "step time         ≥ {:.3e} s (a lower bound: analytic FLOPs at {:.0} TFLOP/s bf16 per device)",
             b,
             t.spec.peak_bf16_flops / 1e12
         );

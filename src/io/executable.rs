@@ -34,6 +34,8 @@ pub struct Manifest {
     pub model: String,
     /// SHA-256 of the model configuration (TOML, flags applied).
     pub config_sha256: String,
+    /// The model configuration itself (TOML), so that a mismatch can name the fields.
+    pub config: String,
     pub batch: i64,
     pub microbatches: i64,
     pub remat: String,
@@ -49,6 +51,38 @@ pub struct Manifest {
     pub results: Vec<String>,
     /// Device ids, replica-major, that the program was compiled for.
     pub device_assignment: Vec<i64>,
+}
+
+/// The `section.key` fields whose values differ between two TOML configs, as
+/// `train.total_steps saved 1000, here 3`.
+fn config_diff(saved: &str, here: &str) -> Vec<String> {
+    fn flat(text: &str) -> Vec<(String, String)> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{}.", s.trim_matches(['[', ']']));
+            } else if let Some((k, v)) = line.split_once('=') {
+                out.push((format!("{section}{}", k.trim()), v.trim().to_string()));
+            }
+        }
+        out
+    }
+    let (a, b) = (flat(saved), flat(here));
+    let mut keys: Vec<&String> = a.iter().chain(&b).map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    let get = |m: &[(String, String)], k: &str| {
+        m.iter()
+            .find(|(x, _)| x == k)
+            .map_or("(absent)".to_string(), |(_, v)| v.clone())
+    };
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (get(&a, k), get(&b, k));
+            (x != y).then(|| format!("{k} saved {x}, here {y}"))
+        })
+        .collect()
 }
 
 /// Hex SHA-256.
@@ -138,6 +172,14 @@ impl SavedExecutable {
     pub fn check(&self, path: &Path, expected: &Manifest) -> Result<()> {
         let (a, b) = (&self.manifest, expected);
         let mut diffs = Vec::new();
+        let config = (a.config_sha256 != b.config_sha256).then(|| {
+            let fields = config_diff(&a.config, &b.config);
+            if fields.is_empty() {
+                "model config: differs".to_string()
+            } else {
+                format!("model config: {}", fields.join(", "))
+            }
+        });
         let mut cmp = |field: &str, saved: String, here: String| {
             if saved != here {
                 diffs.push(format!("{field}: saved for {saved}, here {here}"));
@@ -148,11 +190,6 @@ impl SavedExecutable {
         cmp("devices", a.devices.to_string(), b.devices.to_string());
         cmp("plugin", a.plugin_version.clone(), b.plugin_version.clone());
         cmp("model", a.model.clone(), b.model.clone());
-        cmp(
-            "model config (sha256)",
-            a.config_sha256.clone(),
-            b.config_sha256.clone(),
-        );
         cmp("batch", a.batch.to_string(), b.batch.to_string());
         cmp(
             "micro-batches",
@@ -169,6 +206,7 @@ impl SavedExecutable {
         );
         cmp("partitioner", a.partitioner.clone(), b.partitioner.clone());
         cmp("donate", a.donate.to_string(), b.donate.to_string());
+        diffs.extend(config);
         if diffs.is_empty() && a.program_sha256 != b.program_sha256 {
             diffs.push(format!(
                 "program: saved {}…, here {}… (another rule file, or another version of basic)",

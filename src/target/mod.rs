@@ -217,9 +217,14 @@ impl Target {
 
     /// Finds and loads the plugin that compiles this target.
     pub fn plugin(&self) -> Result<Arc<Plugin>> {
-        let backend = match self.spec.plugin {
-            TargetPlugin::Tpu => Backend::Tpu,
-            TargetPlugin::Cuda => Backend::Cuda,
+        // `BASIC_TPU_PLUGIN` / `BASIC_CUDA_PLUGIN` name a plugin file of the user's own.
+        let (var, default) = match self.spec.plugin {
+            TargetPlugin::Tpu => ("BASIC_TPU_PLUGIN", Backend::Tpu),
+            TargetPlugin::Cuda => ("BASIC_CUDA_PLUGIN", Backend::Cuda),
+        };
+        let backend = match std::env::var_os(var) {
+            Some(p) if !p.is_empty() => Backend::Path(PathBuf::from(p)),
+            _ => default,
         };
         let path = find_plugin(&backend)?;
         if self.spec.plugin == TargetPlugin::Tpu {
@@ -319,6 +324,48 @@ impl Target {
     }
 }
 
+/// A compile that the target's compiler refused because the program does not fit its memory (libtpu
+/// stops with RESOURCE_EXHAUSTED instead of returning figures): what it said it needs and has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutOfMemory {
+    /// Bytes the compiler said it needs (for the part it measured, e.g. the temporaries alone):
+    /// a lower bound on the peak.
+    pub required_bytes: i64,
+    /// Bytes it said are available.
+    pub available_bytes: Option<i64>,
+    pub message: String,
+}
+
+impl OutOfMemory {
+    /// Reads a compiler's out-of-memory error: `... required for HLO temporaries (19.75G) exceeds
+    /// available HBM (15.75G)` or `Used 20.5G of 15.75G hbm`. `None` for any other error.
+    pub fn from_error(e: &Error) -> Option<OutOfMemory> {
+        let Error::Pjrt { code, message, .. } = e else {
+            return None;
+        };
+        if *code != "RESOURCE_EXHAUSTED" {
+            return None;
+        }
+        let sizes = regex::Regex::new(r"(\d+(?:\.\d+)?)\s*([KMGT])i?B?\b").ok()?;
+        let mut found = sizes.captures_iter(message).filter_map(|c| {
+            let v: f64 = c[1].parse().ok()?;
+            let k = match &c[2] {
+                "K" => 1024f64,
+                "M" => 1024f64.powi(2),
+                "G" => 1024f64.powi(3),
+                _ => 1024f64.powi(4),
+            };
+            Some((v * k) as i64)
+        });
+        let required_bytes = found.next()?;
+        Some(OutOfMemory {
+            required_bytes,
+            available_bytes: found.next(),
+            message: message.lines().next().unwrap_or_default().to_string(),
+        })
+    }
+}
+
 fn cuda_data_dir() -> Result<PathBuf> {
     find_cuda_data_dir()
 }
@@ -372,6 +419,24 @@ mod tests {
         let t = Target::parse("h200:16").unwrap();
         assert_eq!(t.shape, vec![2, 8]);
         assert_eq!(TargetSpec::all().unwrap().len(), BUILT_IN.len());
+    }
+
+    #[test]
+    fn reads_libtpu_out_of_memory_errors() {
+        let e = Error::Pjrt {
+            call: "PJRT_Compile",
+            code: "RESOURCE_EXHAUSTED",
+            message: "Ran out of memory on HBM, the total memory required for HLO temporaries (19.75G) exceeds available HBM (15.75G).".into(),
+        };
+        let o = OutOfMemory::from_error(&e).unwrap();
+        assert_eq!(o.required_bytes, (19.75 * 1024f64.powi(3)) as i64);
+        assert_eq!(o.available_bytes, Some((15.75 * 1024f64.powi(3)) as i64));
+        let other = Error::Pjrt {
+            call: "PJRT_Compile",
+            code: "INTERNAL",
+            message: "19.75G".into(),
+        };
+        assert!(OutOfMemory::from_error(&other).is_none());
     }
 
     #[test]

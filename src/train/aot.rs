@@ -85,6 +85,7 @@ impl StepProgram {
             plugin_version: machine.plugin_version.clone(),
             model: c.name.clone(),
             config_sha256: sha256_hex(config.as_bytes()),
+            config,
             batch: o.batch,
             microbatches: o.microbatches,
             remat: c.train.remat.clone(),

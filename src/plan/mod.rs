@@ -1,0 +1,668 @@
+//! `basic plan`: what to choose for a model on a target so that the step fits each device's HBM.
+//!
+//! The space: micro-batches, remat policy, mesh shape (data × model over the target's devices),
+//! partitioning preset, scanned layers and donation. Compiling every point would take hours, so
+//! the search leans on two monotonicities of per-device memory and on a cache:
+//! - at a fixed layout and remat policy, memory falls as the number of micro-batches grows (a
+//!   smaller micro-batch holds fewer activations), so the fewest micro-batches that fit is found by
+//!   bisection over the candidates;
+//! - at a fixed layout, a stronger remat policy never needs more memory, so policies are tried from
+//!   the weakest (least recomputation) and the first that fits at the most micro-batches is the
+//!   one bisected;
+//! - every compile's figures are kept on disk under the hash of the program text, the target and
+//!   the plugin version, so re-planning recompiles nothing.
+//!
+//! Scanned layers and donation are then tried on the best point only (each one compile).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::executable::sha256_hex;
+use crate::model::ModelConfig;
+use crate::partition::{Mesh, Rules};
+use crate::runtime::{MemoryStats, Partitioner, Topology};
+use crate::target::{OutOfMemory, Target};
+use crate::train::aot::StepProgram;
+use crate::train::{Layout, StepOptions};
+
+/// Remat policies from the weakest (most memory, least recomputation) to the strongest.
+pub const REMAT_ORDER: [&str; 3] = ["none", "dots_saveable", "nothing_saveable"];
+
+/// The share of HBM a plan leaves free by default (runtime buffers, fragmentation, the
+/// allocator's own reserve).
+pub const DEFAULT_HEADROOM: f64 = 0.10;
+
+/// One point of the space.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub batch: i64,
+    pub microbatches: i64,
+    pub remat: String,
+    pub mesh: String,
+    pub partitioning: String,
+    pub scan_layers: bool,
+    pub donate: bool,
+}
+
+impl Choice {
+    /// The flags that give this choice, for `basic compile` and `basic train`.
+    pub fn flags(&self) -> String {
+        let mut f = format!(
+            "--batch {} --microbatches {} --remat {} --mesh {} --partitioning {}",
+            self.batch, self.microbatches, self.remat, self.mesh, self.partitioning
+        );
+        if self.scan_layers {
+            f.push_str(" --scan-layers");
+        }
+        if self.donate {
+            f.push_str(" --donate");
+        }
+        f
+    }
+}
+
+/// A compiled point and its figures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tried {
+    #[serde(flatten)]
+    pub choice: Choice,
+    /// Per device, from the target's compiler; absent when the point could not be compiled.
+    pub peak_bytes: Option<i64>,
+    pub argument_bytes: Option<i64>,
+    pub temp_bytes: Option<i64>,
+    pub fits: bool,
+    /// Analytic FLOPs of the step (recomputation included).
+    pub flops: f64,
+    pub step_time_lower_bound_seconds: f64,
+    pub compile_seconds: f64,
+    /// Figures from the on-disk cache: no compile ran.
+    pub cached: bool,
+    /// Why the point was not compiled or failed to compile.
+    pub error: Option<String>,
+}
+
+/// The result of a plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub model: String,
+    pub target: String,
+    pub budget_bytes: i64,
+    pub hbm_bytes: i64,
+    pub best: Option<Tried>,
+    /// The points that fit, best first: by step-time bound, then by recomputation (weaker remat
+    /// first), then by fewer micro-batches.
+    pub fits: Vec<Tried>,
+    /// Every point looked at, in the order it was.
+    pub tried: Vec<Tried>,
+    /// Points in the space searched.
+    pub space: usize,
+    /// Compiles that ran (not served by the cache).
+    pub compiles: usize,
+    pub seconds: f64,
+}
+
+/// What the planner is asked.
+#[derive(Clone, Debug)]
+pub struct PlanRequest {
+    pub config: ModelConfig,
+    pub target: Target,
+    /// The global batch; `None` asks for the largest that fits.
+    pub batch: Option<i64>,
+    /// Bytes per device a point may use; defaults to HBM × (1 − headroom).
+    pub budget: Option<i64>,
+    pub cache: Option<PathBuf>,
+    pub partitioner: Partitioner,
+    /// Search only these meshes (`data=4`, `data=2,model=2`) instead of every factorisation.
+    pub meshes: Vec<String>,
+    /// Search only these partitioning presets or files instead of those that suit each mesh.
+    pub partitionings: Vec<String>,
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/basic/plan`, else `~/.cache/basic/plan`.
+pub fn default_cache() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("basic").join("plan"))
+}
+
+/// Cached figures of one program on one target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CacheEntry {
+    target: String,
+    plugin: String,
+    memory: MemoryStats,
+    compile_seconds: f64,
+    /// The compiler refused the program as too large (`memory.peak_bytes` is then what it said
+    /// it needs: a lower bound).
+    #[serde(default)]
+    refused: Option<String>,
+}
+
+/// One point's figures.
+struct Figures {
+    memory: MemoryStats,
+    flops: f64,
+    seconds: f64,
+    cached: bool,
+    refused: Option<String>,
+}
+
+struct Planner<'a> {
+    req: &'a PlanRequest,
+    topology: Topology,
+    plugin: String,
+    budget: i64,
+    tried: Vec<Tried>,
+    compiles: usize,
+    progress: &'a mut dyn FnMut(&Tried, usize),
+}
+
+impl Planner<'_> {
+    fn layout(&self, choice: &Choice) -> Result<Layout> {
+        Ok(Layout {
+            mesh: Mesh::parse(&choice.mesh)?,
+            rules: Rules::find(&choice.partitioning)?,
+            partitioner: self.req.partitioner,
+        })
+    }
+
+    fn config(&self, choice: &Choice) -> Result<(ModelConfig, StepOptions)> {
+        let mut c = self.req.config.clone();
+        c.train.batch = choice.batch;
+        c.train.microbatches = choice.microbatches;
+        c.train.remat = choice.remat.clone();
+        c.scan_layers = choice.scan_layers;
+        c.validate(&c.name.clone())?;
+        let o = StepOptions::from_config(&c)?;
+        Ok((c, o))
+    }
+
+    fn cache_path(&self, text: &str) -> Option<PathBuf> {
+        let dir = self.req.cache.as_ref()?;
+        let key = sha256_hex(
+            format!(
+                "{}\n{}\n{}",
+                self.req.target.name(),
+                self.plugin,
+                sha256_hex(text.as_bytes())
+            )
+            .as_bytes(),
+        );
+        Some(dir.join(format!("{key}.json")))
+    }
+
+    /// Compiles one point (or reads its figures from the cache) and records it.
+    fn evaluate(&mut self, choice: &Choice) -> Tried {
+        if let Some(t) = self.tried.iter().find(|t| &t.choice == choice) {
+            return t.clone();
+        }
+        let mut t = Tried {
+            choice: choice.clone(),
+            peak_bytes: None,
+            argument_bytes: None,
+            temp_bytes: None,
+            fits: false,
+            flops: 0.0,
+            step_time_lower_bound_seconds: f64::INFINITY,
+            compile_seconds: 0.0,
+            cached: false,
+            error: None,
+        };
+        match self.figures(choice) {
+            Ok(f) => {
+                t.peak_bytes = Some(f.memory.peak_bytes);
+                t.argument_bytes = Some(f.memory.argument_bytes);
+                t.temp_bytes = Some(f.memory.temp_bytes);
+                t.fits = f.refused.is_none() && f.memory.peak_bytes <= self.budget;
+                t.flops = f.flops;
+                t.step_time_lower_bound_seconds = self.req.target.step_time_bound(f.flops);
+                t.compile_seconds = f.seconds;
+                t.cached = f.cached;
+                t.error = f.refused;
+            }
+            Err(e) => t.error = Some(e.to_string()),
+        }
+        self.tried.push(t.clone());
+        (self.progress)(&t, self.compiles);
+        t
+    }
+
+    fn figures(&mut self, choice: &Choice) -> Result<Figures> {
+        let layout = self.layout(choice)?;
+        let (c, o) = self.config(choice)?;
+        let sp = StepProgram::build(&c, &o, &layout, choice.donate)?;
+        let flops = crate::ir::flops(&sp.graph);
+        let cache = self.cache_path(&sp.text);
+        if let Some(p) = &cache {
+            if let Ok(text) = std::fs::read_to_string(p) {
+                if let Ok(e) = serde_json::from_str::<CacheEntry>(&text) {
+                    return Ok(Figures {
+                        memory: e.memory,
+                        flops,
+                        seconds: e.compile_seconds,
+                        cached: true,
+                        refused: e.refused,
+                    });
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let (memory, refused) = match sp.compile_for(&self.req.target, &self.topology, &layout) {
+            Ok(compiled) => (compiled.memory_stats()?, None),
+            Err(e) => match OutOfMemory::from_error(&e) {
+                Some(oom) => (
+                    MemoryStats {
+                        temp_bytes: oom.required_bytes,
+                        peak_bytes: oom.required_bytes,
+                        ..Default::default()
+                    },
+                    Some(oom.message),
+                ),
+                None => return Err(e),
+            },
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        self.compiles += 1;
+        if let Some(p) = &cache {
+            let entry = CacheEntry {
+                target: self.req.target.name(),
+                plugin: self.plugin.clone(),
+                memory,
+                compile_seconds: seconds,
+                refused: refused.clone(),
+            };
+            if let Ok(text) = serde_json::to_string_pretty(&entry) {
+                // A cache that cannot be written only costs a recompile next time.
+                let _ = crate::io::safetensors::write_atomic(p, text.as_bytes());
+            }
+        }
+        Ok(Figures {
+            memory,
+            flops,
+            seconds,
+            cached: false,
+            refused,
+        })
+    }
+
+    /// The layouts of the space: each data × model factorisation of the target's devices with the
+    /// presets that use exactly those axes.
+    fn layouts(&self) -> Vec<(String, String)> {
+        let d = self.topology.devices().len() as i64;
+        let mut out: Vec<(String, String)> = Vec::new();
+        if !self.req.meshes.is_empty() || !self.req.partitionings.is_empty() {
+            let meshes = if self.req.meshes.is_empty() {
+                self.layouts_all(d).into_iter().map(|(m, _)| m).collect()
+            } else {
+                self.req.meshes.clone()
+            };
+            for m in meshes {
+                let model = Mesh::parse(&m)
+                    .ok()
+                    .and_then(|x| x.axis_size("model"))
+                    .unwrap_or(1);
+                let presets: Vec<String> = if self.req.partitionings.is_empty() {
+                    if model == 1 {
+                        vec!["data_parallel".into(), "fsdp".into()]
+                    } else {
+                        vec!["data_model".into()]
+                    }
+                } else {
+                    self.req.partitionings.clone()
+                };
+                for p in presets {
+                    if !out.contains(&(m.clone(), p.clone())) {
+                        out.push((m.clone(), p));
+                    }
+                }
+            }
+            return out;
+        }
+        self.layouts_all(d)
+    }
+
+    fn layouts_all(&self, d: i64) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut model = 1;
+        while model <= d && model <= 16 {
+            if d % model == 0 {
+                let data = d / model;
+                if model == 1 {
+                    out.push((format!("data={data}"), "data_parallel".to_string()));
+                    out.push((format!("data={data}"), "fsdp".to_string()));
+                } else {
+                    out.push((
+                        format!("data={data},model={model}"),
+                        "data_model".to_string(),
+                    ));
+                }
+            }
+            model *= 2;
+        }
+        out
+    }
+
+    /// Micro-batch counts for `batch` on `mesh`: powers of two whose micro-batch still splits over
+    /// the data axis, fewest first.
+    fn microbatch_candidates(batch: i64, mesh: &str) -> Vec<i64> {
+        let data = Mesh::parse(mesh)
+            .ok()
+            .and_then(|m| m.axis_size("data"))
+            .unwrap_or(1);
+        let mut out = Vec::new();
+        let mut m = 1;
+        while m <= batch {
+            if batch % m == 0 && (batch / m) % data == 0 {
+                out.push(m);
+            }
+            m *= 2;
+        }
+        out
+    }
+
+    /// For one layout: the weakest remat that fits at the most micro-batches, then the fewest
+    /// micro-batches that fit under it (bisection). Returns the fitting point found, if any.
+    fn search_layout(&mut self, batch: i64, mesh: &str, preset: &str) -> Option<Tried> {
+        let ms = Self::microbatch_candidates(batch, mesh);
+        let &most = ms.last()?;
+        let base = |remat: &str, m: i64, scan: bool| Choice {
+            batch,
+            microbatches: m,
+            remat: remat.to_string(),
+            mesh: mesh.to_string(),
+            partitioning: preset.to_string(),
+            scan_layers: scan,
+            donate: false,
+        };
+        let scan = self.req.config.scan_layers || can_scan(&self.req.config);
+        for remat in REMAT_ORDER {
+            let at_most = self.evaluate(&base(remat, most, scan));
+            if at_most.peak_bytes.is_none() {
+                // The layout itself is invalid (a dimension that does not divide): no remat helps.
+                return None;
+            }
+            if !at_most.fits {
+                continue;
+            }
+            // Bisect: ms[hi] fits; find the smallest index that fits.
+            let (mut lo, mut hi) = (0usize, ms.len() - 1);
+            let mut best = at_most;
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let t = self.evaluate(&base(remat, ms[mid], scan));
+                if t.fits {
+                    hi = mid;
+                    best = t;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            return Some(best);
+        }
+        None
+    }
+
+    fn plan_batch(&mut self, batch: i64) -> Option<Tried> {
+        let mut found = Vec::new();
+        for (mesh, preset) in self.layouts() {
+            if let Some(t) = self.search_layout(batch, &mesh, &preset) {
+                found.push(t);
+            }
+        }
+        found.sort_by(rank);
+        let best = found.into_iter().next()?;
+        // Scanned layers and donation, on the best point only.
+        let mut best = best;
+        for toggle in [Toggle::Scan, Toggle::Donate] {
+            let mut c = best.choice.clone();
+            match toggle {
+                Toggle::Scan => {
+                    if !can_scan(&self.req.config) {
+                        continue;
+                    }
+                    c.scan_layers = !c.scan_layers;
+                }
+                Toggle::Donate => c.donate = !c.donate,
+            }
+            let t = self.evaluate(&c);
+            if t.fits && t.peak_bytes < best.peak_bytes {
+                best = t;
+            }
+        }
+        Some(best)
+    }
+
+    fn space(&self, batches: &[i64]) -> usize {
+        let scan = if can_scan(&self.req.config) { 2 } else { 1 };
+        batches
+            .iter()
+            .map(|&b| {
+                self.layouts()
+                    .iter()
+                    .map(|(mesh, _)| Self::microbatch_candidates(b, mesh).len())
+                    .sum::<usize>()
+                    * REMAT_ORDER.len()
+                    * scan
+                    * 2
+            })
+            .sum()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Toggle {
+    Scan,
+    Donate,
+}
+
+/// Whether the model's towers can run as scanned layers (a BERT text tower cannot).
+fn can_scan(c: &ModelConfig) -> bool {
+    let mut s = c.clone();
+    s.scan_layers = true;
+    s.validate(&c.name).is_ok()
+}
+
+fn remat_rank(r: &str) -> usize {
+    REMAT_ORDER.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// Best first: lower step-time bound (bounds within 0.1% of each other count as equal: scanned and
+/// unrolled towers differ in a few index computations), then less recomputation, then fewer
+/// micro-batches, then lower peak.
+fn rank(a: &Tried, b: &Tried) -> std::cmp::Ordering {
+    let (x, y) = (
+        a.step_time_lower_bound_seconds,
+        b.step_time_lower_bound_seconds,
+    );
+    let bound = if (x - y).abs() <= 1e-3 * x.abs().max(y.abs()) {
+        std::cmp::Ordering::Equal
+    } else {
+        x.total_cmp(&y)
+    };
+    bound
+        .then(remat_rank(&a.choice.remat).cmp(&remat_rank(&b.choice.remat)))
+        .then(a.choice.microbatches.cmp(&b.choice.microbatches))
+        .then(a.peak_bytes.cmp(&b.peak_bytes))
+}
+
+/// Runs a plan. `progress` sees every point as it is evaluated, with the compiles so far.
+pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Result<Plan> {
+    let t0 = Instant::now();
+    let topology = req.target.topology()?;
+    let plugin = crate::target::plugin_package_version(topology.plugin().path())
+        .unwrap_or_else(|| topology.platform_version().to_string());
+    let hbm = req.target.spec.hbm_bytes;
+    let budget = req
+        .budget
+        .unwrap_or((hbm as f64 * (1.0 - DEFAULT_HEADROOM)) as i64);
+    if budget <= 0 {
+        return Err(Error::InvalidArgument {
+            what: format!("memory budget {budget} bytes"),
+            fix: "give a positive --budget".into(),
+        });
+    }
+    if let Some(dir) = &req.cache {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut p = Planner {
+        req,
+        topology,
+        plugin,
+        budget,
+        tried: Vec::new(),
+        compiles: 0,
+        progress,
+    };
+    let (best, batches) = match req.batch {
+        Some(b) => (p.plan_batch(b), vec![b]),
+        None => largest_batch(&mut p),
+    };
+    let mut fits: Vec<Tried> = p.tried.iter().filter(|t| t.fits).cloned().collect();
+    fits.sort_by(rank);
+    // The best is the first of the ranking among the points of the planned batch.
+    let best = best.and_then(|b| {
+        fits.iter()
+            .find(|t| t.choice.batch == b.choice.batch)
+            .cloned()
+    });
+    Ok(Plan {
+        model: req.config.name.clone(),
+        target: req.target.name(),
+        budget_bytes: budget,
+        hbm_bytes: hbm,
+        best,
+        fits,
+        space: p.space(&batches),
+        compiles: p.compiles,
+        tried: p.tried,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The largest global batch that fits: with the least memory per batch (the strongest remat and
+/// one example per device in each micro-batch), double the batch until it stops fitting, bisect
+/// between the last two, then plan that batch in full.
+fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
+    let layouts = p.layouts();
+    let Some((mesh, preset)) = layouts.first().cloned() else {
+        return (None, vec![]);
+    };
+    let data = Mesh::parse(&mesh)
+        .ok()
+        .and_then(|m| m.axis_size("data"))
+        .unwrap_or(1);
+    let scan = p.req.config.scan_layers || can_scan(&p.req.config);
+    let probe = |p: &mut Planner<'_>, b: i64| {
+        p.evaluate(&Choice {
+            batch: b,
+            microbatches: b / data,
+            remat: "nothing_saveable".into(),
+            mesh: mesh.clone(),
+            partitioning: preset.clone(),
+            scan_layers: scan,
+            donate: false,
+        })
+        .fits
+    };
+    let mut good = 0;
+    let mut b = data;
+    let mut batches = Vec::new();
+    // Doubling, then bisection on multiples of the data axis.
+    let mut bad = loop {
+        batches.push(b);
+        if !probe(p, b) {
+            break b;
+        }
+        good = b;
+        if b > (1 << 24) {
+            break 0;
+        }
+        b *= 2;
+    };
+    if good == 0 {
+        return (None, batches);
+    }
+    if bad == 0 {
+        bad = good * 2;
+    }
+    while bad - good > data && good >= data {
+        // Keep candidates powers of two times the data axis so that micro-batches split evenly.
+        let mid = ((good + bad) / 2 / data) * data;
+        if mid <= good || mid >= bad {
+            break;
+        }
+        // Only batches whose halvings stay whole are searched in full; others bound the answer.
+        if probe(p, mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    let best = p.plan_batch(good);
+    batches.push(good);
+    (best, batches)
+}
+
+/// Reads a `--budget` value: bytes, or with a unit (`15GiB`, `15.5GB`, `800MiB`).
+pub fn parse_bytes(s: &str) -> Result<i64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| Error::InvalidArgument {
+        what: format!("byte count `{s}`"),
+        fix: "give bytes, or a number with KB, MB, GB, KiB, MiB or GiB".into(),
+    })?;
+    let scale: BTreeMap<&str, f64> = [
+        ("", 1.0),
+        ("b", 1.0),
+        ("kb", 1e3),
+        ("mb", 1e6),
+        ("gb", 1e9),
+        ("tb", 1e12),
+        ("kib", 1024.0),
+        ("mib", 1024.0 * 1024.0),
+        ("gib", 1024.0 * 1024.0 * 1024.0),
+        ("tib", 1024f64.powi(4)),
+    ]
+    .into_iter()
+    .collect();
+    let k = scale
+        .get(unit.trim().to_ascii_lowercase().as_str())
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("byte unit `{unit}` in `{s}`"),
+            fix: "use KB, MB, GB, KiB, MiB or GiB".into(),
+        })?;
+    Ok((v * k) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_budgets() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("2KiB").unwrap(), 2048);
+        assert_eq!(parse_bytes("1.5GB").unwrap(), 1_500_000_000);
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn microbatch_candidates_split_over_the_data_axis() {
+        assert_eq!(
+            Planner::microbatch_candidates(64, "data=4"),
+            vec![1, 2, 4, 8, 16]
+        );
+        assert_eq!(
+            Planner::microbatch_candidates(48, "data=2,model=2"),
+            vec![1, 2, 4, 8]
+        );
+    }
+}
