@@ -350,8 +350,9 @@ impl Executable {
         self.compiled()?.serialize()
     }
 
-    /// The optimized program XLA compiled, as text.
-    pub fn optimized_program(&self) -> Result<String> {
+    /// The optimized program XLA compiled: its format name and bytes (see
+    /// [`CompiledProgram::optimized_program`]).
+    pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
         self.compiled()?.optimized_program()
     }
 }
@@ -491,13 +492,14 @@ impl RawExecutable {
         Ok(bytes)
     }
 
-    fn optimized_program(&self) -> Result<String> {
-        // First call: the size; second: the text into a buffer of that size.
-        let mut format = [0u8; 0];
+    /// The optimized program and the plugin's name for its format (`hlo`: a serialized
+    /// `HloModuleProto`; `hlo_with_config`: one with its config).
+    fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
+        // First call: the size; second: the bytes into a buffer of that size.
         let mut prog = args!(PJRT_Program {
             code: null_mut(),
             code_size: 0,
-            format: format.as_mut_ptr().cast(),
+            format: null(),
             format_size: 0,
         });
         let mut a = args!(PJRT_Executable_OptimizedProgram_Args {
@@ -523,7 +525,9 @@ impl RawExecutable {
             &mut a
         )?;
         buf.truncate(prog.code_size);
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        // SAFETY: the plugin owns the format string.
+        let format = unsafe { super::plugin::plugin_str(prog.format, prog.format_size) };
+        Ok((format, buf))
     }
 
     fn fingerprint(&self) -> Result<String> {
@@ -585,8 +589,9 @@ impl CompiledProgram {
         self.raw.serialize()
     }
 
-    /// The optimized program the target's compiler produced, as text.
-    pub fn optimized_program(&self) -> Result<String> {
+    /// The optimized program the target's compiler produced: the plugin's format name (`hlo` is
+    /// a serialized `HloModuleProto`) and its bytes.
+    pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
         self.raw.optimized_program()
     }
 

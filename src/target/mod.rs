@@ -241,6 +241,9 @@ impl Target {
                         .replace("{chips}", &self.chips().to_string()),
                 ),
                 ("TPU_WORKER_HOSTNAMES", "localhost".to_string()),
+                // libtpu takes a machine-wide lock file (/tmp/libtpu_lockfile) so that one process
+                // owns the chips; a compile-only process owns none, and plans and tests run several.
+                ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1".to_string()),
                 ("TPU_SKIP_MDS_QUERY", "1".to_string()),
             ];
             for (k, v) in vars {
