@@ -231,6 +231,11 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--donate", action="store_true", help="donate params and state (basic does not)")
+    ap.add_argument("--emit", metavar="FILE",
+                    help="write the lowered StableHLO of the step here and stop (nothing compiles or runs)")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="with --emit: split the batch over this many devices, replicate the rest "
+                         "(as basic's data_parallel preset); needs that many JAX devices")
     a = ap.parse_args()
     cfg = MODELS[a.model]
     specs = param_specs(cfg)
@@ -238,6 +243,16 @@ def main():
     state = {f"opt/{slot}/{k}": jnp.zeros_like(v) for slot in ("m", "v") for k, v in params.items()}
     images, tokens = make_batch(a.batch)
     step0 = np.int32(0)
+
+    if a.emit:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        mesh = Mesh(np.array(jax.devices()[: a.devices]), ("data",))
+        rep, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        jitted = jax.jit(make_train_step(cfg), donate_argnums=(0, 1) if a.donate else (),
+                         in_shardings=(rep, rep, rep, batch, batch), out_shardings=(rep, rep, rep))
+        with open(a.emit, "w") as f:
+            f.write(jitted.lower(params, state, step0, images, tokens).as_text())
+        return
 
     jitted = jax.jit(make_train_step(cfg), donate_argnums=(0, 1) if a.donate else ())
     t0 = time.perf_counter()

@@ -53,9 +53,67 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
 
+    /// Only compile, for a described TPU slice or GPU host (no device attached), and report its
+    /// per-device memory and generated code: tpu-v5e:2x2, h100:8, ...
+    #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices"])]
+    target: Option<String>,
+
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+}
+
+/// `basic run --target`: the program compiled by the target's compiler; nothing runs.
+fn compile_only(
+    args: &RunArgs,
+    text: &str,
+    options: &CompileOptions,
+    target: &str,
+) -> anyhow::Result<()> {
+    let t = basic::target::Target::parse(target)?;
+    let topo = t.topology()?;
+    let t0 = Instant::now();
+    let compiled = topo
+        .compile(text, &t.compile_options(options)?)
+        .with_context(|| format!("compiling `{}` for {}", args.program.display(), t.name()))?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let mem = compiled.memory_stats()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "program": args.program.display().to_string(), "target": t.name(),
+                "devices": options.num_devices(), "compile_seconds": compile_seconds,
+                "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
+                "alias_bytes": mem.alias_bytes, "temp_bytes": mem.temp_bytes,
+                "peak_bytes": mem.peak_bytes, "generated_code_bytes": mem.generated_code_bytes,
+                "hbm_bytes": t.spec.hbm_bytes, "fits": mem.peak_bytes <= t.spec.hbm_bytes,
+            }))?
+        );
+    } else {
+        println!(
+            "program           {} for {}",
+            args.program.display(),
+            t.name()
+        );
+        println!(
+            "compile           {compile_seconds:.3} s ({} device(s))",
+            options.num_devices()
+        );
+        println!(
+            "memory per device arguments {}, outputs {}, temporaries {}, peak {} of {} HBM",
+            super::model::human(mem.argument_bytes),
+            super::model::human(mem.output_bytes),
+            super::model::human(mem.temp_bytes),
+            super::model::human(mem.peak_bytes),
+            super::model::human(t.spec.hbm_bytes)
+        );
+        println!(
+            "generated code    {}",
+            super::model::human(mem.generated_code_bytes)
+        );
+    }
+    Ok(())
 }
 
 /// splitmix64: a small, fixed generator so that `--seed` reproduces inputs on every machine.
@@ -113,6 +171,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             PartitionerArg::Shardy => Partitioner::Shardy,
             PartitionerArg::Gspmd => Partitioner::Gspmd,
         };
+    }
+    if let Some(t) = &args.target {
+        return compile_only(args, &text, &options, t);
     }
     let mut backend = args.backend.clone();
     if backend.cpu_devices.is_none() && options.num_devices() > 1 {

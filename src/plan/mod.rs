@@ -382,10 +382,9 @@ impl Planner<'_> {
         let scan = self.req.config.scan_layers || can_scan(&self.req.config);
         for remat in REMAT_ORDER {
             let at_most = self.evaluate(&base(remat, most, scan));
-            if at_most.peak_bytes.is_none() {
-                // The layout itself is invalid (a dimension that does not divide): no remat helps.
-                return None;
-            }
+            // No figures: the layout itself is invalid (a dimension that does not divide), and no
+            // remat helps.
+            at_most.peak_bytes?;
             if !at_most.fits {
                 continue;
             }
@@ -545,8 +544,8 @@ pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Resul
 }
 
 /// The largest global batch that fits: with the least memory per batch (the strongest remat and
-/// one example per device in each micro-batch), double the batch until it stops fitting, bisect
-/// between the last two, then plan that batch in full.
+/// one example per device in each micro-batch), double the batch from the preset's until it stops
+/// fitting (or halve it until it fits), bisect between the last two, then plan that batch in full.
 fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
     let layouts = p.layouts();
     let Some((mesh, preset)) = layouts.first().cloned() else {
@@ -570,7 +569,8 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
         .fits
     };
     let mut good = 0;
-    let mut b = data;
+    // From the preset's batch (a multiple of the data axis), doubling.
+    let mut b = (p.req.config.train.batch / data).max(1) * data;
     let mut batches = Vec::new();
     // Doubling, then bisection on multiples of the data axis.
     let mut bad = loop {
@@ -584,6 +584,16 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
         }
         b *= 2;
     };
+    if good == 0 && b > data {
+        // Even the preset's batch does not fit: halve down to one example per device.
+        while b > data && good == 0 {
+            b = (b / 2 / data).max(1) * data;
+            batches.push(b);
+            if probe(p, b) {
+                good = b;
+            }
+        }
+    }
     if good == 0 {
         return (None, batches);
     }

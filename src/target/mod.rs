@@ -387,7 +387,7 @@ pub fn plugin_package_version(plugin: &std::path::Path) -> Option<String> {
             continue;
         };
         for info in rd.flatten().map(|e| e.path()) {
-            if !info.extension().is_some_and(|e| e == "dist-info") {
+            if info.extension().is_none_or(|e| e != "dist-info") {
                 continue;
             }
             let listed = std::fs::read_to_string(info.join("RECORD"))
