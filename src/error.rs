@@ -49,8 +49,9 @@ pub enum Error {
         problem: String,
     },
 
-    /// More devices are needed than the client has.
-    #[error("{what} needs {needed} devices but the `{platform}` client has {available}; {fix}")]
+    /// More devices are needed than a client or target has. `platform` says which, as a phrase
+    /// ("the `cpu` client", "target `tpu-v5e:2x2`").
+    #[error("{what} needs {needed} devices but {platform} has {available}; {fix}")]
     NotEnoughDevices {
         what: String,
         needed: usize,
@@ -70,6 +71,18 @@ pub enum Error {
     /// A host array whose data does not match its shape and dtype, or a wrong conversion.
     #[error("array: {0}")]
     Array(String),
+
+    /// Training diverged: the loss stopped being finite.
+    #[error("training at step {step}: the loss is {loss}; training stopped, the last good checkpoint is {checkpoint}. Lower the learning rate or check the data")]
+    Diverged {
+        step: u64,
+        loss: f64,
+        checkpoint: String,
+    },
+
+    /// A worker thread of `basic` itself failed (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
 
     /// Any other bad input: names the input and the fix.
     #[error("invalid {what}: {fix}")]

@@ -182,3 +182,34 @@ fn scan_over_layers_equals_the_unrolled_stack() {
         }
     }
 }
+
+/// An infinite cotangent arriving at a rematerialised block stays where it is: the replay's
+/// dependency on the cotangent must not change any value (it was `x + 0·g`, which turned one
+/// infinite `g` into NaN over every gradient of the block).
+#[test]
+fn an_infinite_cotangent_does_not_poison_the_rematerialised_block() {
+    let b = Builder::new("inf");
+    let x = b.parameter("x", DType::F64, &[3]).unwrap();
+    let w = b.parameter("w", DType::F64, &[3]).unwrap();
+    let y = b
+        .checkpoint(RematPolicy::NothingSaveable, || x.mul(&x))
+        .unwrap();
+    let loss = y.mul(&w).unwrap().sum_all().unwrap();
+    let g = basic::autodiff::grad(&loss, std::slice::from_ref(&x)).unwrap();
+    b.output("dx", &g[0]).unwrap();
+    let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
+    let exe = cpu_runtime(1)
+        .client()
+        .compile(&text, &CompileOptions::single())
+        .unwrap();
+    // dL/dx = 2·x·w, with w₀ = ∞ arriving first at the block.
+    let out = exe
+        .run(&[
+            HostArray::new(&[3], &[1.0f64, 2.0, 3.0]).unwrap(),
+            HostArray::new(&[3], &[f64::INFINITY, 1.0, 2.0]).unwrap(),
+        ])
+        .unwrap();
+    let dx = out[0].to_vec::<f64>().unwrap();
+    assert_eq!(dx[0], f64::INFINITY);
+    assert_eq!(&dx[1..], &[4.0, 12.0], "{dx:?}");
+}

@@ -439,3 +439,91 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
         );
     }
 }
+
+/// Failures that used to pass silently: each is now an error or a message, and fails without its
+/// fix.
+#[test]
+fn silent_failures_are_said() {
+    let d = data().to_str().unwrap().to_string();
+    let dir = tmp("silent");
+    // --init-from a file none of whose names match: refused (it trained from random weights).
+    let foreign = dir.join("foreign.safetensors");
+    let a = basic::runtime::HostArray::new(&[2], &[1.0f32, 2.0]).unwrap();
+    basic::io::safetensors::write(
+        &foreign,
+        &[("vision_model.embeddings.weight".into(), &a)],
+        &Default::default(),
+    )
+    .unwrap();
+    let run = dir.join("r1");
+    let mut args = train_args(&d, run.to_str().unwrap(), "2");
+    args.extend(["--init-from", foreign.to_str().unwrap()]);
+    let o = basic_cmd(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("none of its 1 tensors") && err.contains("vision_model.embeddings.weight"),
+        "{err}"
+    );
+
+    // --resume with no checkpoint: starts, and says so even with --quiet.
+    let run = dir.join("r2");
+    let mut args = train_args(&d, run.to_str().unwrap(), "1");
+    args.push("--resume");
+    let o = basic_cmd(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("has no checkpoint yet"), "{err}");
+
+    // A mesh axis that no rule uses would replicate everything over it.
+    let o = basic_cmd(&["compile", "--model", "tiny", "--mesh", "data=1,model=8"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`model`") && err.contains("model_parallel") && err.contains("data_model"),
+        "{err}"
+    );
+}
+
+/// `keep = 0` in the library used to delete the checkpoint it had just written.
+#[test]
+fn keep_zero_keeps_the_newest_checkpoint() {
+    use basic::train::run::{checkpoints, train, RunOptions};
+    let (c, o) = {
+        let mut c = basic::model::ModelConfig::load("tiny").unwrap();
+        c.train.batch = 16;
+        c.train.total_steps = 2;
+        let o = basic::train::StepOptions::from_config(&c).unwrap();
+        (c, o)
+    };
+    let out = tmp("keep0");
+    let opts = RunOptions {
+        config: c,
+        step: o,
+        layout: basic::train::Layout::single(),
+        data: data().to_path_buf(),
+        out: out.clone(),
+        steps: 2,
+        resume: false,
+        seed: 0,
+        checkpoint_every: 1,
+        keep: 0,
+        eval_every: 0,
+        eval_images: 0,
+        workers: 1,
+        skip_bad: false,
+        progress: false,
+        init_from: None,
+        tokenizer: None,
+        donate: false,
+        partitioning: "data_parallel".into(),
+        executable: None,
+    };
+    let rt = common::cpu_runtime(1);
+    train(&rt, &opts).unwrap();
+    let kept = checkpoints(&out);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, 2);
+}

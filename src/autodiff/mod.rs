@@ -166,17 +166,18 @@ impl Sweep<'_> {
         let barred = self.b.optimization_barrier(&through)?;
         // XLA's CPU pipeline drops optimization barriers before it schedules, which would let the
         // replay run during the forward pass. A true data dependency keeps it in place on every
-        // backend: the replay's activation inputs get `0 · g` added, `g` one element of a
-        // cotangent arriving at the block (XLA does not fold `x · 0` for floats).
+        // backend: the replay's activation inputs get a zero added that is computed from `g`, one
+        // element of a cotangent arriving at the block. The zero must stay zero whatever `g` is:
+        // `0 · g` is NaN for an infinite or NaN `g`, which would poison the whole block's
+        // gradient, so `g` is first replaced by 0 unless finite (`|g| < ∞` is false for both).
+        // XLA folds neither `select` of distinct operands nor a float product by zero.
         let token = match boundary.first().map(|v| self.cot[v].clone()) {
             Some(c) => {
                 let n = c.ty().element_count();
-                Some(
-                    c.reshape(&[n])?
-                        .slice_axis(0, 0, 1)?
-                        .reshape(&[])?
-                        .mul_scalar(0.0)?,
-                )
+                let g = c.reshape(&[n])?.slice_axis(0, 0, 1)?.reshape(&[])?;
+                let zero = g.scalar_like(0.0)?;
+                let finite = g.abs()?.lt(&g.scalar_like(f64::INFINITY)?)?;
+                Some(Tensor::select(&finite, &g, &zero)?.mul_scalar(0.0)?)
             }
             None => None,
         };

@@ -101,7 +101,7 @@ pub fn assemble(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Array("a decoding thread panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::Internal("a decoding thread panicked".into())))
             })
             .collect()
     });
@@ -192,7 +192,7 @@ impl Loader {
         let b = self
             .rx
             .recv()
-            .map_err(|_| Error::Array("the data loader stopped".into()))?;
+            .map_err(|_| Error::Internal("the data loader stopped".into()))?;
         self.waited += t.elapsed();
         b
     }

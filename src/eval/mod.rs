@@ -106,8 +106,9 @@ impl Embedder {
                 .collect();
             hs.into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Array("a decoding thread panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("a decoding thread panicked".into()))
+                    })
                 })
                 .collect()
         });

@@ -114,7 +114,7 @@ impl Mesh {
                 what: format!("mesh {self}"),
                 needed: self.size() as usize,
                 available,
-                platform: "the".into(),
+                platform: "the client".into(),
                 fix: "use a smaller mesh, or more devices (`--cpu-devices N` on CPU)".into(),
             });
         }

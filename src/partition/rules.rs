@@ -62,6 +62,9 @@ pub enum ParamAction {
     Largest(Vec<String>),
 }
 
+/// The presets of `partitioning/`.
+pub const PRESETS: [&str; 4] = ["data_parallel", "fsdp", "model_parallel", "data_model"];
+
 /// A parsed rule file.
 #[derive(Clone, Debug, Default)]
 pub struct Rules {
@@ -160,7 +163,10 @@ impl Rules {
         }
         Err(Error::InvalidArgument {
             what: format!("partitioning `{name_or_path}`"),
-            fix: "give a rule file path or a preset of partitioning/: data_parallel, fsdp, model_parallel, data_model".into(),
+            fix: format!(
+                "give a rule file path or a preset of partitioning/: {}",
+                PRESETS.join(", ")
+            ),
         })
     }
 
@@ -195,13 +201,45 @@ impl Rules {
                     .map(|a| (a.as_str(), format!("parameter rule `{}`", p.pattern))),
             );
         }
-        for (a, by) in mentioned {
+        for (a, by) in &mentioned {
             if mesh.axis_size(a).is_none() {
                 return Err(Error::InvalidArgument {
                     what: format!("mesh axis `{a}` (used by {by})"),
                     fix: format!(
                         "mesh {mesh} has no such axis: add it to --mesh or change the rules"
                     ),
+                });
+            }
+        }
+        // An axis of more than one device that no rule uses would hold a full copy of
+        // everything on each of its devices: almost always a mistake of flags.
+        for (axis, size) in &mesh.axes {
+            if *size > 1 && !mentioned.iter().any(|(a, _)| a == axis) {
+                let users: Vec<&str> = PRESETS
+                    .iter()
+                    .filter(|p| {
+                        Rules::find(p).is_ok_and(|r| {
+                            r.logical.0.values().flatten().any(|a| a == axis)
+                                || r.params.iter().any(|pr| match &pr.action {
+                                    ParamAction::Spec(s) => s.iter().flatten().any(|a| a == axis),
+                                    ParamAction::Largest(l) => l.iter().any(|a| a == axis),
+                                })
+                        })
+                    })
+                    .copied()
+                    .collect();
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "mesh axis `{axis}` of size {size} in mesh {mesh}: no sharding rule uses it, so every tensor would be replicated over it"
+                    ),
+                    fix: if users.is_empty() {
+                        "drop the axis from --mesh, or give rules that shard over it".into()
+                    } else {
+                        format!(
+                            "pick rules that shard over it (--partitioning {}), or drop it from --mesh",
+                            users.join(" or ")
+                        )
+                    },
                 });
             }
         }

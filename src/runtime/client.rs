@@ -157,7 +157,7 @@ impl Client {
             what: format!("uploading to device {device}"),
             needed: device + 1,
             available: devs.len(),
-            platform: self.platform().to_string(),
+            platform: format!("the `{}` client", self.platform()),
             fix: "pick an existing device (see `basic devices`)".into(),
         })?;
         upload_to(&self.inner, array, d.raw)
@@ -294,7 +294,7 @@ impl Client {
                 ),
                 needed: options.num_devices(),
                 available,
-                platform: self.platform().to_string(),
+                platform: format!("the `{}` client", self.platform()),
                 fix: "use a smaller mesh, or more devices (`--cpu-devices N` on CPU)".into(),
             });
         }

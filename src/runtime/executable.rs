@@ -84,7 +84,7 @@ impl Executable {
                 what: format!("uploading to device {device} of `{}`", self.name),
                 needed: device + 1,
                 available: self.devices.len(),
-                platform: self.client.platform.clone(),
+                platform: format!("the `{}` client", self.client.platform),
                 fix: "the executable runs on fewer devices".into(),
             })?;
         upload_to(&self.client, array, d)

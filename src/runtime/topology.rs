@@ -305,7 +305,7 @@ impl Topology {
                 ),
                 needed: options.num_devices(),
                 available: self.devices.len(),
-                platform: self.platform.clone(),
+                platform: format!("target `{}`", self.name),
                 fix: "use a mesh no larger than the target's devices, or a larger topology".into(),
             });
         }

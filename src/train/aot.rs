@@ -114,7 +114,7 @@ impl StepProgram {
                 what: format!("mesh {} on target `{}`", layout.mesh, target.name()),
                 needed: n,
                 available: topology.devices().len(),
-                platform: topology.platform().to_string(),
+                platform: format!("target `{}`", target.name()),
                 fix: format!(
                     "use a mesh of at most {} devices, or a larger topology ({})",
                     topology.devices().len(),

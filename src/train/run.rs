@@ -154,7 +154,10 @@ struct Ckpt {
     values: BTreeMap<String, HostArray>,
 }
 
+/// Writes the checkpoint of `ck` atomically, then removes all but the newest `keep` (at least 1:
+/// the one just written is never removed).
 fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<PathBuf> {
+    let keep = keep.max(1);
     let path = ckpt_dir(out).join(format!("step-{:07}.safetensors", ck.step));
     let named: Vec<(String, &HostArray)> = ck.values.iter().map(|(k, v)| (k.clone(), v)).collect();
     let mut meta = BTreeMap::new();
@@ -271,8 +274,10 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             ),
         });
     }
-    let cfg_text =
-        toml::to_string(c).map_err(|e| Error::Array(format!("cannot write the config: {e}")))?;
+    let cfg_text = toml::to_string(c).map_err(|e| Error::InvalidArgument {
+        what: format!("model config `{}`", c.name),
+        fix: format!("it cannot be written as TOML: {e}"),
+    })?;
     safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
     let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
     if skipped.samples > 0 && o.progress {
@@ -327,6 +332,14 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             })
         }
         _ => {
+            if o.resume {
+                // Said even with --quiet: a restart loop that always passes --resume must not
+                // mistake a fresh start for a continued run.
+                eprintln!(
+                    "--resume: `{}` has no checkpoint yet; starting from step 0",
+                    o.out.display()
+                );
+            }
             let mut m = BTreeMap::new();
             let fresh = init::init_params(&specs, o.seed, dtype)?;
             for (s, a) in specs.iter().zip(fresh) {
@@ -334,6 +347,8 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             }
             if let Some(p) = &o.init_from {
                 let file = safetensors::read_params(p, c)?;
+                let mut matched = 0usize;
+                let mut unmatched = Vec::new();
                 for (k, v) in file {
                     if let Some(s) = specs.iter().find(|s| s.name == k) {
                         if v.shape() != s.shape.as_slice() {
@@ -343,7 +358,40 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
                             });
                         }
                         m.insert(k, safetensors::convert(&v, dtype)?);
+                        matched += 1;
+                    } else {
+                        unmatched.push(k);
                     }
+                }
+                if matched == 0 {
+                    // Training from random weights while the user asked for pretrained ones.
+                    return Err(Error::InvalidArgument {
+                        what: format!(
+                            "--init-from `{}`: none of its {} tensors is a parameter of model `{}` (it has {}, e.g. `{}`)",
+                            p.display(),
+                            unmatched.len(),
+                            c.name,
+                            unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                            specs.first().map_or("", |s| s.name.as_str())
+                        ),
+                        fix: "give a checkpoint written for this model (its parameter names), or the matching --model".into(),
+                    });
+                }
+                if o.progress {
+                    eprintln!(
+                        "initialised {matched} of {} parameters from {}{}",
+                        specs.len(),
+                        p.display(),
+                        if unmatched.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; {} tensors of the file are not parameters of this model: {}",
+                                unmatched.len(),
+                                unmatched.join(", ")
+                            )
+                        }
+                    );
                 }
             }
             for s in &sspecs {
@@ -448,12 +496,12 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             .collect::<Result<_>>()?;
         let (loss, gnorm, lr, temp) = (scalars[0], scalars[1], scalars[2], scalars[3]);
         if !loss.is_finite() {
-            return Err(Error::InvalidArgument {
-                what: format!("training at step {step}: the loss is {loss}"),
-                fix: format!(
-                    "training stopped; the last good checkpoint is {}. Lower the learning rate or check the data",
-                    last_good.as_ref().map_or("none".to_string(), |p| p.display().to_string())
-                ),
+            return Err(Error::Diverged {
+                step,
+                loss,
+                checkpoint: last_good
+                    .as_ref()
+                    .map_or("none".to_string(), |p| p.display().to_string()),
             });
         }
         out.truncate(n_state);

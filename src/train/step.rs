@@ -340,7 +340,15 @@ pub fn loss_and_grads(
     // Assemble gradients in `train` order.
     let mut grads: Vec<Option<Tensor>> = vec![None; train.len()];
     for (k, &i) in acc_idx.iter().enumerate() {
-        let at = train_names.iter().position(|n| *n == names[i]).unwrap_or(0);
+        let at = train_names
+            .iter()
+            .position(|n| *n == names[i])
+            .ok_or_else(|| {
+                Error::Program(format!(
+                    "gradient reassembly: accumulated gradient `{}` is not a trained parameter",
+                    names[i]
+                ))
+            })?;
         grads[at] = Some(sums[k].clone());
     }
     for (k, (i, _)) in heads.iter().enumerate() {
