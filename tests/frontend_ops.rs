@@ -281,6 +281,76 @@ fn cases() -> Vec<Case> {
             Ok(carry[0].clone())
         }),
     ];
+    let mut r = Rng(44);
+    let mut a = |shape: &[i64]| r.array(shape, -1.0, 1.0);
+    let mut p = Rng(45);
+    let mut pos = |shape: &[i64]| p.array(shape, 0.5, 2.0);
+    let u32s = |v: &[u32]| HostArray::new(&[v.len() as i64], v).unwrap();
+    // The remainder's derivative: 1 in the dividend, -trunc(a / b) in the divisor (the
+    // inputs keep a / b away from the integers, where it jumps).
+    v.push(case("rem", vec![a(&[4]), pos(&[4])], |_, x| {
+        x[0].rem(&x[1])
+    }));
+    // sign and floor have zero derivatives: sign(x)·x = |x| and floor(x) + x.
+    v.push(case("sign", vec![a(&[4])], |_, x| x[0].sign()?.mul(&x[0])));
+    v.push(case("floor", vec![a(&[4])], |_, x| {
+        x[0].mul_scalar(3.0)?.floor()?.add(&x[0])
+    }));
+    v.push(case("not", vec![a(&[5]), a(&[5])], |_, x| {
+        Tensor::select(&x[0].lt(&x[1])?.not()?, &x[0], &x[1])
+    }));
+    v.push(Case {
+        tol: None,
+        ..case(
+            "bitwise",
+            vec![u32s(&[0xF0F0, 7, 12345]), u32s(&[0x0FF0, 5, 999])],
+            |_, x| x[0].and(&x[1])?.or(&x[0].not()?)?.xor(&x[1]),
+        )
+    });
+    v.push(Case {
+        tol: None,
+        ..case(
+            "shifts",
+            vec![u32s(&[1, 0x8000_0000, 12345]), u32s(&[3, 31, 4])],
+            |_, x| x[0].shift_left(&x[1])?.shift_right_logical(&x[1]),
+        )
+    });
+    v.push(Case {
+        tol: None,
+        ..case("bitcast", vec![a(&[3])], |_, x| {
+            x[0].bitcast(basic::DType::U64)?.bitcast(basic::DType::F64)
+        })
+    });
+    v.push(Case {
+        tol: None,
+        ..case(
+            "select_and_scatter_add",
+            vec![a(&[1, 4, 4, 1]), a(&[1, 2, 2, 1])],
+            |_, x| {
+                x[0].select_and_scatter_add(
+                    &x[1],
+                    Window {
+                        dims: vec![1, 2, 2, 1],
+                        strides: vec![1, 2, 2, 1],
+                        padding: vec![(0, 0); 4],
+                    },
+                )
+            },
+        )
+    });
+    // stop_gradient emits nothing; its gradient is checked by hand below (finite differences see
+    // through it).
+    v.push(Case {
+        tol: None,
+        ..case("stop_gradient", vec![a(&[3])], |_, x| {
+            basic::trace::stop_gradient(&x[0])?.mul(&x[0])
+        })
+    });
+    // Without a mesh a constraint lowers to nothing; with one, see
+    // `sharding_constraints_lower_to_each_partitioner_s_line`.
+    v.push(case("sharding_constraint", vec![a(&[4, 2])], |_, x| {
+        x[0].constrain(&[Some("batch"), None])?.sin()
+    }));
     v.push(Case {
         tol: None,
         ..case("iota", vec![], |b, _| b.iota(basic::DType::F64, &[2, 3], 1))
@@ -379,4 +449,93 @@ fn cotangents_of_slices_that_tile_an_axis_are_one_concatenate() {
     let text = basic::lower::module(&b.finish(), &Default::default()).unwrap();
     assert!(text.contains("stablehlo.concatenate"), "{text}");
     assert!(!text.contains("stablehlo.pad"), "{text}");
+}
+
+#[test]
+fn stop_gradient_passes_no_gradient() {
+    // d/dx [stop(x) · x] = stop(x) = x, where finite differences would see 2x.
+    let b = Builder::new("stop");
+    let x = b.parameter("x", basic::DType::F64, &[3]).unwrap();
+    let y = basic::trace::stop_gradient(&x)
+        .unwrap()
+        .mul(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = basic::autodiff::grad(&y, std::slice::from_ref(&x)).unwrap();
+    b.output("g", &g[0]).unwrap();
+    let out = common::compile_graph(&b.finish())
+        .run(&[HostArray::new(&[3], &[1.0f64, -2.0, 0.5]).unwrap()])
+        .unwrap();
+    assert_eq!(out[0].to_vec::<f64>().unwrap(), vec![1.0, -2.0, 0.5]);
+}
+
+#[test]
+fn integer_primitives_compute_what_they_say() {
+    // Hand-worked: ((a & b) | !a) ^ b, and (a << b) >> b, on u32 (b₀ = 4080 shifts everything out).
+    let b = Builder::new("ints");
+    let x = b.parameter("a", basic::DType::U32, &[3]).unwrap();
+    let y = b.parameter("b", basic::DType::U32, &[3]).unwrap();
+    let bits = x
+        .and(&y)
+        .unwrap()
+        .or(&x.not().unwrap())
+        .unwrap()
+        .xor(&y)
+        .unwrap();
+    let shifted = x.shift_left(&y).unwrap().shift_right_logical(&y).unwrap();
+    b.output("bits", &bits).unwrap();
+    b.output("shifted", &shifted).unwrap();
+    let (av, bv) = ([0xF0F0u32, 7, 0x8000_0001], [0x0FF0u32, 5, 31]);
+    let out = common::compile_graph(&b.finish())
+        .run(&[
+            HostArray::new(&[3], &av).unwrap(),
+            HostArray::new(&[3], &bv).unwrap(),
+        ])
+        .unwrap();
+    let want_bits: Vec<u32> = (0..3).map(|i| ((av[i] & bv[i]) | !av[i]) ^ bv[i]).collect();
+    // StableHLO shifts by the bit width or more give 0 (Rust would mask the amount instead).
+    let shl = |a: u32, s: u32| if s >= 32 { 0 } else { a << s };
+    let shr = |a: u32, s: u32| if s >= 32 { 0 } else { a >> s };
+    let want_shift: Vec<u32> = (0..3).map(|i| shr(shl(av[i], bv[i]), bv[i])).collect();
+    assert_eq!(out[0].to_vec::<u32>().unwrap(), want_bits);
+    assert_eq!(out[1].to_vec::<u32>().unwrap(), want_shift);
+}
+
+#[test]
+fn sharding_constraints_lower_to_each_partitioner_s_line() {
+    use basic::partition::{LogicalRules, Mesh, PartitionSpec, ShardingContext};
+    use basic::runtime::Partitioner;
+    let b = Builder::new("constrained");
+    let x = b.parameter("x", basic::DType::F32, &[8, 2]).unwrap();
+    let y = x.constrain(&[Some("batch"), None]).unwrap().sin().unwrap();
+    b.output("y", &y).unwrap();
+    let g = b.finish();
+    let mut logical = std::collections::BTreeMap::new();
+    logical.insert("batch".to_string(), vec!["data".to_string()]);
+    for (partitioner, line) in [
+        (
+            Partitioner::Shardy,
+            "%0 = \"sdy.sharding_constraint\"(%arg0) {sharding = #sdy.sharding<@mesh, [{\"data\"}, {}]>} : (tensor<8x2xf32>) -> tensor<8x2xf32>",
+        ),
+        (
+            Partitioner::Gspmd,
+            "%0 = \"stablehlo.custom_call\"(%arg0) {call_target_name = \"Sharding\", mhlo.sharding = \"{devices=[4,1]0,1,2,3}\"} : (tensor<8x2xf32>) -> tensor<8x2xf32>",
+        ),
+    ] {
+        let ctx = ShardingContext {
+            mesh: Mesh::parse("data=4").unwrap(),
+            logical: LogicalRules(logical.clone()),
+            partitioner,
+        };
+        let text = basic::partition::emit(
+            &g,
+            &ctx,
+            &[PartitionSpec::replicated(2)],
+            &[PartitionSpec::replicated(2)],
+            &[],
+        )
+        .unwrap();
+        assert!(text.contains(line), "{partitioner:?}: no `{line}` in\n{text}");
+    }
 }

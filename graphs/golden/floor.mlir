@@ -1,0 +1,10 @@
+module @floor {
+  func.func public @main(%arg0: tensor<4xf64>) -> (tensor<4xf64>) {
+    %0 = "stablehlo.constant"() {value = dense<3.0> : tensor<f64>} : () -> tensor<f64>
+    %1 = "stablehlo.broadcast_in_dim"(%0) {broadcast_dimensions = array<i64>} : (tensor<f64>) -> tensor<4xf64>
+    %2 = "stablehlo.multiply"(%arg0, %1) : (tensor<4xf64>, tensor<4xf64>) -> tensor<4xf64>
+    %3 = "stablehlo.floor"(%2) : (tensor<4xf64>) -> tensor<4xf64>
+    %4 = "stablehlo.add"(%3, %arg0) : (tensor<4xf64>, tensor<4xf64>) -> tensor<4xf64>
+    "func.return"(%4) : (tensor<4xf64>) -> ()
+  }
+}
