@@ -8,9 +8,10 @@
 use std::time::Instant;
 
 use basic::dtype::DType;
+use basic::exec::{Sharded, ShardedProgram};
 use basic::model::config::ImageConfig;
 use basic::model::ModelConfig;
-use basic::partition::{Mesh, Rules, Sharded, ShardedProgram};
+use basic::partition::{Mesh, Rules};
 use basic::runtime::{HostArray, Partitioner, Runtime};
 use basic::train::{init, train_graph, Layout, StepOptions};
 

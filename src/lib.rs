@@ -23,11 +23,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod array;
 pub mod autodiff;
 pub mod data;
 pub mod dtype;
 pub mod error;
 pub mod eval;
+pub mod exec;
 pub mod io;
 pub mod ir;
 pub mod lower;
@@ -36,6 +38,7 @@ pub mod ops;
 pub mod partition;
 pub mod plan;
 pub mod runtime;
+pub mod seed;
 pub mod target;
 pub mod trace;
 pub mod train;

@@ -4,9 +4,10 @@
 mod common;
 
 use basic::dtype::DType;
+use basic::model::inference::embed_graph;
 use basic::model::{basic as dual, ModelConfig};
 use basic::runtime::HostArray;
-use basic::train::{embed_graph, grad_graph, init, StepOptions};
+use basic::train::{grad_graph, init, StepOptions};
 use common::{assert_close, check_directional, compile_graph, f64_step, random_batch};
 
 fn tiny() -> ModelConfig {
@@ -92,7 +93,7 @@ fn loss_from_embeddings_equals_the_step_loss() {
     let params = init::init_params(&specs, 8, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 17);
     let loss = run_grads(&c, &f64_step(n, 1), &params, &images, &tokens)[0].to_f64_vec()[0];
-    let g = embed_graph(&c, &f64_step(n, 1)).unwrap();
+    let g = embed_graph(&c, n, DType::F64, DType::F64).unwrap();
     let mut args = params.clone();
     args.push(images);
     args.push(tokens);
@@ -139,7 +140,7 @@ fn sigmoid_loss_matches_its_formula_and_finite_differences() {
     let (images, tokens) = random_batch(&c, n, 17);
     let grads = run_grads(&c, &f64_step(n, 2), &params, &images, &tokens);
     let loss = grads[0].to_f64_vec()[0];
-    let g = embed_graph(&c, &f64_step(n, 1)).unwrap();
+    let g = embed_graph(&c, n, DType::F64, DType::F64).unwrap();
     let mut args = params.clone();
     args.push(images.clone());
     args.push(tokens.clone());

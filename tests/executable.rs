@@ -3,8 +3,8 @@
 
 mod common;
 
+use basic::exec::ShardedProgram;
 use basic::model::ModelConfig;
-use basic::partition::ShardedProgram;
 use basic::runtime::HostArray;
 use basic::train::{aot::StepProgram, init, Layout, StepOptions};
 

@@ -528,7 +528,7 @@ fn sharding_constraints_lower_to_each_partitioner_s_line() {
             logical: LogicalRules(logical.clone()),
             partitioner,
         };
-        let text = basic::partition::emit(
+        let text = basic::exec::emit(
             &g,
             &ctx,
             &[PartitionSpec::replicated(2)],

@@ -5,9 +5,10 @@
 mod common;
 
 use basic::dtype::DType;
+use basic::exec::ShardedProgram;
 use basic::model::config::ImageConfig;
 use basic::model::{basic as dual, ModelConfig};
-use basic::partition::{Mesh, Rules, ShardedProgram};
+use basic::partition::{Mesh, Rules};
 use basic::runtime::{CompileOptions, HostArray, Partitioner, Runtime};
 use basic::train::{grad_graph, init, Layout, StepOptions};
 use common::{cpu_runtime, Rng};

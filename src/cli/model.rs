@@ -10,12 +10,14 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use basic::dtype::DType;
+use basic::exec::ShardedProgram;
 use basic::io::safetensors;
+use basic::model::inference::{embed_graph, text_features_graph};
 use basic::model::{basic as dual, ModelConfig};
-use basic::partition::{Mesh, Rules, ShardedProgram};
+use basic::partition::{Mesh, Rules};
 use basic::runtime::{HostArray, Partitioner};
 use basic::train::aot::{Machine, StepProgram};
-use basic::train::{embed_graph, grad_graph, init, Layout, StepOptions};
+use basic::train::{grad_graph, init, Layout, StepOptions};
 
 use super::BackendArgs;
 
@@ -745,7 +747,7 @@ fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let tok = basic::data::Tokenizer::load(tok_path)?;
     let lines = basic::eval::read_lines(texts)?;
     let n = lines.len() as i64;
-    let (g, specs) = basic::train::step::text_features_graph(&c, n)?;
+    let (g, specs) = text_features_graph(&c, n)?;
     let file = safetensors::read_params(&a.params, &c)?;
     let text_only: BTreeMap<String, HostArray> = file
         .into_iter()
@@ -787,7 +789,7 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];
     let o = StepOptions::from_config(&c)?;
-    let g = embed_graph(&c, &o)?;
+    let g = embed_graph(&c, o.batch, o.param_dtype, o.compute_dtype)?;
     let prog = a.model.compile_sharded(&g, &dual::specs(&c))?;
     let mut args = params;
     args.push(images);

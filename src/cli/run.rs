@@ -116,20 +116,11 @@ fn compile_only(
     Ok(())
 }
 
-/// splitmix64: a small, fixed generator so that `--seed` reproduces inputs on every machine.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn generate(
     dtype: DType,
     shape: &[i64],
     inputs: Inputs,
-    state: &mut u64,
+    rng: &mut basic::seed::SplitMix,
 ) -> anyhow::Result<HostArray> {
     let n = basic::runtime::element_count(shape)?;
     let values: Vec<f64> = (0..n)
@@ -137,7 +128,7 @@ fn generate(
             Inputs::Zeros => 0.0,
             Inputs::Ones => 1.0,
             // Uniform in [-1, 1) for floats; small integers otherwise.
-            Inputs::Random => (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0,
+            Inputs::Random => rng.uniform() * 2.0 - 1.0,
         })
         .collect();
     let mut bytes = Vec::with_capacity(n * dtype.size_in_bytes());
@@ -189,7 +180,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let compile_seconds = t0.elapsed().as_secs_f64();
     let mem = exe.memory_stats()?;
 
-    let mut state = args.seed;
+    let mut rng = basic::seed::SplitMix(args.seed);
     let mut inputs: Vec<Vec<HostArray>> = Vec::new();
     let mut buffers: Vec<Vec<DeviceBuffer>> = Vec::new();
     for d in 0..exe.num_devices() {
@@ -197,7 +188,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let mut list = Vec::new();
         for p in &exe.signature().args {
             let t = p.per_device();
-            let a = generate(t.dtype, &t.shape, args.inputs, &mut state)?;
+            let a = generate(t.dtype, &t.shape, args.inputs, &mut rng)?;
             list.push(exe.upload(&a, d)?);
             host.push(a);
         }

@@ -205,7 +205,7 @@ pub fn preprocess_augmented(
     std: &[f64],
     seed: u64,
 ) -> Result<Vec<f32>> {
-    let mut rng = crate::train::init::SplitMix(seed);
+    let mut rng = crate::seed::SplitMix(seed);
     let mut img = decode(bytes, name)?
         .to_channels(channels)
         .random_resized_crop(size, &mut || rng.uniform());

@@ -6,8 +6,8 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::array::HostArray;
 use crate::error::{Error, Result};
-use crate::runtime::HostArray;
 
 use super::image::{preprocess, preprocess_augmented};
 use super::shards::Sample;
@@ -50,7 +50,7 @@ pub struct Batch {
 
 /// Permutation of `0..n` for an epoch (Fisher–Yates with splitmix64).
 pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut r = crate::train::init::SplitMix(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut r = crate::seed::SplitMix(seed ^ epoch.wrapping_mul(crate::seed::GOLDEN));
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let j = (r.next_u64() % (i as u64 + 1)) as usize;
@@ -163,7 +163,7 @@ impl Loader {
                 let seeds: Vec<u64> = (0..o.batch as u64)
                     .map(|i| {
                         o.seed
-                            ^ pos.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ pos.epoch.wrapping_mul(crate::seed::GOLDEN)
                             ^ ((at as u64 + i) << 20)
                     })
                     .collect();

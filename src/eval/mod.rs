@@ -6,13 +6,14 @@
 
 use std::path::Path;
 
+use crate::array::HostArray;
 use crate::data::image::preprocess;
 use crate::data::{Sample, Tokenizer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::inference::{image_embed_graph, text_embed_graph};
 use crate::model::ModelConfig;
-use crate::runtime::{Client, CompileOptions, Executable, HostArray};
-use crate::train::step::{image_embed_graph, text_embed_graph};
+use crate::runtime::{Client, CompileOptions, Executable};
 
 /// Compiled embedding programs of a model with fixed parameters.
 pub struct Embedder {

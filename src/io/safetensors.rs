@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::array::HostArray;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::ParamSpec;
-use crate::runtime::HostArray;
 
 fn bad(path: &Path, problem: impl Into<String>) -> Error {
     Error::InvalidArgument {
@@ -269,5 +269,5 @@ pub fn convert(a: &HostArray, dtype: DType) -> Result<HostArray> {
             a.dtype()
         )));
     }
-    crate::train::init::to_dtype(a.shape(), &a.to_f64_vec(), dtype)
+    crate::array::to_dtype(a.shape(), &a.to_f64_vec(), dtype)
 }

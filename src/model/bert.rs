@@ -257,8 +257,8 @@ pub fn apply(
 /// not use (the pooler, `position_ids`) are dropped; everything else must match `specs`.
 pub fn from_checkpoint(
     prefix: &str,
-    file: std::collections::BTreeMap<String, crate::runtime::HostArray>,
-) -> std::collections::BTreeMap<String, crate::runtime::HostArray> {
+    file: std::collections::BTreeMap<String, crate::array::HostArray>,
+) -> std::collections::BTreeMap<String, crate::array::HostArray> {
     file.into_iter()
         .filter(|(k, _)| !k.starts_with("pooler.") && k != "embeddings.position_ids")
         .map(|(k, v)| {

@@ -5,6 +5,7 @@ pub mod basic;
 pub mod bert;
 pub mod coatnet;
 pub mod config;
+pub mod inference;
 pub mod noise;
 pub mod params;
 pub mod text;

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::array::HostArray;
 use crate::dtype::{DType, TensorType};
 use crate::error::{Error, Result};
-use crate::runtime::HostArray;
 use crate::trace::{Builder, Tensor};
 
 /// How a parameter is initialised.

@@ -7,13 +7,11 @@
 //! divide by its axes' size, a mesh larger than the devices, a tensor that would use one mesh
 //! axis twice.
 
-mod exec;
 mod placement;
 mod rules;
 
-pub use exec::{emit, Sharded, ShardedArg, ShardedProgram};
 pub use placement::{gather, shard, shard_index};
-pub use rules::{LogicalRules, ParamRule, Rules};
+pub use rules::{LogicalRules, ParamRule, Rules, TensorAxes, PRESETS};
 
 use crate::error::{Error, Result};
 use crate::runtime::Partitioner;

@@ -1,8 +1,8 @@
 //! Splitting host arrays into per-device shards and joining them back.
 
 use super::{Mesh, PartitionSpec};
+use crate::array::HostArray;
 use crate::error::{Error, Result};
-use crate::runtime::HostArray;
 
 /// Which piece of each dimension device `d` holds.
 pub fn shard_index(spec: &PartitionSpec, mesh: &Mesh, d: i64) -> Vec<i64> {

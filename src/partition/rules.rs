@@ -27,7 +27,6 @@ use serde::Deserialize;
 
 use super::{Mesh, PartitionSpec};
 use crate::error::{Error, Result};
-use crate::model::ParamSpec;
 
 /// Logical axis name → mesh axes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +59,17 @@ pub enum ParamAction {
     Spec(Vec<Vec<String>>),
     /// Split the largest dimension that divides over these axes.
     Largest(Vec<String>),
+}
+
+/// What the rules need to know of a tensor: its name, shape and logical axes (one per
+/// dimension, or none), and whether its leading dimension stacks the layers of a scan (never
+/// split: a scan takes one layer a step).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorAxes<'a> {
+    pub name: &'a str,
+    pub shape: &'a [i64],
+    pub axes: &'a [String],
+    pub stacked: bool,
 }
 
 /// The presets of `partitioning/`.
@@ -247,12 +257,12 @@ impl Rules {
     }
 
     /// The spec of every parameter, validated against the mesh.
-    pub fn param_specs(&self, specs: &[ParamSpec], mesh: &Mesh) -> Result<Vec<PartitionSpec>> {
+    pub fn param_specs(&self, specs: &[TensorAxes<'_>], mesh: &Mesh) -> Result<Vec<PartitionSpec>> {
         self.check_mesh(mesh)?;
         specs
             .iter()
             .map(|s| {
-                let spec = match self.params.iter().find(|r| r.pattern.is_match(&s.name)) {
+                let spec = match self.params.iter().find(|r| r.pattern.is_match(s.name)) {
                     Some(r) => match &r.action {
                         ParamAction::Spec(v) if v.is_empty() => {
                             PartitionSpec::replicated(s.shape.len())
@@ -262,7 +272,7 @@ impl Rules {
                             let size: i64 = axes.iter().filter_map(|a| mesh.axis_size(a)).product();
                             // A stacked layers axis stays whole: a scan takes one layer a step.
                             let mut order: Vec<usize> =
-                                (usize::from(s.is_stacked())..s.shape.len()).collect();
+                                (usize::from(s.stacked)..s.shape.len()).collect();
                             order.sort_by_key(|&i| (std::cmp::Reverse(s.shape[i]), i));
                             let mut spec = PartitionSpec::replicated(s.shape.len());
                             if let Some(&d) = order
@@ -282,10 +292,10 @@ impl Rules {
                         } else {
                             vec![None; s.shape.len()]
                         };
-                        self.logical.spec(&s.name, &axes)?
+                        self.logical.spec(s.name, &axes)?
                     }
                 };
-                spec.validate(&s.name, &s.shape, mesh)?;
+                spec.validate(s.name, s.shape, mesh)?;
                 Ok(spec)
             })
             .collect()

@@ -362,6 +362,12 @@ impl Planner<'_> {
             }
             m *= 2;
         }
+        // One example per device in each micro-batch: the least memory for this batch, also when
+        // it is not a power of two.
+        if batch % data == 0 && !out.contains(&(batch / data)) {
+            out.push(batch / data);
+            out.sort_unstable();
+        }
         out
     }
 
@@ -672,7 +678,7 @@ mod tests {
         );
         assert_eq!(
             Planner::microbatch_candidates(48, "data=2,model=2"),
-            vec![1, 2, 4, 8]
+            vec![1, 2, 4, 8, 24]
         );
     }
 }

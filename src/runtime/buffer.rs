@@ -4,10 +4,10 @@ use std::ffi::c_int;
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
-use super::array::HostArray;
 use super::call::await_event;
 use super::client::{ClientInner, RawDevice};
 use super::ffi;
+use crate::array::HostArray;
 use crate::dtype::{DType, TensorType};
 use crate::error::{Error, Result};
 
@@ -105,7 +105,7 @@ impl DeviceBuffer {
 
     /// Copies the buffer back to the host.
     pub fn to_host(&self) -> Result<HostArray> {
-        let n = super::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
+        let n = crate::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
         if let Some(data) = self.copy_from_cpu_memory(n)? {
             return HostArray::from_bytes(self.ty.dtype, &self.ty.shape, data);
         }
@@ -115,7 +115,7 @@ impl DeviceBuffer {
     /// Copies the buffer back with `PJRT_Buffer_ToHostBuffer`, the path every plugin supports
     /// ([`to_host`](Self::to_host) takes a faster one for host memory where it can).
     pub fn to_host_by_transfer(&self) -> Result<HostArray> {
-        let n = super::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
+        let n = crate::array::element_count(&self.ty.shape)? * self.ty.dtype.size_in_bytes();
         let mut data = vec![0u8; n];
         // With no host layout the plugin writes the dense row-major array, whose size is known:
         // one call, and a plugin that disagrees about the size fails it with an error.

@@ -7,7 +7,6 @@
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
-use super::array::HostArray;
 use super::buffer::{upload_to, DeviceBuffer};
 use super::executable::{program_name, Executable};
 use super::ffi;
@@ -16,6 +15,7 @@ use super::options::CompileOptions;
 use super::plugin::{plugin_str, Plugin};
 use super::program::Signature;
 use super::topology::{read_description, Description};
+use crate::array::HostArray;
 use crate::error::{Error, Result};
 
 /// Typed client-creation options. `cpu_device_count` is always sent as an int64: the CPU plugin

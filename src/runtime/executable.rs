@@ -4,7 +4,6 @@
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
-use super::array::HostArray;
 use super::buffer::{upload_to, ArgBuffer, DeviceBuffer};
 use super::call::await_event;
 use super::client::{ClientInner, RawDevice};
@@ -12,6 +11,7 @@ use super::ffi;
 use super::options::CompileOptions;
 use super::plugin::Plugin;
 use super::program::Signature;
+use crate::array::HostArray;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 

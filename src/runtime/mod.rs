@@ -17,7 +17,6 @@
 
 #[macro_use]
 mod call;
-mod array;
 mod buffer;
 mod client;
 mod discovery;
@@ -31,8 +30,8 @@ mod topology;
 
 use std::sync::Arc;
 
+pub use crate::array::{element_count, HostArray};
 pub use crate::dtype::TensorType;
-pub use array::{element_count, HostArray};
 pub use buffer::{ArgBuffer, DeviceBuffer};
 pub use client::{Client, ClientOptions, DeviceInfo};
 pub use discovery::{

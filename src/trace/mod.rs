@@ -201,12 +201,12 @@ impl Builder {
 
     /// A constant array from typed values.
     pub fn constant<T: Element>(&self, shape: &[i64], values: &[T]) -> Result<Tensor> {
-        let a = crate::runtime::HostArray::new(shape, values)?;
+        let a = crate::array::HostArray::new(shape, values)?;
         self.constant_array(&a)
     }
 
     /// A constant from a host array.
-    pub fn constant_array(&self, a: &crate::runtime::HostArray) -> Result<Tensor> {
+    pub fn constant_array(&self, a: &crate::array::HostArray) -> Result<Tensor> {
         self.push1(
             Op::Constant {
                 bytes: Arc::new(a.bytes().to_vec()),
@@ -219,15 +219,15 @@ impl Builder {
     /// A scalar constant of any dtype (converted from f64; integers must be exact).
     pub fn scalar(&self, value: f64, dtype: DType) -> Result<Tensor> {
         let a = match dtype {
-            DType::Pred => crate::runtime::HostArray::scalar(value != 0.0),
-            DType::U8 => crate::runtime::HostArray::scalar(value as u8),
-            DType::S32 => crate::runtime::HostArray::scalar(value as i32),
-            DType::U32 => crate::runtime::HostArray::scalar(value as u32),
-            DType::S64 => crate::runtime::HostArray::scalar(value as i64),
-            DType::U64 => crate::runtime::HostArray::scalar(value as u64),
-            DType::BF16 => crate::runtime::HostArray::scalar(half::bf16::from_f64(value)),
-            DType::F32 => crate::runtime::HostArray::scalar(value as f32),
-            DType::F64 => crate::runtime::HostArray::scalar(value),
+            DType::Pred => crate::array::HostArray::scalar(value != 0.0),
+            DType::U8 => crate::array::HostArray::scalar(value as u8),
+            DType::S32 => crate::array::HostArray::scalar(value as i32),
+            DType::U32 => crate::array::HostArray::scalar(value as u32),
+            DType::S64 => crate::array::HostArray::scalar(value as i64),
+            DType::U64 => crate::array::HostArray::scalar(value as u64),
+            DType::BF16 => crate::array::HostArray::scalar(half::bf16::from_f64(value)),
+            DType::F32 => crate::array::HostArray::scalar(value as f32),
+            DType::F64 => crate::array::HostArray::scalar(value),
         };
         self.constant_array(&a)
     }

@@ -7,10 +7,11 @@ use std::path::Path;
 use super::step::{train_donations, train_graph, StepOptions};
 use super::Layout;
 use crate::error::{Error, Result};
+use crate::exec::{emit, ShardedProgram};
 use crate::io::executable::{sha256_hex, Manifest, SavedExecutable, FORMAT};
 use crate::ir::Graph;
 use crate::model::{ModelConfig, ParamSpec};
-use crate::partition::{emit, PartitionSpec, ShardedProgram};
+use crate::partition::PartitionSpec;
 use crate::runtime::{Client, CompiledProgram, Signature, Topology};
 use crate::target::Target;
 

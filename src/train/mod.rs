@@ -9,4 +9,4 @@ pub mod sharding;
 pub mod step;
 
 pub use sharding::Layout;
-pub use step::{embed_graph, grad_graph, train_graph, StepOptions};
+pub use step::{grad_graph, train_graph, StepOptions};

@@ -13,9 +13,9 @@ use crate::data::{Loader, LoaderOptions, Position, Sample, Tokenizer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
+use crate::exec::{Sharded, ShardedArg, ShardedProgram};
 use crate::io::safetensors;
 use crate::model::{basic as dual, ModelConfig};
-use crate::partition::{Sharded, ShardedArg, ShardedProgram};
 use crate::runtime::{HostArray, Runtime};
 
 use super::aot::{Machine, StepProgram};

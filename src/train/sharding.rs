@@ -4,7 +4,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::model::ParamSpec;
-use crate::partition::{LogicalRules, Mesh, PartitionSpec, Rules, ShardingContext};
+use crate::partition::{LogicalRules, Mesh, PartitionSpec, Rules, ShardingContext, TensorAxes};
 use crate::runtime::Partitioner;
 
 /// Mesh, rules and partitioner of a run.
@@ -48,7 +48,16 @@ impl Layout {
         params: &[ParamSpec],
     ) -> Result<(Vec<PartitionSpec>, Vec<PartitionSpec>)> {
         self.rules.check_mesh(&self.mesh)?;
-        let resolved = self.rules.param_specs(params, &self.mesh)?;
+        let tensors: Vec<TensorAxes<'_>> = params
+            .iter()
+            .map(|p| TensorAxes {
+                name: &p.name,
+                shape: &p.shape,
+                axes: &p.axes,
+                stacked: p.is_stacked(),
+            })
+            .collect();
+        let resolved = self.rules.param_specs(&tensors, &self.mesh)?;
         let by_name = |name: &str, rank: usize| -> Result<PartitionSpec> {
             if let Some(i) = params.iter().position(|s| s.name == name) {
                 return Ok(resolved[i].clone());

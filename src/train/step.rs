@@ -22,6 +22,7 @@ use crate::model::{ParamSpec, Params};
 use crate::trace::{Builder, Tensor};
 
 use super::optim;
+pub use crate::model::inference::batch_shapes;
 
 /// Shapes and numerics of a step.
 #[derive(Clone, Debug)]
@@ -93,12 +94,6 @@ pub fn trainable(specs: &[ParamSpec], o: &StepOptions) -> Vec<ParamSpec> {
         .filter(|s| !o.frozen.contains(&s.name))
         .cloned()
         .collect()
-}
-
-/// Shapes of the batch inputs.
-pub fn batch_shapes(c: &ModelConfig, n: i64) -> ([i64; 4], [i64; 2]) {
-    let s = c.image.image_size();
-    ([n, s, s, c.image.channels()], [n, c.text.length])
 }
 
 /// Whether the step draws random numbers (dropout or stochastic depth): it then takes a
@@ -379,26 +374,6 @@ pub fn grad_graph(c: &ModelConfig, o: &StepOptions) -> Result<(Graph, Vec<ParamS
     Ok((b.finish(), specs))
 }
 
-/// `(params..., images, tokens) → (image_embeddings, text_embeddings, logit_scale)`.
-pub fn embed_graph(c: &ModelConfig, o: &StepOptions) -> Result<Graph> {
-    let b = Builder::new(&format!("{}_embed", c.name));
-    let specs = basic::specs(c);
-    let p = Params::declare(&b, &specs, o.param_dtype)?;
-    let mut eval = c.clone();
-    eval.train.dropout = 0.0;
-    eval.train.drop_path = 0.0;
-    let (images, tokens, _) = batch_inputs(&b, &eval, o)?;
-    let no_remat = StepOptions {
-        remat: None,
-        ..o.clone()
-    };
-    let (img, txt) = embed_pair(&images, &tokens, &p, c, &no_remat, None)?;
-    b.output("image_embeddings", &img)?;
-    b.output("text_embeddings", &txt)?;
-    b.output("logit_scale", &logit_scale(&p, c)?)?;
-    Ok(b.finish())
-}
-
 /// The full training step: `(params..., state..., step, images, tokens) →
 /// (params..., state..., loss, grad_norm, learning_rate, temperature)`.
 /// Returns the graph, the parameter specs and the optimizer-state specs.
@@ -456,50 +431,4 @@ pub fn train_graph(
 /// them once instead of twice.
 pub fn train_donations(params: &[ParamSpec], state: &[ParamSpec]) -> Vec<(usize, usize)> {
     (0..params.len() + state.len()).map(|i| (i, i)).collect()
-}
-
-/// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
-pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
-    let b = Builder::new(&format!("{}_embed_images", c.name));
-    let specs = basic::specs(c);
-    let p = Params::declare(&b, &specs, dtype)?;
-    let (is, _) = batch_shapes(c, n);
-    let images = b.parameter("images", dtype, &is)?;
-    b.output(
-        "image_embeddings",
-        &basic::embed_images(&images, &p, c, None, None)?,
-    )?;
-    Ok(b.finish())
-}
-
-/// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows.
-pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
-    let b = Builder::new(&format!("{}_embed_texts", c.name));
-    let specs = basic::specs(c);
-    let p = Params::declare(&b, &specs, dtype)?;
-    let (_, ts) = batch_shapes(c, n);
-    let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    b.output(
-        "text_embeddings",
-        &basic::embed_texts(&tokens, &p, c, dtype, None, None)?,
-    )?;
-    Ok(b.finish())
-}
-
-/// `(text-tower params..., tokens) → text_embeddings`: the text tower's pooled features, not
-/// projected or normalised (sentence embeddings of a text-only model).
-pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamSpec>)> {
-    let b = Builder::new(&format!("{}_text_features", c.name));
-    let specs: Vec<ParamSpec> = basic::specs(c)
-        .into_iter()
-        .filter(|s| basic::is_text_param(&s.name) && s.name != "text/proj/kernel")
-        .collect();
-    let p = Params::declare(&b, &specs, DType::F32)?;
-    let (_, ts) = batch_shapes(c, n);
-    let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    b.output(
-        "text_embeddings",
-        &basic::text_features(&tokens, &p, c, DType::F32, None, None)?,
-    )?;
-    Ok((b.finish(), specs))
 }

@@ -85,16 +85,15 @@ use basic::runtime::{CompileOptions, HostArray};
 use basic::trace::{Builder, Tensor};
 use basic::DType;
 
-/// A small deterministic generator for test inputs (splitmix64).
+/// A small deterministic generator for test inputs: the library's splitmix64.
 pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let mut g = basic::seed::SplitMix(self.0);
+        let v = g.next_u64();
+        self.0 = g.0;
+        v
     }
     /// Uniform in [lo, hi).
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {

@@ -248,6 +248,24 @@ impl fmt::Debug for HostArray {
     }
 }
 
+/// An array of `dtype` from f64 values.
+pub fn to_dtype(shape: &[i64], v: &[f64], dtype: DType) -> Result<HostArray> {
+    match dtype {
+        DType::F64 => HostArray::new(shape, v),
+        DType::F32 => HostArray::new(shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+        DType::BF16 => HostArray::new(
+            shape,
+            &v.iter()
+                .map(|&x| half::bf16::from_f64(x))
+                .collect::<Vec<_>>(),
+        ),
+        other => Err(Error::InvalidArgument {
+            what: format!("parameter dtype {other}"),
+            fix: "parameters are f32, f64 or bf16".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
-//! Compiling a graph over a mesh and running it on per-device shards.
+//! Compiling a graph over a mesh and running it on per-device shards: where the graph's lowering,
+//! the partition specs and the runtime meet (none of those three knows the others' types beyond
+//! what it needs: `lower` reads specs, `partition` knows neither graphs nor plugins).
 
-use super::{gather, shard, Mesh, PartitionSpec, ShardingContext};
 use crate::error::{Error, Result};
 use crate::ir::Graph;
+use crate::partition::{gather, shard, Mesh, PartitionSpec, ShardingContext};
 use crate::runtime::{ArgBuffer, Client, DeviceBuffer, Executable, HostArray, MemoryStats};
 
 /// One logical array held as one buffer per device of the mesh (`bufs[d]` on device `d`).

@@ -1,0 +1,90 @@
+//! Inference graphs: the embeddings of images and texts under a model's parameters, with no
+//! dropout, no rematerialisation and no gradient (`basic embed`, `basic eval`, the periodic
+//! zero-shot of a run).
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ir::Graph;
+use crate::model::basic;
+use crate::model::{ModelConfig, ParamSpec, Params};
+use crate::trace::Builder;
+
+/// Shapes of the batch inputs of `n` pairs: images `[n, H, W, C]`, tokens `[n, L]`.
+pub fn batch_shapes(c: &ModelConfig, n: i64) -> ([i64; 4], [i64; 2]) {
+    let s = c.image.image_size();
+    ([n, s, s, c.image.channels()], [n, c.text.length])
+}
+
+/// `(params..., images, tokens) → (image_embeddings, text_embeddings, logit_scale)` for a batch
+/// of `n` pairs: parameters and images in `param_dtype`, the towers computed in `compute_dtype`,
+/// the batch split over the `batch` logical axis.
+pub fn embed_graph(
+    c: &ModelConfig,
+    n: i64,
+    param_dtype: DType,
+    compute_dtype: DType,
+) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, param_dtype)?;
+    let (is, ts) = batch_shapes(c, n);
+    let images =
+        b.parameter("images", param_dtype, &is)?
+            .constrain(&[Some("batch"), None, None, None])?;
+    let tokens = b
+        .parameter("tokens", DType::S32, &ts)?
+        .constrain(&[Some("batch"), None])?;
+    let cp = basic::cast(&p, compute_dtype)?;
+    let img = basic::embed_images(&images.convert(compute_dtype)?, &cp, c, None, None)?;
+    let txt = basic::embed_texts(&tokens, &cp, c, compute_dtype, None, None)?;
+    b.output("image_embeddings", &img.convert(param_dtype)?)?;
+    b.output("text_embeddings", &txt.convert(param_dtype)?)?;
+    b.output("logit_scale", &basic::logit_scale(&p, c)?)?;
+    Ok(b.finish())
+}
+
+/// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
+pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed_images", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, dtype)?;
+    let (is, _) = batch_shapes(c, n);
+    let images = b.parameter("images", dtype, &is)?;
+    b.output(
+        "image_embeddings",
+        &basic::embed_images(&images, &p, c, None, None)?,
+    )?;
+    Ok(b.finish())
+}
+
+/// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows.
+pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed_texts", c.name));
+    let specs = basic::specs(c);
+    let p = Params::declare(&b, &specs, dtype)?;
+    let (_, ts) = batch_shapes(c, n);
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    b.output(
+        "text_embeddings",
+        &basic::embed_texts(&tokens, &p, c, dtype, None, None)?,
+    )?;
+    Ok(b.finish())
+}
+
+/// `(text-tower params..., tokens) → text_embeddings`: the text tower's pooled features, not
+/// projected or normalised (sentence embeddings of a text-only model).
+pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamSpec>)> {
+    let b = Builder::new(&format!("{}_text_features", c.name));
+    let specs: Vec<ParamSpec> = basic::specs(c)
+        .into_iter()
+        .filter(|s| basic::is_text_param(&s.name) && s.name != "text/proj/kernel")
+        .collect();
+    let p = Params::declare(&b, &specs, DType::F32)?;
+    let (_, ts) = batch_shapes(c, n);
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    b.output(
+        "text_embeddings",
+        &basic::text_features(&tokens, &p, c, DType::F32, None, None)?,
+    )?;
+    Ok((b.finish(), specs))
+}
