@@ -58,6 +58,24 @@ impl StepProgram {
         })
     }
 
+    /// The position of the input called `name` (`step`, `images`, `tokens`, `rng`).
+    pub fn input_index(&self, name: &str) -> Result<usize> {
+        self.graph
+            .params
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::Program(format!("the step has no input `{name}`")))
+    }
+
+    /// The position of the output called `name` (`loss`, `grad_norm`, ...).
+    pub fn output_index(&self, name: &str) -> Result<usize> {
+        self.graph
+            .outputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::Program(format!("the step has no output `{name}`")))
+    }
+
     /// Number of model parameters (not optimizer state).
     pub fn param_count(&self) -> i64 {
         self.params.iter().map(|s| s.element_count()).sum()

@@ -294,6 +294,21 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     // executable saved for this machine and these flags.
     let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
     let (specs, sspecs) = (sp.params.clone(), sp.state.clone());
+    // The step's inputs and outputs by name: parameters and state come first, in spec order.
+    let input = |name: &str| sp.input_index(name);
+    let output = |name: &str| sp.output_index(name);
+    let (i_step, i_images, i_tokens) = (input("step")?, input("images")?, input("tokens")?);
+    let i_rng = if crate::train::step::has_rng(c) {
+        Some(input("rng")?)
+    } else {
+        None
+    };
+    let o_scalars = [
+        output("loss")?,
+        output("grad_norm")?,
+        output("learning_rate")?,
+        output("temperature")?,
+    ];
     let prog = match &o.executable {
         Some(path) => {
             let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
@@ -465,19 +480,17 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     let mut last_good: Option<PathBuf> = checkpoints(&o.out).last().map(|(_, p)| p.clone());
     while step < o.steps {
         let batch = loader.next_batch()?;
-        let i_img = n_state + 1;
-        let step_arg = prog.upload(n_state, &HostArray::scalar(step as i32))?;
+        let step_arg = prog.upload(i_step, &HostArray::scalar(step as i32))?;
         let img = prog.upload(
-            i_img,
+            i_images,
             &crate::io::safetensors::convert(&batch.images, dtype)?,
         )?;
-        let tks = prog.upload(i_img + 1, &batch.tokens)?;
+        let tks = prog.upload(i_tokens, &batch.tokens)?;
         // Dropout and stochastic depth draw from a key made of the seed and the step, so a
         // resumed run draws the same masks.
-        let rng = if crate::train::step::has_rng(c) {
-            Some(prog.upload(i_img + 2, &HostArray::new(&[2], &[o.seed, step])?)?)
-        } else {
-            None
+        let rng = match i_rng {
+            Some(i) => Some(prog.upload(i, &HostArray::new(&[2], &[o.seed, step])?)?),
+            None => None,
         };
         // The values are consumed by the step (donated, when asked) and replaced by its outputs.
         let mut args: Vec<ShardedArg> = std::mem::take(&mut values)
@@ -491,8 +504,9 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             args.push(ShardedArg::Owned(r));
         }
         let mut out = prog.run_owned(args)?;
-        let scalars: Vec<f64> = (n_state..n_state + 4)
-            .map(|i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
+        let scalars: Vec<f64> = o_scalars
+            .iter()
+            .map(|&i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
             .collect::<Result<_>>()?;
         let (loss, gnorm, lr, temp) = (scalars[0], scalars[1], scalars[2], scalars[3]);
         if !loss.is_finite() {

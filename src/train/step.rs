@@ -169,8 +169,156 @@ fn head_loss(img: &Tensor, txt: &Tensor, p: &Params, c: &ModelConfig) -> Result<
     basic::loss(img, txt, &scale, bias.as_ref(), c.loss)
 }
 
+/// The loop constants of BASIC's accumulation: the tower parameters by name, the dropout key and
+/// the batch split into micro-batches, and how a loop step reads them.
+struct MicroBatches<'a> {
+    /// Tower parameter names, in `consts` order.
+    names: Vec<String>,
+    /// Tower parameters, then the key (when the step is random), then images and tokens as
+    /// `[N/M, M, ...]`: micro-batch k holds examples j·M + k.
+    consts: Vec<Tensor>,
+    key: Option<usize>,
+    at_batch: usize,
+    m: i64,
+    c: &'a ModelConfig,
+    o: &'a StepOptions,
+}
+
+impl MicroBatches<'_> {
+    /// Micro-batch `index`'s images and tokens, from a loop step's constants.
+    fn take(&self, index: &Tensor, cs: &[Tensor]) -> Result<(Tensor, Tensor)> {
+        let zero = index.builder().scalar(0.0, DType::S32)?;
+        let take = |t: &Tensor| -> Result<Tensor> {
+            let mut starts = vec![zero.clone(); t.rank()];
+            starts[1] = index.clone();
+            let mut sizes = t.shape().to_vec();
+            sizes[1] = 1;
+            let mut shape = t.shape().to_vec();
+            shape.remove(1);
+            t.dynamic_slice(&starts, &sizes)?.reshape(&shape)
+        };
+        Ok((take(&cs[self.at_batch])?, take(&cs[self.at_batch + 1])?))
+    }
+
+    /// The noise of micro-batch `index`: the key with the index folded in, so that passes 1 and
+    /// 3 draw the same masks.
+    fn noise(&self, index: &Tensor, cs: &[Tensor]) -> Result<Option<Noise>> {
+        self.key
+            .map(|k| noise(&cs[k], self.c).fold_index(index))
+            .transpose()
+    }
+
+    /// The tower parameters of a loop step.
+    fn params(&self, cs: &[Tensor]) -> Params {
+        let mut q = Params::default();
+        for (k, t) in self.names.iter().zip(cs) {
+            q.insert(k, t.clone());
+        }
+        q
+    }
+
+    /// Micro-batch `index`'s image and text embeddings.
+    fn embed(&self, index: &Tensor, cs: &[Tensor]) -> Result<(Tensor, Tensor)> {
+        let nz = self.noise(index, cs)?;
+        let (images, tokens) = self.take(index, cs)?;
+        embed_pair(
+            &images,
+            &tokens,
+            &self.params(cs),
+            self.c,
+            self.o,
+            nz.as_ref(),
+        )
+    }
+}
+
+/// Pass 1: the embeddings of every micro-batch, keeping no activations; `[N, E]` each, in batch
+/// order.
+fn pass1_embeddings(b: &Builder, mbs: &MicroBatches<'_>) -> Result<(Tensor, Tensor)> {
+    let (_, embs) = b.scan(mbs.m, &mbs.consts, &[], &[], false, |index, cs, _, _| {
+        let (img, txt) = mbs.embed(index, cs)?;
+        Ok((vec![], vec![img, txt]))
+    })?;
+    let (n, e) = (mbs.o.batch, mbs.c.embed_dim);
+    // [M, N/M, E] in micro-batch order → [N, E] in batch order (row j·M + k).
+    let gather = |t: &Tensor| -> Result<Tensor> {
+        t.transpose(&[1, 0, 2])?
+            .reshape(&[n, e])?
+            .constrain(&[Some("batch"), None])
+    };
+    Ok((gather(&embs[0])?, gather(&embs[1])?))
+}
+
+/// Pass 2: the loss over the global batch and its gradient with respect to every embedding and
+/// to the head parameters `heads`. Returns the loss, dL/d(image, text embeddings) as
+/// `[M, N/M, E]` in micro-batch order, and the heads' gradients.
+fn pass2_loss(
+    img: &Tensor,
+    txt: &Tensor,
+    heads: &[Tensor],
+    p: &Params,
+    mbs: &MicroBatches<'_>,
+) -> Result<(Tensor, Tensor, Tensor, Vec<Tensor>)> {
+    let loss = head_loss(img, txt, p, mbs.c)?;
+    let mut targets = vec![img.clone(), txt.clone()];
+    targets.extend(heads.iter().cloned());
+    let mut g = crate::autodiff::grad(&loss, &targets)?;
+    let (mb, m, e) = (mbs.o.batch / mbs.m, mbs.m, mbs.c.embed_dim);
+    // And back: row j·M + k of the batch to micro-batch k, row j.
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape(&[mb, m, e])?
+            .constrain(&[Some("batch"), None, None])?
+            .transpose(&[1, 0, 2])?
+            .constrain(&[None, Some("batch"), None])
+    };
+    let head_grads = g.split_off(2);
+    Ok((loss, split(&g[0])?, split(&g[1])?, head_grads))
+}
+
+/// Pass 3: re-run each micro-batch with activations and backpropagate its slice of the embedding
+/// gradient; returns the summed gradients of the tower parameters at positions `acc` of the
+/// constants.
+fn pass3_backprop(
+    b: &Builder,
+    mbs: &MicroBatches<'_>,
+    acc: &[usize],
+    d_img: Tensor,
+    d_txt: Tensor,
+) -> Result<Vec<Tensor>> {
+    let acc0: Vec<Tensor> = acc
+        .iter()
+        .map(|&i| mbs.consts[i].zeros_like())
+        .collect::<Result<_>>()?;
+    let (sums, _) = b.scan(
+        mbs.m,
+        &mbs.consts,
+        &acc0,
+        &[d_img, d_txt],
+        false,
+        |index, cs, sums, xs| {
+            let (img, txt) = mbs.embed(index, cs)?;
+            let wrt: Vec<Tensor> = acc.iter().map(|&i| cs[i].clone()).collect();
+            let g = crate::autodiff::vjp(
+                &[img, txt],
+                &[Some(xs[0].clone()), Some(xs[1].clone())],
+                &wrt,
+            )?;
+            let next = sums
+                .iter()
+                .zip(g)
+                .map(|(a, gi)| match gi {
+                    Some(gi) => a.add(&gi),
+                    None => Ok(a.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((next, vec![]))
+        },
+    )?;
+    Ok(sums)
+}
+
 /// Loss and gradients (in `train` order) of the whole batch, by BASIC's accumulation when
-/// `microbatches > 1`.
+/// `microbatches > 1`: [`pass1_embeddings`], [`pass2_loss`], [`pass3_backprop`].
 pub fn loss_and_grads(
     p: &Params,
     train: &[ParamSpec],
@@ -193,8 +341,7 @@ pub fn loss_and_grads(
         let grads = crate::autodiff::grad(&loss, &wrt)?;
         return Ok((loss, grads));
     }
-    let n = o.batch;
-    let mb = n / m;
+    let mb = o.batch / m;
     // Micro-batch k holds examples j·M + k (j < N/M). A device's contiguous rows of the global
     // batch then hold its share of every micro-batch, so splitting the batch moves no data
     // between devices (contiguous micro-batches would need an all-to-all of every image). The
@@ -208,7 +355,7 @@ pub fn loss_and_grads(
         tokens
             .reshape(&[mb, m, tokens.shape()[1]])?
             .constrain(&[Some("batch"), None, None])?;
-    // Tower parameters go into the loops as constants, by name.
+    // Tower parameters go into the loops as constants, by name; the key and the batch ride along.
     let names: Vec<String> = p
         .iter()
         .map(|(k, _)| k.clone())
@@ -218,62 +365,25 @@ pub fn loss_and_grads(
         .iter()
         .map(|k| p.get(k).cloned())
         .collect::<Result<_>>()?;
-    // The key rides along as the last constant; each micro-batch folds in its index, so passes 1
-    // and 3 draw the same masks for it.
-    if let Some(k) = rng {
+    let key = rng.map(|k| {
         consts.push(k.clone());
-    }
-    let n_tower = names.len();
-    // The batch rides along too; each step takes its micro-batch with a dynamic slice.
+        consts.len() - 1
+    });
     let at_batch = consts.len();
     consts.push(images_mb);
     consts.push(tokens_mb);
-    let micro = |index: &Tensor, cs: &[Tensor]| -> Result<(Tensor, Tensor)> {
-        let zero = index.builder().scalar(0.0, DType::S32)?;
-        let take = |t: &Tensor| -> Result<Tensor> {
-            let mut starts = vec![zero.clone(); t.rank()];
-            starts[1] = index.clone();
-            let mut sizes = t.shape().to_vec();
-            sizes[1] = 1;
-            let mut shape = t.shape().to_vec();
-            shape.remove(1);
-            t.dynamic_slice(&starts, &sizes)?.reshape(&shape)
-        };
-        Ok((take(&cs[at_batch])?, take(&cs[at_batch + 1])?))
-    };
-    let step_noise = |index: &Tensor, cs: &[Tensor]| -> Result<Option<Noise>> {
-        match rng {
-            Some(_) => Ok(Some(noise(&cs[n_tower], c).fold_index(index)?)),
-            None => Ok(None),
-        }
-    };
-    let rebuild = |cs: &[Tensor]| {
-        let mut q = Params::default();
-        for (k, t) in names.iter().zip(cs) {
-            q.insert(k, t.clone());
-        }
-        q
+    let mbs = MicroBatches {
+        names,
+        consts,
+        key,
+        at_batch,
+        m,
+        c,
+        o,
     };
 
-    // Pass 1: embeddings of every micro-batch.
-    let (_, embs) = b.scan(m, &consts, &[], &[], false, |index, cs, _, _| {
-        let nz = step_noise(index, cs)?;
-        let (images, tokens) = micro(index, cs)?;
-        let (img, txt) = embed_pair(&images, &tokens, &rebuild(cs), c, o, nz.as_ref())?;
-        Ok((vec![], vec![img, txt]))
-    })?;
-    let e = c.embed_dim;
-    // [M, N/M, E] in micro-batch order → [N, E] in batch order (row j·M + k).
-    let gather = |t: &Tensor| -> Result<Tensor> {
-        t.transpose(&[1, 0, 2])?
-            .reshape(&[n, e])?
-            .constrain(&[Some("batch"), None])
-    };
-    let img_all = gather(&embs[0])?;
-    let txt_all = gather(&embs[1])?;
+    let (img_all, txt_all) = pass1_embeddings(&b, &mbs)?;
 
-    // Pass 2: the loss over the global batch and its gradient per embedding (and head parameter).
-    let loss = head_loss(&img_all, &txt_all, p, c)?;
     let heads: Vec<(usize, Tensor)> = wrt
         .iter()
         .enumerate()
@@ -282,72 +392,31 @@ pub fn loss_and_grads(
         })
         .map(|(i, t)| (i, t.clone()))
         .collect();
-    let mut targets = vec![img_all.clone(), txt_all.clone()];
-    targets.extend(heads.iter().map(|(_, t)| t.clone()));
-    let g2 = crate::autodiff::grad(&loss, &targets)?;
-    // And back: row j·M + k of the batch to micro-batch k, row j.
-    let split = |t: &Tensor| -> Result<Tensor> {
-        t.reshape(&[mb, m, e])?
-            .constrain(&[Some("batch"), None, None])?
-            .transpose(&[1, 0, 2])?
-            .constrain(&[None, Some("batch"), None])
-    };
-    let d_img = split(&g2[0])?;
-    let d_txt = split(&g2[1])?;
+    let head_params: Vec<Tensor> = heads.iter().map(|(_, t)| t.clone()).collect();
+    let (loss, d_img, d_txt, head_grads) = pass2_loss(&img_all, &txt_all, &head_params, p, &mbs)?;
 
-    // Pass 3: re-run each micro-batch and backpropagate its slice of the embedding gradient.
     let train_names: Vec<&str> = train.iter().map(|s| s.name.as_str()).collect();
-    let acc_idx: Vec<usize> = (0..names.len())
-        .filter(|&i| train_names.contains(&names[i].as_str()))
+    let acc: Vec<usize> = (0..mbs.names.len())
+        .filter(|&i| train_names.contains(&mbs.names[i].as_str()))
         .collect();
-    let acc0: Vec<Tensor> = acc_idx
-        .iter()
-        .map(|&i| consts[i].zeros_like())
-        .collect::<Result<_>>()?;
-    let (sums, _) = b.scan(
-        m,
-        &consts,
-        &acc0,
-        &[d_img, d_txt],
-        false,
-        |index, cs, acc, xs| {
-            let nz = step_noise(index, cs)?;
-            let (images, tokens) = micro(index, cs)?;
-            let (img, txt) = embed_pair(&images, &tokens, &rebuild(cs), c, o, nz.as_ref())?;
-            let wrt: Vec<Tensor> = acc_idx.iter().map(|&i| cs[i].clone()).collect();
-            let g = crate::autodiff::vjp(
-                &[img, txt],
-                &[Some(xs[0].clone()), Some(xs[1].clone())],
-                &wrt,
-            )?;
-            let next = acc
-                .iter()
-                .zip(g)
-                .map(|(a, gi)| match gi {
-                    Some(gi) => a.add(&gi),
-                    None => Ok(a.clone()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((next, vec![]))
-        },
-    )?;
+    let sums = pass3_backprop(&b, &mbs, &acc, d_img, d_txt)?;
 
     // Assemble gradients in `train` order.
     let mut grads: Vec<Option<Tensor>> = vec![None; train.len()];
-    for (k, &i) in acc_idx.iter().enumerate() {
+    for (k, &i) in acc.iter().enumerate() {
         let at = train_names
             .iter()
-            .position(|n| *n == names[i])
+            .position(|n| *n == mbs.names[i])
             .ok_or_else(|| {
                 Error::Program(format!(
                     "gradient reassembly: accumulated gradient `{}` is not a trained parameter",
-                    names[i]
+                    mbs.names[i]
                 ))
             })?;
         grads[at] = Some(sums[k].clone());
     }
-    for (k, (i, _)) in heads.iter().enumerate() {
-        grads[*i] = Some(g2[2 + k].clone());
+    for ((i, _), g) in heads.iter().zip(head_grads) {
+        grads[*i] = Some(g);
     }
     let grads = grads
         .into_iter()
