@@ -57,7 +57,7 @@ fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result
     } else {
         let specs = stack_specs("s", &c);
         let p = Params::declare(&b, &specs, DType::F32)?;
-        let y = stack(&x, &p.scope("s"), &c, None, remat.as_ref())?;
+        let y = stack(&x, &p.scope("s"), &c, None, remat.as_ref(), None)?;
         (
             specs
                 .iter()

@@ -33,7 +33,7 @@ fn grad_program(
     let x = b.parameter("x", dtype, &shape).unwrap();
     let specs = stack_specs("s", c);
     let p = Params::declare(&b, &specs, dtype).unwrap();
-    let y = stack(&x, &p.scope("s"), c, None, remat.as_ref()).unwrap();
+    let y = stack(&x, &p.scope("s"), c, None, remat.as_ref(), None).unwrap();
     let loss = y.square().unwrap().mean(&[0, 1, 2]).unwrap();
     let mut wrt = vec![x.clone()];
     wrt.extend(specs.iter().map(|s| p.get(&s.name).unwrap().clone()));
@@ -152,7 +152,7 @@ fn scan_over_layers_equals_the_unrolled_stack() {
         let y = if scanned {
             scanned_stack(&x, &stacked_params(&p, c.depth), &c, None, remat.as_ref()).unwrap()
         } else {
-            stack(&x, &p.scope("s"), &c, None, None).unwrap()
+            stack(&x, &p.scope("s"), &c, None, None, None).unwrap()
         };
         let loss = y.square().unwrap().mean(&[0, 1, 2]).unwrap();
         let mut wrt = vec![x.clone()];

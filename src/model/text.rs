@@ -91,9 +91,9 @@ pub fn apply(
     // 0 where allowed, -1e9 where masked.
     let mask_bias = allowed.neg()?.add_scalar(1.0)?.mul_scalar(neg)?;
     let stack = if scan {
-        transformer::scanned_stack_with_noise
+        transformer::scanned
     } else {
-        transformer::stack_with_noise
+        transformer::stack
     };
     let x = stack(&x, p, &blocks(c), Some(&mask_bias), remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;

@@ -123,18 +123,9 @@ pub fn attention(x: &Tensor, p: &Params, heads: i64, mask_bias: Option<&Tensor>)
     dense(&out, p.get("out/kernel")?, p.get("out/bias")?)
 }
 
-/// One pre-LN block.
+/// One pre-LN block, with dropout / stochastic depth on both residual branches when `noise` is
+/// given.
 pub fn block(
-    x: &Tensor,
-    p: &Params,
-    c: &TransformerConfig,
-    mask_bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    block_with_noise(x, p, c, mask_bias, None)
-}
-
-/// One pre-LN block with dropout / stochastic depth on both residual branches.
-pub fn block_with_noise(
     x: &Tensor,
     p: &Params,
     c: &TransformerConfig,
@@ -158,19 +149,9 @@ pub fn block_with_noise(
     x.add(&branch(h, 2)?)
 }
 
-/// The whole stack, each block checkpointed with `remat` (None: no checkpoint).
+/// The whole stack, each block checkpointed with `remat` (None: no checkpoint); with `noise`,
+/// dropout / stochastic depth, block `i` drawing from the key folded with `i`.
 pub fn stack(
-    x: &Tensor,
-    p: &Params,
-    c: &TransformerConfig,
-    mask_bias: Option<&Tensor>,
-    remat: Option<&RematPolicy>,
-) -> Result<Tensor> {
-    stack_with_noise(x, p, c, mask_bias, remat, None)
-}
-
-/// [`stack`] with dropout / stochastic depth; block `i` draws from the key folded with `i`.
-pub fn stack_with_noise(
     x: &Tensor,
     p: &Params,
     c: &TransformerConfig,
@@ -182,7 +163,7 @@ pub fn stack_with_noise(
     for i in 0..c.depth {
         let bp = p.scope(&format!("blocks/{i}"));
         let n = noise.map(|n| n.fold(100 + i as u64)).transpose()?;
-        let run = |x: &Tensor| block_with_noise(x, &bp, c, mask_bias, n.as_ref());
+        let run = |x: &Tensor| block(x, &bp, c, mask_bias, n.as_ref());
         x = x.builder().remat(remat, || run(&x))?;
     }
     Ok(x)
@@ -280,8 +261,8 @@ pub fn scan_layers(
 }
 
 /// The stack as one scan over `prefix/layers/...` parameters ([`scanned_stack_specs`]), with
-/// dropout / stochastic depth.
-pub fn scanned_stack_with_noise(
+/// dropout / stochastic depth when `noise` is given.
+pub fn scanned(
     x: &Tensor,
     p: &Params,
     c: &TransformerConfig,
@@ -297,7 +278,7 @@ pub fn scanned_stack_with_noise(
         &consts,
         remat,
         noise.as_ref(),
-        |x, p, cs, n| block_with_noise(x, p, c, cs.first(), n),
+        |x, p, cs, n| block(x, p, c, cs.first(), n),
     )
 }
 
@@ -315,5 +296,5 @@ pub fn scanned_stack(
     for (n, w) in BLOCK_PARAM_NAMES.iter().zip(stacked) {
         p.insert(&format!("layers/{n}"), w.clone());
     }
-    scanned_stack_with_noise(x, &p, c, mask_bias, remat, None)
+    scanned(x, &p, c, mask_bias, remat, None)
 }

@@ -77,9 +77,9 @@ pub fn apply(
     let x = Tensor::concat(&[cls, x], 1)?.add(p.get("pos")?)?;
     let x = x.constrain(&[Some("batch"), None, None])?;
     let stack = if scan {
-        transformer::scanned_stack_with_noise
+        transformer::scanned
     } else {
-        transformer::stack_with_noise
+        transformer::stack
     };
     let x = stack(&x, p, &blocks(c), None, remat, noise)?;
     let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
