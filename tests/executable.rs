@@ -32,9 +32,7 @@ fn a_loaded_executable_gives_the_fresh_compile_s_results_bit_for_bit() {
         .unwrap();
     // Inputs: initialised parameters and zero state, a random batch, the step and the key.
     let mut args: Vec<HostArray> = init::init_params(&sp.params, 3, o.param_dtype).unwrap();
-    for s in &sp.state {
-        args.push(init::init_params(std::slice::from_ref(s), 0, o.param_dtype).unwrap()[0].clone());
-    }
+    args.extend(init::init_params(&sp.state, 0, o.param_dtype).unwrap());
     let sig = basic::runtime::Signature::from_program(&sp.text).unwrap();
     let mut rng = common::Rng(7);
     for p in &sig.args[args.len()..] {

@@ -255,74 +255,56 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
         std::fs::write(p, &sp.text).with_context(|| format!("cannot write `{}`", p.display()))?;
     }
     let n = layout.mesh.size() as usize;
-    let report = match &target {
+    // Per branch: compile time, memory figures, each device's process, and the compiler's
+    // refusal of a program too large for the target.
+    let (compile_seconds, mem, process_index, refused) = match &target {
         Some(t) => {
             let topo = t.topology()?;
+            // The program runs on the topology's first `n` devices (its default assignment).
+            let process_index: Vec<i32> = topo
+                .devices()
+                .iter()
+                .take(n)
+                .map(|d| d.process_index)
+                .collect();
             let t1 = Instant::now();
-            let compiled = match sp.compile_for(t, &topo, &layout) {
-                Ok(c) => c,
-                Err(e) => match basic::target::OutOfMemory::from_error(&e) {
-                    // libtpu refuses a program that does not fit instead of sizing it: report
-                    // what it said, as a program that does not fit.
-                    Some(oom) => {
-                        if a.save_executable.is_some() {
-                            bail!("{e}; nothing saved: the program does not fit the target");
-                        }
-                        let report = StepReport {
-                            target: Some(t.clone()),
-                            params,
-                            flops,
-                            build_seconds,
-                            compile_seconds: t1.elapsed().as_secs_f64(),
-                            mem: basic::runtime::MemoryStats {
-                                temp_bytes: oom.required_bytes,
-                                peak_bytes: oom.required_bytes,
-                                ..Default::default()
-                            },
-                            process_index: (0..n)
-                                .map(|i| topo.devices().get(i).map_or(0, |d| d.process_index))
-                                .collect(),
-                            refused: Some(oom.message),
-                        };
-                        return print_report(&c, &o, &layout, &report, a.json);
+            match sp.compile_for(t, &topo, &layout) {
+                Ok(compiled) => {
+                    let compile_seconds = t1.elapsed().as_secs_f64();
+                    if let Some(path) = &a.save_executable {
+                        let machine = Machine::of_target(t, &topo, &compiled);
+                        save_executable(
+                            path,
+                            &sp,
+                            &c,
+                            &o,
+                            &layout,
+                            &a.model,
+                            &machine,
+                            compiled.serialize()?,
+                        )?;
                     }
+                    (
+                        compile_seconds,
+                        compiled.memory_stats()?,
+                        process_index,
+                        None,
+                    )
+                }
+                // libtpu refuses a program that does not fit instead of sizing it: report what
+                // it said, as a program that does not fit.
+                Err(e) => match basic::target::OutOfMemory::from_error(&e) {
+                    Some(_) if a.save_executable.is_some() => {
+                        bail!("{e}; nothing saved: the program does not fit the target")
+                    }
+                    Some(oom) => (
+                        t1.elapsed().as_secs_f64(),
+                        oom.memory_stats(),
+                        process_index,
+                        Some(oom.message),
+                    ),
                     None => return Err(e.into()),
                 },
-            };
-            let compile_seconds = t1.elapsed().as_secs_f64();
-            let mem = compiled.memory_stats()?;
-            let ids = compiled.options().devices();
-            let process_index = ids
-                .iter()
-                .map(|id| {
-                    topo.devices()
-                        .iter()
-                        .find(|d| i64::from(d.id) == *id)
-                        .map_or(0, |d| d.process_index)
-                })
-                .collect();
-            if let Some(path) = &a.save_executable {
-                let machine = Machine::of_target(t, &topo, &compiled);
-                save_executable(
-                    path,
-                    &sp,
-                    &c,
-                    &o,
-                    &layout,
-                    &a.model,
-                    &machine,
-                    compiled.serialize()?,
-                )?;
-            }
-            StepReport {
-                target: Some(t.clone()),
-                params,
-                flops,
-                build_seconds,
-                compile_seconds,
-                mem,
-                process_index,
-                refused: None,
             }
         }
         None => {
@@ -336,7 +318,6 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
                 sp.text.clone(),
             )?;
             let compile_seconds = t1.elapsed().as_secs_f64();
-            let mem = prog.memory_stats()?;
             if let Some(path) = &a.save_executable {
                 let machine = Machine::of_client(rt.client(), n);
                 save_executable(
@@ -350,17 +331,18 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
                     prog.exe.serialize()?,
                 )?;
             }
-            StepReport {
-                target: None,
-                params,
-                flops,
-                build_seconds,
-                compile_seconds,
-                mem,
-                process_index: vec![0; n],
-                refused: None,
-            }
+            (compile_seconds, prog.memory_stats()?, vec![0; n], None)
         }
+    };
+    let report = StepReport {
+        target,
+        params,
+        flops,
+        build_seconds,
+        compile_seconds,
+        mem,
+        process_index,
+        refused,
     };
     print_report(&c, &o, &layout, &report, a.json)?;
     if let Some(p) = &a.save_executable {
@@ -403,11 +385,7 @@ fn print_report(
     let mem = &r.mem;
     let hbm = r.target.as_ref().map(|t| t.spec.hbm_bytes);
     let fits = r.fits();
-    let bound = r.target.as_ref().map(|t| {
-        // Every device runs the whole program on its shard: the analytic FLOPs of the global step
-        // spread over the mesh's devices at the target's peak.
-        r.flops / (n as f64 * t.spec.peak_bf16_flops)
-    });
+    let bound = r.target.as_ref().map(|t| t.step_time_bound(r.flops, n));
     if json_out {
         let devices: Vec<_> = (0..n)
             .map(|d| {

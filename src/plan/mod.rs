@@ -147,6 +147,8 @@ struct CacheEntry {
 struct Figures {
     memory: MemoryStats,
     flops: f64,
+    /// Devices the program runs on (the mesh's size).
+    devices: usize,
     seconds: f64,
     cached: bool,
     refused: Option<String>,
@@ -220,7 +222,8 @@ impl Planner<'_> {
                 t.temp_bytes = Some(f.memory.temp_bytes);
                 t.fits = f.refused.is_none() && f.memory.peak_bytes <= self.budget;
                 t.flops = f.flops;
-                t.step_time_lower_bound_seconds = self.req.target.step_time_bound(f.flops);
+                t.step_time_lower_bound_seconds =
+                    self.req.target.step_time_bound(f.flops, f.devices);
                 t.compile_seconds = f.seconds;
                 t.cached = f.cached;
                 t.error = f.refused;
@@ -237,6 +240,7 @@ impl Planner<'_> {
         let (c, o) = self.config(choice)?;
         let sp = StepProgram::build(&c, &o, &layout, choice.donate)?;
         let flops = crate::ir::flops(&sp.graph);
+        let devices = layout.mesh.size() as usize;
         let cache = self.cache_path(&sp.text);
         if let Some(p) = &cache {
             if let Ok(text) = std::fs::read_to_string(p) {
@@ -244,6 +248,7 @@ impl Planner<'_> {
                     return Ok(Figures {
                         memory: e.memory,
                         flops,
+                        devices,
                         seconds: e.compile_seconds,
                         cached: true,
                         refused: e.refused,
@@ -255,14 +260,7 @@ impl Planner<'_> {
         let (memory, refused) = match sp.compile_for(&self.req.target, &self.topology, &layout) {
             Ok(compiled) => (compiled.memory_stats()?, None),
             Err(e) => match OutOfMemory::from_error(&e) {
-                Some(oom) => (
-                    MemoryStats {
-                        temp_bytes: oom.required_bytes,
-                        peak_bytes: oom.required_bytes,
-                        ..Default::default()
-                    },
-                    Some(oom.message),
-                ),
+                Some(oom) => (oom.memory_stats(), Some(oom.message)),
                 None => return Err(e),
             },
         };
@@ -284,6 +282,7 @@ impl Planner<'_> {
         Ok(Figures {
             memory,
             flops,
+            devices,
             seconds,
             cached: false,
             refused,
@@ -499,8 +498,7 @@ fn rank(a: &Tried, b: &Tried) -> std::cmp::Ordering {
 pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Result<Plan> {
     let t0 = Instant::now();
     let topology = req.target.topology()?;
-    let plugin = crate::target::plugin_package_version(topology.plugin().path())
-        .unwrap_or_else(|| topology.platform_version().to_string());
+    let plugin = crate::target::plugin_identity(topology.plugin(), topology.platform_version());
     let hbm = req.target.spec.hbm_bytes;
     let budget = req
         .budget
@@ -574,30 +572,33 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
         })
         .fits
     };
-    let mut good = 0;
-    // From the preset's batch (a multiple of the data axis), doubling.
+    // From the preset's batch (a multiple of the data axis): doubling while it fits, or halving
+    // down to one example per device while it does not; then bisection between the last batch
+    // that fits and the first that does not, on multiples of the data axis.
     let mut b = (p.req.config.train.batch / data).max(1) * data;
-    let mut batches = Vec::new();
-    // Doubling, then bisection on multiples of the data axis.
-    let mut bad = loop {
-        batches.push(b);
-        if !probe(p, b) {
-            break b;
-        }
+    let mut batches = vec![b];
+    let (mut good, mut bad) = (0, 0);
+    if probe(p, b) {
         good = b;
-        if b > (1 << 24) {
-            break 0;
+        while b <= 1 << 24 {
+            b *= 2;
+            batches.push(b);
+            if !probe(p, b) {
+                bad = b;
+                break;
+            }
+            good = b;
         }
-        b *= 2;
-    };
-    if good == 0 && b > data {
-        // Even the preset's batch does not fit: halve down to one example per device.
-        while b > data && good == 0 {
+    } else {
+        bad = b;
+        while b > data {
             b = (b / 2 / data).max(1) * data;
             batches.push(b);
             if probe(p, b) {
                 good = b;
+                break;
             }
+            bad = b;
         }
     }
     if good == 0 {
@@ -606,13 +607,11 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
     if bad == 0 {
         bad = good * 2;
     }
-    while bad - good > data && good >= data {
-        // Keep candidates powers of two times the data axis so that micro-batches split evenly.
+    while bad - good > data {
         let mid = ((good + bad) / 2 / data) * data;
         if mid <= good || mid >= bad {
             break;
         }
-        // Only batches whose halvings stay whole are searched in full; others bound the answer.
         if probe(p, mid) {
             good = mid;
         } else {

@@ -311,7 +311,7 @@ impl Target {
                 .iter()
                 .any(|(n, _)| n == "xla_gpu_cuda_data_dir")
         {
-            let dir = cuda_data_dir()?;
+            let dir = find_cuda_data_dir()?;
             o.debug_options.push((
                 "xla_gpu_cuda_data_dir".into(),
                 DebugValue::String(dir.display().to_string()),
@@ -320,10 +320,11 @@ impl Target {
         Ok(o)
     }
 
-    /// A lower bound on the step time: `flops` spread evenly over every device at its peak dense
-    /// bf16 rate. Real steps are slower (communication, memory traffic, imperfect overlap).
-    pub fn step_time_bound(&self, flops: f64) -> f64 {
-        flops / (self.devices() as f64 * self.spec.peak_bf16_flops)
+    /// A lower bound on the step time: `flops` spread evenly over the `devices` the program runs
+    /// on, each at its peak dense bf16 rate. Real steps are slower (communication, memory
+    /// traffic, imperfect overlap).
+    pub fn step_time_bound(&self, flops: f64, devices: usize) -> f64 {
+        flops / (devices.max(1) as f64 * self.spec.peak_bf16_flops)
     }
 }
 
@@ -340,6 +341,16 @@ pub struct OutOfMemory {
 }
 
 impl OutOfMemory {
+    /// The figures to report for a refused program: what the compiler said it needs, as its
+    /// temporaries and peak (a lower bound on the real peak).
+    pub fn memory_stats(&self) -> crate::runtime::MemoryStats {
+        crate::runtime::MemoryStats {
+            temp_bytes: self.required_bytes,
+            peak_bytes: self.required_bytes,
+            ..Default::default()
+        }
+    }
+
     /// Reads a compiler's out-of-memory error: `... required for HLO temporaries (19.75G) exceeds
     /// available HBM (15.75G)` or `Used 20.5G of 15.75G hbm`. `None` for any other error.
     pub fn from_error(e: &Error) -> Option<OutOfMemory> {
@@ -369,8 +380,10 @@ impl OutOfMemory {
     }
 }
 
-fn cuda_data_dir() -> Result<PathBuf> {
-    find_cuda_data_dir()
+/// What identifies a plugin's compiler in manifests and caches: its package and version
+/// (`libtpu 0.0.42.1`), else the platform version it reports.
+pub fn plugin_identity(plugin: &Plugin, platform_version: &str) -> String {
+    plugin_package_version(plugin.path()).unwrap_or_else(|| platform_version.to_string())
 }
 
 /// The package and version a plugin file was installed from (`libtpu 0.0.42.1`): the

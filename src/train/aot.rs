@@ -191,8 +191,10 @@ impl Machine {
                 .first()
                 .map(|d| d.kind.clone())
                 .unwrap_or_default(),
-            plugin_version: crate::target::plugin_package_version(topology.plugin().path())
-                .unwrap_or_else(|| topology.platform_version().to_string()),
+            plugin_version: crate::target::plugin_identity(
+                topology.plugin(),
+                topology.platform_version(),
+            ),
             device_assignment: program.options().devices(),
         }
     }
@@ -214,8 +216,7 @@ impl Machine {
                 .first()
                 .map(|d| d.kind.clone())
                 .unwrap_or_default(),
-            plugin_version: crate::target::plugin_package_version(plugin.path())
-                .unwrap_or_else(|| client.platform_version().to_string()),
+            plugin_version: crate::target::plugin_identity(plugin, client.platform_version()),
             device_assignment: ids,
         }
     }
