@@ -14,8 +14,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
-use crate::ir::{differentiable, Graph, Op, Value};
-use crate::ops::{self, VjpCtx};
+use crate::ir::{differentiable, Graph, Value};
+use crate::ops::{self, slice_cotangent_terms, SlicePiece};
 use crate::trace::{Builder, Tensor};
 
 struct Sweep<'a> {
@@ -24,70 +24,28 @@ struct Sweep<'a> {
     cot: HashMap<Value, Tensor>,
     recomputed: HashMap<Value, Tensor>,
     done_regions: BTreeSet<usize>,
-    /// Cotangents of unit-stride slices, by the sliced value, not yet put back into its shape:
-    /// slices that tile one axis (q, k and v out of a fused projection) become one concatenate
-    /// instead of a zero-padded copy per slice and a sum of them.
-    slices: HashMap<Value, Vec<SlicePiece>>,
-}
-
-/// The cotangent `g` of `operand[start..limit]` (unit strides).
-struct SlicePiece {
-    start: Vec<i64>,
-    limit: Vec<i64>,
-    g: Tensor,
+    /// Cotangent pieces held back by their rules ([`ops::Rule::piece`]), by the value they
+    /// belong to, summed when the value's cotangent is read.
+    pieces: HashMap<Value, Vec<SlicePiece>>,
 }
 
 impl Sweep<'_> {
-    /// Adds the pending slice cotangents of `v` to its cotangent.
-    fn flush_slices(&mut self, v: Value) -> Result<()> {
-        let Some(mut pieces) = self.slices.remove(&v) else {
+    /// Adds the pending pieces of `v`'s cotangent to it.
+    fn flush_pieces(&mut self, v: Value) -> Result<()> {
+        let Some(pieces) = self.pieces.remove(&v) else {
             return Ok(());
         };
         let shape = self.b.tensor(v).shape().to_vec();
-        let r = shape.len();
-        // The one axis along which the pieces differ; every other axis whole.
-        let axis = (0..r).find(|&d| pieces.iter().any(|p| p.limit[d] - p.start[d] != shape[d]));
-        let tiles = pieces.len() > 1
-            && axis.is_some_and(|ax| {
-                pieces
-                    .iter()
-                    .all(|p| (0..r).all(|d| d == ax || (p.start[d] == 0 && p.limit[d] == shape[d])))
-            });
-        if let (true, Some(ax)) = (tiles, axis) {
-            pieces.sort_by_key(|p| p.start[ax]);
-            if pieces.windows(2).all(|w| w[0].limit[ax] <= w[1].start[ax]) {
-                let mut parts = Vec::new();
-                let mut at = 0;
-                for p in &pieces {
-                    if p.start[ax] > at {
-                        let mut gap = shape.clone();
-                        gap[ax] = p.start[ax] - at;
-                        parts.push(p.g.scalar_like(0.0)?.broadcast_to(&gap)?);
-                    }
-                    parts.push(p.g.clone());
-                    at = p.limit[ax];
-                }
-                if at < shape[ax] {
-                    let mut gap = shape.clone();
-                    gap[ax] = shape[ax] - at;
-                    parts.push(pieces[0].g.scalar_like(0.0)?.broadcast_to(&gap)?);
-                }
-                return self.add_cot(v, Tensor::concat(&parts, ax)?);
-            }
-        }
-        for p in pieces {
-            let high: Vec<i64> = (0..r).map(|d| shape[d] - p.limit[d]).collect();
-            let zero = p.g.scalar_like(0.0)?;
-            let padded = p.g.pad(&zero, &p.start, &high, &vec![0; r])?;
-            self.add_cot(v, padded)?;
+        for t in slice_cotangent_terms(&shape, pieces)? {
+            self.add_cot(v, t)?;
         }
         Ok(())
     }
 
-    fn flush_all_slices(&mut self) -> Result<()> {
-        let pending: Vec<Value> = self.slices.keys().copied().collect();
+    fn flush_all_pieces(&mut self) -> Result<()> {
+        let pending: Vec<Value> = self.pieces.keys().copied().collect();
         for v in pending {
-            self.flush_slices(v)?;
+            self.flush_pieces(v)?;
         }
         Ok(())
     }
@@ -130,7 +88,7 @@ impl Sweep<'_> {
 
     fn replay(&mut self, r: usize) -> Result<()> {
         // The replay routes every known cotangent arriving at the block through its barrier.
-        self.flush_all_slices()?;
+        self.flush_all_pieces()?;
         self.done_regions.insert(r);
         let policy = self.g.regions[r].policy.clone();
         let members: Vec<usize> = (0..self.g.nodes.len())
@@ -146,7 +104,7 @@ impl Sweep<'_> {
                     inputs.insert(*v);
                 }
             }
-            if matches!(node.op, Op::Parameter { .. }) || policy.saves(node) {
+            if node.op.is_parameter() || policy.saves(node) {
                 saved.extend((0..node.outputs.len()).map(|out| Value { node: n, out }));
             }
         }
@@ -183,7 +141,7 @@ impl Sweep<'_> {
         };
         let mut map: HashMap<Value, Tensor> = HashMap::new();
         for (v, t) in inputs.iter().chain(&saved).zip(&barred) {
-            let is_param = matches!(self.g.nodes[v.node].op, Op::Parameter { .. });
+            let is_param = self.g.nodes[v.node].op.is_parameter();
             let t = match &token {
                 Some(z)
                     if inputs.contains(v) && !is_param && t.dtype().is_float() && t.rank() > 0 =>
@@ -272,13 +230,21 @@ pub fn vjp(
             }
         }
     }
+    // Ops whose derivative needs more of the forward pass than their outputs are swapped for
+    // the op that keeps it, before the sweep reads the graph.
+    for i in (0..n).filter(|&i| depends[i] && needed[i]) {
+        if let Some(op) = ops::rule(&g.nodes[i].op).for_vjp() {
+            b.replace_op(i, op)?;
+        }
+    }
+    let g = b.graph();
     let mut s = Sweep {
         b: &b,
         g,
         cot: HashMap::new(),
         recomputed: HashMap::new(),
         done_regions: BTreeSet::new(),
-        slices: HashMap::new(),
+        pieces: HashMap::new(),
     };
     for (o, c) in outputs.iter().zip(cotangents) {
         if let Some(c) = c {
@@ -287,7 +253,7 @@ pub fn vjp(
     }
     let wrt_nodes: BTreeSet<usize> = wrt.iter().map(|w| w.value().node).collect();
     for i in (0..n).rev() {
-        if !(depends[i] && needed[i]) || matches!(s.g.nodes[i].op, Op::Parameter { .. }) {
+        if !(depends[i] && needed[i]) || s.g.nodes[i].op.is_parameter() {
             continue;
         }
         // A node that is itself an input we differentiate by ends the sweep along that path
@@ -297,25 +263,16 @@ pub fn vjp(
         }
         let n_out = s.g.nodes[i].outputs.len();
         for out in 0..n_out {
-            s.flush_slices(Value { node: i, out })?;
+            s.flush_pieces(Value { node: i, out })?;
         }
-        // A unit-stride slice's cotangent waits for its siblings (see `Sweep::slices`).
-        if let Op::Slice {
-            start,
-            limit,
-            strides,
-        } = &s.g.nodes[i].op
-        {
-            let (v, key) = (s.g.nodes[i].inputs[0], Value { node: i, out: 0 });
-            if strides.iter().all(|&st| st == 1) && depends[v.node] {
-                if let Some(g) = s.cot.get(&key).cloned() {
-                    if differentiable(g.dtype()) {
-                        s.slices.entry(v).or_default().push(SlicePiece {
-                            start: start.clone(),
-                            limit: limit.clone(),
-                            g,
-                        });
-                    }
+        let rule = ops::rule(&s.g.nodes[i].op);
+        if let (Some(g), [v]) = (
+            s.cot.get(&Value { node: i, out: 0 }),
+            &s.g.nodes[i].inputs[..],
+        ) {
+            if let Some(piece) = rule.piece(g) {
+                if depends[v.node] && differentiable(g.dtype()) {
+                    s.pieces.entry(*v).or_default().push(piece);
                 }
                 continue;
             }
@@ -339,11 +296,7 @@ pub fn vjp(
         let cots: Vec<Option<Tensor>> = (0..n_out)
             .map(|out| s.cot.get(&Value { node: i, out }).cloned())
             .collect();
-        let ctx = VjpCtx {
-            b: &b,
-            node: outs.first().map_or(i, |t| t.value().node),
-        };
-        let grads = ops::vjp(&ctx, &node.op, &ins, &outs, &cots).map_err(|e| match e {
+        let grads = ops::vjp(&node.op, &ins, &outs, &cots).map_err(|e| match e {
             Error::NoDerivative { op, detail } => Error::NoDerivative {
                 op,
                 detail: format!("{detail} (node %{i} of `{}`)", s.g.name),
@@ -358,7 +311,7 @@ pub fn vjp(
             }
         }
     }
-    s.flush_all_slices()?;
+    s.flush_all_pieces()?;
     Ok(wrt.iter().map(|w| s.cot.get(&w.value()).cloned()).collect())
 }
 

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use crate::dtype::{DType, TensorType};
 
+mod op;
+pub use op::*;
+
 /// One output of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Value {
@@ -141,142 +144,6 @@ pub struct Scan {
     pub save_carries: bool,
 }
 
-/// The primitive operations. Each one's shape rule, derivative and lowering live together in
-/// `crate::ops`; the exhaustive matches there make every new variant decide all three.
-#[derive(Clone, Debug)]
-pub enum Op {
-    Parameter {
-        index: usize,
-        ty: TensorType,
-    },
-    /// Little-endian bytes of a dense array of type `ty`.
-    Constant {
-        bytes: Arc<Vec<u8>>,
-        ty: TensorType,
-    },
-    Iota {
-        axis: usize,
-        ty: TensorType,
-    },
-    Unary(Unary),
-    Binary(Binary),
-    Compare(Cmp),
-    Select,
-    Convert {
-        to: DType,
-    },
-    /// Reinterprets the bits as another type of the same width.
-    BitcastConvert {
-        to: DType,
-    },
-    DotGeneral(DotDims),
-    /// `dims[i]` is the output dimension that operand dimension `i` maps to.
-    BroadcastInDim {
-        dims: Vec<usize>,
-        shape: Vec<i64>,
-    },
-    Reshape {
-        shape: Vec<i64>,
-    },
-    Transpose {
-        perm: Vec<usize>,
-    },
-    Reverse {
-        dims: Vec<usize>,
-    },
-    Slice {
-        start: Vec<i64>,
-        limit: Vec<i64>,
-        strides: Vec<i64>,
-    },
-    /// Inputs: operand, then one s32 scalar start index per dimension.
-    DynamicSlice {
-        sizes: Vec<i64>,
-    },
-    /// Inputs: operand, update, then one s32 scalar start index per dimension.
-    DynamicUpdateSlice,
-    Concatenate {
-        axis: usize,
-    },
-    /// Inputs: operand, padding value (scalar).
-    Pad {
-        low: Vec<i64>,
-        high: Vec<i64>,
-        interior: Vec<i64>,
-    },
-    Reduce {
-        kind: ReduceKind,
-        axes: Vec<usize>,
-    },
-    ReduceWindow {
-        kind: ReduceKind,
-        window: Window,
-    },
-    /// The derivative of max pooling: adds each `source` element at the position of its window's
-    /// maximum in `operand`. Inputs: operand, source.
-    SelectAndScatterAdd {
-        window: Window,
-    },
-    Conv(Box<ConvAttrs>),
-    /// Rows of a table: inputs `table [V, ...]`, `ids` (s32, any shape); output `ids.shape ++ table.shape[1..]`.
-    Gather,
-    /// Adds `updates [ids.shape ++ target.shape[1..]]` into rows `ids` of `target`.
-    ScatterAdd,
-    /// Threefry: input key `u64[2]`; outputs the next key and `u32` bits of the requested shape.
-    RngBitGenerator {
-        shape: Vec<i64>,
-    },
-    /// Identity that XLA may not look through (keeps recomputation from being merged back).
-    OptimizationBarrier,
-    /// Identity whose derivative is zero; it emits nothing.
-    StopGradient,
-    Scan(Box<Scan>),
-    /// Identity that asks the SPMD partitioner to lay the value out by these logical axis names
-    /// (`None`: not split); the rules file maps them to mesh axes. Without partitioning it
-    /// disappears.
-    ShardingConstraint {
-        axes: Vec<Option<String>>,
-    },
-}
-
-impl Op {
-    /// The op's name as it appears in errors and dumps.
-    pub fn name(&self) -> String {
-        match self {
-            Op::Parameter { .. } => "parameter".into(),
-            Op::Constant { .. } => "constant".into(),
-            Op::Iota { .. } => "iota".into(),
-            Op::Unary(u) => format!("{u:?}").to_lowercase(),
-            Op::Binary(b) => format!("{b:?}").to_lowercase(),
-            Op::Compare(c) => format!("compare_{c:?}").to_lowercase(),
-            Op::Select => "select".into(),
-            Op::Convert { .. } => "convert".into(),
-            Op::BitcastConvert { .. } => "bitcast_convert".into(),
-            Op::DotGeneral(_) => "dot_general".into(),
-            Op::BroadcastInDim { .. } => "broadcast_in_dim".into(),
-            Op::Reshape { .. } => "reshape".into(),
-            Op::Transpose { .. } => "transpose".into(),
-            Op::Reverse { .. } => "reverse".into(),
-            Op::Slice { .. } => "slice".into(),
-            Op::DynamicSlice { .. } => "dynamic_slice".into(),
-            Op::DynamicUpdateSlice => "dynamic_update_slice".into(),
-            Op::Concatenate { .. } => "concatenate".into(),
-            Op::Pad { .. } => "pad".into(),
-            Op::Reduce { kind, .. } => format!("reduce_{kind:?}").to_lowercase(),
-            Op::ReduceWindow { kind, .. } => format!("reduce_window_{kind:?}").to_lowercase(),
-            Op::SelectAndScatterAdd { .. } => "select_and_scatter_add".into(),
-            Op::Conv(_) => "convolution".into(),
-            Op::Gather => "gather".into(),
-            Op::ScatterAdd => "scatter_add".into(),
-            Op::RngBitGenerator { .. } => "rng_bit_generator".into(),
-            Op::OptimizationBarrier => "optimization_barrier".into(),
-            Op::StopGradient => "stop_gradient".into(),
-            Op::Scan(_) => "scan".into(),
-            Op::ShardingConstraint { .. } => "sharding_constraint".into(),
-        }
-    }
-}
-
 /// Rematerialisation policies: which values of a checkpointed block the backward pass keeps
 /// (the rest it recomputes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -318,7 +185,7 @@ impl RematPolicy {
         match self {
             RematPolicy::NothingSaveable => false,
             RematPolicy::EverythingSaveable => true,
-            RematPolicy::DotsSaveable => matches!(node.op, Op::DotGeneral(_)),
+            RematPolicy::DotsSaveable => node.op.is_dot(),
             RematPolicy::SaveNames(names) => node
                 .name
                 .as_ref()
@@ -352,7 +219,7 @@ pub struct Node {
 pub struct Graph {
     pub name: String,
     pub nodes: Vec<Node>,
-    /// Parameter names, in order; parameter `i` is the node with `Op::Parameter { index: i }`.
+    /// Parameter names, in order; parameter `i` is the node with `Parameter { index: i, .. }`.
     pub params: Vec<(String, Value)>,
     pub outputs: Vec<(String, Value)>,
     pub regions: Vec<Region>,
@@ -411,43 +278,11 @@ impl fmt::Display for Graph {
                 .join(", ")
         )?;
         for (i, n) in self.nodes.iter().enumerate() {
-            if matches!(n.op, Op::Parameter { .. }) {
+            if n.op.is_parameter() {
                 continue;
             }
             let outs = n.outputs.iter().map(fmt_ty).collect::<Vec<_>>().join(", ");
-            let attrs = match &n.op {
-                Op::Unary(_)
-                | Op::Binary(_)
-                | Op::Compare(_)
-                | Op::Select
-                | Op::Convert { .. }
-                | Op::Reshape { .. }
-                | Op::OptimizationBarrier
-                | Op::Gather
-                | Op::ScatterAdd
-                | Op::RngBitGenerator { .. }
-                | Op::DynamicUpdateSlice
-                | Op::BitcastConvert { .. }
-                | Op::Constant { .. }
-                | Op::Parameter { .. }
-                | Op::Iota { .. }
-                | Op::BroadcastInDim { .. } => match &n.op {
-                    Op::BroadcastInDim { dims, .. } => format!(" dims={dims:?}"),
-                    Op::Iota { axis, .. } => format!(" axis={axis}"),
-                    _ => String::new(),
-                },
-                Op::Scan(s) => format!(
-                    " length={} reverse={} body={}",
-                    s.length, s.reverse, s.body.name
-                ),
-                other => {
-                    let d = format!("{other:?}");
-                    match d.find(['{', '(']) {
-                        Some(p) => format!(" {}", &d[p..]),
-                        None => String::new(),
-                    }
-                }
-            };
+            let attrs = n.op.dump_attrs();
             writeln!(
                 f,
                 "  %{i} = {}{}({}) : {outs}{}{}",
@@ -487,18 +322,18 @@ pub fn flops(graph: &Graph) -> f64 {
         .nodes
         .iter()
         .map(|n| match &n.op {
-            Op::DotGeneral(d) => {
+            Op::Linalg(Linalg::DotGeneral(d)) => {
                 let lhs = graph.ty(n.inputs[0]);
                 let k: i64 = d.lhs_contract.iter().map(|&i| lhs.shape[i]).product();
                 2.0 * n.outputs[0].element_count() as f64 * k as f64
             }
-            Op::Conv(a) => {
+            Op::Linalg(Linalg::Conv(a)) => {
                 let k = graph.ty(n.inputs[1]);
                 let window: i64 = a.dims.rhs.2.iter().map(|&i| k.shape[i]).product();
                 let per_out = window * k.shape[a.dims.rhs.1];
                 2.0 * n.outputs[0].element_count() as f64 * per_out as f64
             }
-            Op::Scan(s) => s.length as f64 * flops(&s.body),
+            Op::Control(Control::Scan(s)) => s.length as f64 * flops(&s.body),
             _ => 0.0,
         })
         .sum()

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::dtype::{DType, TensorType};
 use crate::error::Result;
-use crate::ir::{Graph, Op, Value};
+use crate::ir::{Graph, Value};
 use crate::partition::{PartitionSpec, ShardingContext};
 use crate::runtime::Partitioner;
 
@@ -322,7 +322,7 @@ impl Emitter {
     pub fn graph_body(&mut self, graph: &Graph, params: &[String]) -> Result<Vec<String>> {
         let mut names: Vec<Vec<String>> = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
-            if let Op::Parameter { index, .. } = node.op {
+            if let Some(&crate::ir::Parameter { index, .. }) = node.op.as_parameter() {
                 names.push(vec![params[index].clone()]);
                 continue;
             }

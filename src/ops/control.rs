@@ -1,12 +1,13 @@
-//! Random bits, optimization barriers and the fixed-length loop (`scan`).
+//! Random bits, optimization barriers, stop-gradient, sharding constraints and the fixed-length
+//! loop (`scan`).
 
 use crate::dtype::{DType, TensorType};
 use crate::error::{shape_err, Error, Result};
-use crate::ir::{Op, Scan, Value};
+use crate::ir::{Op, OptimizationBarrier, RngBitGenerator, Scan, ShardingConstraint, StopGradient};
 use crate::lower::{i64_array, ty, Emitter};
 use crate::trace::Tensor;
 
-use super::{show, VjpCtx};
+use super::{show, Rule};
 
 /// Output types of a scan node (see [`Scan`]).
 fn scan_outputs(s: &Scan, ins: &[TensorType]) -> Result<Vec<TensorType>> {
@@ -52,41 +53,6 @@ fn scan_outputs(s: &Scan, ins: &[TensorType]) -> Result<Vec<TensorType>> {
     Ok(out)
 }
 
-pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
-    match op {
-        Op::RngBitGenerator { shape } => {
-            if ins.len() != 1 || ins[0] != TensorType::new(DType::U64, &[2]) {
-                return shape_err(
-                    &op.name(),
-                    format!("takes one u64[2] key, got {}", show(ins)),
-                );
-            }
-            Ok(vec![ins[0].clone(), TensorType::new(DType::U32, shape)])
-        }
-        Op::OptimizationBarrier => Ok(ins.to_vec()),
-        Op::StopGradient => {
-            if ins.len() != 1 {
-                return shape_err(&op.name(), format!("takes one operand, got {}", show(ins)));
-            }
-            Ok(ins.to_vec())
-        }
-        Op::Scan(s) => scan_outputs(s, ins),
-        Op::ShardingConstraint { axes } => {
-            if ins.len() != 1 || axes.len() != ins[0].rank() {
-                return shape_err(
-                    &op.name(),
-                    format!(
-                        "needs one logical axis entry per dimension, got {axes:?} for {}",
-                        show(ins)
-                    ),
-                );
-            }
-            Ok(ins.to_vec())
-        }
-        _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
-    }
-}
-
 fn or_zeros(c: &Option<Tensor>, like: &Tensor) -> Result<Tensor> {
     match c {
         Some(t) => Ok(t.clone()),
@@ -94,44 +60,26 @@ fn or_zeros(c: &Option<Tensor>, like: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The derivative of a scan is a scan in the opposite direction. The forward scan is marked to
-/// keep the carry entering each step; each backward step recomputes its forward step from that
-/// carry (so only carries are stored, never a step's activations) and backpropagates through it.
+/// The derivative of a scan is a scan in the opposite direction. The forward scan keeps the
+/// carry entering each step (the sweep swaps in [`Rule::for_vjp`]'s scan before it reads the
+/// graph); each backward step recomputes its forward step from that carry (so only carries are
+/// stored, never a step's activations) and backpropagates through it.
 fn scan_vjp(
-    ctx: &VjpCtx,
     s: &Scan,
     ins: &[Tensor],
     outs: &[Tensor],
     cots: &[Option<Tensor>],
 ) -> Result<Vec<Option<Tensor>>> {
-    let b = ctx.b;
-    let node = ctx.node;
     let (nc, nk, nx) = (s.num_consts, s.num_carry, s.num_xs);
     let ny = s.body.outputs.len() - nk;
-    let n_out = nk + ny;
-    b.with_graph_mut(|g| -> Result<()> {
-        let ins_tys: Vec<TensorType> = g.nodes[node]
-            .inputs
-            .iter()
-            .map(|v| g.ty(*v).clone())
-            .collect();
-        if let Op::Scan(sc) = &mut g.nodes[node].op {
-            if !sc.save_carries {
-                sc.save_carries = true;
-                let outs = scan_outputs(sc, &ins_tys)?;
-                g.nodes[node].outputs = outs;
-            }
-        }
-        Ok(())
-    })?;
-    let saved: Vec<Tensor> = (0..nk)
-        .map(|k| {
-            b.tensor(Value {
-                node,
-                out: n_out + k,
-            })
-        })
-        .collect();
+    if !s.save_carries || outs.len() != nk + ny + nk {
+        return Err(Error::Internal(format!(
+            "the scan over `{}` is differentiated without its per-step carries",
+            s.body.name
+        )));
+    }
+    let b = outs[0].builder();
+    let saved: Vec<Tensor> = outs[nk + ny..].to_vec();
     let consts = &ins[..nc];
     let xs = &ins[nc + nk..];
     let carry_cot: Vec<Tensor> = (0..nk)
@@ -201,28 +149,6 @@ fn scan_vjp(
         res.push(float(x).then(|| x_cots[j].clone()));
     }
     Ok(res)
-}
-
-pub fn vjp(
-    ctx: &VjpCtx,
-    op: &Op,
-    ins: &[Tensor],
-    outs: &[Tensor],
-    cots: &[Option<Tensor>],
-) -> Result<Vec<Option<Tensor>>> {
-    match op {
-        Op::RngBitGenerator { .. } => Ok(vec![None]),
-        // The barrier is the identity: cotangents pass straight through.
-        Op::OptimizationBarrier => Ok(cots.to_vec()),
-        Op::StopGradient => Ok(vec![None]),
-        Op::Scan(s) => scan_vjp(ctx, s, ins, outs, cots),
-        // The cotangent is laid out like the value.
-        Op::ShardingConstraint { axes } => match &cots[0] {
-            Some(g) => Ok(vec![Some(g.constrain_axes(axes)?)]),
-            None => Ok(vec![None]),
-        },
-        _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
-    }
 }
 
 fn constant_i32(e: &mut Emitter, v: i64) -> String {
@@ -443,28 +369,159 @@ fn lower_scan(
     Ok(out)
 }
 
-pub fn lower(
-    e: &mut Emitter,
-    op: &Op,
-    ins: &[String],
-    in_tys: &[TensorType],
-    out_tys: &[TensorType],
-) -> Result<Vec<String>> {
-    match op {
-        Op::RngBitGenerator { .. } => Ok(e.op(
-            "stablehlo.rng_bit_generator",
-            ins,
-            in_tys,
-            "rng_algorithm = #stablehlo<rng_algorithm THREE_FRY>",
-            out_tys,
-        )),
-        Op::OptimizationBarrier => {
-            Ok(e.op("stablehlo.optimization_barrier", ins, in_tys, "", out_tys))
+impl Rule for RngBitGenerator {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        if ins.len() != 1 || ins[0] != TensorType::new(DType::U64, &[2]) {
+            return shape_err(
+                "rng_bit_generator",
+                format!("takes one u64[2] key, got {}", show(ins)),
+            );
         }
-        // Only the sweep looks at it: the program uses the value as it is.
-        Op::StopGradient => Ok(vec![ins[0].clone()]),
-        Op::Scan(s) => lower_scan(e, s, ins, in_tys, out_tys),
-        Op::ShardingConstraint { axes } => e.sharding_constraint(&ins[0], &in_tys[0], axes),
-        _ => Err(Error::Program(format!("{} is not a control op", op.name()))),
+        Ok(vec![
+            ins[0].clone(),
+            TensorType::new(DType::U32, &self.shape),
+        ])
+    }
+
+    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![None])
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let attr = "rng_algorithm = #stablehlo<rng_algorithm THREE_FRY>";
+        Ok(e.op("stablehlo.rng_bit_generator", ins, in_tys, attr, out_tys))
+    }
+}
+
+impl Rule for OptimizationBarrier {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        Ok(ins.to_vec())
+    }
+
+    /// The barrier is the identity: cotangents pass straight through.
+    fn vjp(
+        &self,
+        _: &[Tensor],
+        _: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        Ok(cots.to_vec())
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        Ok(e.op("stablehlo.optimization_barrier", ins, in_tys, "", out_tys))
+    }
+}
+
+impl Rule for StopGradient {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        if ins.len() != 1 {
+            return shape_err(
+                "stop_gradient",
+                format!("takes one operand, got {}", show(ins)),
+            );
+        }
+        Ok(ins.to_vec())
+    }
+
+    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![None])
+    }
+
+    /// Only the sweep looks at it: the program uses the value as it is.
+    fn lower(
+        &self,
+        _: &mut Emitter,
+        ins: &[String],
+        _: &[TensorType],
+        _: &[TensorType],
+    ) -> Result<Vec<String>> {
+        Ok(vec![ins[0].clone()])
+    }
+}
+
+impl Rule for Scan {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        scan_outputs(self, ins)
+    }
+
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        outs: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        scan_vjp(self, ins, outs, cots)
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        lower_scan(e, self, ins, in_tys, out_tys)
+    }
+
+    fn for_vjp(&self) -> Option<Op> {
+        (!self.save_carries).then(|| {
+            Scan {
+                save_carries: true,
+                ..self.clone()
+            }
+            .into()
+        })
+    }
+}
+
+impl Rule for ShardingConstraint {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        if ins.len() != 1 || self.axes.len() != ins[0].rank() {
+            return shape_err(
+                "sharding_constraint",
+                format!(
+                    "needs one logical axis entry per dimension, got {:?} for {}",
+                    self.axes,
+                    show(ins)
+                ),
+            );
+        }
+        Ok(ins.to_vec())
+    }
+
+    /// The cotangent is laid out like the value.
+    fn vjp(
+        &self,
+        _: &[Tensor],
+        _: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        match &cots[0] {
+            Some(g) => Ok(vec![Some(g.constrain_axes(&self.axes)?)]),
+            None => Ok(vec![None]),
+        }
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        _: &[TensorType],
+    ) -> Result<Vec<String>> {
+        e.sharding_constraint(&ins[0], &in_tys[0], &self.axes)
     }
 }

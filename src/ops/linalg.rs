@@ -1,12 +1,13 @@
-//! `dot_general` and `convolution`.
+//! `dot_general` and `convolution`: their shape arithmetic, the two rules, then the index
+//! bookkeeping of their derivatives.
 
 use crate::dtype::TensorType;
 use crate::error::{shape_err, Error, Result};
-use crate::ir::{ConvAttrs, ConvDims, DotDims, Op};
+use crate::ir::{ConvAttrs, ConvDims, DotDims};
 use crate::lower::{i64_array, list, padding_attr, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, cot0, show};
+use super::{arity, cot0, show, Rule};
 
 /// Output shape of `dot_general`: batch dimensions, then lhs free, then rhs free dimensions.
 pub fn dot_output_shape(lhs: &TensorType, rhs: &TensorType, d: &DotDims) -> Result<Vec<i64>> {
@@ -161,25 +162,109 @@ fn conv_shape(x: &TensorType, k: &TensorType, a: &ConvAttrs) -> Result<Vec<i64>>
     Ok(out)
 }
 
-pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
-    arity(op, ins, 2)?;
+/// The checks both ops share: two operands of one numeric dtype.
+fn numeric_pair(name: &str, ins: &[TensorType]) -> Result<()> {
+    arity(name, ins, 2)?;
     if ins[0].dtype != ins[1].dtype || !(ins[0].dtype.is_float() || ins[0].dtype.is_integer()) {
         return shape_err(
-            &op.name(),
+            name,
             format!("operands must share a numeric dtype, got {}", show(ins)),
         );
     }
-    let shape = match op {
-        Op::DotGeneral(d) => dot_output_shape(&ins[0], &ins[1], d)?,
-        Op::Conv(a) => conv_shape(&ins[0], &ins[1], a)?,
-        _ => {
-            return Err(Error::Program(format!(
-                "{} is not linear algebra",
-                op.name()
-            )))
+    Ok(())
+}
+
+impl Rule for DotDims {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        numeric_pair("dot_general", ins)?;
+        let shape = dot_output_shape(&ins[0], &ins[1], self)?;
+        Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+    }
+
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        _: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, y, d) = (cot0("dot_general", cots)?, &ins[0], &ins[1], self);
+        let dx = dot_transpose_lhs(&g, x, y, d, false)?;
+        let swapped = DotDims {
+            lhs_batch: d.rhs_batch.clone(),
+            rhs_batch: d.lhs_batch.clone(),
+            lhs_contract: d.rhs_contract.clone(),
+            rhs_contract: d.lhs_contract.clone(),
+        };
+        let dy = dot_transpose_lhs(&g, y, x, &swapped, true)?;
+        Ok(vec![Some(dx), Some(dy)])
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("lhs_batching_dimensions", &self.lhs_batch),
+            ("rhs_batching_dimensions", &self.rhs_batch),
+            ("lhs_contracting_dimensions", &self.lhs_contract),
+            ("rhs_contracting_dimensions", &self.rhs_contract),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{k} = {}", list(&i64s(v))));
+            }
         }
-    };
-    Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+        let attr = format!(
+            "dot_dimension_numbers = #stablehlo.dot<{}>",
+            parts.join(", ")
+        );
+        Ok(e.op("stablehlo.dot_general", ins, in_tys, &attr, out_tys))
+    }
+}
+
+impl Rule for ConvAttrs {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        numeric_pair("convolution", ins)?;
+        let shape = conv_shape(&ins[0], &ins[1], self)?;
+        Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+    }
+
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        _: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (dx, dk) = conv_vjp(self, &ins[0], &ins[1], &cot0("convolution", cots)?)?;
+        Ok(vec![Some(dx), Some(dk)])
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let a = self;
+        let attr = format!(
+            "batch_group_count = {} : i64, dimension_numbers = #stablehlo.conv<{}x{}->{}>, feature_group_count = {} : i64, lhs_dilation = {}, padding = {}, rhs_dilation = {}, window_strides = {}",
+            a.batch_groups,
+            layout(&a.dims.lhs, "b", "f"),
+            layout(&a.dims.rhs, "o", "i"),
+            layout(&a.dims.out, "b", "f"),
+            a.feature_groups,
+            i64_array(&a.lhs_dilation),
+            padding_attr(&a.padding),
+            i64_array(&a.rhs_dilation),
+            i64_array(&a.strides),
+        );
+        Ok(e.op("stablehlo.convolution", ins, in_tys, &attr, out_tys))
+    }
 }
 
 fn remaining(n: usize, a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -333,37 +418,6 @@ fn conv_vjp(a: &ConvAttrs, x: &Tensor, k: &Tensor, g: &Tensor) -> Result<(Tensor
     Ok((dx, dk))
 }
 
-pub fn vjp(
-    op: &Op,
-    ins: &[Tensor],
-    _outs: &[Tensor],
-    cots: &[Option<Tensor>],
-) -> Result<Vec<Option<Tensor>>> {
-    let g = cot0(op, cots)?;
-    let (x, y) = (&ins[0], &ins[1]);
-    match op {
-        Op::DotGeneral(d) => {
-            let dx = dot_transpose_lhs(&g, x, y, d, false)?;
-            let swapped = DotDims {
-                lhs_batch: d.rhs_batch.clone(),
-                rhs_batch: d.lhs_batch.clone(),
-                lhs_contract: d.rhs_contract.clone(),
-                rhs_contract: d.lhs_contract.clone(),
-            };
-            let dy = dot_transpose_lhs(&g, y, x, &swapped, true)?;
-            Ok(vec![Some(dx), Some(dy)])
-        }
-        Op::Conv(a) => {
-            let (dx, dk) = conv_vjp(a, x, y, &g)?;
-            Ok(vec![Some(dx), Some(dk)])
-        }
-        _ => Err(Error::Program(format!(
-            "{} is not linear algebra",
-            op.name()
-        ))),
-    }
-}
-
 /// `[b, 0, 1, f]`-style layout string of one operand.
 fn layout(spec: &(usize, usize, Vec<usize>), a: &str, b: &str) -> String {
     let rank = spec.2.len() + 2;
@@ -374,55 +428,4 @@ fn layout(spec: &(usize, usize, Vec<usize>), a: &str, b: &str) -> String {
         v[s] = i.to_string();
     }
     format!("[{}]", v.join(", "))
-}
-
-pub fn lower(
-    e: &mut Emitter,
-    op: &Op,
-    ins: &[String],
-    in_tys: &[TensorType],
-    out_tys: &[TensorType],
-) -> Result<Vec<String>> {
-    let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-    Ok(match op {
-        Op::DotGeneral(d) => {
-            let mut parts = Vec::new();
-            for (k, v) in [
-                ("lhs_batching_dimensions", &d.lhs_batch),
-                ("rhs_batching_dimensions", &d.rhs_batch),
-                ("lhs_contracting_dimensions", &d.lhs_contract),
-                ("rhs_contracting_dimensions", &d.rhs_contract),
-            ] {
-                if !v.is_empty() {
-                    parts.push(format!("{k} = {}", list(&i64s(v))));
-                }
-            }
-            e.op(
-                "stablehlo.dot_general",
-                ins,
-                in_tys,
-                &format!("dot_dimension_numbers = #stablehlo.dot<{}>", parts.join(", ")),
-                out_tys,
-            )
-        }
-        Op::Conv(a) => e.op(
-            "stablehlo.convolution",
-            ins,
-            in_tys,
-            &format!(
-                "batch_group_count = {} : i64, dimension_numbers = #stablehlo.conv<{}x{}->{}>, feature_group_count = {} : i64, lhs_dilation = {}, padding = {}, rhs_dilation = {}, window_strides = {}",
-                a.batch_groups,
-                layout(&a.dims.lhs, "b", "f"),
-                layout(&a.dims.rhs, "o", "i"),
-                layout(&a.dims.out, "b", "f"),
-                a.feature_groups,
-                i64_array(&a.lhs_dilation),
-                padding_attr(&a.padding),
-                i64_array(&a.rhs_dilation),
-                i64_array(&a.strides),
-            ),
-            out_tys,
-        ),
-        _ => return Err(Error::Program(format!("{} is not linear algebra", op.name()))),
-    })
 }

@@ -1,103 +1,124 @@
-//! The primitive table. Each family file holds, per op, its shape rule (`infer`), its derivative
-//! (`vjp`, written with the same `Tensor` methods models use) and its StableHLO lowering
-//! (`lower`), side by side. The three dispatchers below match exhaustively on [`Op`], so a new op
-//! cannot be added without deciding all three.
+//! The primitive table. Every op type of [`crate::ir`] implements [`Rule`]: its shape rule
+//! (`infer`), its derivative (`vjp`, written with the same `Tensor` methods models use) and its
+//! StableHLO lowering (`lower`), in one `impl`, one screen. [`rule`] routes an [`Op`] to its
+//! rule with one exhaustive match per family, written once for all three, so a new op does not
+//! compile until it has every rule.
 
 mod control;
 mod elementwise;
 mod linalg;
 mod reduce;
+mod source;
 mod structural;
 
 use crate::dtype::TensorType;
 use crate::error::{Error, Result};
-use crate::ir::Op;
+use crate::ir::{Control, Elementwise, Linalg, Op, Reduction, Source, Structural};
 use crate::lower::Emitter;
-use crate::trace::{Builder, Tensor};
+use crate::trace::Tensor;
 
 pub use linalg::{conv_lhs_vjp_padding, dot_output_shape};
+pub use structural::{slice_cotangent_terms, SlicePiece};
 
-/// What a derivative rule may need besides the values: the builder, and the node it
-/// differentiates (a scan marks its node to keep per-step carries).
-pub struct VjpCtx<'a> {
-    pub b: &'a Builder,
-    pub node: usize,
+/// What each primitive defines.
+pub trait Rule {
+    /// The output types for operands of types `ins`, or an error naming the op and the types.
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>>;
+
+    /// Cotangents of the inputs given those of the outputs (`None`: no gradient flows there).
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        outs: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>>;
+
+    /// Writes the op and returns the names of its results.
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>>;
+
+    /// The cotangent `g` of the output as a piece of the operand's cotangent that the reverse
+    /// sweep may hold back until every piece of that operand has arrived, to sum them at once
+    /// ([`slice_cotangent_terms`]). Such a rule reads no primal value. `None` (the default): the
+    /// sweep calls [`Rule::vjp`].
+    fn piece(&self, _g: &Tensor) -> Option<SlicePiece> {
+        None
+    }
+
+    /// The op to differentiate in place of this one, when differentiating needs more of the
+    /// forward pass than its outputs (a scan keeps the carry that entered each step). The sweep
+    /// swaps it in before it reads the graph.
+    fn for_vjp(&self) -> Option<Op> {
+        None
+    }
+}
+
+/// The rule of `op`.
+pub fn rule(op: &Op) -> &dyn Rule {
+    match op {
+        Op::Source(f) => match f {
+            Source::Parameter(r) => r,
+            Source::Constant(r) => r,
+            Source::Iota(r) => r,
+        },
+        Op::Elementwise(f) => match f {
+            Elementwise::Unary(r) => r,
+            Elementwise::Binary(r) => r,
+            Elementwise::Compare(r) => r,
+            Elementwise::Select(r) => r,
+            Elementwise::Convert(r) => r,
+            Elementwise::BitcastConvert(r) => r,
+        },
+        Op::Structural(f) => match f {
+            Structural::BroadcastInDim(r) => r,
+            Structural::Reshape(r) => r,
+            Structural::Transpose(r) => r,
+            Structural::Reverse(r) => r,
+            Structural::Slice(r) => r,
+            Structural::DynamicSlice(r) => r,
+            Structural::DynamicUpdateSlice(r) => r,
+            Structural::Concatenate(r) => r,
+            Structural::Pad(r) => r,
+            Structural::Gather(r) => r,
+            Structural::ScatterAdd(r) => r,
+        },
+        Op::Linalg(f) => match f {
+            Linalg::DotGeneral(r) => r,
+            Linalg::Conv(r) => &**r,
+        },
+        Op::Reduction(f) => match f {
+            Reduction::Reduce(r) => r,
+            Reduction::ReduceWindow(r) => r,
+            Reduction::SelectAndScatterAdd(r) => r,
+        },
+        Op::Control(f) => match f {
+            Control::RngBitGenerator(r) => r,
+            Control::OptimizationBarrier(r) => r,
+            Control::StopGradient(r) => r,
+            Control::Scan(r) => &**r,
+            Control::ShardingConstraint(r) => r,
+        },
+    }
 }
 
 /// The output types of `op` applied to operands of `ins`, or an error naming the op and types.
 pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
-    match op {
-        Op::Parameter { .. }
-        | Op::Constant { .. }
-        | Op::Iota { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::BitcastConvert { .. } => elementwise::infer(op, ins),
-        Op::BroadcastInDim { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Reverse { .. }
-        | Op::Slice { .. }
-        | Op::DynamicSlice { .. }
-        | Op::DynamicUpdateSlice
-        | Op::Concatenate { .. }
-        | Op::Pad { .. }
-        | Op::Gather
-        | Op::ScatterAdd => structural::infer(op, ins),
-        Op::DotGeneral(_) | Op::Conv(_) => linalg::infer(op, ins),
-        Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
-            reduce::infer(op, ins)
-        }
-        Op::RngBitGenerator { .. }
-        | Op::OptimizationBarrier
-        | Op::StopGradient
-        | Op::Scan(_)
-        | Op::ShardingConstraint { .. } => control::infer(op, ins),
-    }
+    rule(op).infer(ins)
 }
 
 /// Cotangents of the inputs given those of the outputs (`None`: no gradient flows there).
 pub fn vjp(
-    ctx: &VjpCtx,
     op: &Op,
     ins: &[Tensor],
     outs: &[Tensor],
     cots: &[Option<Tensor>],
 ) -> Result<Vec<Option<Tensor>>> {
-    match op {
-        Op::Parameter { .. }
-        | Op::Constant { .. }
-        | Op::Iota { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::BitcastConvert { .. } => elementwise::vjp(op, ins, outs, cots),
-        Op::BroadcastInDim { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Reverse { .. }
-        | Op::Slice { .. }
-        | Op::DynamicSlice { .. }
-        | Op::DynamicUpdateSlice
-        | Op::Concatenate { .. }
-        | Op::Pad { .. }
-        | Op::Gather
-        | Op::ScatterAdd => structural::vjp(op, ins, outs, cots),
-        Op::DotGeneral(_) | Op::Conv(_) => linalg::vjp(op, ins, outs, cots),
-        Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
-            reduce::vjp(op, ins, outs, cots)
-        }
-        Op::RngBitGenerator { .. }
-        | Op::OptimizationBarrier
-        | Op::StopGradient
-        | Op::Scan(_)
-        | Op::ShardingConstraint { .. } => control::vjp(ctx, op, ins, outs, cots),
-    }
+    rule(op).vjp(ins, outs, cots)
 }
 
 /// Writes `op` and returns the names of its results.
@@ -108,59 +129,24 @@ pub fn lower(
     in_tys: &[TensorType],
     out_tys: &[TensorType],
 ) -> Result<Vec<String>> {
-    match op {
-        Op::Parameter { .. } => Err(Error::Program(
-            "parameters are bound by the enclosing function, not emitted".into(),
-        )),
-        Op::Constant { .. }
-        | Op::Iota { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::BitcastConvert { .. } => elementwise::lower(e, op, ins, in_tys, out_tys),
-        Op::BroadcastInDim { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Reverse { .. }
-        | Op::Slice { .. }
-        | Op::DynamicSlice { .. }
-        | Op::DynamicUpdateSlice
-        | Op::Concatenate { .. }
-        | Op::Pad { .. }
-        | Op::Gather
-        | Op::ScatterAdd => structural::lower(e, op, ins, in_tys, out_tys),
-        Op::DotGeneral(_) | Op::Conv(_) => linalg::lower(e, op, ins, in_tys, out_tys),
-        Op::Reduce { .. } | Op::ReduceWindow { .. } | Op::SelectAndScatterAdd { .. } => {
-            reduce::lower(e, op, ins, in_tys, out_tys)
-        }
-        Op::RngBitGenerator { .. }
-        | Op::OptimizationBarrier
-        | Op::StopGradient
-        | Op::Scan(_)
-        | Op::ShardingConstraint { .. } => control::lower(e, op, ins, in_tys, out_tys),
-    }
+    rule(op).lower(e, ins, in_tys, out_tys)
 }
 
 /// Checks the operand count of an op.
-pub(crate) fn arity(op: &Op, ins: &[TensorType], n: usize) -> Result<()> {
+pub(crate) fn arity(name: &str, ins: &[TensorType], n: usize) -> Result<()> {
     if ins.len() != n {
-        return crate::error::shape_err(
-            &op.name(),
-            format!("takes {n} operand(s), got {}", ins.len()),
-        );
+        return crate::error::shape_err(name, format!("takes {n} operand(s), got {}", ins.len()));
     }
     Ok(())
 }
 
 /// The cotangent of a single-output op (present whenever its rule is called).
-pub(crate) fn cot0(op: &Op, cots: &[Option<Tensor>]) -> Result<Tensor> {
+pub(crate) fn cot0(name: &str, cots: &[Option<Tensor>]) -> Result<Tensor> {
     cots.first()
         .cloned()
         .flatten()
         .ok_or_else(|| Error::NoDerivative {
-            op: op.name(),
+            op: name.into(),
             detail: ": called without a cotangent".into(),
         })
 }

@@ -2,11 +2,11 @@
 
 use crate::dtype::{DType, TensorType};
 use crate::error::{shape_err, Error, Result};
-use crate::ir::{Op, ReduceKind, Window};
+use crate::ir::{Reduce, ReduceKind, ReduceWindow, SelectAndScatterAdd, Window};
 use crate::lower::{i64_array, padding_attr, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, conv_lhs_vjp_padding, cot0};
+use super::{arity, conv_lhs_vjp_padding, cot0, Rule};
 
 fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
     let r = x.rank();
@@ -33,113 +33,224 @@ fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
         .collect()
 }
 
-pub fn infer(op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>> {
-    let name = op.name();
-    match op {
-        Op::Reduce { kind, axes } => {
-            arity(op, ins, 1)?;
-            let x = &ins[0];
-            let mut seen = vec![false; x.rank()];
-            for &a in axes {
-                if a >= x.rank() || seen[a] {
-                    return shape_err(&name, format!("axes {axes:?} invalid for {x}"));
-                }
-                seen[a] = true;
+impl Rule for Reduce {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        let name = format!("reduce_{:?}", self.kind).to_lowercase();
+        arity(&name, ins, 1)?;
+        let (x, axes) = (&ins[0], &self.axes);
+        let mut seen = vec![false; x.rank()];
+        for &a in axes {
+            if a >= x.rank() || seen[a] {
+                return shape_err(&name, format!("axes {axes:?} invalid for {x}"));
             }
-            if *kind == ReduceKind::Sum && x.dtype == DType::Pred {
-                return shape_err(&name, "cannot sum pred; convert first");
+            seen[a] = true;
+        }
+        if self.kind == ReduceKind::Sum && x.dtype == DType::Pred {
+            return shape_err(&name, "cannot sum pred; convert first");
+        }
+        let shape: Vec<i64> = (0..x.rank())
+            .filter(|i| !seen[*i])
+            .map(|i| x.shape[i])
+            .collect();
+        Ok(vec![TensorType::new(x.dtype, &shape)])
+    }
+
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        outs: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, axes) = (cot0("reduce", cots)?, &ins[0], &self.axes);
+        let kept: Vec<usize> = (0..x.rank()).filter(|i| !axes.contains(i)).collect();
+        let gb = g.broadcast_in_dim(x.shape(), &kept)?;
+        match self.kind {
+            ReduceKind::Sum => Ok(vec![Some(gb)]),
+            ReduceKind::Max | ReduceKind::Min => {
+                // The gradient goes to the positions that attain the extremum, split evenly
+                // among ties.
+                let y = outs[0].broadcast_in_dim(x.shape(), &kept)?;
+                let hit = x.eq(&y)?;
+                let ones = Tensor::select(&hit, &x.ones_like()?, &x.zeros_like()?)?;
+                let count = ones.sum(axes)?.broadcast_in_dim(x.shape(), &kept)?;
+                Ok(vec![Some(ones.mul(&gb)?.div(&count)?)])
             }
-            let shape: Vec<i64> = (0..x.rank())
-                .filter(|i| !seen[*i])
-                .map(|i| x.shape[i])
-                .collect();
-            Ok(vec![TensorType::new(x.dtype, &shape)])
         }
-        Op::ReduceWindow { window, .. } => {
-            arity(op, ins, 1)?;
-            let shape = window_shape(&name, &ins[0], window)?;
-            Ok(vec![TensorType::new(ins[0].dtype, &shape)])
-        }
-        Op::SelectAndScatterAdd { window } => {
-            arity(op, ins, 2)?;
-            let shape = window_shape(&name, &ins[0], window)?;
-            if ins[1].shape != shape || ins[1].dtype != ins[0].dtype {
-                return shape_err(
-                    &name,
-                    format!("source must be {}{shape:?}, got {}", ins[0].dtype, ins[1]),
-                );
-            }
-            Ok(vec![ins[0].clone()])
-        }
-        _ => Err(Error::Program(format!("{name} is not a reduction"))),
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let (kind, dtype) = (self.kind, in_tys[0].dtype);
+        let s = TensorType::scalar(dtype);
+        let init = init_value(e, kind, dtype);
+        let axes: Vec<i64> = self.axes.iter().map(|&a| a as i64).collect();
+        e.op_with_regions(
+            "stablehlo.reduce",
+            &[ins[0].clone(), init],
+            &[in_tys[0].clone(), s.clone()],
+            vec![(
+                vec![s.clone(), s],
+                Box::new(move |e: &mut Emitter, a: &[String]| {
+                    Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
+                }),
+            )],
+            &format!("dimensions = {}", i64_array(&axes)),
+            out_tys,
+        )
     }
 }
 
-pub fn vjp(
-    op: &Op,
-    ins: &[Tensor],
-    outs: &[Tensor],
-    cots: &[Option<Tensor>],
-) -> Result<Vec<Option<Tensor>>> {
-    let g = cot0(op, cots)?;
-    let x = &ins[0];
-    match op {
-        Op::Reduce { kind, axes } => {
-            let kept: Vec<usize> = (0..x.rank()).filter(|i| !axes.contains(i)).collect();
-            let gb = g.broadcast_in_dim(x.shape(), &kept)?;
-            match kind {
-                ReduceKind::Sum => Ok(vec![Some(gb)]),
-                ReduceKind::Max | ReduceKind::Min => {
-                    // The gradient goes to the positions that attain the extremum, split evenly
-                    // among ties.
-                    let y = outs[0].broadcast_in_dim(x.shape(), &kept)?;
-                    let hit = x.eq(&y)?;
-                    let ones = Tensor::select(&hit, &x.ones_like()?, &x.zeros_like()?)?;
-                    let count = ones.sum(axes)?.broadcast_in_dim(x.shape(), &kept)?;
-                    Ok(vec![Some(ones.mul(&gb)?.div(&count)?)])
-                }
-            }
-        }
-        Op::ReduceWindow { kind, window } => match kind {
+impl Rule for ReduceWindow {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        let name = format!("reduce_window_{:?}", self.kind).to_lowercase();
+        arity(&name, ins, 1)?;
+        let shape = window_shape(&name, &ins[0], &self.window)?;
+        Ok(vec![TensorType::new(ins[0].dtype, &shape)])
+    }
+
+    fn vjp(
+        &self,
+        ins: &[Tensor],
+        _: &[Tensor],
+        cots: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, window) = (cot0("reduce_window", cots)?, &ins[0], &self.window);
+        match self.kind {
             ReduceKind::Sum => {
                 // Each input element receives the cotangents of every window it was part of:
                 // dilate g by the strides, pad, and sum over windows of stride 1.
                 let r = x.rank();
+                let ones = vec![1; r];
                 let pads = conv_lhs_vjp_padding(
                     x.shape(),
                     &window.dims,
                     &window.strides,
                     g.shape(),
                     &window.padding,
-                    &vec![1; r],
-                    &vec![1; r],
+                    &ones,
+                    &ones,
                 );
                 let zero = g.scalar_like(0.0)?;
                 let low: Vec<i64> = pads.iter().map(|p| p.0).collect();
                 let high: Vec<i64> = pads.iter().map(|p| p.1).collect();
                 let interior: Vec<i64> = window.strides.iter().map(|s| s - 1).collect();
                 let padded = g.pad(&zero, &low, &high, &interior)?;
-                Ok(vec![Some(padded.reduce_window(
-                    ReduceKind::Sum,
-                    Window {
-                        dims: window.dims.clone(),
-                        strides: vec![1; r],
-                        padding: vec![(0, 0); r],
-                    },
-                )?)])
+                let unit = Window {
+                    dims: window.dims.clone(),
+                    strides: ones,
+                    padding: vec![(0, 0); r],
+                };
+                Ok(vec![Some(padded.reduce_window(ReduceKind::Sum, unit)?)])
             }
             ReduceKind::Max => Ok(vec![Some(x.select_and_scatter_add(&g, window.clone())?)]),
             // min over a window is the max of -x.
             ReduceKind::Min => Ok(vec![Some(
                 x.neg()?.select_and_scatter_add(&g, window.clone())?,
             )]),
-        },
-        Op::SelectAndScatterAdd { .. } => Err(Error::NoDerivative {
-            op: op.name(),
-            detail: " (second derivatives of max pooling are not supported)".into(),
-        }),
-        _ => Err(Error::Program(format!("{} is not a reduction", op.name()))),
+        }
     }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let (kind, dtype, window) = (self.kind, in_tys[0].dtype, &self.window);
+        let s = TensorType::scalar(dtype);
+        let init = init_value(e, kind, dtype);
+        e.op_with_regions(
+            "stablehlo.reduce_window",
+            &[ins[0].clone(), init],
+            &[in_tys[0].clone(), s.clone()],
+            vec![(
+                vec![s.clone(), s],
+                Box::new(move |e: &mut Emitter, a: &[String]| {
+                    Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
+                }),
+            )],
+            &window_attr(window),
+            out_tys,
+        )
+    }
+}
+
+impl Rule for SelectAndScatterAdd {
+    fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
+        let name = "select_and_scatter_add";
+        arity(name, ins, 2)?;
+        let shape = window_shape(name, &ins[0], &self.window)?;
+        if ins[1].shape != shape || ins[1].dtype != ins[0].dtype {
+            return shape_err(
+                name,
+                format!("source must be {}{shape:?}, got {}", ins[0].dtype, ins[1]),
+            );
+        }
+        Ok(vec![ins[0].clone()])
+    }
+
+    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        Err(Error::NoDerivative {
+            op: "select_and_scatter_add".into(),
+            detail: " (second derivatives of max pooling are not supported)".into(),
+        })
+    }
+
+    fn lower(
+        &self,
+        e: &mut Emitter,
+        ins: &[String],
+        in_tys: &[TensorType],
+        out_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let dtype = in_tys[0].dtype;
+        let s = TensorType::scalar(dtype);
+        let init = init_value(e, ReduceKind::Sum, dtype);
+        let pred = TensorType::scalar(DType::Pred);
+        let ge = "comparison_direction = #stablehlo<comparison_direction GE>";
+        let select = {
+            let s = s.clone();
+            Box::new(move |e: &mut Emitter, a: &[String]| {
+                let c = e.op(
+                    "stablehlo.compare",
+                    a,
+                    &[s.clone(), s.clone()],
+                    ge,
+                    std::slice::from_ref(&pred),
+                );
+                Ok((c, vec![pred]))
+            })
+        };
+        let scatter = Box::new(move |e: &mut Emitter, a: &[String]| {
+            Ok(e.scalar_region("stablehlo.add", a, dtype))
+        });
+        e.op_with_regions(
+            "stablehlo.select_and_scatter",
+            &[ins[0].clone(), ins[1].clone(), init],
+            &[in_tys[0].clone(), in_tys[1].clone(), s.clone()],
+            vec![
+                (vec![s.clone(), s.clone()], select),
+                (vec![s.clone(), s], scatter),
+            ],
+            &window_attr(&self.window),
+            out_tys,
+        )
+    }
+}
+
+fn window_attr(w: &Window) -> String {
+    format!(
+        "padding = {}, window_dimensions = {}, window_strides = {}",
+        padding_attr(&w.padding),
+        i64_array(&w.dims),
+        i64_array(&w.strides)
+    )
 }
 
 /// The identity of a reduction for a dtype, as a constant op.
@@ -185,96 +296,5 @@ fn combiner(kind: ReduceKind, dtype: DType) -> &'static str {
         (ReduceKind::Sum, _) => "stablehlo.add",
         (ReduceKind::Max, _) => "stablehlo.maximum",
         (ReduceKind::Min, _) => "stablehlo.minimum",
-    }
-}
-
-pub fn lower(
-    e: &mut Emitter,
-    op: &Op,
-    ins: &[String],
-    in_tys: &[TensorType],
-    out_tys: &[TensorType],
-) -> Result<Vec<String>> {
-    let dtype = in_tys[0].dtype;
-    let s = TensorType::scalar(dtype);
-    match op {
-        Op::Reduce { kind, axes } => {
-            let init = init_value(e, *kind, dtype);
-            let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
-            let kind = *kind;
-            e.op_with_regions(
-                "stablehlo.reduce",
-                &[ins[0].clone(), init],
-                &[in_tys[0].clone(), s.clone()],
-                vec![(
-                    vec![s.clone(), s.clone()],
-                    Box::new(move |e: &mut Emitter, a: &[String]| {
-                        Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
-                    }),
-                )],
-                &format!("dimensions = {}", i64_array(&axes)),
-                out_tys,
-            )
-        }
-        Op::ReduceWindow { kind, window } => {
-            let init = init_value(e, *kind, dtype);
-            let kind = *kind;
-            e.op_with_regions(
-                "stablehlo.reduce_window",
-                &[ins[0].clone(), init],
-                &[in_tys[0].clone(), s.clone()],
-                vec![(
-                    vec![s.clone(), s.clone()],
-                    Box::new(move |e: &mut Emitter, a: &[String]| {
-                        Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
-                    }),
-                )],
-                &format!(
-                    "padding = {}, window_dimensions = {}, window_strides = {}",
-                    padding_attr(&window.padding),
-                    i64_array(&window.dims),
-                    i64_array(&window.strides)
-                ),
-                out_tys,
-            )
-        }
-        Op::SelectAndScatterAdd { window } => {
-            let init = init_value(e, ReduceKind::Sum, dtype);
-            let pred = TensorType::scalar(DType::Pred);
-            e.op_with_regions(
-                "stablehlo.select_and_scatter",
-                &[ins[0].clone(), ins[1].clone(), init],
-                &[in_tys[0].clone(), in_tys[1].clone(), s.clone()],
-                vec![
-                    (
-                        vec![s.clone(), s.clone()],
-                        Box::new(move |e: &mut Emitter, a: &[String]| {
-                            let c = e.op(
-                                "stablehlo.compare",
-                                a,
-                                &[s.clone(), s.clone()],
-                                "comparison_direction = #stablehlo<comparison_direction GE>",
-                                std::slice::from_ref(&pred),
-                            );
-                            Ok((c, vec![pred]))
-                        }),
-                    ),
-                    (
-                        vec![TensorType::scalar(dtype), TensorType::scalar(dtype)],
-                        Box::new(move |e: &mut Emitter, a: &[String]| {
-                            Ok(e.scalar_region("stablehlo.add", a, dtype))
-                        }),
-                    ),
-                ],
-                &format!(
-                    "padding = {}, window_dimensions = {}, window_strides = {}",
-                    padding_attr(&window.padding),
-                    i64_array(&window.dims),
-                    i64_array(&window.strides)
-                ),
-                out_tys,
-            )
-        }
-        _ => Err(Error::Program(format!("{} is not a reduction", op.name()))),
     }
 }

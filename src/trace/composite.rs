@@ -180,5 +180,5 @@ fn pool_window(window: [i64; 2], strides: [i64; 2], padding: [(i64, i64); 2]) ->
 
 /// The value of `x` with no gradient flowing back through it.
 pub fn stop_gradient(x: &Tensor) -> Result<Tensor> {
-    x.builder().push1(crate::ir::Op::StopGradient, &[x])
+    x.builder().push1(crate::ir::StopGradient, &[x])
 }

@@ -26,7 +26,7 @@ pub use tensor::Tensor;
 
 use crate::dtype::{DType, Element, TensorType};
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Node, Op, Region, RematPolicy, Value};
+use crate::ir::{self, Graph, Node, Op, Region, RematPolicy, Value};
 
 struct State {
     graph: Graph,
@@ -70,7 +70,8 @@ impl Builder {
     }
 
     /// Appends a node after running its shape rule; returns its outputs.
-    pub(crate) fn push(&self, op: Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    pub(crate) fn push(&self, op: impl Into<Op>, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let op: Op = op.into();
         for t in inputs {
             if !self.same(&t.b) {
                 return Err(Error::Shape {
@@ -104,7 +105,7 @@ impl Builder {
     }
 
     /// `push` for single-output ops.
-    pub(crate) fn push1(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor> {
+    pub(crate) fn push1(&self, op: impl Into<Op>, inputs: &[&Tensor]) -> Result<Tensor> {
         Ok(self.push(op, inputs)?.remove(0))
     }
 
@@ -135,7 +136,7 @@ impl Builder {
         }
         let index = self.state.borrow().graph.params.len();
         let t = self.push1(
-            Op::Parameter {
+            ir::Parameter {
                 index,
                 ty: ty.clone(),
             },
@@ -183,8 +184,26 @@ impl Builder {
         self.state.borrow().graph.ty(v).clone()
     }
 
-    pub(crate) fn with_graph_mut<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
-        f(&mut self.state.borrow_mut().graph)
+    /// Replaces the op of `node` by `op`, which must read the same operands and keep the node's
+    /// outputs as the first of its own (values already handed out stay valid).
+    pub(crate) fn replace_op(&self, node: usize, op: Op) -> Result<()> {
+        let mut st = self.state.borrow_mut();
+        let g = &mut st.graph;
+        let in_tys: Vec<TensorType> = g.nodes[node]
+            .inputs
+            .iter()
+            .map(|v| g.ty(*v).clone())
+            .collect();
+        let outputs = crate::ops::infer(&op, &in_tys)?;
+        if !outputs.starts_with(&g.nodes[node].outputs) {
+            return Err(Error::Internal(format!(
+                "{} cannot stand in for node %{node}: its outputs differ",
+                op.name()
+            )));
+        }
+        g.nodes[node].op = op;
+        g.nodes[node].outputs = outputs;
+        Ok(())
     }
 
     pub(crate) fn tensor(&self, v: Value) -> Tensor {
@@ -208,7 +227,7 @@ impl Builder {
     /// A constant from a host array.
     pub fn constant_array(&self, a: &crate::array::HostArray) -> Result<Tensor> {
         self.push1(
-            Op::Constant {
+            ir::Constant {
                 bytes: Arc::new(a.bytes().to_vec()),
                 ty: TensorType::new(a.dtype(), a.shape()),
             },
@@ -244,7 +263,7 @@ impl Builder {
     /// `0, 1, 2, ...` along `axis` of an array of `shape`.
     pub fn iota(&self, dtype: DType, shape: &[i64], axis: usize) -> Result<Tensor> {
         self.push1(
-            Op::Iota {
+            ir::Iota {
                 axis,
                 ty: TensorType::new(dtype, shape),
             },
@@ -370,7 +389,7 @@ impl Builder {
         let body_graph = sub.finish();
         let inputs: Vec<&Tensor> = consts.iter().chain(carry).chain(xs).collect();
         let outs = self.push(
-            Op::Scan(Box::new(crate::ir::Scan {
+            crate::ir::Scan {
                 body: Arc::new(body_graph),
                 length,
                 num_consts: consts.len(),
@@ -378,7 +397,7 @@ impl Builder {
                 num_xs: xs.len(),
                 reverse,
                 save_carries: false,
-            })),
+            },
             &inputs,
         )?;
         let (a, b) = outs.split_at(carry.len());
@@ -407,7 +426,7 @@ impl Builder {
         let mut region_map: std::collections::HashMap<usize, usize> =
             std::collections::HashMap::new();
         for (n, node) in graph.nodes.iter().enumerate() {
-            if let Op::Parameter { index, ty } = &node.op {
+            if let Some(ir::Parameter { index, ty }) = node.op.as_parameter() {
                 if inputs[*index].ty != *ty {
                     return Err(Error::Shape {
                         op: "inline".into(),

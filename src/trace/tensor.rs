@@ -2,7 +2,9 @@
 
 use crate::dtype::{DType, TensorType};
 use crate::error::{shape_err, Result};
-use crate::ir::{Binary, Cmp, ConvAttrs, ConvDims, DotDims, Op, ReduceKind, Unary, Value, Window};
+use crate::ir::{
+    self, Binary, Cmp, ConvAttrs, ConvDims, DotDims, Op, ReduceKind, Unary, Value, Window,
+};
 
 use super::Builder;
 
@@ -79,7 +81,7 @@ impl Tensor {
     }
 
     fn unary(&self, u: Unary) -> Result<Tensor> {
-        self.b.push1(Op::Unary(u), &[self])
+        self.b.push1(u, &[self])
     }
 
     pub fn neg(&self) -> Result<Tensor> {
@@ -140,9 +142,9 @@ impl Tensor {
     }
 
     fn binary(&self, other: &Tensor, op: Binary) -> Result<Tensor> {
-        let name = Op::Binary(op).name();
+        let name = Op::from(op).name();
         let (a, b) = self.broadcast_pair(other, &name)?;
-        self.b.push1(Op::Binary(op), &[&a, &b])
+        self.b.push1(op, &[&a, &b])
     }
 
     pub fn add(&self, o: &Tensor) -> Result<Tensor> {
@@ -235,9 +237,9 @@ impl Tensor {
     }
 
     fn compare(&self, o: &Tensor, c: Cmp) -> Result<Tensor> {
-        let name = Op::Compare(c).name();
+        let name = Op::from(c).name();
         let (a, b) = self.broadcast_pair(o, &name)?;
-        self.b.push1(Op::Compare(c), &[&a, &b])
+        self.b.push1(c, &[&a, &b])
     }
     pub fn eq(&self, o: &Tensor) -> Result<Tensor> {
         self.compare(o, Cmp::Eq)
@@ -267,7 +269,7 @@ impl Tensor {
             t.broadcast_to(&shape)?,
             f.broadcast_to(&shape)?,
         );
-        pred.b.push1(Op::Select, &[&p, &t, &f])
+        pred.b.push1(ir::Select, &[&p, &t, &f])
     }
 
     /// Converts the element type (a no-op when it is already `to`).
@@ -275,16 +277,16 @@ impl Tensor {
         if to == self.dtype() {
             return Ok(self.clone());
         }
-        self.b.push1(Op::Convert { to }, &[self])
+        self.b.push1(ir::Convert { to }, &[self])
     }
 
     /// Reinterprets the bits as `to` (same width).
     pub fn bitcast(&self, to: DType) -> Result<Tensor> {
-        self.b.push1(Op::BitcastConvert { to }, &[self])
+        self.b.push1(ir::BitcastConvert { to }, &[self])
     }
 
     pub fn dot_general(&self, rhs: &Tensor, dims: DotDims) -> Result<Tensor> {
-        self.b.push1(Op::DotGeneral(dims), &[self, rhs])
+        self.b.push1(dims, &[self, rhs])
     }
 
     /// `[..., m, k] · [k, n] → [..., m, n]`.
@@ -338,7 +340,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.b.push1(
-            Op::BroadcastInDim {
+            ir::BroadcastInDim {
                 dims: dims.to_vec(),
                 shape: shape.to_vec(),
             },
@@ -368,7 +370,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.b.push1(
-            Op::Reshape {
+            ir::Reshape {
                 shape: shape.to_vec(),
             },
             &[self],
@@ -380,7 +382,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.b.push1(
-            Op::Transpose {
+            ir::Transpose {
                 perm: perm.to_vec(),
             },
             &[self],
@@ -403,7 +405,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.b.push1(
-            Op::Reverse {
+            ir::Reverse {
                 dims: dims.to_vec(),
             },
             &[self],
@@ -412,7 +414,7 @@ impl Tensor {
 
     pub fn slice(&self, start: &[i64], limit: &[i64], strides: &[i64]) -> Result<Tensor> {
         self.b.push1(
-            Op::Slice {
+            ir::Slice {
                 start: start.to_vec(),
                 limit: limit.to_vec(),
                 strides: strides.to_vec(),
@@ -438,7 +440,7 @@ impl Tensor {
         let mut ins: Vec<&Tensor> = vec![self];
         ins.extend(starts.iter());
         self.b.push1(
-            Op::DynamicSlice {
+            ir::DynamicSlice {
                 sizes: sizes.to_vec(),
             },
             &ins,
@@ -449,7 +451,7 @@ impl Tensor {
     pub fn dynamic_update_slice(&self, update: &Tensor, starts: &[Tensor]) -> Result<Tensor> {
         let mut ins: Vec<&Tensor> = vec![self, update];
         ins.extend(starts.iter());
-        self.b.push1(Op::DynamicUpdateSlice, &ins)
+        self.b.push1(ir::DynamicUpdateSlice, &ins)
     }
 
     pub fn concat(parts: &[Tensor], axis: usize) -> Result<Tensor> {
@@ -461,7 +463,7 @@ impl Tensor {
             return Ok(first.clone());
         }
         let refs: Vec<&Tensor> = parts.iter().collect();
-        first.b.push1(Op::Concatenate { axis }, &refs)
+        first.b.push1(ir::Concatenate { axis }, &refs)
     }
 
     /// Pads with `value` (a scalar): `low`/`high` per dimension (negative crops), `interior`
@@ -474,7 +476,7 @@ impl Tensor {
         interior: &[i64],
     ) -> Result<Tensor> {
         self.b.push1(
-            Op::Pad {
+            ir::Pad {
                 low: low.to_vec(),
                 high: high.to_vec(),
                 interior: interior.to_vec(),
@@ -488,7 +490,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.b.push1(
-            Op::Reduce {
+            ir::Reduce {
                 kind,
                 axes: axes.to_vec(),
             },
@@ -526,17 +528,17 @@ impl Tensor {
     }
 
     pub fn reduce_window(&self, kind: ReduceKind, window: Window) -> Result<Tensor> {
-        self.b.push1(Op::ReduceWindow { kind, window }, &[self])
+        self.b.push1(ir::ReduceWindow { kind, window }, &[self])
     }
 
     /// Adds each element of `source` at the position of its window's maximum in `self`.
     pub fn select_and_scatter_add(&self, source: &Tensor, window: Window) -> Result<Tensor> {
         self.b
-            .push1(Op::SelectAndScatterAdd { window }, &[self, source])
+            .push1(ir::SelectAndScatterAdd { window }, &[self, source])
     }
 
     pub fn conv(&self, kernel: &Tensor, attrs: ConvAttrs) -> Result<Tensor> {
-        self.b.push1(Op::Conv(Box::new(attrs)), &[self, kernel])
+        self.b.push1(attrs, &[self, kernel])
     }
 
     /// 2-D convolution of NHWC images with an HWIO kernel (`groups` = input channels for
@@ -564,12 +566,12 @@ impl Tensor {
 
     /// Rows `ids` of this table: `[V, D...]` and s32 ids of any shape → `ids.shape ++ [D...]`.
     pub fn take_rows(&self, ids: &Tensor) -> Result<Tensor> {
-        self.b.push1(Op::Gather, &[self, ids])
+        self.b.push1(ir::Gather, &[self, ids])
     }
 
     /// Adds `updates` into rows `ids` of `self`.
     pub fn scatter_add_rows(&self, ids: &Tensor, updates: &Tensor) -> Result<Tensor> {
-        self.b.push1(Op::ScatterAdd, &[self, ids, updates])
+        self.b.push1(ir::ScatterAdd, &[self, ids, updates])
     }
 
     /// Asks the SPMD partitioner to lay this value out by logical axis names, one per dimension
@@ -585,7 +587,7 @@ impl Tensor {
 
     pub fn constrain_axes(&self, axes: &[Option<String>]) -> Result<Tensor> {
         self.b.push1(
-            Op::ShardingConstraint {
+            ir::ShardingConstraint {
                 axes: axes.to_vec(),
             },
             &[self],
@@ -595,7 +597,7 @@ impl Tensor {
     /// Threefry random bits from a `u64[2]` key: returns the next key and `u32` bits of `shape`.
     pub fn random_bits(&self, shape: &[i64]) -> Result<(Tensor, Tensor)> {
         let mut o = self.b.push(
-            Op::RngBitGenerator {
+            ir::RngBitGenerator {
                 shape: shape.to_vec(),
             },
             &[self],
@@ -621,6 +623,6 @@ impl Builder {
             return Ok(vec![]);
         }
         let refs: Vec<&Tensor> = values.iter().collect();
-        self.push(Op::OptimizationBarrier, &refs)
+        self.push(ir::OptimizationBarrier, &refs)
     }
 }
