@@ -257,82 +257,355 @@ pub fn quick_zero_shot(
 
 /// Trains; returns the summary. Resumes from the newest checkpoint when asked.
 pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
-    let c = &o.config;
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let tok = Arc::new(data_tokenizer(
-        &o.data,
-        &o.out,
-        c.text.vocab as usize,
-        o.tokenizer.as_deref(),
-    )?);
-    if tok.vocab_size() > c.text.vocab as usize {
-        return Err(Error::InvalidArgument {
-            what: format!("tokenizer with {} tokens", tok.vocab_size()),
-            fix: format!(
-                "model `{}` has a vocabulary of {}: raise text.vocab",
-                c.name, c.text.vocab
-            ),
-        });
-    }
-    let cfg_text = toml::to_string(c).map_err(|e| Error::InvalidArgument {
-        what: format!("model config `{}`", c.name),
-        fix: format!("it cannot be written as TOML: {e}"),
-    })?;
-    safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
-    let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
-    if skipped.samples > 0 && o.progress {
-        eprintln!(
-            "skipped {} bad samples (first: {})",
-            skipped.samples, skipped.reasons[0]
-        );
-    }
-    let test = crate::data::read_dataset(&o.data, "test", o.skip_bad)
-        .map(|(t, _)| t)
-        .unwrap_or_default();
-
-    // The step program, sharded over the layout's mesh: compiled here, or loaded from an
-    // executable saved for this machine and these flags.
-    let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
-    let (specs, sspecs) = (sp.params.clone(), sp.state.clone());
-    // The step's inputs and outputs by name: parameters and state come first, in spec order.
-    let input = |name: &str| sp.input_index(name);
-    let output = |name: &str| sp.output_index(name);
-    let (i_step, i_images, i_tokens) = (input("step")?, input("images")?, input("tokens")?);
-    let i_rng = if crate::train::step::has_rng(c) {
-        Some(input("rng")?)
-    } else {
-        None
-    };
-    let o_scalars = [
-        output("loss")?,
-        output("grad_norm")?,
-        output("learning_rate")?,
-        output("temperature")?,
-    ];
-    let prog = match &o.executable {
-        Some(path) => {
-            let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
-            let expected = sp.manifest(c, &o.step, &o.layout, &o.partitioning, &machine)?;
-            let prog = sp.load(rt.client(), path, &expected, &o.layout)?;
-            if o.progress {
-                eprintln!("loaded the step from {}", path.display());
-            }
-            prog
+    let mut t = Trainer::start(rt, o)?;
+    while t.step < o.steps {
+        let done = t.step()?;
+        t.log(&done)?;
+        if o.checkpoint_every > 0 && (t.step % o.checkpoint_every == 0 || t.step == o.steps) {
+            t.checkpoint(done.position)?;
         }
-        None => ShardedProgram::compile_text(
-            rt.client(),
-            &o.layout.context(),
-            sp.args,
-            sp.results,
-            sp.text,
-        )?,
-    };
-    let pnames: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let snames: Vec<String> = sspecs.iter().map(|s| s.name.clone()).collect();
+    }
+    t.finish()
+}
 
-    // Start: fresh, pretrained, or from the newest checkpoint.
+/// Where the step's inputs and outputs sit, found by name.
+struct StepIo {
+    step: usize,
+    images: usize,
+    tokens: usize,
+    rng: Option<usize>,
+    /// loss, grad_norm, learning_rate, temperature.
+    scalars: [usize; 4],
+}
+
+impl StepIo {
+    fn of(sp: &StepProgram, c: &ModelConfig) -> Result<StepIo> {
+        let input = |name: &str| sp.input_index(name);
+        let output = |name: &str| sp.output_index(name);
+        Ok(StepIo {
+            step: input("step")?,
+            images: input("images")?,
+            tokens: input("tokens")?,
+            rng: if crate::train::step::has_rng(c) {
+                Some(input("rng")?)
+            } else {
+                None
+            },
+            scalars: [
+                output("loss")?,
+                output("grad_norm")?,
+                output("learning_rate")?,
+                output("temperature")?,
+            ],
+        })
+    }
+}
+
+/// What one step reported.
+struct StepDone {
+    loss: f64,
+    grad_norm: f64,
+    learning_rate: f64,
+    temperature: f64,
+    /// The data position after the step's batch.
+    position: Position,
+}
+
+/// A run in progress: the compiled step, parameters and optimizer state on the devices, the
+/// data, and the run folder's metrics and checkpoints.
+struct Trainer<'a> {
+    rt: &'a Runtime,
+    o: &'a RunOptions,
+    tok: Arc<Tokenizer>,
+    test: Vec<Sample>,
+    prog: ShardedProgram,
+    io: StepIo,
+    pnames: Vec<String>,
+    snames: Vec<String>,
+    /// Parameters, then optimizer state, in the step's argument order.
+    values: Vec<Sharded>,
+    loader: Loader,
+    metrics: std::fs::File,
+    metrics_path: PathBuf,
+    /// Steps done (the next step's number).
+    step: u64,
+    /// The step the run (re)started at.
+    first: u64,
+    t0: Instant,
+    last_good: Option<PathBuf>,
+    summary: Summary,
+}
+
+impl<'a> Trainer<'a> {
+    /// Writes the run folder's config, reads the data, compiles (or loads) the step, and puts
+    /// the starting parameters and state on the devices: fresh, pretrained, or the newest
+    /// checkpoint's.
+    fn start(rt: &'a Runtime, o: &'a RunOptions) -> Result<Trainer<'a>> {
+        let c = &o.config;
+        std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+        let tok = Arc::new(data_tokenizer(
+            &o.data,
+            &o.out,
+            c.text.vocab as usize,
+            o.tokenizer.as_deref(),
+        )?);
+        if tok.vocab_size() > c.text.vocab as usize {
+            return Err(Error::InvalidArgument {
+                what: format!("tokenizer with {} tokens", tok.vocab_size()),
+                fix: format!(
+                    "model `{}` has a vocabulary of {}: raise text.vocab",
+                    c.name, c.text.vocab
+                ),
+            });
+        }
+        let cfg_text = toml::to_string(c).map_err(|e| Error::InvalidArgument {
+            what: format!("model config `{}`", c.name),
+            fix: format!("it cannot be written as TOML: {e}"),
+        })?;
+        safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
+        let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
+        if skipped.samples > 0 && o.progress {
+            eprintln!(
+                "skipped {} bad samples (first: {})",
+                skipped.samples, skipped.reasons[0]
+            );
+        }
+        let test = crate::data::read_dataset(&o.data, "test", o.skip_bad)
+            .map(|(t, _)| t)
+            .unwrap_or_default();
+
+        let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
+        let io = StepIo::of(&sp, c)?;
+        let pnames: Vec<String> = sp.params.iter().map(|s| s.name.clone()).collect();
+        let snames: Vec<String> = sp.state.iter().map(|s| s.name.clone()).collect();
+        let (step, start, host) = initial_state(o, &sp)?;
+        let prog = match &o.executable {
+            Some(path) => {
+                let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
+                let expected = sp.manifest(c, &o.step, &o.layout, &o.partitioning, &machine)?;
+                let prog = sp.load(rt.client(), path, &expected, &o.layout)?;
+                if o.progress {
+                    eprintln!("loaded the step from {}", path.display());
+                }
+                prog
+            }
+            None => ShardedProgram::compile_text(
+                rt.client(),
+                &o.layout.context(),
+                sp.args,
+                sp.results,
+                sp.text,
+            )?,
+        };
+        // Upload parameters and state once; they stay on the devices.
+        let values: Vec<Sharded> = pnames
+            .iter()
+            .chain(&snames)
+            .enumerate()
+            .map(|(i, n)| prog.upload(i, &host[n]))
+            .collect::<Result<_>>()?;
+        drop(host);
+        let loader = Loader::new(
+            Arc::new(train),
+            tok.clone(),
+            loader_options(c, o.step.batch as usize, o.seed, o.workers),
+            start,
+        )?;
+        let (metrics, metrics_path) = open_metrics(&o.out, step)?;
+        Ok(Trainer {
+            rt,
+            o,
+            tok,
+            test,
+            prog,
+            io,
+            pnames,
+            snames,
+            values,
+            loader,
+            metrics,
+            metrics_path,
+            step,
+            first: step,
+            t0: Instant::now(),
+            last_good: checkpoints(&o.out).last().map(|(_, p)| p.clone()),
+            summary: Summary::default(),
+        })
+    }
+
+    /// Runs one step on the next batch; the parameters and state are replaced by the step's.
+    fn step(&mut self) -> Result<StepDone> {
+        let (o, prog, io) = (self.o, &self.prog, &self.io);
+        let dtype = o.step.param_dtype;
+        let batch = self.loader.next_batch()?;
+        let step_arg = prog.upload(io.step, &HostArray::scalar(self.step as i32))?;
+        let img = prog.upload(io.images, &safetensors::convert(&batch.images, dtype)?)?;
+        let tks = prog.upload(io.tokens, &batch.tokens)?;
+        // Dropout and stochastic depth draw from a key made of the seed and the step, so a
+        // resumed run draws the same masks.
+        let rng = match io.rng {
+            Some(i) => Some(prog.upload(i, &HostArray::new(&[2], &[o.seed, self.step])?)?),
+            None => None,
+        };
+        // The values are consumed by the step (donated, when asked) and replaced by its outputs.
+        let mut args: Vec<ShardedArg> = std::mem::take(&mut self.values)
+            .into_iter()
+            .map(ShardedArg::Owned)
+            .collect();
+        args.extend([step_arg, img, tks].map(ShardedArg::Owned));
+        args.extend(rng.map(ShardedArg::Owned));
+        let mut out = prog.run_owned(args)?;
+        let scalars: Vec<f64> = io
+            .scalars
+            .iter()
+            .map(|&i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
+            .collect::<Result<_>>()?;
+        let loss = scalars[0];
+        if !loss.is_finite() {
+            return Err(Error::Diverged {
+                step: self.step,
+                loss,
+                checkpoint: self
+                    .last_good
+                    .as_ref()
+                    .map_or("none".to_string(), |p| p.display().to_string()),
+            });
+        }
+        out.truncate(self.pnames.len() + self.snames.len());
+        self.values = out;
+        self.step += 1;
+        self.summary.losses.push((self.step, loss));
+        Ok(StepDone {
+            loss,
+            grad_norm: scalars[1],
+            learning_rate: scalars[2],
+            temperature: scalars[3],
+            position: batch.next,
+        })
+    }
+
+    /// Appends the step's metrics line (with a zero-shot evaluation when one is due) and shows
+    /// progress.
+    fn log(&mut self, d: &StepDone) -> Result<()> {
+        let (o, step) = (self.o, self.step);
+        let elapsed = self.t0.elapsed().as_secs_f64();
+        let mut line = serde_json::json!({
+            "step": step, "loss": d.loss, "grad_norm": d.grad_norm,
+            "learning_rate": d.learning_rate, "temperature": d.temperature,
+            "epoch": d.position.epoch, "seconds": elapsed,
+            "input_seconds": self.loader.waited.as_secs_f64(),
+        });
+        if o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps) {
+            if let Some(acc) = self.zero_shot()? {
+                line["zero_shot_top1"] = serde_json::json!(acc);
+                self.summary.last_zero_shot = Some(acc);
+            }
+        }
+        writeln!(self.metrics, "{line}").map_err(|e| Error::io(&self.metrics_path, e))?;
+        // A live line on a terminal; a line every 10% of the run in logs.
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let every = ((o.steps - self.first) / 10).max(1);
+        if o.progress && (tty || (step - self.first) % every == 0 || step == o.steps) {
+            let rate = (step - self.first) as f64 / elapsed.max(1e-9);
+            let eta = (o.steps - step) as f64 / rate.max(1e-9);
+            let text = format!(
+                "step {step}/{} | {:.2} steps/s | {:.0} img/s | loss {:.4} | lr {:.2e} | τ {:.4} | ETA {:.0}s",
+                o.steps,
+                rate,
+                rate * o.step.batch as f64,
+                d.loss,
+                d.learning_rate,
+                d.temperature,
+                eta
+            );
+            if tty {
+                eprint!("\r{text}   ");
+            } else {
+                eprintln!("{text}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Zero-shot top-1 of the current parameters on the data folder's test images.
+    fn zero_shot(&self) -> Result<Option<f64>> {
+        let params = (0..self.pnames.len())
+            .map(|i| {
+                let p = self.prog.gather(i, &self.values[i])?;
+                safetensors::convert(&p, DType::F32)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let o = self.o;
+        quick_zero_shot(
+            self.rt,
+            &o.config,
+            params,
+            &o.data,
+            &self.tok,
+            &self.test,
+            o.eval_images,
+        )
+    }
+
+    /// Writes a checkpoint of the parameters, state and data `position`, keeping the newest
+    /// `keep`.
+    fn checkpoint(&mut self, position: Position) -> Result<()> {
+        let np = self.pnames.len();
+        let mut values = gather_named(&self.prog, &self.pnames, &self.values[..np], 0)?;
+        values.extend(gather_named(
+            &self.prog,
+            &self.snames,
+            &self.values[np..],
+            np,
+        )?);
+        let ck = Ckpt {
+            step: self.step,
+            position,
+            values,
+        };
+        self.last_good = Some(save_checkpoint(&self.o.out, self.o.keep, &ck, self.o.seed)?);
+        Ok(())
+    }
+
+    /// Ends the run: the summary, and plots from the whole metrics file (resumed runs included).
+    fn finish(mut self) -> Result<Summary> {
+        let o = self.o;
+        if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
+        self.summary.steps = self.step;
+        self.summary.seconds = self.t0.elapsed().as_secs_f64();
+        self.summary.input_fraction =
+            self.loader.waited.as_secs_f64() / self.summary.seconds.max(1e-9);
+        let text = std::fs::read_to_string(&self.metrics_path).unwrap_or_default();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let series = |key: &str| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+                .collect()
+        };
+        crate::train::plot::plot(&o.out.join("loss.png"), &series("loss"))?;
+        let acc = series("zero_shot_top1");
+        if !acc.is_empty() {
+            crate::train::plot::plot(&o.out.join("accuracy.png"), &acc)?;
+        }
+        Ok(self.summary)
+    }
+}
+
+/// The step, data position and host values (parameters and optimizer state by name) a run
+/// starts from: the newest checkpoint with `--resume`, else fresh or `--init-from` weights and
+/// zero state.
+fn initial_state(
+    o: &RunOptions,
+    sp: &StepProgram,
+) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
     let dtype = o.step.param_dtype;
-    let (mut step, start, mut host): (u64, Position, BTreeMap<String, HostArray>) = match checkpoints(&o.out).last() {
+    let (specs, sspecs) = (&sp.params, &sp.state);
+    let (step, start, mut host) = match checkpoints(&o.out).last() {
         Some((_, p)) if o.resume => {
             let ck = load_checkpoint(p)?;
             if o.progress {
@@ -340,13 +613,13 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             }
             (ck.step, ck.position, ck.values)
         }
-        Some(_) if !o.resume => {
-            return Err(Error::InvalidArgument {
-                what: format!("run folder `{}`", o.out.display()),
-                fix: "it already has checkpoints: pass --resume to continue it, or choose another --out".into(),
-            })
-        }
-        _ => {
+        Some(_) => return Err(Error::InvalidArgument {
+            what: format!("run folder `{}`", o.out.display()),
+            fix:
+                "it already has checkpoints: pass --resume to continue it, or choose another --out"
+                    .into(),
+        }),
+        None => {
             if o.resume {
                 // Said even with --quiet: a restart loop that always passes --resume must not
                 // mistake a fresh start for a continued run.
@@ -356,60 +629,14 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
                 );
             }
             let mut m = BTreeMap::new();
-            let fresh = init::init_params(&specs, o.seed, dtype)?;
+            let fresh = init::init_params(specs, o.seed, dtype)?;
             for (s, a) in specs.iter().zip(fresh) {
                 m.insert(s.name.clone(), a);
             }
             if let Some(p) = &o.init_from {
-                let file = safetensors::read_params(p, c)?;
-                let mut matched = 0usize;
-                let mut unmatched = Vec::new();
-                for (k, v) in file {
-                    if let Some(s) = specs.iter().find(|s| s.name == k) {
-                        if v.shape() != s.shape.as_slice() {
-                            return Err(Error::InvalidArgument {
-                                what: format!("`{k}` in `{}`", p.display()),
-                                fix: format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
-                            });
-                        }
-                        m.insert(k, safetensors::convert(&v, dtype)?);
-                        matched += 1;
-                    } else {
-                        unmatched.push(k);
-                    }
-                }
-                if matched == 0 {
-                    // Training from random weights while the user asked for pretrained ones.
-                    return Err(Error::InvalidArgument {
-                        what: format!(
-                            "--init-from `{}`: none of its {} tensors is a parameter of model `{}` (it has {}, e.g. `{}`)",
-                            p.display(),
-                            unmatched.len(),
-                            c.name,
-                            unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-                            specs.first().map_or("", |s| s.name.as_str())
-                        ),
-                        fix: "give a checkpoint written for this model (its parameter names), or the matching --model".into(),
-                    });
-                }
-                if o.progress {
-                    eprintln!(
-                        "initialised {matched} of {} parameters from {}{}",
-                        specs.len(),
-                        p.display(),
-                        if unmatched.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                "; {} tensors of the file are not parameters of this model: {}",
-                                unmatched.len(),
-                                unmatched.join(", ")
-                            )
-                        }
-                    );
-                }
+                init_from(o, p, specs, &mut m)?;
             }
-            for s in &sspecs {
+            for s in sspecs {
                 m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
             }
             (0, Position::default(), m)
@@ -417,7 +644,7 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     };
     // A tower locked when the checkpoint was written and unlocked now has no optimizer state
     // yet: it starts from zeros, as on the first step.
-    for s in &sspecs {
+    for s in sspecs {
         let param = s.name.splitn(3, '/').nth(2).unwrap_or("");
         if !host.contains_key(&s.name) && host.contains_key(param) {
             if o.progress {
@@ -429,9 +656,10 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             host.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
         }
     }
-    let missing: Vec<&String> = pnames
+    let missing: Vec<&String> = specs
         .iter()
-        .chain(&snames)
+        .chain(sspecs)
+        .map(|s| &s.name)
         .filter(|n| !host.contains_key(*n))
         .collect();
     if !missing.is_empty() {
@@ -440,25 +668,73 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
             fix: format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0]),
         });
     }
-    // Upload parameters and state once; they stay on the devices.
-    let mut values: Vec<Sharded> = pnames
-        .iter()
-        .chain(&snames)
-        .enumerate()
-        .map(|(i, n)| prog.upload(i, &host[n]))
-        .collect::<Result<_>>()?;
-    host.clear();
-    let n_state = pnames.len() + snames.len();
+    Ok((step, start, host))
+}
 
-    let mut loader = Loader::new(
-        Arc::new(train),
-        tok.clone(),
-        loader_options(c, o.step.batch as usize, o.seed, o.workers),
-        start,
-    )?;
-    // Metrics: keep what was logged before the resumed step.
-    let metrics_path = o.out.join("metrics.jsonl");
-    let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
+/// Replaces the parameters in `m` that the file `p` has by its values; refuses a file none of
+/// whose tensors is a parameter, and says how many matched and which tensors did not.
+fn init_from(
+    o: &RunOptions,
+    p: &Path,
+    specs: &[crate::model::ParamSpec],
+    m: &mut BTreeMap<String, HostArray>,
+) -> Result<()> {
+    let (c, dtype) = (&o.config, o.step.param_dtype);
+    let file = safetensors::read_params(p, c)?;
+    let mut matched = 0usize;
+    let mut unmatched = Vec::new();
+    for (k, v) in file {
+        if let Some(s) = specs.iter().find(|s| s.name == k) {
+            if v.shape() != s.shape.as_slice() {
+                return Err(Error::InvalidArgument {
+                    what: format!("`{k}` in `{}`", p.display()),
+                    fix: format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
+                });
+            }
+            m.insert(k, safetensors::convert(&v, dtype)?);
+            matched += 1;
+        } else {
+            unmatched.push(k);
+        }
+    }
+    if matched == 0 {
+        // Training from random weights while the user asked for pretrained ones.
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "--init-from `{}`: none of its {} tensors is a parameter of model `{}` (it has {}, e.g. `{}`)",
+                p.display(),
+                unmatched.len(),
+                c.name,
+                unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                specs.first().map_or("", |s| s.name.as_str())
+            ),
+            fix: "give a checkpoint written for this model (its parameter names), or the matching --model".into(),
+        });
+    }
+    if o.progress {
+        let rest = if unmatched.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} tensors of the file are not parameters of this model: {}",
+                unmatched.len(),
+                unmatched.join(", ")
+            )
+        };
+        eprintln!(
+            "initialised {matched} of {} parameters from {}{rest}",
+            specs.len(),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens the run's `metrics.jsonl`, keeping the lines of steps up to `step` (a resumed run
+/// continues the file).
+fn open_metrics(out: &Path, step: u64) -> Result<(std::fs::File, PathBuf)> {
+    let path = out.join("metrics.jsonl");
+    let kept: Vec<String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
         .lines()
         .filter(|l| {
@@ -469,143 +745,11 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
         })
         .map(str::to_string)
         .collect();
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
     for l in &kept {
-        writeln!(metrics, "{l}").map_err(|e| Error::io(&metrics_path, e))?;
+        writeln!(f, "{l}").map_err(|e| Error::io(&path, e))?;
     }
-    let mut summary = Summary::default();
-    let t0 = Instant::now();
-    let first = step;
-    let mut last_good: Option<PathBuf> = checkpoints(&o.out).last().map(|(_, p)| p.clone());
-    while step < o.steps {
-        let batch = loader.next_batch()?;
-        let step_arg = prog.upload(i_step, &HostArray::scalar(step as i32))?;
-        let img = prog.upload(
-            i_images,
-            &crate::io::safetensors::convert(&batch.images, dtype)?,
-        )?;
-        let tks = prog.upload(i_tokens, &batch.tokens)?;
-        // Dropout and stochastic depth draw from a key made of the seed and the step, so a
-        // resumed run draws the same masks.
-        let rng = match i_rng {
-            Some(i) => Some(prog.upload(i, &HostArray::new(&[2], &[o.seed, step])?)?),
-            None => None,
-        };
-        // The values are consumed by the step (donated, when asked) and replaced by its outputs.
-        let mut args: Vec<ShardedArg> = std::mem::take(&mut values)
-            .into_iter()
-            .map(ShardedArg::Owned)
-            .collect();
-        args.push(ShardedArg::Owned(step_arg));
-        args.push(ShardedArg::Owned(img));
-        args.push(ShardedArg::Owned(tks));
-        if let Some(r) = rng {
-            args.push(ShardedArg::Owned(r));
-        }
-        let mut out = prog.run_owned(args)?;
-        let scalars: Vec<f64> = o_scalars
-            .iter()
-            .map(|&i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
-            .collect::<Result<_>>()?;
-        let (loss, gnorm, lr, temp) = (scalars[0], scalars[1], scalars[2], scalars[3]);
-        if !loss.is_finite() {
-            return Err(Error::Diverged {
-                step,
-                loss,
-                checkpoint: last_good
-                    .as_ref()
-                    .map_or("none".to_string(), |p| p.display().to_string()),
-            });
-        }
-        out.truncate(n_state);
-        values = out;
-        let position = batch.next;
-        step += 1;
-        summary.losses.push((step, loss));
-        let elapsed = t0.elapsed().as_secs_f64();
-        let done = (step - first) as f64;
-        let mut line = serde_json::json!({
-            "step": step, "loss": loss, "grad_norm": gnorm, "learning_rate": lr, "temperature": temp,
-            "epoch": position.epoch, "seconds": elapsed, "input_seconds": loader.waited.as_secs_f64(),
-        });
-        if o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps) {
-            let params: Vec<HostArray> = (0..pnames.len())
-                .map(|i| prog.gather(i, &values[i]))
-                .collect::<Result<_>>()?;
-            let params = params
-                .iter()
-                .map(|p| safetensors::convert(p, DType::F32))
-                .collect::<Result<Vec<_>>>()?;
-            if let Some(acc) = quick_zero_shot(rt, c, params, &o.data, &tok, &test, o.eval_images)?
-            {
-                line["zero_shot_top1"] = serde_json::json!(acc);
-                summary.last_zero_shot = Some(acc);
-            }
-        }
-        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-        // A live line on a terminal; a line every 10% of the run in logs.
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let every = ((o.steps - first) / 10).max(1);
-        if o.progress && (tty || (step - first) % every == 0 || step == o.steps) {
-            let rate = done / elapsed.max(1e-9);
-            let eta = (o.steps - step) as f64 / rate.max(1e-9);
-            let text = format!(
-                "step {step}/{} | {:.2} steps/s | {:.0} img/s | loss {loss:.4} | lr {lr:.2e} | τ {temp:.4} | ETA {:.0}s",
-                o.steps,
-                rate,
-                rate * o.step.batch as f64,
-                eta
-            );
-            if tty {
-                eprint!("\r{text}   ");
-            } else {
-                eprintln!("{text}");
-            }
-        }
-        if o.checkpoint_every > 0 && (step % o.checkpoint_every == 0 || step == o.steps) {
-            let mut vals = gather_named(&prog, &pnames, &values[..pnames.len()], 0)?;
-            vals.extend(gather_named(
-                &prog,
-                &snames,
-                &values[pnames.len()..],
-                pnames.len(),
-            )?);
-            last_good = Some(save_checkpoint(
-                &o.out,
-                o.keep,
-                &Ckpt {
-                    step,
-                    position,
-                    values: vals,
-                },
-                o.seed,
-            )?);
-        }
-    }
-    if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!();
-    }
-    summary.steps = step;
-    summary.seconds = t0.elapsed().as_secs_f64();
-    summary.input_fraction = loader.waited.as_secs_f64() / summary.seconds.max(1e-9);
-    // Plots from the whole metrics file (resumed runs included).
-    let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-    let rows: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let series = |key: &str| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
-            .collect()
-    };
-    crate::train::plot::plot(&o.out.join("loss.png"), &series("loss"))?;
-    let acc = series("zero_shot_top1");
-    if !acc.is_empty() {
-        crate::train::plot::plot(&o.out.join("accuracy.png"), &acc)?;
-    }
-    Ok(summary)
+    Ok((f, path))
 }
 
 /// The parameters of a run's newest checkpoint, by name, as f32.
