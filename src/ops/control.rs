@@ -7,7 +7,7 @@ use crate::ir::{Op, OptimizationBarrier, RngBitGenerator, Scan, ShardingConstrai
 use crate::lower::{i64_array, ty, Emitter};
 use crate::trace::Tensor;
 
-use super::{show, Rule};
+use super::{show, Lowering, Rule, Vjp};
 
 /// Output types of a scan node (see [`Scan`]).
 fn scan_outputs(s: &Scan, ins: &[TensorType]) -> Result<Vec<TensorType>> {
@@ -383,19 +383,13 @@ impl Rule for RngBitGenerator {
         ])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![None])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = "rng_algorithm = #stablehlo<rng_algorithm THREE_FRY>";
-        Ok(e.op("stablehlo.rng_bit_generator", ins, in_tys, attr, out_tys))
+        Ok(l.op(e, "stablehlo.rng_bit_generator", attr))
     }
 }
 
@@ -405,23 +399,12 @@ impl Rule for OptimizationBarrier {
     }
 
     /// The barrier is the identity: cotangents pass straight through.
-    fn vjp(
-        &self,
-        _: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        Ok(cots.to_vec())
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        Ok(v.cots.to_vec())
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.optimization_barrier", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.optimization_barrier", ""))
     }
 }
 
@@ -436,19 +419,13 @@ impl Rule for StopGradient {
         Ok(ins.to_vec())
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![None])
     }
 
     /// Only the sweep looks at it: the program uses the value as it is.
-    fn lower(
-        &self,
-        _: &mut Emitter,
-        ins: &[String],
-        _: &[TensorType],
-        _: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(vec![ins[0].clone()])
+    fn lower(&self, _: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(vec![l.ins[0].clone()])
     }
 }
 
@@ -457,23 +434,12 @@ impl Rule for Scan {
         scan_outputs(self, ins)
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        outs: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        scan_vjp(self, ins, outs, cots)
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        scan_vjp(self, v.ins, v.outs, v.cots)
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        lower_scan(e, self, ins, in_tys, out_tys)
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        lower_scan(e, self, l.ins, l.in_tys, l.out_tys)
     }
 
     fn for_vjp(&self) -> Option<Op> {
@@ -503,25 +469,14 @@ impl Rule for ShardingConstraint {
     }
 
     /// The cotangent is laid out like the value.
-    fn vjp(
-        &self,
-        _: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        match &cots[0] {
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        match &v.cots[0] {
             Some(g) => Ok(vec![Some(g.constrain_axes(&self.axes)?)]),
             None => Ok(vec![None]),
         }
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        _: &[TensorType],
-    ) -> Result<Vec<String>> {
-        e.sharding_constraint(&ins[0], &in_tys[0], &self.axes)
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        e.sharding_constraint(&l.ins[0], &l.in_tys[0], &self.axes)
     }
 }

@@ -6,7 +6,7 @@ use crate::ir::{Binary, BitcastConvert, Cmp, Convert, Select, Unary};
 use crate::lower::Emitter;
 use crate::trace::Tensor;
 
-use super::{arity, cot0, show, Rule};
+use super::{arity, cot0, show, Lowering, Rule, Vjp};
 
 fn unary_name(u: Unary) -> String {
     format!("{u:?}").to_lowercase()
@@ -30,14 +30,9 @@ impl Rule for Unary {
         Ok(vec![t.clone()])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        outs: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = cot0(&unary_name(*self), cots)?;
-        let (x, y) = (&ins[0], &outs[0]);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let g = cot0(&unary_name(*self), v.cots)?;
+        let (x, y) = (&v.ins[0], &v.outs[0]);
         let d = match self {
             Unary::Neg => g.neg()?,
             Unary::Abs => g.mul(&x.sign()?)?,
@@ -67,13 +62,7 @@ impl Rule for Unary {
         Ok(vec![Some(d)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let op = match self {
             Unary::Neg => "stablehlo.negate",
             Unary::Abs => "stablehlo.abs",
@@ -91,7 +80,7 @@ impl Rule for Unary {
             Unary::Floor => "stablehlo.floor",
             Unary::Not => "stablehlo.not",
         };
-        Ok(e.op(op, ins, in_tys, "", out_tys))
+        Ok(e.op(op, l.ins, l.in_tys, "", l.out_tys))
     }
 }
 
@@ -137,14 +126,9 @@ impl Rule for Binary {
         Ok(vec![a.clone()])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        outs: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = cot0(&format!("{self:?}").to_lowercase(), cots)?;
-        let (a, b, y) = (&ins[0], &ins[1], &outs[0]);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let g = cot0(&format!("{self:?}").to_lowercase(), v.cots)?;
+        let (a, b, y) = (&v.ins[0], &v.ins[1], &v.outs[0]);
         let (da, db) = match self {
             Binary::Add => (g.clone(), g),
             Binary::Sub => (g.clone(), g.neg()?),
@@ -189,14 +173,8 @@ impl Rule for Binary {
         Ok(vec![Some(da), Some(db)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op(binary_op(*self), ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(e.op(binary_op(*self), l.ins, l.in_tys, "", l.out_tys))
     }
 }
 
@@ -213,17 +191,11 @@ impl Rule for Cmp {
         Ok(vec![ins[0].with_dtype(DType::Pred)])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![None, None])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let dir = match self {
             Cmp::Eq => "EQ",
             Cmp::Ne => "NE",
@@ -233,7 +205,7 @@ impl Rule for Cmp {
             Cmp::Ge => "GE",
         };
         let attr = format!("comparison_direction = #stablehlo<comparison_direction {dir}>");
-        Ok(e.op("stablehlo.compare", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.compare", &attr))
     }
 }
 
@@ -249,29 +221,18 @@ impl Rule for Select {
         Ok(vec![ins[1].clone()])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = cot0("select", cots)?;
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let g = cot0("select", v.cots)?;
         let z = g.zeros_like()?;
         Ok(vec![
             None,
-            Some(Tensor::select(&ins[0], &g, &z)?),
-            Some(Tensor::select(&ins[0], &z, &g)?),
+            Some(Tensor::select(&v.ins[0], &g, &z)?),
+            Some(Tensor::select(&v.ins[0], &z, &g)?),
         ])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.select", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.select", ""))
     }
 }
 
@@ -281,28 +242,17 @@ impl Rule for Convert {
         Ok(vec![ins[0].with_dtype(self.to)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let from = ins[0].dtype();
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let from = v.ins[0].dtype();
         if from.is_float() && self.to.is_float() {
-            Ok(vec![Some(cot0("convert", cots)?.convert(from)?)])
+            Ok(vec![Some(cot0("convert", v.cots)?.convert(from)?)])
         } else {
             Ok(vec![None])
         }
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.convert", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.convert", ""))
     }
 }
 
@@ -319,17 +269,11 @@ impl Rule for BitcastConvert {
         Ok(vec![ins[0].with_dtype(to)])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![None])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.bitcast_convert", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.bitcast_convert", ""))
     }
 }

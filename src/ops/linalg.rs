@@ -7,7 +7,7 @@ use crate::ir::{ConvAttrs, ConvDims, DotDims};
 use crate::lower::{i64_array, list, padding_attr, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, cot0, show, Rule};
+use super::{arity, cot0, show, Lowering, Rule, Vjp};
 
 /// Output shape of `dot_general`: batch dimensions, then lhs free, then rhs free dimensions.
 pub fn dot_output_shape(lhs: &TensorType, rhs: &TensorType, d: &DotDims) -> Result<Vec<i64>> {
@@ -181,13 +181,8 @@ impl Rule for DotDims {
         Ok(vec![TensorType::new(ins[0].dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, x, y, d) = (cot0("dot_general", cots)?, &ins[0], &ins[1], self);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, y, d) = (cot0("dot_general", v.cots)?, &v.ins[0], &v.ins[1], self);
         let dx = dot_transpose_lhs(&g, x, y, d, false)?;
         let swapped = DotDims {
             lhs_batch: d.rhs_batch.clone(),
@@ -199,13 +194,7 @@ impl Rule for DotDims {
         Ok(vec![Some(dx), Some(dy)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
         let mut parts = Vec::new();
         for (k, v) in [
@@ -222,7 +211,7 @@ impl Rule for DotDims {
             "dot_dimension_numbers = #stablehlo.dot<{}>",
             parts.join(", ")
         );
-        Ok(e.op("stablehlo.dot_general", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.dot_general", &attr))
     }
 }
 
@@ -233,23 +222,12 @@ impl Rule for ConvAttrs {
         Ok(vec![TensorType::new(ins[0].dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (dx, dk) = conv_vjp(self, &ins[0], &ins[1], &cot0("convolution", cots)?)?;
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (dx, dk) = conv_vjp(self, &v.ins[0], &v.ins[1], &cot0("convolution", v.cots)?)?;
         Ok(vec![Some(dx), Some(dk)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let a = self;
         let attr = format!(
             "batch_group_count = {} : i64, dimension_numbers = #stablehlo.conv<{}x{}->{}>, feature_group_count = {} : i64, lhs_dilation = {}, padding = {}, rhs_dilation = {}, window_strides = {}",
@@ -263,7 +241,7 @@ impl Rule for ConvAttrs {
             i64_array(&a.rhs_dilation),
             i64_array(&a.strides),
         );
-        Ok(e.op("stablehlo.convolution", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.convolution", &attr))
     }
 }
 

@@ -26,21 +26,10 @@ pub trait Rule {
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>>;
 
     /// Cotangents of the inputs given those of the outputs (`None`: no gradient flows there).
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        outs: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>>;
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>>;
 
     /// Writes the op and returns the names of its results.
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>>;
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>>;
 
     /// The cotangent `g` of the output as a piece of the operand's cotangent that the reverse
     /// sweep may hold back until every piece of that operand has arrived, to sum them at once
@@ -55,6 +44,28 @@ pub trait Rule {
     /// swaps it in before it reads the graph.
     fn for_vjp(&self) -> Option<Op> {
         None
+    }
+}
+
+/// What a derivative rule reads: the node's operands and outputs (primal values) and the
+/// cotangents of its outputs.
+pub struct Vjp<'a> {
+    pub ins: &'a [Tensor],
+    pub outs: &'a [Tensor],
+    pub cots: &'a [Option<Tensor>],
+}
+
+/// What a lowering reads: the names and types of the node's operands, and its result types.
+pub struct Lowering<'a> {
+    pub ins: &'a [String],
+    pub in_tys: &'a [TensorType],
+    pub out_tys: &'a [TensorType],
+}
+
+impl Lowering<'_> {
+    /// Writes the op `name` with `attrs` on the node's operands.
+    fn op(&self, e: &mut Emitter, name: &str, attrs: &str) -> Vec<String> {
+        e.op(name, self.ins, self.in_tys, attrs, self.out_tys)
     }
 }
 
@@ -118,7 +129,7 @@ pub fn vjp(
     outs: &[Tensor],
     cots: &[Option<Tensor>],
 ) -> Result<Vec<Option<Tensor>>> {
-    rule(op).vjp(ins, outs, cots)
+    rule(op).vjp(&Vjp { ins, outs, cots })
 }
 
 /// Writes `op` and returns the names of its results.
@@ -129,7 +140,14 @@ pub fn lower(
     in_tys: &[TensorType],
     out_tys: &[TensorType],
 ) -> Result<Vec<String>> {
-    rule(op).lower(e, ins, in_tys, out_tys)
+    rule(op).lower(
+        e,
+        &Lowering {
+            ins,
+            in_tys,
+            out_tys,
+        },
+    )
 }
 
 /// Checks the operand count of an op.

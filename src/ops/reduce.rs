@@ -6,7 +6,7 @@ use crate::ir::{Reduce, ReduceKind, ReduceWindow, SelectAndScatterAdd, Window};
 use crate::lower::{i64_array, padding_attr, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, conv_lhs_vjp_padding, cot0, Rule};
+use super::{arity, conv_lhs_vjp_padding, cot0, Lowering, Rule, Vjp};
 
 fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
     let r = x.rank();
@@ -55,13 +55,8 @@ impl Rule for Reduce {
         Ok(vec![TensorType::new(x.dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        outs: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, x, axes) = (cot0("reduce", cots)?, &ins[0], &self.axes);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, axes) = (cot0("reduce", v.cots)?, &v.ins[0], &self.axes);
         let kept: Vec<usize> = (0..x.rank()).filter(|i| !axes.contains(i)).collect();
         let gb = g.broadcast_in_dim(x.shape(), &kept)?;
         match self.kind {
@@ -69,7 +64,7 @@ impl Rule for Reduce {
             ReduceKind::Max | ReduceKind::Min => {
                 // The gradient goes to the positions that attain the extremum, split evenly
                 // among ties.
-                let y = outs[0].broadcast_in_dim(x.shape(), &kept)?;
+                let y = v.outs[0].broadcast_in_dim(x.shape(), &kept)?;
                 let hit = x.eq(&y)?;
                 let ones = Tensor::select(&hit, &x.ones_like()?, &x.zeros_like()?)?;
                 let count = ones.sum(axes)?.broadcast_in_dim(x.shape(), &kept)?;
@@ -78,21 +73,15 @@ impl Rule for Reduce {
         }
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        let (kind, dtype) = (self.kind, in_tys[0].dtype);
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        let (kind, dtype) = (self.kind, l.in_tys[0].dtype);
         let s = TensorType::scalar(dtype);
         let init = init_value(e, kind, dtype);
         let axes: Vec<i64> = self.axes.iter().map(|&a| a as i64).collect();
         e.op_with_regions(
             "stablehlo.reduce",
-            &[ins[0].clone(), init],
-            &[in_tys[0].clone(), s.clone()],
+            &[l.ins[0].clone(), init],
+            &[l.in_tys[0].clone(), s.clone()],
             vec![(
                 vec![s.clone(), s],
                 Box::new(move |e: &mut Emitter, a: &[String]| {
@@ -100,7 +89,7 @@ impl Rule for Reduce {
                 }),
             )],
             &format!("dimensions = {}", i64_array(&axes)),
-            out_tys,
+            l.out_tys,
         )
     }
 }
@@ -113,13 +102,8 @@ impl Rule for ReduceWindow {
         Ok(vec![TensorType::new(ins[0].dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, x, window) = (cot0("reduce_window", cots)?, &ins[0], &self.window);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, window) = (cot0("reduce_window", v.cots)?, &v.ins[0], &self.window);
         match self.kind {
             ReduceKind::Sum => {
                 // Each input element receives the cotangents of every window it was part of:
@@ -155,20 +139,14 @@ impl Rule for ReduceWindow {
         }
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        let (kind, dtype, window) = (self.kind, in_tys[0].dtype, &self.window);
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        let (kind, dtype, window) = (self.kind, l.in_tys[0].dtype, &self.window);
         let s = TensorType::scalar(dtype);
         let init = init_value(e, kind, dtype);
         e.op_with_regions(
             "stablehlo.reduce_window",
-            &[ins[0].clone(), init],
-            &[in_tys[0].clone(), s.clone()],
+            &[l.ins[0].clone(), init],
+            &[l.in_tys[0].clone(), s.clone()],
             vec![(
                 vec![s.clone(), s],
                 Box::new(move |e: &mut Emitter, a: &[String]| {
@@ -176,7 +154,7 @@ impl Rule for ReduceWindow {
                 }),
             )],
             &window_attr(window),
-            out_tys,
+            l.out_tys,
         )
     }
 }
@@ -195,21 +173,15 @@ impl Rule for SelectAndScatterAdd {
         Ok(vec![ins[0].clone()])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Err(Error::NoDerivative {
             op: "select_and_scatter_add".into(),
             detail: " (second derivatives of max pooling are not supported)".into(),
         })
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        let dtype = in_tys[0].dtype;
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        let dtype = l.in_tys[0].dtype;
         let s = TensorType::scalar(dtype);
         let init = init_value(e, ReduceKind::Sum, dtype);
         let pred = TensorType::scalar(DType::Pred);
@@ -232,14 +204,14 @@ impl Rule for SelectAndScatterAdd {
         });
         e.op_with_regions(
             "stablehlo.select_and_scatter",
-            &[ins[0].clone(), ins[1].clone(), init],
-            &[in_tys[0].clone(), in_tys[1].clone(), s.clone()],
+            &[l.ins[0].clone(), l.ins[1].clone(), init],
+            &[l.in_tys[0].clone(), l.in_tys[1].clone(), s.clone()],
             vec![
                 (vec![s.clone(), s.clone()], select),
                 (vec![s.clone(), s], scatter),
             ],
             &window_attr(&self.window),
-            out_tys,
+            l.out_tys,
         )
     }
 }

@@ -6,7 +6,7 @@ use crate::ir::{Constant, Iota, Parameter};
 use crate::lower::{dense_attr, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, Rule};
+use super::{arity, Lowering, Rule, Vjp};
 
 impl Rule for Parameter {
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
@@ -14,17 +14,11 @@ impl Rule for Parameter {
         Ok(vec![self.ty.clone()])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![])
     }
 
-    fn lower(
-        &self,
-        _: &mut Emitter,
-        _: &[String],
-        _: &[TensorType],
-        _: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, _: &mut Emitter, _: &Lowering) -> Result<Vec<String>> {
         Err(Error::Program(
             "parameters are bound by the enclosing function, not emitted".into(),
         ))
@@ -43,19 +37,13 @@ impl Rule for Constant {
         Ok(vec![self.ty.clone()])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        _: &[String],
-        _: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let value = format!("value = {}", dense_attr(&self.ty, &self.bytes));
-        Ok(e.op("stablehlo.constant", &[], &[], &value, out_tys))
+        Ok(e.op("stablehlo.constant", &[], &[], &value, l.out_tys))
     }
 }
 
@@ -74,18 +62,12 @@ impl Rule for Iota {
         Ok(vec![self.ty.clone()])
     }
 
-    fn vjp(&self, _: &[Tensor], _: &[Tensor], _: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, _: &Vjp) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        _: &[String],
-        _: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("iota_dimension = {} : i64", self.axis);
-        Ok(e.op("stablehlo.iota", &[], &[], &attr, out_tys))
+        Ok(e.op("stablehlo.iota", &[], &[], &attr, l.out_tys))
     }
 }

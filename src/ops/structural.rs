@@ -10,7 +10,7 @@ use crate::ir::{
 use crate::lower::{i64_array, list, Emitter};
 use crate::trace::Tensor;
 
-use super::{arity, cot0, show, Rule};
+use super::{arity, cot0, show, Lowering, Rule, Vjp};
 
 fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
@@ -81,13 +81,8 @@ impl Rule for BroadcastInDim {
         Ok(vec![TensorType::new(x.dtype, shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, x, dims) = (cot0("broadcast_in_dim", cots)?, &ins[0], &self.dims);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, dims) = (cot0("broadcast_in_dim", v.cots)?, &v.ins[0], &self.dims);
         // Sum over the dimensions the broadcast created or expanded, then restore x's order.
         let expanded: Vec<usize> = (0..x.rank())
             .filter(|&i| x.shape()[i] == 1 && self.shape[dims[i]] != 1)
@@ -111,15 +106,9 @@ impl Rule for BroadcastInDim {
         Ok(vec![Some(g2.transpose(&perm)?.reshape(x.shape())?)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("broadcast_dimensions = {}", i64_array(&i64s(&self.dims)));
-        Ok(e.op("stablehlo.broadcast_in_dim", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.broadcast_in_dim", &attr))
     }
 }
 
@@ -134,23 +123,14 @@ impl Rule for Reshape {
         Ok(vec![TensorType::new(ins[0].dtype, shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(cot0("reshape", cots)?.reshape(ins[0].shape())?)])
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(
+            cot0("reshape", v.cots)?.reshape(v.ins[0].shape())?,
+        )])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.reshape", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.reshape", ""))
     }
 }
 
@@ -162,28 +142,17 @@ impl Rule for Transpose {
         Ok(vec![TensorType::new(ins[0].dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        _: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
         let mut inv = vec![0; self.perm.len()];
         for (i, &p) in self.perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(vec![Some(cot0("transpose", cots)?.transpose(&inv)?)])
+        Ok(vec![Some(cot0("transpose", v.cots)?.transpose(&inv)?)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("permutation = {}", i64_array(&i64s(&self.perm)));
-        Ok(e.op("stablehlo.transpose", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.transpose", &attr))
     }
 }
 
@@ -199,24 +168,13 @@ impl Rule for Reverse {
         Ok(vec![ins[0].clone()])
     }
 
-    fn vjp(
-        &self,
-        _: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(cot0("reverse", cots)?.reverse(&self.dims)?)])
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(cot0("reverse", v.cots)?.reverse(&self.dims)?)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("dimensions = {}", i64_array(&i64s(&self.dims)));
-        Ok(e.op("stablehlo.reverse", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.reverse", &attr))
     }
 }
 
@@ -245,14 +203,14 @@ impl Rule for Slice {
         Ok(vec![TensorType::new(x.dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
         // Put each element back where it came from: zeros elsewhere, strides as interior pad.
-        let (g, x, start, strides) = (cot0("slice", cots)?, &ins[0], &self.start, &self.strides);
+        let (g, x, start, strides) = (
+            cot0("slice", v.cots)?,
+            &v.ins[0],
+            &self.start,
+            &self.strides,
+        );
         let r = x.rank();
         let out = g.shape().to_vec();
         let high: Vec<i64> = (0..r)
@@ -274,20 +232,14 @@ impl Rule for Slice {
         })
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!(
             "limit_indices = {}, start_indices = {}, strides = {}",
             i64_array(&self.limit),
             i64_array(&self.start),
             i64_array(&self.strides)
         );
-        Ok(e.op("stablehlo.slice", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.slice", &attr))
     }
 }
 
@@ -358,27 +310,16 @@ impl Rule for DynamicSlice {
         Ok(vec![TensorType::new(x.dtype, sizes)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, x, starts) = (cot0("dynamic_slice", cots)?, &ins[0], &ins[1..]);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, x, starts) = (cot0("dynamic_slice", v.cots)?, &v.ins[0], &v.ins[1..]);
         let mut v = vec![Some(x.zeros_like()?.dynamic_update_slice(&g, starts)?)];
         v.extend(starts.iter().map(|_| None));
         Ok(v)
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("slice_sizes = {}", i64_array(&self.sizes));
-        Ok(e.op("stablehlo.dynamic_slice", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.dynamic_slice", &attr))
     }
 }
 
@@ -399,13 +340,12 @@ impl Rule for DynamicUpdateSlice {
         Ok(vec![x.clone()])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, upd, starts) = (cot0("dynamic_update_slice", cots)?, &ins[1], &ins[2..]);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, upd, starts) = (
+            cot0("dynamic_update_slice", v.cots)?,
+            &v.ins[1],
+            &v.ins[2..],
+        );
         let mut v = vec![
             Some(g.dynamic_update_slice(&upd.zeros_like()?, starts)?),
             Some(g.dynamic_slice(starts, upd.shape())?),
@@ -414,14 +354,8 @@ impl Rule for DynamicUpdateSlice {
         Ok(v)
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        Ok(e.op("stablehlo.dynamic_update_slice", ins, in_tys, "", out_tys))
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        Ok(l.op(e, "stablehlo.dynamic_update_slice", ""))
     }
 }
 
@@ -452,15 +386,11 @@ impl Rule for Concatenate {
         Ok(vec![TensorType::new(first.dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (g, axis) = (cot0("concatenate", cots)?, self.axis);
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let (g, axis) = (cot0("concatenate", v.cots)?, self.axis);
         let mut at = 0;
-        ins.iter()
+        v.ins
+            .iter()
             .map(|t| {
                 let n = t.shape()[axis];
                 let s = g.slice_axis(axis, at, at + n);
@@ -470,15 +400,9 @@ impl Rule for Concatenate {
             .collect()
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!("dimension = {} : i64", self.axis);
-        Ok(e.op("stablehlo.concatenate", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.concatenate", &attr))
     }
 }
 
@@ -516,15 +440,10 @@ impl Rule for Pad {
         Ok(vec![TensorType::new(x.dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
         // Undo the edge padding (negated pads crop), then take every (interior+1)-th element;
         // the padding value receives everything that did not come from the operand.
-        let (g, r) = (cot0("pad", cots)?, ins[0].rank());
+        let (g, r) = (cot0("pad", v.cots)?, v.ins[0].rank());
         let zero = g.scalar_like(0.0)?;
         let nl: Vec<i64> = self.low.iter().map(|v| -v).collect();
         let nh: Vec<i64> = self.high.iter().map(|v| -v).collect();
@@ -535,20 +454,14 @@ impl Rule for Pad {
         Ok(vec![Some(t_op), Some(t_val)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
         let attr = format!(
             "edge_padding_high = {}, edge_padding_low = {}, interior_padding = {}",
             i64_array(&self.high),
             i64_array(&self.low),
             i64_array(&self.interior)
         );
-        Ok(e.op("stablehlo.pad", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.pad", &attr))
     }
 }
 
@@ -570,27 +483,16 @@ impl Rule for Gather {
         Ok(vec![TensorType::new(table.dtype, &shape)])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = cot0("gather", cots)?;
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let g = cot0("gather", v.cots)?;
         Ok(vec![
-            Some(ins[0].zeros_like()?.scatter_add_rows(&ins[1], &g)?),
+            Some(v.ins[0].zeros_like()?.scatter_add_rows(&v.ins[1], &g)?),
             None,
         ])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        let (table, ids) = (&in_tys[0], &in_tys[1]);
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        let (table, ids) = (&l.in_tys[0], &l.in_tys[1]);
         let r = ids.rank() as i64;
         let offset: Vec<i64> = (0..table.rank() as i64 - 1).map(|i| r + i).collect();
         let mut sizes = vec![1];
@@ -604,7 +506,7 @@ impl Rule for Gather {
             "dimension_numbers = #stablehlo.gather<{offset}collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = {r}>, indices_are_sorted = false, slice_sizes = {}",
             i64_array(&sizes)
         );
-        Ok(e.op("stablehlo.gather", ins, in_tys, &attr, out_tys))
+        Ok(l.op(e, "stablehlo.gather", &attr))
     }
 }
 
@@ -630,24 +532,13 @@ impl Rule for ScatterAdd {
         Ok(vec![target.clone()])
     }
 
-    fn vjp(
-        &self,
-        ins: &[Tensor],
-        _: &[Tensor],
-        cots: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = cot0("scatter_add", cots)?;
-        Ok(vec![Some(g.clone()), None, Some(g.take_rows(&ins[1])?)])
+    fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
+        let g = cot0("scatter_add", v.cots)?;
+        Ok(vec![Some(g.clone()), None, Some(g.take_rows(&v.ins[1])?)])
     }
 
-    fn lower(
-        &self,
-        e: &mut Emitter,
-        ins: &[String],
-        in_tys: &[TensorType],
-        out_tys: &[TensorType],
-    ) -> Result<Vec<String>> {
-        let (target, ids) = (&in_tys[0], &in_tys[1]);
+    fn lower(&self, e: &mut Emitter, l: &Lowering) -> Result<Vec<String>> {
+        let (target, ids) = (&l.in_tys[0], &l.in_tys[1]);
         let r = ids.rank() as i64;
         let window: Vec<i64> = (0..target.rank() as i64 - 1).map(|i| r + i).collect();
         let dtype = target.dtype;
@@ -662,8 +553,8 @@ impl Rule for ScatterAdd {
         let s = TensorType::scalar(dtype);
         e.op_with_regions(
             "stablehlo.scatter",
-            ins,
-            in_tys,
+            l.ins,
+            l.in_tys,
             vec![(
                 vec![s.clone(), s],
                 Box::new(move |e: &mut Emitter, args: &[String]| {
@@ -671,7 +562,7 @@ impl Rule for ScatterAdd {
                 }),
             )],
             &attrs,
-            out_tys,
+            l.out_tys,
         )
     }
 }
