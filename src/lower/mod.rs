@@ -13,6 +13,11 @@ use crate::ir::{Graph, Value};
 use crate::partition::{PartitionSpec, ShardingContext};
 use crate::runtime::Partitioner;
 
+/// The body of a region: writes it on the region's arguments and returns its results and their
+/// types.
+pub type Region<'a> =
+    Box<dyn FnOnce(&mut Emitter, &[String]) -> Result<(Vec<String>, Vec<TensorType>)> + 'a>;
+
 /// `tensor<2x3xf32>`.
 pub fn ty(t: &TensorType) -> String {
     let mut s = String::from("tensor<");
@@ -259,10 +264,7 @@ impl Emitter {
         name: &str,
         operands: &[String],
         in_tys: &[TensorType],
-        regions: Vec<(
-            Vec<TensorType>,
-            Box<dyn FnOnce(&mut Emitter, &[String]) -> Result<(Vec<String>, Vec<TensorType>)> + '_>,
-        )>,
+        regions: Vec<(Vec<TensorType>, Region<'_>)>,
         attrs: &str,
         out_tys: &[TensorType],
     ) -> Result<Vec<String>> {

@@ -64,46 +64,48 @@ fn dilate(size: i64, d: i64) -> i64 {
     }
 }
 
-/// Padding of the input-gradient convolution (XLA/JAX's transpose rule, worked per dimension).
-pub fn conv_lhs_vjp_padding(
+/// The extents of one spatial dimension of a convolution, each dilated: input, window, output.
+pub struct Extents {
+    input: i64,
+    window: i64,
+    output: i64,
+}
+
+/// The dilated extents of every spatial dimension of a convolution of `in_shape` by `window`
+/// with `strides` giving `out_shape`.
+pub fn extents(
     in_shape: &[i64],
     window: &[i64],
     strides: &[i64],
     out_shape: &[i64],
-    padding: &[(i64, i64)],
     lhs_dilation: &[i64],
     rhs_dilation: &[i64],
-) -> Vec<(i64, i64)> {
+) -> Vec<Extents> {
     (0..in_shape.len())
-        .map(|i| {
-            let lhs_d = dilate(in_shape[i], lhs_dilation[i]);
-            let rhs_d = dilate(window[i], rhs_dilation[i]);
-            let out_d = dilate(out_shape[i], strides[i]);
-            let before = rhs_d - padding[i].0 - 1;
-            let after = lhs_d + rhs_d - 1 - out_d - before;
-            (before, after)
+        .map(|i| Extents {
+            input: dilate(in_shape[i], lhs_dilation[i]),
+            window: dilate(window[i], rhs_dilation[i]),
+            output: dilate(out_shape[i], strides[i]),
         })
         .collect()
 }
 
-fn conv_rhs_vjp_padding(
-    in_shape: &[i64],
-    window: &[i64],
-    strides: &[i64],
-    out_shape: &[i64],
-    padding: &[(i64, i64)],
-    lhs_dilation: &[i64],
-    rhs_dilation: &[i64],
-) -> Vec<(i64, i64)> {
-    (0..in_shape.len())
-        .map(|i| {
-            let lhs_d = dilate(in_shape[i], lhs_dilation[i]);
-            let rhs_d = dilate(window[i], rhs_dilation[i]);
-            let out_d = dilate(out_shape[i], strides[i]);
-            let lo = padding[i].0;
-            let hi = (out_d - lhs_d) + (rhs_d - lo - 1);
-            (lo, hi)
+/// Padding of the input-gradient convolution (XLA/JAX's transpose rule, worked per dimension).
+pub fn conv_lhs_vjp_padding(ext: &[Extents], padding: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    ext.iter()
+        .zip(padding)
+        .map(|(d, p)| {
+            let before = d.window - p.0 - 1;
+            (before, d.input + d.window - 1 - d.output - before)
         })
+        .collect()
+}
+
+/// Padding of the kernel-gradient convolution.
+fn conv_rhs_vjp_padding(ext: &[Extents], padding: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    ext.iter()
+        .zip(padding)
+        .map(|(d, p)| (p.0, (d.output - d.input) + (d.window - p.0 - 1)))
         .collect()
 }
 
@@ -336,15 +338,15 @@ fn conv_vjp(a: &ConvAttrs, x: &Tensor, k: &Tensor, g: &Tensor) -> Result<(Tensor
         kk = reshape_axis_out_of(a.dims.rhs.0, a.feature_groups, &kk)?;
         kk = reshape_axis_into(a.dims.rhs.0, a.dims.rhs.1, &kk)?;
     }
-    let lhs_pad = conv_lhs_vjp_padding(
+    let ext = extents(
         &in_s,
         &win,
         &a.strides,
         &out_s,
-        &a.padding,
         &a.lhs_dilation,
         &a.rhs_dilation,
     );
+    let lhs_pad = conv_lhs_vjp_padding(&ext, &a.padding);
     let dx = g.conv(
         &kk.reverse(rs)?,
         ConvAttrs {
@@ -368,15 +370,7 @@ fn conv_vjp(a: &ConvAttrs, x: &Tensor, k: &Tensor, g: &Tensor) -> Result<(Tensor
     } else {
         (1, 1)
     };
-    let rhs_pad = conv_rhs_vjp_padding(
-        &in_s,
-        &win,
-        &a.strides,
-        &out_s,
-        &a.padding,
-        &a.lhs_dilation,
-        &a.rhs_dilation,
-    );
+    let rhs_pad = conv_rhs_vjp_padding(&ext, &a.padding);
     let dk = x.conv(
         g,
         ConvAttrs {

@@ -17,7 +17,7 @@ use crate::ir::{Control, Elementwise, Linalg, Op, Reduction, Source, Structural}
 use crate::lower::Emitter;
 use crate::trace::Tensor;
 
-pub use linalg::{conv_lhs_vjp_padding, dot_output_shape};
+pub use linalg::{conv_lhs_vjp_padding, dot_output_shape, extents, Extents};
 pub use structural::{slice_cotangent_terms, SlicePiece};
 
 /// What each primitive defines.

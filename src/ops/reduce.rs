@@ -3,10 +3,10 @@
 use crate::dtype::{DType, TensorType};
 use crate::error::{shape_err, Error, Result};
 use crate::ir::{Reduce, ReduceKind, ReduceWindow, SelectAndScatterAdd, Window};
-use crate::lower::{i64_array, padding_attr, Emitter};
+use crate::lower::{i64_array, padding_attr, Emitter, Region};
 use crate::trace::Tensor;
 
-use super::{arity, conv_lhs_vjp_padding, cot0, Lowering, Rule, Vjp};
+use super::{arity, conv_lhs_vjp_padding, cot0, extents, Lowering, Rule, Vjp};
 
 fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
     let r = x.rank();
@@ -81,13 +81,8 @@ impl Rule for Reduce {
         e.op_with_regions(
             "stablehlo.reduce",
             &[l.ins[0].clone(), init],
-            &[l.in_tys[0].clone(), s.clone()],
-            vec![(
-                vec![s.clone(), s],
-                Box::new(move |e: &mut Emitter, a: &[String]| {
-                    Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
-                }),
-            )],
+            &[l.in_tys[0].clone(), s],
+            monoid(kind, dtype),
             &format!("dimensions = {}", i64_array(&axes)),
             l.out_tys,
         )
@@ -110,15 +105,15 @@ impl Rule for ReduceWindow {
                 // dilate g by the strides, pad, and sum over windows of stride 1.
                 let r = x.rank();
                 let ones = vec![1; r];
-                let pads = conv_lhs_vjp_padding(
+                let ext = extents(
                     x.shape(),
                     &window.dims,
                     &window.strides,
                     g.shape(),
-                    &window.padding,
                     &ones,
                     &ones,
                 );
+                let pads = conv_lhs_vjp_padding(&ext, &window.padding);
                 let zero = g.scalar_like(0.0)?;
                 let low: Vec<i64> = pads.iter().map(|p| p.0).collect();
                 let high: Vec<i64> = pads.iter().map(|p| p.1).collect();
@@ -146,13 +141,8 @@ impl Rule for ReduceWindow {
         e.op_with_regions(
             "stablehlo.reduce_window",
             &[l.ins[0].clone(), init],
-            &[l.in_tys[0].clone(), s.clone()],
-            vec![(
-                vec![s.clone(), s],
-                Box::new(move |e: &mut Emitter, a: &[String]| {
-                    Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
-                }),
-            )],
+            &[l.in_tys[0].clone(), s],
+            monoid(kind, dtype),
             &window_attr(window),
             l.out_tys,
         )
@@ -214,6 +204,17 @@ impl Rule for SelectAndScatterAdd {
             l.out_tys,
         )
     }
+}
+
+/// The region of a reduction: the monoid's combiner on two scalars.
+fn monoid(kind: ReduceKind, dtype: DType) -> Vec<(Vec<TensorType>, Region<'static>)> {
+    let s = TensorType::scalar(dtype);
+    vec![(
+        vec![s.clone(), s],
+        Box::new(move |e: &mut Emitter, a: &[String]| {
+            Ok(e.scalar_region(combiner(kind, dtype), a, dtype))
+        }),
+    )]
 }
 
 fn window_attr(w: &Window) -> String {

@@ -505,7 +505,7 @@ impl<'a> Trainer<'a> {
         // A live line on a terminal; a line every 10% of the run in logs.
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let every = ((o.steps - self.first) / 10).max(1);
-        if o.progress && (tty || (step - self.first) % every == 0 || step == o.steps) {
+        if o.progress && (tty || (step - self.first).is_multiple_of(every) || step == o.steps) {
             let rate = (step - self.first) as f64 / elapsed.max(1e-9);
             let eta = (o.steps - step) as f64 / rate.max(1e-9);
             let text = format!(
