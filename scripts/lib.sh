@@ -13,9 +13,12 @@ install_plugin() {
   install_into ".pjrt/${1%%==*}" "$2" "$1"
 }
 
+# install_cpu_plugins: the three CPU plugins, three builds of XLA's CPU compiler (see
+# src/runtime/discovery.rs for which `--backend cpu` picks and why).
 install_cpu_plugins() {
   install_plugin xla-cpu-pjrt==0.0.1 xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so
   install_plugin lammps-jax-pjrt-cpu==0.11.2 lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so
+  install_plugin fastatomstruct-xla-cpu==2026.6.23 fastatomstruct_xla_cpu/libpjrt_cpu.so
 }
 
 # install_target_plugins: the compilers of the accelerator targets (targets/), which compile for a
