@@ -734,8 +734,14 @@ fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let mut args = safetensors::match_params(&a.params, &text_only, &specs, DType::F32)?;
     let len = c.text.length as usize;
     let mut ids = Vec::with_capacity(lines.len() * len);
+    let mut truncated = 0;
     for l in &lines {
-        ids.extend(tok.encode(l, len)?);
+        let e = tok.encode(l, len)?;
+        ids.extend(e.ids);
+        truncated += usize::from(e.truncated);
+    }
+    if truncated > 0 {
+        eprintln!("{truncated} of {} texts were longer than the model's {len} tokens and were cut (the end token kept)", lines.len());
     }
     args.push(HostArray::new(&[n, c.text.length], &ids)?);
     let rt = a.model.backend.open()?;

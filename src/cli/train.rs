@@ -204,14 +204,22 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     let s = train(&rt, &opts)?;
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);
     println!(
-        "trained to step {} in {:.1} s; last loss {last:.4}; input pipeline {:.1}% of the time{}",
+        "trained to step {} in {:.1} s; last loss {last:.4}; input pipeline {:.1}% of the time{}{}",
         s.steps,
         s.seconds,
         100.0 * s.input_fraction,
         s.last_zero_shot.map_or(String::new(), |z| format!(
             "; zero-shot top-1 {:.2}%",
             100.0 * z
-        ))
+        )),
+        if s.truncated_captions > 0 {
+            format!(
+                "; {} captions were cut to the text length",
+                s.truncated_captions
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
@@ -312,7 +320,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per})
+                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per, "truncated_prompts": emb.truncated()})
                     )?
                 );
             } else {
@@ -322,6 +330,14 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                     100.0 * z.top1,
                     100.0 * z.top5
                 );
+                if emb.truncated() > 0 {
+                    println!(
+                        "  {} of {} prompts were cut to the model's {} tokens",
+                        emb.truncated(),
+                        names.len() * temps.len(),
+                        c.text.length
+                    );
+                }
                 for (k, v) in &z.per_class {
                     println!("  {k:<16} {:.1}%", 100.0 * v);
                 }
@@ -340,8 +356,9 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
             let te = emb.embed_texts(&captions, &tok)?;
             let r = retrieval(&ie, &te, &[1, 5, 10]);
             if a.json {
-                let m: serde_json::Map<String, serde_json::Value> =
+                let mut m: serde_json::Map<String, serde_json::Value> =
                     r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                m.insert("truncated_captions".into(), json!(emb.truncated()));
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::Value::Object(m))?
@@ -349,6 +366,14 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
             } else {
                 for (k, v) in r {
                     println!("{k:<28} {:.2}%", 100.0 * v);
+                }
+                if emb.truncated() > 0 {
+                    println!(
+                        "{} of {} captions were cut to the model's {} tokens",
+                        emb.truncated(),
+                        captions.len(),
+                        c.text.length
+                    );
                 }
             }
         }

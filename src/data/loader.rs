@@ -44,6 +44,8 @@ pub struct Batch {
     pub images: HostArray,
     pub tokens: HostArray,
     pub labels: Vec<Option<i64>>,
+    /// Captions whose tokens were cut to the text length.
+    pub truncated: usize,
     /// The position after this batch.
     pub next: Position,
 }
@@ -60,26 +62,28 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// Decodes and tokenizes the given samples into one batch, splitting the work over `workers`.
-/// `seeds[i]` seeds sample i's augmentation (when it is on).
+/// `seeds[i]` seeds sample i's augmentation (when it is on); `next` is the position after it.
 pub fn assemble(
     samples: &[&Sample],
     seeds: &[u64],
     tok: &Tokenizer,
     o: &LoaderOptions,
-) -> Result<(HostArray, HostArray, Vec<Option<i64>>)> {
+    next: Position,
+) -> Result<Batch> {
     let px = o.image_size * o.image_size * o.channels;
     let n = samples.len();
     let mut images = vec![0f32; n * px];
     let mut tokens = vec![0i32; n * o.text_length];
     let workers = o.workers.max(1).min(n.max(1));
     let per = n.div_ceil(workers);
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
+    let results: Vec<Result<usize>> = std::thread::scope(|s| {
         let handles: Vec<_> = images
             .chunks_mut(per * px)
             .zip(tokens.chunks_mut(per * o.text_length))
             .zip(samples.chunks(per).zip(seeds.chunks(per)))
             .map(|((img, tks), (chunk, sd))| {
-                s.spawn(move || -> Result<()> {
+                s.spawn(move || -> Result<usize> {
+                    let mut truncated = 0;
                     for (i, smp) in chunk.iter().enumerate() {
                         let (size, ch) = (o.image_size, o.channels);
                         let v = if o.augment {
@@ -91,9 +95,10 @@ pub fn assemble(
                         };
                         img[i * px..(i + 1) * px].copy_from_slice(&v);
                         let t = tok.encode(&smp.caption, o.text_length)?;
-                        tks[i * o.text_length..(i + 1) * o.text_length].copy_from_slice(&t);
+                        tks[i * o.text_length..(i + 1) * o.text_length].copy_from_slice(&t.ids);
+                        truncated += usize::from(t.truncated);
                     }
-                    Ok(())
+                    Ok(truncated)
                 })
             })
             .collect();
@@ -105,15 +110,18 @@ pub fn assemble(
             })
             .collect()
     });
+    let mut truncated = 0;
     for r in results {
-        r?;
+        truncated += r?;
     }
     let s = o.image_size as i64;
-    Ok((
-        HostArray::new(&[n as i64, s, s, o.channels as i64], &images)?,
-        HostArray::new(&[n as i64, o.text_length as i64], &tokens)?,
-        samples.iter().map(|s| s.label).collect(),
-    ))
+    Ok(Batch {
+        images: HostArray::new(&[n as i64, s, s, o.channels as i64], &images)?,
+        tokens: HostArray::new(&[n as i64, o.text_length as i64], &tokens)?,
+        labels: samples.iter().map(|s| s.label).collect(),
+        truncated,
+        next,
+    })
 }
 
 /// An endless stream of batches from a background thread.
@@ -168,12 +176,7 @@ impl Loader {
                     })
                     .collect();
                 pos.batch += 1;
-                let r = assemble(&picked, &seeds, &tok, &o).map(|(images, tokens, labels)| Batch {
-                    images,
-                    tokens,
-                    labels,
-                    next: pos,
-                });
+                let r = assemble(&picked, &seeds, &tok, &o, pos);
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;

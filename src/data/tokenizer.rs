@@ -1,6 +1,7 @@
 //! Tokenizers: any HF `tokenizer.json`, and training a BPE, WordPiece or word-level tokenizer
-//! from captions. Encoding pads (with id 0, `[PAD]` in trained tokenizers) and truncates to the
-//! model's length.
+//! from captions. Encoding truncates to the model's length keeping the special tokens the
+//! tokenizer adds (BERT's `[CLS]` … `[SEP]`, CLIP's start and end of text), as the reference
+//! libraries do, and pads (with id 0, `[PAD]` in trained tokenizers).
 
 use std::path::Path;
 
@@ -11,9 +12,16 @@ use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::{Lowercase, NormalizerWrapper};
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::AddedToken;
+use tokenizers::{AddedToken, PostProcessor};
 
 use crate::error::{Error, Result};
+
+/// A caption's token ids, and whether its text was cut to fit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<i32>,
+    pub truncated: bool,
+}
 
 /// A loaded tokenizer.
 pub struct Tokenizer {
@@ -63,15 +71,25 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text`, truncated to `length` and padded with the pad id.
-    pub fn encode(&self, text: &str, length: usize) -> Result<Vec<i32>> {
-        let enc = self
+    /// Token ids of `text` in exactly `length` tokens: the text's tokens cut to leave room for
+    /// the special tokens the tokenizer adds around them (which are kept), then padded with the
+    /// pad id.
+    pub fn encode(&self, text: &str, length: usize) -> Result<Encoded> {
+        let fail = |e: tokenizers::Error| Error::InvalidArgument {
+            what: format!("caption `{text}`"),
+            fix: format!("the tokenizer cannot encode it: {e}"),
+        };
+        let mut enc = self.inner.encode(text, false).map_err(fail)?;
+        let specials = self
             .inner
-            .encode(text, true)
-            .map_err(|e| Error::InvalidArgument {
-                what: format!("caption `{text}`"),
-                fix: format!("the tokenizer cannot encode it: {e}"),
-            })?;
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        let room = length.saturating_sub(specials);
+        let truncated = enc.len() > room;
+        if truncated {
+            enc.truncate(room, 0, tokenizers::TruncationDirection::Right);
+        }
+        let enc = self.inner.post_process(enc, None, true).map_err(fail)?;
         let mut ids: Vec<i32> = enc
             .get_ids()
             .iter()
@@ -79,7 +97,7 @@ impl Tokenizer {
             .map(|&i| i as i32)
             .collect();
         ids.resize(length, self.pad_id as i32);
-        Ok(ids)
+        Ok(Encoded { ids, truncated })
     }
 
     /// Trains a tokenizer on `corpus` (one caption per line) and saves it as `out`.

@@ -22,6 +22,8 @@ pub struct Embedder {
     params: Vec<HostArray>,
     batch: i64,
     c: ModelConfig,
+    /// Texts embedded so far whose tokens were cut to the text length.
+    truncated: std::cell::Cell<usize>,
 }
 
 fn l2(v: &mut [f32]) {
@@ -46,7 +48,13 @@ impl Embedder {
             params,
             batch,
             c: c.clone(),
+            truncated: std::cell::Cell::new(0),
         })
+    }
+
+    /// How many of the texts embedded so far were longer than the text length and cut.
+    pub fn truncated(&self) -> usize {
+        self.truncated.get()
     }
 
     /// Runs `exe` over rows of `data` (`row` elements each) in fixed-size batches, padding the last.
@@ -125,7 +133,10 @@ impl Embedder {
         let l = self.c.text.length as usize;
         let mut ids = Vec::with_capacity(texts.len() * l);
         for t in texts {
-            ids.extend(tok.encode(t, l)?);
+            let e = tok.encode(t, l)?;
+            ids.extend(e.ids);
+            self.truncated
+                .set(self.truncated.get() + usize::from(e.truncated));
         }
         self.batched(
             &self.texts,

@@ -64,6 +64,8 @@ pub struct Summary {
     pub last_zero_shot: Option<f64>,
     pub seconds: f64,
     pub input_fraction: f64,
+    /// Captions of the run's batches whose tokens were cut to the text length.
+    pub truncated_captions: usize,
 }
 
 fn ckpt_dir(out: &Path) -> PathBuf {
@@ -475,6 +477,7 @@ impl<'a> Trainer<'a> {
         self.values = out;
         self.step += 1;
         self.summary.losses.push((self.step, loss));
+        self.summary.truncated_captions += batch.truncated;
         Ok(StepDone {
             loss,
             grad_norm: scalars[1],
@@ -494,6 +497,7 @@ impl<'a> Trainer<'a> {
             "learning_rate": d.learning_rate, "temperature": d.temperature,
             "epoch": d.position.epoch, "seconds": elapsed,
             "input_seconds": self.loader.waited.as_secs_f64(),
+            "truncated_captions": self.summary.truncated_captions,
         });
         if o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps) {
             if let Some(acc) = self.zero_shot()? {
