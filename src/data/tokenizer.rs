@@ -54,12 +54,18 @@ impl Tokenizer {
                 format!("it is not JSON ({e}); give a HF tokenizer.json"),
             )
         })?;
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             bad(
                 path,
                 format!("not a tokenizer.json the tokenizers library reads: {e}"),
             )
         })?;
+        // Lengths are the model's: the file's own truncation and padding settings (a
+        // sentence-transformers file pads to 128) are replaced by `encode`'s.
+        inner
+            .with_truncation(None)
+            .map_err(|e| bad(path, e.to_string()))?
+            .with_padding(None);
         let pad_id = inner
             .token_to_id("[PAD]")
             .or_else(|| inner.token_to_id("<pad>"))
