@@ -6,10 +6,8 @@
 use std::time::Instant;
 
 use basic::ir::RematPolicy;
-use basic::model::transformer::{
-    scanned_stack, stack, stack_specs, TransformerConfig, BLOCK_PARAM_NAMES,
-};
-use basic::model::{ParamSpec, Params};
+use basic::model::transformer::{block_param_specs, scanned_stack, stack, TransformerConfig};
+use basic::model::{trace_specs, ParamSpec, Params, Scope, Tower};
 use basic::runtime::{find_cpu_plugins, CompileOptions, Runtime};
 use basic::trace::{Builder, Tensor};
 use basic::DType;
@@ -33,31 +31,28 @@ fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result
     let b = Builder::new("stack");
     let x = b.parameter("x", DType::F32, &[BATCH, LENGTH, WIDTH])?;
     let (params, y) = if scanned {
-        // One stacked parameter per block parameter: [depth, ...].
-        let block = basic::model::transformer::block_specs("b", &c);
+        // One stacked parameter per block parameter: [depth, ...], in the block's order.
+        let block = block_param_specs(&x, &c, None)?;
         let specs: Vec<ParamSpec> = block
             .iter()
-            .map(|s| {
-                let mut shape = vec![depth];
-                shape.extend_from_slice(&s.shape);
-                ParamSpec {
-                    name: s.name.clone(),
-                    shape,
-                    ..s.clone()
-                }
-            })
+            .map(|s| s.stacked(depth, format!("b/{}", s.name)))
             .collect();
         let p = Params::declare(&b, &specs, DType::F32)?;
-        let stacked: Vec<Tensor> = BLOCK_PARAM_NAMES
+        let stacked: Vec<Tensor> = specs
             .iter()
-            .map(|n| p.get(&format!("b/{n}")).cloned())
+            .map(|s| p.get(&s.name).cloned())
             .collect::<basic::Result<_>>()?;
         let y = scanned_stack(&x, &stacked, &c, None, remat.as_ref())?;
         (stacked, y)
     } else {
-        let specs = stack_specs("s", &c);
+        let specs = trace_specs("stack", DType::F32, |b, s| {
+            let x = b.parameter("x", DType::F32, &[BATCH, LENGTH, WIDTH])?;
+            stack(&x, &s.sub("s"), &c, None, &Tower::new(DType::F32))?;
+            Ok(())
+        })?;
         let p = Params::declare(&b, &specs, DType::F32)?;
-        let y = stack(&x, &p.scope("s"), &c, None, remat.as_ref(), None)?;
+        let t = Tower::new(DType::F32).with_remat(remat.as_ref());
+        let y = stack(&x, &Scope::bound(&p).sub("s"), &c, None, &t)?;
         (
             specs
                 .iter()

@@ -5,7 +5,7 @@ mod common;
 
 use basic::dtype::DType;
 use basic::model::inference::embed_graph;
-use basic::model::{basic as dual, ModelConfig};
+use basic::model::{basic as dual, ModelConfig, Scope, Tower};
 use basic::runtime::HostArray;
 use basic::train::{grad_graph, init, StepOptions};
 use common::{assert_close, check_directional, compile_graph, f64_step, random_batch};
@@ -46,7 +46,7 @@ fn run_grads(
 fn microbatching_gives_the_full_batch_gradient() {
     let c = tiny();
     let n = 8;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 3, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 11);
     let full = run_grads(&c, &f64_step(n, 1), &params, &images, &tokens);
@@ -71,7 +71,7 @@ fn step_gradient_matches_a_directional_finite_difference() {
     let c = tiny();
     let n = 4;
     let o = f64_step(n, 2);
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 5, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 13);
     let grads = run_grads(&c, &o, &params, &images, &tokens);
@@ -89,7 +89,7 @@ fn step_gradient_matches_a_directional_finite_difference() {
 fn loss_from_embeddings_equals_the_step_loss() {
     let c = tiny();
     let n = 6;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 8, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 17);
     let loss = run_grads(&c, &f64_step(n, 1), &params, &images, &tokens)[0].to_f64_vec()[0];
@@ -132,7 +132,7 @@ fn sigmoid_loss_matches_its_formula_and_finite_differences() {
     let mut c = tiny();
     c.loss = basic::model::config::LossKind::Sigmoid;
     let n = 6;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let mut params = init::init_params(&specs, 8, DType::F64).unwrap();
     // A bias near the logits' range, so that both label signs matter.
     let bi = specs.iter().position(|s| s.name == "logit_bias").unwrap();
@@ -170,7 +170,7 @@ fn sigmoid_loss_matches_its_formula_and_finite_differences() {
 fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
     let c = tiny();
     let n = 6;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 12, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 19);
     let base = run_grads(&c, &f64_step(n, 2), &params, &images, &tokens);
@@ -229,7 +229,7 @@ fn dropout_and_stochastic_depth_draw_the_same_masks_in_both_passes() {
     c.train.drop_path = 0.2;
     let n = 4;
     let o = f64_step(n, 2);
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 21, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 23);
     let (g, _) = grad_graph(&c, &o).unwrap();
@@ -263,7 +263,7 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
     c.train.drop_path = 0.1;
     c.validate("bert test config").unwrap();
     let n = 4;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     assert!(specs
         .iter()
         .any(|s| s.name.starts_with("text/bert/encoder.layer.1.")));
@@ -291,7 +291,8 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
             dropout: 0.2,
             drop_path: 0.1,
         };
-        let f = dual::text_features(&t, &p, &c, DType::F64, None, noisy.then_some(&noise)).unwrap();
+        let tower = Tower::of(&c, DType::F64).with_noise(noisy.then_some(&noise));
+        let f = dual::text_features(&t, &Scope::bound(&p), &c, &tower).unwrap();
         b.output("f", &f).unwrap();
         let mut args = params.clone();
         args.push(tokens.clone());
@@ -319,10 +320,10 @@ fn locked_towers_run_without_dropout() {
         c.train.drop_path = 0.2;
         c.train.lock = lock.iter().map(|s| s.to_string()).collect();
         let o = StepOptions {
-            frozen: dual::locked(&dual::specs(&c), &c.train.lock),
+            frozen: dual::locked(&dual::specs(&c).unwrap(), &c.train.lock),
             ..f64_step(4, 2)
         };
-        let specs = dual::specs(&c);
+        let specs = dual::specs(&c).unwrap();
         let params = init::init_params(&specs, 51, DType::F64).unwrap();
         let (images, tokens) = random_batch(&c, 4, 53);
         let (g, _) = grad_graph(&c, &o).unwrap();

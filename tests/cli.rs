@@ -47,7 +47,8 @@ fn compile_json_reports_params_flops_and_memory_per_device() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // The count the model's own parameter specs give.
-    let specs = basic::model::basic::specs(&basic::model::ModelConfig::load("tiny").unwrap());
+    let specs =
+        basic::model::basic::specs(&basic::model::ModelConfig::load("tiny").unwrap()).unwrap();
     let params: i64 = specs.iter().map(|s| s.element_count()).sum();
     assert_eq!(v["params"], params);
     assert!(v["flops_per_step"].as_f64().unwrap() > 1e8);

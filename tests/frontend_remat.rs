@@ -4,14 +4,22 @@
 mod common;
 
 use basic::ir::RematPolicy;
-use basic::model::transformer::{
-    scanned_stack, stack, stack_specs, TransformerConfig, BLOCK_PARAM_NAMES,
-};
-use basic::model::Params;
+use basic::model::transformer::{scanned_stack, stack, TransformerConfig};
+use basic::model::{trace_specs, ParamSpec, Params, Scope, Tower};
 use basic::runtime::{CompileOptions, HostArray};
 use basic::trace::{Builder, Tensor};
 use basic::DType;
 use common::{cpu_runtime, Rng};
+
+/// The specs of a stack under `s` on inputs of `shape`, traced.
+fn stack_specs(c: &TransformerConfig, shape: [i64; 3], dtype: DType) -> Vec<ParamSpec> {
+    trace_specs("stack", dtype, |b, s| {
+        let x = b.parameter("x", dtype, &shape)?;
+        stack(&x, &s.sub("s"), c, None, &Tower::new(dtype))?;
+        Ok(())
+    })
+    .unwrap()
+}
 
 fn config(width: i64, depth: i64) -> TransformerConfig {
     TransformerConfig {
@@ -31,9 +39,10 @@ fn grad_program(
 ) -> String {
     let b = Builder::new("stack");
     let x = b.parameter("x", dtype, &shape).unwrap();
-    let specs = stack_specs("s", c);
+    let specs = stack_specs(c, shape, dtype);
     let p = Params::declare(&b, &specs, dtype).unwrap();
-    let y = stack(&x, &p.scope("s"), c, None, remat.as_ref(), None).unwrap();
+    let t = Tower::new(dtype).with_remat(remat.as_ref());
+    let y = stack(&x, &Scope::bound(&p).sub("s"), c, None, &t).unwrap();
     let loss = y.square().unwrap().mean(&[0, 1, 2]).unwrap();
     let mut wrt = vec![x.clone()];
     wrt.extend(specs.iter().map(|s| p.get(&s.name).unwrap().clone()));
@@ -48,7 +57,7 @@ fn grad_program(
 fn inputs(c: &TransformerConfig, shape: [i64; 3]) -> Vec<HostArray> {
     let mut r = Rng(5);
     let mut v = vec![r.array(&shape, -1.0, 1.0)];
-    for s in stack_specs("s", c) {
+    for s in stack_specs(c, shape, DType::F64) {
         let scale = if s.name.ends_with("scale") { 0.0 } else { 0.2 };
         let a = r.array(&s.shape, -scale, scale);
         let a = if s.name.ends_with("scale") {
@@ -122,10 +131,12 @@ fn recomputing_a_12_layer_stack_lowers_temporary_memory() {
     );
 }
 
-/// Stacks per-layer parameters `[depth, ...]` in `BLOCK_PARAM_NAMES` order.
-fn stacked_params(p: &Params, depth: i64) -> Vec<Tensor> {
-    BLOCK_PARAM_NAMES
+/// Stacks per-layer parameters `[depth, ...]` in the order a block uses them (that of block 0's
+/// parameters in the stack's traced specs).
+fn stacked_params(p: &Params, specs: &[ParamSpec], depth: i64) -> Vec<Tensor> {
+    specs
         .iter()
+        .filter_map(|s| s.name.strip_prefix("s/blocks/0/"))
         .map(|n| {
             let layers: Vec<Tensor> = (0..depth)
                 .map(|i| {
@@ -144,15 +155,17 @@ fn stacked_params(p: &Params, depth: i64) -> Vec<Tensor> {
 fn scan_over_layers_equals_the_unrolled_stack() {
     let c = config(16, 4);
     let shape = [2, 5, 16];
-    let specs = stack_specs("s", &c);
+    let specs = stack_specs(&c, shape, DType::F64);
     let build = |scanned: bool, remat: Option<RematPolicy>| {
         let b = Builder::new("s");
         let x = b.parameter("x", DType::F64, &shape).unwrap();
         let p = Params::declare(&b, &specs, DType::F64).unwrap();
         let y = if scanned {
-            scanned_stack(&x, &stacked_params(&p, c.depth), &c, None, remat.as_ref()).unwrap()
+            let stacked = stacked_params(&p, &specs, c.depth);
+            scanned_stack(&x, &stacked, &c, None, remat.as_ref()).unwrap()
         } else {
-            stack(&x, &p.scope("s"), &c, None, None, None).unwrap()
+            let t = Tower::new(DType::F64);
+            stack(&x, &Scope::bound(&p).sub("s"), &c, None, &t).unwrap()
         };
         let loss = y.square().unwrap().mean(&[0, 1, 2]).unwrap();
         let mut wrt = vec![x.clone()];

@@ -76,7 +76,7 @@ fn sharded_steps_equal_the_single_device_step() {
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-5)] {
         // M = 2 also exercises the accumulation loops under sharding.
         let o = opts(dtype, 2);
-        let specs = dual::specs(&c);
+        let specs = dual::specs(&c).unwrap();
         let mut args = init::init_params(&specs, 4, dtype).unwrap();
         let (images, tokens) = batch(&c, 16, dtype);
         args.push(images);

@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use basic::dtype::DType;
 use basic::model::config::{CoatnetConfig, CoatnetStage, ImageConfig, OptimizerKind, StageKind};
+use basic::model::inference::batch_shapes;
 use basic::model::params::{layer_name, stack_layers, unstack_layers};
-use basic::model::{basic as dual, ModelConfig, ParamSpec};
+use basic::model::{basic as dual, ModelConfig, ParamSpec, Params, Scope, Tower};
 use basic::runtime::HostArray;
+use basic::trace::Builder;
 use basic::train::{grad_graph, init, train_graph};
 use common::{check_directional, compile_graph, f64_step, random_batch, Rng};
 
@@ -99,7 +101,7 @@ fn stacked_names_map_to_their_layers() {
     assert_eq!(layer_name("text/pos", 0), None);
     // Stacked specs: a leading layers axis, per-layer weight decay.
     let c = scanned(&coatnet());
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let qkv = specs
         .iter()
         .find(|s| s.name == "image/stages/1/layers/attn/qkv/kernel")
@@ -113,9 +115,53 @@ fn stacked_names_map_to_their_layers() {
     assert_eq!(bias.shape, vec![3, 32]);
     assert!(bias.no_decay, "a stacked bias is still a bias");
     // The same number of weights either way.
-    let count = |c: &ModelConfig| -> i64 { dual::specs(c).iter().map(|s| s.element_count()).sum() };
+    let count = |c: &ModelConfig| -> i64 {
+        dual::specs(c)
+            .unwrap()
+            .iter()
+            .map(|s| s.element_count())
+            .sum()
+    };
     assert_eq!(count(&c), count(&coatnet()));
     assert_eq!(count(&scanned(&vit())), count(&vit()));
+}
+
+/// Runs the whole model (both embeddings, the logit scale) on parameters declared from `specs`.
+fn trace_model(c: &ModelConfig, specs: &[ParamSpec]) -> basic::Result<()> {
+    let b = Builder::new("bound");
+    let p = Params::declare(&b, specs, DType::F32)?;
+    let (is, ts) = batch_shapes(c, 2);
+    let images = b.parameter("images", DType::F32, &is)?;
+    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    let (s, t) = (Scope::bound(&p), Tower::of(c, DType::F32));
+    dual::embed_images(&images, &s, c, &t)?;
+    dual::embed_texts(&tokens, &s, c, &t)?;
+    dual::logit_scale(&s, c)?;
+    Ok(())
+}
+
+/// The towers use every traced spec, each with its traced shape: a graph whose parameters lack
+/// one, or give one another shape, is an error naming it, unrolled and scanned alike.
+#[test]
+fn a_parameter_missing_from_the_specs_or_misshaped_is_an_error_naming_it() {
+    for c in [vit(), scanned(&vit()), coatnet(), scanned(&coatnet())] {
+        let specs = dual::specs(&c).unwrap();
+        trace_model(&c, &specs).unwrap();
+        for i in 0..specs.len() {
+            let name = format!("`{}`", specs[i].name);
+            let mut missing = specs.clone();
+            missing.remove(i);
+            let e = trace_model(&c, &missing).unwrap_err().to_string();
+            assert!(e.contains(&name), "without {name}: {e}");
+            let mut misshaped = specs.clone();
+            misshaped[i].shape.push(1);
+            let e = trace_model(&c, &misshaped).unwrap_err().to_string();
+            assert!(
+                e.contains(&name) && e.contains("shape"),
+                "misshaped {name}: {e}"
+            );
+        }
+    }
 }
 
 /// Loss and every gradient, unrolled vs scanned, with two micro-batches (so the scans run
@@ -123,8 +169,8 @@ fn stacked_names_map_to_their_layers() {
 fn check_grads_match(c: &ModelConfig) {
     let s = scanned(c);
     let (n, o) = (4, f64_step(4, 2));
-    let specs = dual::specs(c);
-    let sspecs = dual::specs(&s);
+    let specs = dual::specs(c).unwrap();
+    let sspecs = dual::specs(&s).unwrap();
     assert_ne!(
         specs.len(),
         sspecs.len(),
@@ -225,7 +271,7 @@ fn scanned_coatnet_step_with_noise_matches_a_directional_finite_difference() {
     c.train.dropout = 0.2;
     c.train.drop_path = 0.2;
     let n = 4;
-    let specs = dual::specs(&c);
+    let specs = dual::specs(&c).unwrap();
     let params = init::init_params(&specs, 17, DType::F64).unwrap();
     let (images, tokens) = random_batch(&c, n, 19);
     let (g, _) = grad_graph(&c, &f64_step(n, 2)).unwrap();

@@ -565,7 +565,7 @@ fn load_or_init_params(
     save: &Option<PathBuf>,
     dtype: DType,
 ) -> anyhow::Result<Vec<HostArray>> {
-    let specs = dual::specs(c);
+    let specs = dual::specs(c)?;
     match (path, seed) {
         (Some(p), _) => Ok(safetensors::match_params(
             p,
@@ -774,7 +774,7 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     c.train.batch = images.shape()[0];
     let o = StepOptions::from_config(&c)?;
     let g = embed_graph(&c, o.batch, o.param_dtype, o.compute_dtype)?;
-    let prog = a.model.compile_sharded(&g, &dual::specs(&c))?;
+    let prog = a.model.compile_sharded(&g, &dual::specs(&c)?)?;
     let mut args = params;
     args.push(images);
     args.push(tokens);

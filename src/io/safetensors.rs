@@ -167,7 +167,7 @@ pub fn read_params(
     if c.scan_layers {
         // A checkpoint of the unrolled model (`.../blocks/{i}/...`) fits the model with scanned
         // layers: each stacked parameter whose layers are all in the file is built from them.
-        let specs = crate::model::basic::specs(c);
+        let specs = crate::model::basic::specs(c)?;
         for s in specs.iter().filter(|s| s.is_stacked()) {
             if file.contains_key(&s.name) {
                 continue;

@@ -11,12 +11,12 @@
 
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{ImageConfig, LossKind, ModelConfig, TextKind};
-use super::noise::Noise;
+use super::inference::batch_shapes;
 use super::params::{Init, ParamSpec, Params};
+use super::scope::{trace_specs, Scope, Tower};
 use super::{bert, coatnet, text, vit};
 
 /// Width of the image tower's features (before projection).
@@ -27,42 +27,21 @@ pub fn image_width(c: &ModelConfig) -> i64 {
     }
 }
 
-/// Every parameter of the model, in a fixed order, with stable readable names.
-pub fn specs(c: &ModelConfig) -> Vec<ParamSpec> {
-    let mut v = match &c.image {
-        ImageConfig::Vit(vc) => vit::specs("image", vc, c.scan_layers),
-        ImageConfig::Coatnet(cc) => coatnet::specs("image", cc, c.scan_layers),
-    };
-    v.push(ParamSpec::new(
-        "image/proj/kernel",
-        &[image_width(c), c.embed_dim],
-        Init::LecunUniform,
-        &["embed", "proj"],
-    ));
-    match c.text.kind {
-        TextKind::Transformer => v.extend(text::specs("text", &c.text, c.scan_layers)),
-        TextKind::Bert => v.extend(bert::specs("text/bert", &c.text)),
-    }
-    v.push(ParamSpec::new(
-        "text/proj/kernel",
-        &[c.text.width, c.embed_dim],
-        Init::LecunUniform,
-        &["embed", "proj"],
-    ));
-    let mut ls = ParamSpec::new(
-        "logit_scale",
-        &[],
-        Init::Constant((1.0 / c.temperature.init).ln()),
-        &[],
-    );
-    ls.no_decay = true;
-    v.push(ls);
-    if c.loss == LossKind::Sigmoid {
-        let mut lb = ParamSpec::new("logit_bias", &[], Init::Constant(-10.0), &[]);
-        lb.no_decay = true;
-        v.push(lb);
-    }
-    v
+/// Every parameter of the model, with stable readable names, in the order the model first uses
+/// them: traced by running the whole model (image and text embeddings, the logit scale and bias)
+/// on batch-1 inputs with a collecting [`Scope`].
+pub fn specs(c: &ModelConfig) -> Result<Vec<ParamSpec>> {
+    trace_specs(&format!("{}_specs", c.name), DType::F32, |b, s| {
+        let (is, ts) = batch_shapes(c, 1);
+        let images = b.parameter("images", DType::F32, &is)?;
+        let tokens = b.parameter("tokens", DType::S32, &ts)?;
+        let t = Tower::of(c, DType::F32);
+        embed_images(&images, s, c, &t)?;
+        embed_texts(&tokens, s, c, &t)?;
+        logit_scale(s, c)?;
+        logit_bias(s, c)?;
+        Ok(())
+    })
 }
 
 /// Parameters that belong to the image tower (including its projection).
@@ -104,81 +83,74 @@ pub fn cast(p: &Params, dtype: DType) -> Result<Params> {
     Ok(out)
 }
 
-/// Normalised image embeddings `[B, embed_dim]` of `images [B, H, W, C]`.
-/// `noise` drives dropout and stochastic depth in the tower's blocks.
-pub fn embed_images(
-    images: &Tensor,
-    p: &Params,
-    c: &ModelConfig,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-) -> Result<Tensor> {
-    let ip = p.scope("image");
-    let noise = noise.map(|n| n.fold(1)).transpose()?;
+/// Normalised image embeddings `[B, embed_dim]` of `images [B, H, W, C]`, parameters under
+/// `s/image`. The tower's noise (folded with 1) drives dropout and stochastic depth in its blocks.
+pub fn embed_images(images: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
+    let s = s.sub("image");
+    let noise = t.fold(1)?;
+    let t = t.with_noise(noise.as_ref());
     let f = match &c.image {
-        ImageConfig::Vit(vc) => vit::apply(images, &ip, vc, remat, noise.as_ref(), c.scan_layers)?,
-        ImageConfig::Coatnet(cc) => {
-            coatnet::apply(images, &ip, cc, remat, noise.as_ref(), c.scan_layers)?
-        }
+        ImageConfig::Vit(vc) => vit::apply(images, &s, vc, &t)?,
+        ImageConfig::Coatnet(cc) => coatnet::apply(images, &s, cc, &t)?,
     };
-    let e = f.matmul(ip.get("proj/kernel")?)?;
+    let e = f.matmul(&s.param(
+        "proj/kernel",
+        &[image_width(c), c.embed_dim],
+        Init::LecunUniform,
+        &["embed", "proj"],
+    )?)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 
-/// The text tower's pooled features `[B, text width]` (before projection).
-pub fn text_features(
-    tokens: &Tensor,
-    p: &Params,
-    c: &ModelConfig,
-    dtype: DType,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-) -> Result<Tensor> {
-    let tp = p.scope("text");
-    let noise = noise.map(|n| n.fold(2)).transpose()?;
+/// The text tower's pooled features `[B, text width]` (before projection), parameters under
+/// `s/text` (`s/text/bert` for BERT). The tower's noise is folded with 2.
+pub fn text_features(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
+    let s = s.sub("text");
+    let noise = t.fold(2)?;
+    let t = t.with_noise(noise.as_ref());
     match c.text.kind {
-        TextKind::Transformer => text::apply(
-            tokens,
-            &tp,
-            &c.text,
-            dtype,
-            remat,
-            noise.as_ref(),
-            c.scan_layers,
-        ),
-        TextKind::Bert => bert::apply(
-            tokens,
-            &tp.scope("bert"),
-            &c.text,
-            dtype,
-            remat,
-            noise.as_ref(),
-        ),
+        TextKind::Transformer => text::apply(tokens, &s, &c.text, &t),
+        TextKind::Bert => bert::apply(tokens, &s.sub("bert"), &c.text, &t),
     }
 }
 
 /// Normalised text embeddings `[B, embed_dim]` of `tokens [B, L]`.
-pub fn embed_texts(
-    tokens: &Tensor,
-    p: &Params,
-    c: &ModelConfig,
-    dtype: DType,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-) -> Result<Tensor> {
-    let tp = p.scope("text");
-    let f = text_features(tokens, p, c, dtype, remat, noise)?;
-    let e = f.matmul(tp.get("proj/kernel")?)?;
+pub fn embed_texts(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
+    let f = text_features(tokens, s, c, t)?;
+    let e = f.matmul(&s.sub("text").param(
+        "proj/kernel",
+        &[c.text.width, c.embed_dim],
+        Init::LecunUniform,
+        &["embed", "proj"],
+    )?)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 
 /// `s = min(exp(logit_scale), 1/τ_min)`; constant `1/τ_init` when the temperature is not learned.
-pub fn logit_scale(p: &Params, c: &ModelConfig) -> Result<Tensor> {
-    let ls = p.get("logit_scale")?;
+pub fn logit_scale(s: &Scope, c: &ModelConfig) -> Result<Tensor> {
+    let ls = s.param(
+        "logit_scale",
+        &[],
+        Init::Constant((1.0 / c.temperature.init).ln()),
+        &[],
+    )?;
     if !c.temperature.learnable {
         return ls.scalar_like(1.0 / c.temperature.init);
     }
     ls.exp()?.min_scalar(1.0 / c.temperature.min)
+}
+
+/// The sigmoid loss's learnable bias `b` (initially -10); `None` for the softmax loss.
+pub fn logit_bias(s: &Scope, c: &ModelConfig) -> Result<Option<Tensor>> {
+    match c.loss {
+        LossKind::Sigmoid => Ok(Some(s.param(
+            "logit_bias",
+            &[],
+            Init::Constant(-10.0),
+            &[],
+        )?)),
+        LossKind::Softmax => Ok(None),
+    }
 }
 
 /// The contrastive loss of normalised embeddings `img`, `txt` (`[N, E]`, pair i matches i).

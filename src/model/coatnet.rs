@@ -9,217 +9,13 @@
 //! accumulation).
 
 use crate::error::Result;
-use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{CoatnetConfig, CoatnetStage, StageKind};
 use super::noise::Noise;
-use super::params::{Init, ParamSpec, Params};
-use super::transformer::{attention, dense, layer_norm, scan_layers};
-
-/// Spatial size after the stem and each stage.
-fn sizes(c: &CoatnetConfig) -> Vec<i64> {
-    let mut s = vec![c.image_size / 2];
-    for _ in &c.stages {
-        let last = *s.last().unwrap_or(&c.image_size);
-        s.push(last / 2);
-    }
-    s
-}
-
-fn ln_specs(v: &mut Vec<ParamSpec>, prefix: &str, d: i64) {
-    v.push(ParamSpec::new(
-        format!("{prefix}/scale"),
-        &[d],
-        Init::Ones,
-        &["channels"],
-    ));
-    v.push(ParamSpec::new(
-        format!("{prefix}/bias"),
-        &[d],
-        Init::Zeros,
-        &["channels"],
-    ));
-}
-
-fn dense_specs(v: &mut Vec<ParamSpec>, prefix: &str, din: i64, dout: i64, axes: [&str; 2]) {
-    v.push(ParamSpec::new(
-        format!("{prefix}/kernel"),
-        &[din, dout],
-        Init::LecunUniform,
-        &axes,
-    ));
-    v.push(ParamSpec::new(
-        format!("{prefix}/bias"),
-        &[dout],
-        Init::Zeros,
-        &[axes[1]],
-    ));
-}
-
-/// One block's specs under `p`; `down`: the stage's first block, which halves the resolution and
-/// projects its shortcut from `din` channels.
-fn block_specs(
-    p: &str,
-    c: &CoatnetConfig,
-    st: &CoatnetStage,
-    din: i64,
-    side: i64,
-    down: bool,
-) -> Vec<ParamSpec> {
-    let mut v = Vec::new();
-    let d = st.width;
-    if down {
-        dense_specs(
-            &mut v,
-            &format!("{p}/shortcut"),
-            din,
-            d,
-            ["channels", "mlp"],
-        );
-    }
-    match st.kind {
-        StageKind::Mbconv => {
-            let e = d * c.expansion;
-            let se = (din / 4).max(1);
-            ln_specs(&mut v, &format!("{p}/ln"), din);
-            dense_specs(&mut v, &format!("{p}/expand"), din, e, ["channels", "mlp"]);
-            v.push(ParamSpec::new(
-                format!("{p}/depthwise/kernel"),
-                &[3, 3, 1, e],
-                Init::LecunUniform,
-                &["kh", "kw", "one", "mlp"],
-            ));
-            v.push(ParamSpec::new(
-                format!("{p}/depthwise/bias"),
-                &[e],
-                Init::Zeros,
-                &["mlp"],
-            ));
-            dense_specs(
-                &mut v,
-                &format!("{p}/se/reduce"),
-                e,
-                se,
-                ["mlp", "channels"],
-            );
-            dense_specs(
-                &mut v,
-                &format!("{p}/se/expand"),
-                se,
-                e,
-                ["channels", "mlp"],
-            );
-            dense_specs(&mut v, &format!("{p}/project"), e, d, ["mlp", "channels"]);
-        }
-        StageKind::Transformer => {
-            ln_specs(&mut v, &format!("{p}/ln1"), din);
-            dense_specs(
-                &mut v,
-                &format!("{p}/attn/qkv"),
-                din,
-                3 * d,
-                ["channels", "heads"],
-            );
-            dense_specs(
-                &mut v,
-                &format!("{p}/attn/out"),
-                d,
-                d,
-                ["heads", "channels"],
-            );
-            v.push(ParamSpec::new(
-                format!("{p}/attn/rel_bias"),
-                &[(2 * side - 1) * (2 * side - 1), st.heads],
-                Init::Zeros,
-                &["relpos", "heads"],
-            ));
-            ln_specs(&mut v, &format!("{p}/ln2"), d);
-            dense_specs(
-                &mut v,
-                &format!("{p}/mlp/in"),
-                d,
-                d * c.expansion,
-                ["channels", "mlp"],
-            );
-            dense_specs(
-                &mut v,
-                &format!("{p}/mlp/out"),
-                d * c.expansion,
-                d,
-                ["mlp", "channels"],
-            );
-        }
-    }
-    v
-}
-
-/// Parameter specs; `scan`: each stage's blocks after the first stacked under
-/// `prefix/stages/S/layers/` for one loop (the first block changes shape, so it stays apart).
-pub fn specs(prefix: &str, c: &CoatnetConfig, scan: bool) -> Vec<ParamSpec> {
-    let mut v = Vec::new();
-    let s0 = c.stem_width;
-    v.push(ParamSpec::new(
-        format!("{prefix}/stem/conv1/kernel"),
-        &[3, 3, c.channels, s0],
-        Init::LecunUniform,
-        &["kh", "kw", "channels", "mlp"],
-    ));
-    v.push(ParamSpec::new(
-        format!("{prefix}/stem/conv1/bias"),
-        &[s0],
-        Init::Zeros,
-        &["mlp"],
-    ));
-    v.push(ParamSpec::new(
-        format!("{prefix}/stem/conv2/kernel"),
-        &[3, 3, s0, s0],
-        Init::LecunUniform,
-        &["kh", "kw", "mlp", "channels"],
-    ));
-    v.push(ParamSpec::new(
-        format!("{prefix}/stem/conv2/bias"),
-        &[s0],
-        Init::Zeros,
-        &["channels"],
-    ));
-    let hw = sizes(c);
-    let mut cin = s0;
-    for (si, st) in c.stages.iter().enumerate() {
-        let side = hw[si + 1];
-        v.extend(block_specs(
-            &format!("{prefix}/stages/{si}/blocks/0"),
-            c,
-            st,
-            cin,
-            side,
-            true,
-        ));
-        if scan {
-            if st.depth > 1 {
-                let one = block_specs("", c, st, st.width, side, false);
-                v.extend(one.iter().map(|s| {
-                    let rel = s.name.trim_start_matches('/');
-                    s.stacked(st.depth - 1, format!("{prefix}/stages/{si}/layers/{rel}"))
-                }));
-            }
-        } else {
-            for bi in 1..st.depth {
-                v.extend(block_specs(
-                    &format!("{prefix}/stages/{si}/blocks/{bi}"),
-                    c,
-                    st,
-                    st.width,
-                    side,
-                    false,
-                ));
-            }
-        }
-        cin = st.width;
-    }
-    ln_specs(&mut v, &format!("{prefix}/ln"), cin);
-    v
-}
+use super::params::Init;
+use super::scope::{Scope, Tower};
+use super::transformer::{linear, norm, scan_layers, Attention};
 
 /// `same` padding of a `k`-wide window at stride `s` over `n` positions.
 fn same(n: i64, k: i64, s: i64) -> (i64, i64) {
@@ -257,34 +53,68 @@ fn relative_index(x: &Tensor, side: i64) -> Result<Tensor> {
     x.builder().constant(&[n * n], &idx)
 }
 
-fn mbconv(x: &Tensor, p: &Params, down: bool, noise: Option<&Noise>) -> Result<Tensor> {
+/// The block's LayerNorm over channels, under `s`.
+fn ln(x: &Tensor, s: &Scope) -> Result<Tensor> {
+    norm(x, s, "channels", 1e-6)
+}
+
+/// A dense layer under `s` with LeCun-uniform kernel.
+fn fc(x: &Tensor, s: &Scope, dout: i64, axes: [&str; 2]) -> Result<Tensor> {
+    linear(x, s, dout, Init::LecunUniform, axes)
+}
+
+/// A 3 × 3 convolution to `dout` channels under `s` (`kernel [3, 3, C_in / groups, dout]`,
+/// LeCun uniform, `bias [dout]`, zeros), `same`-padded.
+fn conv_layer(
+    x: &Tensor,
+    s: &Scope,
+    dout: i64,
+    stride: i64,
+    groups: i64,
+    axes: [&str; 4],
+) -> Result<Tensor> {
+    let cin = x.shape()[3] / groups;
+    let k = s.param("kernel", &[3, 3, cin, dout], Init::LecunUniform, &axes)?;
+    let b = s.param("bias", &[dout], Init::Zeros, &[axes[3]])?;
+    conv(x, &k, &b, stride, groups)
+}
+
+/// An MBConv block under `s` of `d` output channels (`e = d · expansion` inside); `down`: the
+/// stage's first block, which halves the resolution and projects its shortcut.
+fn mbconv(
+    x: &Tensor,
+    s: &Scope,
+    d: i64,
+    expansion: i64,
+    down: bool,
+    noise: Option<&Noise>,
+) -> Result<Tensor> {
+    let din = x.shape()[3];
+    let e = d * expansion;
     let shortcut = if down {
-        dense(
-            &pool2(x)?,
-            p.get("shortcut/kernel")?,
-            p.get("shortcut/bias")?,
-        )?
+        fc(&pool2(x)?, &s.sub("shortcut"), d, ["channels", "mlp"])?
     } else {
         x.clone()
     };
-    let h = layer_norm(x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
-    let h = dense(&h, p.get("expand/kernel")?, p.get("expand/bias")?)?.gelu()?;
-    let e = h.shape()[3];
-    let h = conv(
+    let h = ln(x, &s.sub("ln"))?;
+    let h = fc(&h, &s.sub("expand"), e, ["channels", "mlp"])?.gelu()?;
+    let h = conv_layer(
         &h,
-        p.get("depthwise/kernel")?,
-        p.get("depthwise/bias")?,
+        &s.sub("depthwise"),
+        e,
         if down { 2 } else { 1 },
         e,
+        ["kh", "kw", "one", "mlp"],
     )?
     .gelu()?;
     // Squeeze-excitation: per-channel gates from the spatial mean.
-    let s = h.mean(&[1, 2])?;
-    let s = dense(&s, p.get("se/reduce/kernel")?, p.get("se/reduce/bias")?)?.gelu()?;
-    let s = dense(&s, p.get("se/expand/kernel")?, p.get("se/expand/bias")?)?.logistic()?;
-    let b = s.shape()[0];
-    let h = h.mul(&s.reshape(&[b, 1, 1, e])?)?;
-    let h = dense(&h, p.get("project/kernel")?, p.get("project/bias")?)?;
+    let se = (din / 4).max(1);
+    let g = h.mean(&[1, 2])?;
+    let g = fc(&g, &s.sub("se/reduce"), se, ["mlp", "channels"])?.gelu()?;
+    let g = fc(&g, &s.sub("se/expand"), e, ["channels", "mlp"])?.logistic()?;
+    let b = g.shape()[0];
+    let h = h.mul(&g.reshape(&[b, 1, 1, e])?)?;
+    let h = fc(&h, &s.sub("project"), d, ["mlp", "channels"])?;
     shortcut.add(&branch(h, noise, 1)?)
 }
 
@@ -296,105 +126,103 @@ fn branch(h: Tensor, noise: Option<&Noise>, salt: u64) -> Result<Tensor> {
     }
 }
 
+/// A transformer block under `s` of `d` output channels with a 2-D relative attention bias;
+/// `down` as in [`mbconv`].
 fn transformer_block(
     x: &Tensor,
-    p: &Params,
-    heads: i64,
+    s: &Scope,
+    st: &CoatnetStage,
+    expansion: i64,
     down: bool,
     noise: Option<&Noise>,
 ) -> Result<Tensor> {
+    let (d, heads) = (st.width, st.heads);
     let (shortcut, h) = if down {
         let px = pool2(x)?;
-        let sc = dense(&px, p.get("shortcut/kernel")?, p.get("shortcut/bias")?)?;
-        (
-            sc,
-            pool2(&layer_norm(
-                x,
-                p.get("ln1/scale")?,
-                p.get("ln1/bias")?,
-                1e-6,
-            )?)?,
-        )
+        let sc = fc(&px, &s.sub("shortcut"), d, ["channels", "mlp"])?;
+        (sc, pool2(&ln(x, &s.sub("ln1"))?)?)
     } else {
-        (
-            x.clone(),
-            layer_norm(x, p.get("ln1/scale")?, p.get("ln1/bias")?, 1e-6)?,
-        )
+        (x.clone(), ln(x, &s.sub("ln1"))?)
     };
     let (b, side, c_in) = (h.shape()[0], h.shape()[1], h.shape()[3]);
     let n = side * side;
-    let ap = p.scope("attn");
-    let table = ap.get("rel_bias")?;
+    let sa = s.sub("attn");
+    let attn = Attention::declare(&sa, c_in, d, heads, Init::LecunUniform, "channels")?;
+    let table = sa.param(
+        "rel_bias",
+        &[(2 * side - 1) * (2 * side - 1), heads],
+        Init::Zeros,
+        &["relpos", "heads"],
+    )?;
     let bias = table
         .take_rows(&relative_index(x, side)?)?
         .reshape(&[n, n, heads])?
         .transpose(&[2, 0, 1])?
         .reshape(&[1, heads, n, n])?;
-    let a = attention(&h.reshape(&[b, n, c_in])?, &ap, heads, Some(&bias))?;
-    let d = a.shape()[2];
+    let a = attn.apply(&h.reshape(&[b, n, c_in])?, Some(&bias))?;
     let x = shortcut.add(&branch(a.reshape(&[b, side, side, d])?, noise, 1)?)?;
-    let h = layer_norm(&x, p.get("ln2/scale")?, p.get("ln2/bias")?, 1e-6)?;
-    let h = dense(&h, p.get("mlp/in/kernel")?, p.get("mlp/in/bias")?)?.gelu()?;
-    let h = dense(&h, p.get("mlp/out/kernel")?, p.get("mlp/out/bias")?)?;
+    let h = ln(&x, &s.sub("ln2"))?;
+    let h = fc(&h, &s.sub("mlp/in"), d * expansion, ["channels", "mlp"])?.gelu()?;
+    let h = fc(&h, &s.sub("mlp/out"), d, ["mlp", "channels"])?;
     x.add(&branch(h, noise, 2)?)
 }
 
-/// `images [B, H, W, C]` → features `[B, width of the last stage]`. `noise` drives dropout and
-/// stochastic depth on every block's residual branches; `scan` runs each stage's blocks after
-/// the first as one loop (parameters from [`specs`] with the same `scan`).
-pub fn apply(
-    images: &Tensor,
-    p: &Params,
-    c: &CoatnetConfig,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-    scan: bool,
-) -> Result<Tensor> {
+/// `images [B, H, W, C]` → features `[B, width of the last stage]`; parameters under `s`. With
+/// noise, dropout and stochastic depth on every block's residual branches; with `t.scan`, each
+/// stage's blocks after the first (the first changes shape) run as one loop over parameters
+/// stacked under `s/stages/S/layers/`.
+pub fn apply(images: &Tensor, s: &Scope, c: &CoatnetConfig, t: &Tower) -> Result<Tensor> {
+    let s0 = c.stem_width;
     let x = images.constrain(&[Some("batch"), None, None, None])?;
-    let x = conv(
+    let x = conv_layer(
         &x,
-        p.get("stem/conv1/kernel")?,
-        p.get("stem/conv1/bias")?,
+        &s.sub("stem/conv1"),
+        s0,
         2,
         1,
+        ["kh", "kw", "channels", "mlp"],
     )?
     .gelu()?;
-    let mut x = conv(
+    let mut x = conv_layer(
         &x,
-        p.get("stem/conv2/kernel")?,
-        p.get("stem/conv2/bias")?,
+        &s.sub("stem/conv2"),
+        s0,
         1,
         1,
+        ["kh", "kw", "mlp", "channels"],
     )?;
     for (si, st) in c.stages.iter().enumerate() {
-        let run = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| match st.kind {
-            StageKind::Mbconv => mbconv(x, bp, down, n),
-            StageKind::Transformer => transformer_block(x, bp, st.heads, down, n),
-        };
-        let checkpointed = |x: &Tensor, bp: &Params, down: bool, n: Option<&Noise>| {
-            x.builder().remat(remat, || run(x, bp, down, n))
+        let run = |x: &Tensor, bs: &Scope, down: bool, t: &Tower| {
+            x.builder().remat(t.remat, || match st.kind {
+                StageKind::Mbconv => mbconv(x, bs, st.width, c.expansion, down, t.noise),
+                StageKind::Transformer => transformer_block(x, bs, st, c.expansion, down, t.noise),
+            })
         };
         // Block `bi` of stage `si` draws from the key folded with 100 + 1000·si + bi.
         let salt = |bi: i64| 100 + 1000 * si as u64 + bi as u64;
-        let n = noise.map(|n| n.fold(salt(0))).transpose()?;
-        let bp = p.scope(&format!("stages/{si}/blocks/0"));
-        x = checkpointed(&x, &bp, true, n.as_ref())?;
-        if scan {
+        let ss = s.sub(&format!("stages/{si}"));
+        let n = t.fold(salt(0))?;
+        x = run(&x, &ss.sub("blocks/0"), true, &t.with_noise(n.as_ref()))?;
+        if t.scan {
             if st.depth > 1 {
-                let n = noise.map(|n| n.fold(salt(1))).transpose()?;
-                let lp = p.scope(&format!("stages/{si}/layers"));
-                x = scan_layers(&x, &lp, &[], remat, n.as_ref(), |x, bp, _, n| {
-                    run(x, bp, false, n)
-                })?;
+                let n = t.fold(salt(1))?;
+                x = scan_layers(
+                    &x,
+                    &ss.sub("layers"),
+                    st.depth - 1,
+                    &[],
+                    &t.with_noise(n.as_ref()),
+                    |x, bs, _, t| run(x, bs, false, t),
+                )?;
             }
         } else {
             for bi in 1..st.depth {
-                let n = noise.map(|n| n.fold(salt(bi))).transpose()?;
-                let bp = p.scope(&format!("stages/{si}/blocks/{bi}"));
-                x = checkpointed(&x, &bp, false, n.as_ref())?;
+                let n = t.fold(salt(bi))?;
+                let bs = ss.sub(&format!("blocks/{bi}"));
+                x = run(&x, &bs, false, &t.with_noise(n.as_ref()))?;
             }
         }
     }
     let pooled = x.mean(&[1, 2])?;
-    layer_norm(&pooled, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)
+    ln(&pooled, &s.sub("ln"))
 }

@@ -6,7 +6,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::model::basic;
-use crate::model::{ModelConfig, ParamSpec, Params};
+use crate::model::{ModelConfig, ParamSpec, Params, Scope, Tower};
 use crate::trace::Builder;
 
 /// Shapes of the batch inputs of `n` pairs: images `[n, H, W, C]`, tokens `[n, L]`.
@@ -25,7 +25,7 @@ pub fn embed_graph(
     compute_dtype: DType,
 ) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed", c.name));
-    let specs = basic::specs(c);
+    let specs = basic::specs(c)?;
     let p = Params::declare(&b, &specs, param_dtype)?;
     let (is, ts) = batch_shapes(c, n);
     let images =
@@ -35,24 +35,25 @@ pub fn embed_graph(
         .parameter("tokens", DType::S32, &ts)?
         .constrain(&[Some("batch"), None])?;
     let cp = basic::cast(&p, compute_dtype)?;
-    let img = basic::embed_images(&images.convert(compute_dtype)?, &cp, c, None, None)?;
-    let txt = basic::embed_texts(&tokens, &cp, c, compute_dtype, None, None)?;
+    let (cs, t) = (Scope::bound(&cp), Tower::of(c, compute_dtype));
+    let img = basic::embed_images(&images.convert(compute_dtype)?, &cs, c, &t)?;
+    let txt = basic::embed_texts(&tokens, &cs, c, &t)?;
     b.output("image_embeddings", &img.convert(param_dtype)?)?;
     b.output("text_embeddings", &txt.convert(param_dtype)?)?;
-    b.output("logit_scale", &basic::logit_scale(&p, c)?)?;
+    b.output("logit_scale", &basic::logit_scale(&Scope::bound(&p), c)?)?;
     Ok(b.finish())
 }
 
 /// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
 pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_images", c.name));
-    let specs = basic::specs(c);
+    let specs = basic::specs(c)?;
     let p = Params::declare(&b, &specs, dtype)?;
     let (is, _) = batch_shapes(c, n);
     let images = b.parameter("images", dtype, &is)?;
     b.output(
         "image_embeddings",
-        &basic::embed_images(&images, &p, c, None, None)?,
+        &basic::embed_images(&images, &Scope::bound(&p), c, &Tower::of(c, dtype))?,
     )?;
     Ok(b.finish())
 }
@@ -60,13 +61,13 @@ pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph>
 /// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows.
 pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_texts", c.name));
-    let specs = basic::specs(c);
+    let specs = basic::specs(c)?;
     let p = Params::declare(&b, &specs, dtype)?;
     let (_, ts) = batch_shapes(c, n);
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
     b.output(
         "text_embeddings",
-        &basic::embed_texts(&tokens, &p, c, dtype, None, None)?,
+        &basic::embed_texts(&tokens, &Scope::bound(&p), c, &Tower::of(c, dtype))?,
     )?;
     Ok(b.finish())
 }
@@ -75,7 +76,7 @@ pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> 
 /// projected or normalised (sentence embeddings of a text-only model).
 pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamSpec>)> {
     let b = Builder::new(&format!("{}_text_features", c.name));
-    let specs: Vec<ParamSpec> = basic::specs(c)
+    let specs: Vec<ParamSpec> = basic::specs(c)?
         .into_iter()
         .filter(|s| basic::is_text_param(&s.name) && s.name != "text/proj/kernel")
         .collect();
@@ -84,7 +85,7 @@ pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamS
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
     b.output(
         "text_embeddings",
-        &basic::text_features(&tokens, &p, c, DType::F32, None, None)?,
+        &basic::text_features(&tokens, &Scope::bound(&p), c, &Tower::of(c, DType::F32))?,
     )?;
     Ok((b.finish(), specs))
 }

@@ -8,9 +8,11 @@ pub mod config;
 pub mod inference;
 pub mod noise;
 pub mod params;
+pub mod scope;
 pub mod text;
 pub mod transformer;
 pub mod vit;
 
 pub use config::ModelConfig;
 pub use params::{Init, ParamSpec, Params};
+pub use scope::{trace_specs, Scope, Tower};

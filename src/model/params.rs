@@ -1,5 +1,6 @@
 //! Named parameters: stable, readable paths (`image/blocks/3/attn/qkv/kernel`) mapped to
-//! tensors of a graph, and the specifications they are created from.
+//! tensors of a graph, and the specifications they are created from (derived by tracing the model,
+//! see [`super::scope`]).
 
 use std::collections::BTreeMap;
 

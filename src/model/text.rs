@@ -4,13 +4,12 @@
 
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::{TextConfig, TextPool};
-use super::noise::Noise;
-use super::params::{Init, ParamSpec, Params};
-use super::transformer::{self, layer_norm, TransformerConfig};
+use super::params::Init;
+use super::scope::{Scope, Tower};
+use super::transformer::{self, norm, TransformerConfig};
 
 fn blocks(c: &TextConfig) -> TransformerConfig {
     TransformerConfig {
@@ -21,82 +20,63 @@ fn blocks(c: &TextConfig) -> TransformerConfig {
     }
 }
 
-/// Parameter specs; `scan`: the blocks stacked under `prefix/layers/` for one loop.
-pub fn specs(prefix: &str, c: &TextConfig, scan: bool) -> Vec<ParamSpec> {
-    let s = |n: &str| format!("{prefix}/{n}");
-    let mut v = vec![
-        ParamSpec::new(
-            s("token_embedding"),
-            &[c.vocab, c.width],
-            Init::Normal(0.02),
-            &["vocab", "embed"],
-        ),
-        ParamSpec::new(
-            s("pos"),
-            &[c.length, c.width],
-            Init::Normal(0.01),
-            &["length", "embed"],
-        ),
-    ];
-    if scan {
-        v.extend(transformer::scanned_stack_specs(prefix, &blocks(c)));
-    } else {
-        v.extend(transformer::stack_specs(prefix, &blocks(c)));
-    }
-    v.push(ParamSpec::new(
-        s("ln/scale"),
-        &[c.width],
-        Init::Ones,
-        &["embed"],
-    ));
-    v.push(ParamSpec::new(
-        s("ln/bias"),
-        &[c.width],
-        Init::Zeros,
-        &["embed"],
-    ));
-    v
+/// Which tokens are real (not `pad_id`): `tokens [B, L]` (s32) → a `[B, L]` predicate.
+pub fn real_tokens(tokens: &Tensor, pad_id: i64) -> Result<Tensor> {
+    tokens.ne(&tokens.builder().scalar(pad_id as f64, DType::S32)?)
 }
 
-/// `tokens [B, L]` (s32, padded with `pad_id`) → features `[B, width]`.
-pub fn apply(
-    tokens: &Tensor,
-    p: &Params,
-    c: &TextConfig,
-    dtype: DType,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-    scan: bool,
-) -> Result<Tensor> {
+/// The additive attention mask of a padded batch: 0 where a query may attend to a key, -1e9
+/// elsewhere. `real [B, L]` (1.0 for real tokens, 0.0 for padding, in the compute dtype) masks
+/// padded keys as `[B, 1, 1, L]`; `causal` also masks later keys, as `[B, 1, L, L]`.
+pub fn mask_bias(real: &Tensor, causal: bool) -> Result<Tensor> {
+    let (b, l) = (real.shape()[0], real.shape()[1]);
+    // 0 where allowed, -1e9 where masked.
+    let bias = |allowed: &Tensor| allowed.neg()?.add_scalar(1.0)?.mul_scalar(-1e9);
+    if !causal {
+        return bias(real)?.reshape(&[b, 1, 1, l]);
+    }
+    // The key mask [B, 1, 1, L] under the lower triangle [1, 1, L, L].
+    let bd = real.builder();
+    let allowed = real.reshape(&[b, 1, 1, l])?.broadcast_to(&[b, 1, l, l])?;
+    let row = bd.iota(DType::S32, &[l, l], 0)?;
+    let col = bd.iota(DType::S32, &[l, l], 1)?;
+    let tri = col
+        .le(&row)?
+        .convert(real.dtype())?
+        .reshape(&[1, 1, l, l])?;
+    bias(&allowed.mul(&tri)?)
+}
+
+/// `tokens [B, L]` (s32, padded with `pad_id`) → features `[B, width]`; parameters under `s`,
+/// the blocks scanned (`s/layers/...`) when the tower says so.
+pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Tensor> {
     let (b, l) = (tokens.shape()[0], tokens.shape()[1]);
     let bd = tokens.builder().clone();
-    let x = p
-        .get("token_embedding")?
-        .take_rows(tokens)?
-        .add(p.get("pos")?)?;
+    let emb = s.param(
+        "token_embedding",
+        &[c.vocab, c.width],
+        Init::Normal(0.02),
+        &["vocab", "embed"],
+    )?;
+    let pos = s.param(
+        "pos",
+        &[c.length, c.width],
+        Init::Normal(0.01),
+        &["length", "embed"],
+    )?;
+    let x = emb.take_rows(tokens)?.add(&pos)?;
     let x = x.constrain(&[Some("batch"), None, None])?;
     // Real tokens: 1.0, padding: 0.0, as [B, L].
-    let real = tokens.ne(&bd.scalar(c.pad_id as f64, DType::S32)?)?;
-    let realf = real.convert(dtype)?;
-    // Key mask [B, 1, 1, L] and, for causal models, the lower triangle [1, 1, L, L].
-    let neg = -1e9;
-    let key_ok = realf.reshape(&[b, 1, 1, l])?;
-    let mut allowed = key_ok.broadcast_to(&[b, 1, l, l])?;
-    if c.causal {
-        let row = bd.iota(DType::S32, &[l, l], 0)?;
-        let col = bd.iota(DType::S32, &[l, l], 1)?;
-        let tri = col.le(&row)?.convert(dtype)?.reshape(&[1, 1, l, l])?;
-        allowed = allowed.mul(&tri)?;
-    }
-    // 0 where allowed, -1e9 where masked.
-    let mask_bias = allowed.neg()?.add_scalar(1.0)?.mul_scalar(neg)?;
-    let stack = if scan {
+    let real = real_tokens(tokens, c.pad_id)?;
+    let realf = real.convert(t.dtype)?;
+    let mask = mask_bias(&realf, c.causal)?;
+    let stack = if t.scan {
         transformer::scanned
     } else {
         transformer::stack
     };
-    let x = stack(&x, p, &blocks(c), Some(&mask_bias), remat, noise)?;
-    let x = layer_norm(&x, p.get("ln/scale")?, p.get("ln/bias")?, 1e-6)?;
+    let x = stack(&x, s, &blocks(c), Some(&mask), t)?;
+    let x = norm(&x, &s.sub("ln"), "embed", 1e-6)?;
     match c.pool {
         TextPool::First => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),
         TextPool::Eot => {
@@ -107,7 +87,7 @@ pub fn apply(
                 .sub_scalar(1.0)?
                 .max_scalar(0.0)?;
             let pos = bd.iota(DType::S32, &[b, l], 1)?;
-            let pick = pos.eq(&last.reshape(&[b, 1])?)?.convert(dtype)?;
+            let pick = pos.eq(&last.reshape(&[b, 1])?)?.convert(t.dtype)?;
             x.mul(&pick.reshape(&[b, l, 1])?)?.sum(&[1])
         }
         TextPool::Mean => {

@@ -10,6 +10,7 @@ use crate::trace::Tensor;
 
 use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
+use super::scope::{trace_specs, Scope, Tower};
 
 /// Sizes of a stack of transformer blocks.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -19,54 +20,6 @@ pub struct TransformerConfig {
     pub heads: i64,
     /// Hidden width of the MLP (usually 4 × width).
     pub mlp: i64,
-}
-
-/// Parameter specs of one block under `prefix` (e.g. `text/blocks/3`).
-pub fn block_specs(prefix: &str, c: &TransformerConfig) -> Vec<ParamSpec> {
-    let (d, m) = (c.width, c.mlp);
-    let s = |n: &str| format!("{prefix}/{n}");
-    let std = 0.02;
-    vec![
-        ParamSpec::new(s("ln1/scale"), &[d], Init::Ones, &["embed"]),
-        ParamSpec::new(s("ln1/bias"), &[d], Init::Zeros, &["embed"]),
-        ParamSpec::new(
-            s("attn/qkv/kernel"),
-            &[d, 3 * d],
-            Init::Normal(std),
-            &["embed", "heads"],
-        ),
-        ParamSpec::new(s("attn/qkv/bias"), &[3 * d], Init::Zeros, &["heads"]),
-        ParamSpec::new(
-            s("attn/out/kernel"),
-            &[d, d],
-            Init::Normal(std),
-            &["heads", "embed"],
-        ),
-        ParamSpec::new(s("attn/out/bias"), &[d], Init::Zeros, &["embed"]),
-        ParamSpec::new(s("ln2/scale"), &[d], Init::Ones, &["embed"]),
-        ParamSpec::new(s("ln2/bias"), &[d], Init::Zeros, &["embed"]),
-        ParamSpec::new(
-            s("mlp/in/kernel"),
-            &[d, m],
-            Init::Normal(std),
-            &["embed", "mlp"],
-        ),
-        ParamSpec::new(s("mlp/in/bias"), &[m], Init::Zeros, &["mlp"]),
-        ParamSpec::new(
-            s("mlp/out/kernel"),
-            &[m, d],
-            Init::Normal(std),
-            &["mlp", "embed"],
-        ),
-        ParamSpec::new(s("mlp/out/bias"), &[d], Init::Zeros, &["embed"]),
-    ]
-}
-
-/// Specs of a whole stack: `prefix/blocks/{i}/...`.
-pub fn stack_specs(prefix: &str, c: &TransformerConfig) -> Vec<ParamSpec> {
-    (0..c.depth)
-        .flat_map(|i| block_specs(&format!("{prefix}/blocks/{i}"), c))
-        .collect()
 }
 
 /// `LN(x)·scale + bias` over the last axis.
@@ -79,35 +32,70 @@ pub fn dense(x: &Tensor, kernel: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.matmul(kernel)?.add(bias)
 }
 
-/// Multi-head self-attention on `x [B, L, D_in]`; the output width is that of `out/kernel`
-/// (`qkv/kernel` is `[D_in, 3·D]`). `mask_bias`, if given, is added to the scores and broadcasts
-/// to `[B, H, L, L]` (0 where attention is allowed, a large negative number elsewhere; CoAtNet
-/// passes its relative position bias here).
-pub fn attention(x: &Tensor, p: &Params, heads: i64, mask_bias: Option<&Tensor>) -> Result<Tensor> {
-    let (b, l) = match x.shape() {
-        [b, l, _] => (*b, *l),
+/// The size of the last axis of `x`.
+fn last_dim(x: &Tensor) -> i64 {
+    x.shape().last().copied().unwrap_or(1)
+}
+
+/// LayerNorm over the last axis of `x` (logical axis `axis`) with `scale` (ones) and `bias`
+/// (zeros) declared under `s`.
+pub fn norm(x: &Tensor, s: &Scope, axis: &str, eps: f64) -> Result<Tensor> {
+    let d = last_dim(x);
+    let scale = s.param("scale", &[d], Init::Ones, &[axis])?;
+    let bias = s.param("bias", &[d], Init::Zeros, &[axis])?;
+    layer_norm(x, &scale, &bias, eps)
+}
+
+/// A dense layer's parameters: `kernel [in, out]` and `bias [out]`.
+pub struct Dense {
+    pub kernel: Tensor,
+    pub bias: Tensor,
+}
+
+impl Dense {
+    /// Declares `kernel [din, dout]` (initialised by `init`, logical axes `axes`) and
+    /// `bias [dout]` (zeros, axis `axes[1]`) under `s`.
+    pub fn declare(s: &Scope, din: i64, dout: i64, init: Init, axes: [&str; 2]) -> Result<Dense> {
+        Ok(Dense {
+            kernel: s.param("kernel", &[din, dout], init, &axes)?,
+            bias: s.param("bias", &[dout], Init::Zeros, &[axes[1]])?,
+        })
+    }
+
+    /// `x·W + b` on the last axis.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        dense(x, &self.kernel, &self.bias)
+    }
+}
+
+/// `x·W + b` on the last axis to `dout` features, with the layer declared under `s` (see
+/// [`Dense::declare`]; its input width is that of `x`).
+pub fn linear(x: &Tensor, s: &Scope, dout: i64, init: Init, axes: [&str; 2]) -> Result<Tensor> {
+    Dense::declare(s, last_dim(x), dout, init, axes)?.apply(x)
+}
+
+/// The multi-head core: `softmax(q·kᵀ/√d_h + mask)·v` of `q, k, v [B, H, L, d_h]`, heads merged
+/// to `[B, L, H·d_h]`. `mask_bias`, if given, is added to the scores and broadcasts to
+/// `[B, H, L, L]` (0 where attention is allowed, a large negative number elsewhere; CoAtNet passes
+/// its relative position bias here).
+pub fn multi_head(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, l, dh) = match q.shape() {
+        [b, h, l, dh] => (*b, *h, *l, *dh),
         _ => {
             return shape_err(
                 "attention",
-                format!("expects [batch, length, width], got {}", x.ty()),
+                format!(
+                    "expects q as [batch, heads, length, head width], got {}",
+                    q.ty()
+                ),
             )
         }
     };
-    let qkv_kernel = p.get("qkv/kernel")?;
-    let d = qkv_kernel.shape().get(1).copied().unwrap_or(0) / 3;
-    if heads < 1 || d % heads != 0 {
-        return shape_err(
-            "attention",
-            format!("width {d} is not divisible by {heads} heads"),
-        );
-    }
-    let dh = d / heads;
-    let qkv = dense(x, qkv_kernel, p.get("qkv/bias")?)?
-        .reshape(&[b, l, 3, heads, dh])?
-        .transpose(&[2, 0, 3, 1, 4])?; // [3, B, H, L, dh]
-    let part =
-        |i: i64| -> Result<Tensor> { qkv.slice_axis(0, i, i + 1)?.reshape(&[b, heads, l, dh]) };
-    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = q
         .batch_matmul(&k.t()?)?
         .mul_scalar(1.0 / (dh as f64).sqrt())?;
@@ -116,113 +104,176 @@ pub fn attention(x: &Tensor, p: &Params, heads: i64, mask_bias: Option<&Tensor>)
         None => scores,
     };
     let weights = scores.softmax(-1)?;
-    let out = weights
-        .batch_matmul(&v)?
+    weights
+        .batch_matmul(v)?
         .transpose(&[0, 2, 1, 3])?
-        .reshape(&[b, l, d])?;
-    dense(&out, p.get("out/kernel")?, p.get("out/bias")?)
+        .reshape(&[b, l, h * dh])
 }
 
-/// One pre-LN block, with dropout / stochastic depth on both residual branches when `noise` is
-/// given.
+/// Multi-head self-attention with a fused `qkv` projection `[D_in, 3·D]` and an `out`
+/// projection `[D, D]`.
+pub struct Attention {
+    pub qkv: Dense,
+    pub out: Dense,
+    pub heads: i64,
+}
+
+impl Attention {
+    /// Declares `qkv/{kernel,bias}` and `out/{kernel,bias}` under `s`: kernels initialised by
+    /// `init`, the model width on logical axis `axis` (`embed`, `channels`), the heads on
+    /// `heads`.
+    pub fn declare(
+        s: &Scope,
+        din: i64,
+        d: i64,
+        heads: i64,
+        init: Init,
+        axis: &str,
+    ) -> Result<Attention> {
+        Ok(Attention {
+            qkv: Dense::declare(&s.sub("qkv"), din, 3 * d, init.clone(), [axis, "heads"])?,
+            out: Dense::declare(&s.sub("out"), d, d, init, ["heads", axis])?,
+            heads,
+        })
+    }
+
+    /// Self-attention on `x [B, L, D_in]` → `[B, L, D]`, with `mask_bias` as in [`multi_head`].
+    pub fn apply(&self, x: &Tensor, mask_bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l) = match x.shape() {
+            [b, l, _] => (*b, *l),
+            _ => {
+                return shape_err(
+                    "attention",
+                    format!("expects [batch, length, width], got {}", x.ty()),
+                )
+            }
+        };
+        let heads = self.heads;
+        let d = self.qkv.kernel.shape().get(1).copied().unwrap_or(0) / 3;
+        if heads < 1 || d % heads != 0 {
+            return shape_err(
+                "attention",
+                format!("width {d} is not divisible by {heads} heads"),
+            );
+        }
+        let dh = d / heads;
+        let qkv = self
+            .qkv
+            .apply(x)?
+            .reshape(&[b, l, 3, heads, dh])?
+            .transpose(&[2, 0, 3, 1, 4])?; // [3, B, H, L, dh]
+        let part =
+            |i: i64| -> Result<Tensor> { qkv.slice_axis(0, i, i + 1)?.reshape(&[b, heads, l, dh]) };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        self.out.apply(&multi_head(&q, &k, &v, mask_bias)?)
+    }
+}
+
+/// One pre-LN block under `s`, checkpointed with the tower's remat policy, with dropout /
+/// stochastic depth on both residual branches when the tower has noise (its key already folded
+/// for this block).
 pub fn block(
     x: &Tensor,
-    p: &Params,
+    s: &Scope,
     c: &TransformerConfig,
     mask_bias: Option<&Tensor>,
-    noise: Option<&Noise>,
+    t: &Tower,
 ) -> Result<Tensor> {
-    let branch = |t: Tensor, salt: u64| -> Result<Tensor> {
-        match noise {
-            Some(n) => n.branch(&t, salt),
-            None => Ok(t),
+    let branch = |h: Tensor, salt: u64| -> Result<Tensor> {
+        match t.noise {
+            Some(n) => n.branch(&h, salt),
+            None => Ok(h),
         }
     };
-    let h = layer_norm(x, p.get("ln1/scale")?, p.get("ln1/bias")?, 1e-6)?;
-    let a = attention(&h, &p.scope("attn"), c.heads, mask_bias)?.named("attn_out");
-    let x = x.add(&branch(a, 1)?)?;
-    let h = layer_norm(&x, p.get("ln2/scale")?, p.get("ln2/bias")?, 1e-6)?;
-    let h = dense(&h, p.get("mlp/in/kernel")?, p.get("mlp/in/bias")?)?
-        .gelu()?
-        .named("mlp_hidden");
-    let h = dense(&h, p.get("mlp/out/kernel")?, p.get("mlp/out/bias")?)?;
-    x.add(&branch(h, 2)?)
+    let (d, std) = (c.width, Init::Normal(0.02));
+    x.builder().remat(t.remat, || {
+        let h = norm(x, &s.sub("ln1"), "embed", 1e-6)?;
+        let a = Attention::declare(&s.sub("attn"), d, d, c.heads, std.clone(), "embed")?
+            .apply(&h, mask_bias)?
+            .named("attn_out");
+        let x = x.add(&branch(a, 1)?)?;
+        let h = norm(&x, &s.sub("ln2"), "embed", 1e-6)?;
+        let h = linear(&h, &s.sub("mlp/in"), c.mlp, std.clone(), ["embed", "mlp"])?
+            .gelu()?
+            .named("mlp_hidden");
+        let h = linear(&h, &s.sub("mlp/out"), d, std, ["mlp", "embed"])?;
+        x.add(&branch(h, 2)?)
+    })
 }
 
-/// The whole stack, each block checkpointed with `remat` (None: no checkpoint); with `noise`,
-/// dropout / stochastic depth, block `i` drawing from the key folded with `i`.
+/// The whole stack, `s/blocks/{i}/...`; with noise, block `i` draws from the key folded with
+/// `100 + i`.
 pub fn stack(
     x: &Tensor,
-    p: &Params,
+    s: &Scope,
     c: &TransformerConfig,
     mask_bias: Option<&Tensor>,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
+    t: &Tower,
 ) -> Result<Tensor> {
     let mut x = x.clone();
     for i in 0..c.depth {
-        let bp = p.scope(&format!("blocks/{i}"));
-        let n = noise.map(|n| n.fold(100 + i as u64)).transpose()?;
-        let run = |x: &Tensor| block(x, &bp, c, mask_bias, n.as_ref());
-        x = x.builder().remat(remat, || run(&x))?;
+        let n = t.fold(100 + i as u64)?;
+        x = block(
+            &x,
+            &s.sub(&format!("blocks/{i}")),
+            c,
+            mask_bias,
+            &t.with_noise(n.as_ref()),
+        )?;
     }
     Ok(x)
 }
 
-/// Names of one block's parameters, in a fixed order (for stacking them for a scan).
-pub const BLOCK_PARAM_NAMES: [&str; 12] = [
-    "ln1/scale",
-    "ln1/bias",
-    "attn/qkv/kernel",
-    "attn/qkv/bias",
-    "attn/out/kernel",
-    "attn/out/bias",
-    "ln2/scale",
-    "ln2/bias",
-    "mlp/in/kernel",
-    "mlp/in/bias",
-    "mlp/out/kernel",
-    "mlp/out/bias",
-];
-
-/// Specs of a stack run as one scan: each block parameter stacked over the layers, as
-/// `prefix/layers/...` with shape `[depth, ...]` (see [`ParamSpec::stacked`]).
-pub fn scanned_stack_specs(prefix: &str, c: &TransformerConfig) -> Vec<ParamSpec> {
-    block_specs("", c)
-        .iter()
-        .map(|s| {
-            let rel = s.name.trim_start_matches('/');
-            s.stacked(c.depth, format!("{prefix}/layers/{rel}"))
-        })
-        .collect()
+/// The parameter specs of one layer, named relative to it, in the order `block` first uses them:
+/// `block` traced once on a throwaway builder, on an input of `x`'s type and constants of
+/// `consts`' types, without noise.
+pub fn layer_specs<F>(x: &Tensor, consts: &[Tensor], t: &Tower, block: &F) -> Result<Vec<ParamSpec>>
+where
+    F: Fn(&Tensor, &Scope, &[Tensor], &Tower) -> Result<Tensor>,
+{
+    trace_specs("layer", x.dtype(), |b, s| {
+        let x = b.parameter_typed("input", x.ty())?;
+        let cs = consts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| b.parameter_typed(&format!("const{i}"), c.ty()))
+            .collect::<Result<Vec<_>>>()?;
+        block(&x, s, &cs, &t.with_noise(None))?;
+        Ok(())
+    })
 }
 
-/// Runs `depth` identical blocks as ONE loop over parameters stacked on a leading layers axis:
-/// `stacked` holds one block's parameter paths, each `[depth, ...]`. The body is traced once, so
-/// compile time and program size do not grow with depth. Each step is checkpointed with `remat`;
-/// with `noise`, step `i` draws from the key folded with `i`. `block(x, params, consts, noise)`
-/// sees one layer's parameters and the loop-invariant `consts`.
-pub fn scan_layers(
+/// Runs `depth` identical blocks as ONE loop over parameters stacked on a leading layers axis,
+/// declared under `s` (`s/R` of shape `[depth, ...]` for each parameter `R` of one layer, see
+/// [`layer_specs`] and [`ParamSpec::stacked`]). The body is traced once, so compile time and
+/// program size do not grow with depth. `block(x, scope, consts, tower)` sees a scope over one
+/// layer's parameters, the loop-invariant `consts`, and the tower with its noise, if any, folded
+/// with the step index; it applies the tower's remat policy itself.
+pub fn scan_layers<F>(
     x: &Tensor,
-    stacked: &Params,
+    s: &Scope,
+    depth: i64,
     consts: &[Tensor],
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
-    block: impl Fn(&Tensor, &Params, &[Tensor], Option<&Noise>) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let names: Vec<String> = stacked.iter().map(|(k, _)| k.clone()).collect();
-    let xs: Vec<Tensor> = stacked.iter().map(|(_, t)| t.clone()).collect();
-    let depth = match xs.first().map(|t| t.shape()) {
-        Some([d, ..]) => *d,
-        _ => {
-            return shape_err(
-                "scan_layers",
-                "needs stacked parameters with a leading layers axis",
-            )
-        }
-    };
+    t: &Tower,
+    block: F,
+) -> Result<Tensor>
+where
+    F: Fn(&Tensor, &Scope, &[Tensor], &Tower) -> Result<Tensor>,
+{
+    let layer = layer_specs(x, consts, t, &block)?;
+    if layer.is_empty() {
+        return shape_err("scan_layers", "the layer declares no parameters to stack");
+    }
+    let stacked = layer
+        .iter()
+        .map(|p| s.declare(p.stacked(depth, p.name.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    // The loop takes the stacked weights in name order.
+    let mut order: Vec<usize> = (0..layer.len()).collect();
+    order.sort_by(|&i, &j| layer[i].name.cmp(&layer[j].name));
+    let xs: Vec<Tensor> = order.iter().map(|&i| stacked[i].clone()).collect();
     let mut all = consts.to_vec();
-    if let Some(n) = noise {
+    if let Some(n) = t.noise {
         all.push(n.key.clone());
     }
     let b = x.builder().clone();
@@ -234,10 +285,10 @@ pub fn scan_layers(
         false,
         |index, cs, k, ws| {
             let mut p = Params::default();
-            for (n, w) in names.iter().zip(ws) {
-                p.insert(n, w.clone());
+            for (&i, w) in order.iter().zip(ws) {
+                p.insert(&layer[i].name, w.clone());
             }
-            let (cs, n) = match noise {
+            let (cs, n) = match t.noise {
                 Some(n) => {
                     let Some((key, rest)) = cs.split_last() else {
                         return shape_err("scan_layers", "the loop lost its noise key");
@@ -251,40 +302,52 @@ pub fn scan_layers(
                 }
                 None => (cs, None),
             };
-            let y = k[0]
-                .builder()
-                .remat(remat, || block(&k[0], &p, cs, n.as_ref()))?;
+            let y = block(&k[0], &Scope::bound(&p), cs, &t.with_noise(n.as_ref()))?;
             Ok((vec![y], vec![]))
         },
     )?;
     Ok(carry[0].clone())
 }
 
-/// The stack as one scan over `prefix/layers/...` parameters ([`scanned_stack_specs`]), with
-/// dropout / stochastic depth when `noise` is given.
+/// The stack as one scan over `s/layers/...` parameters, each block's stacked on a leading
+/// `depth` axis; with noise, dropout / stochastic depth, step `i` drawing from the key folded
+/// with 100 and then `i`.
 pub fn scanned(
     x: &Tensor,
-    p: &Params,
+    s: &Scope,
     c: &TransformerConfig,
     mask_bias: Option<&Tensor>,
-    remat: Option<&RematPolicy>,
-    noise: Option<&Noise>,
+    t: &Tower,
 ) -> Result<Tensor> {
     let consts: Vec<Tensor> = mask_bias.into_iter().cloned().collect();
-    let noise = noise.map(|n| n.fold(100)).transpose()?;
+    let noise = t.fold(100)?;
     scan_layers(
         x,
-        &p.scope("layers"),
+        &s.sub("layers"),
+        c.depth,
         &consts,
-        remat,
-        noise.as_ref(),
-        |x, p, cs, n| block(x, p, c, cs.first(), n),
+        &t.with_noise(noise.as_ref()),
+        |x, s, cs, t| block(x, s, c, cs.first(), t),
     )
 }
 
-/// The stack as one scan over weights stacked on a leading `depth` axis (`stacked` holds
-/// [`BLOCK_PARAM_NAMES`] in order, each `[depth, ...]`): one loop body for all blocks, so compile
-/// time does not grow with depth. Each step is checkpointed with `remat` inside the body.
+/// The parameter specs of one block (relative names such as `attn/qkv/kernel`) in the order it
+/// uses them: the order [`scanned_stack`] takes its stacked weights in.
+pub fn block_param_specs(
+    x: &Tensor,
+    c: &TransformerConfig,
+    mask_bias: Option<&Tensor>,
+) -> Result<Vec<ParamSpec>> {
+    let consts: Vec<Tensor> = mask_bias.into_iter().cloned().collect();
+    layer_specs(x, &consts, &Tower::new(x.dtype()), &|x, s, cs, t| {
+        block(x, s, c, cs.first(), t)
+    })
+}
+
+/// The stack as one scan over weights stacked on a leading `depth` axis (`stacked` holds one
+/// block's parameters in [`block_param_specs`] order, each `[depth, ...]`): one loop body for all
+/// blocks, so compile time does not grow with depth. Each step is checkpointed with `remat`
+/// inside the body.
 pub fn scanned_stack(
     x: &Tensor,
     stacked: &[Tensor],
@@ -292,9 +355,21 @@ pub fn scanned_stack(
     mask_bias: Option<&Tensor>,
     remat: Option<&RematPolicy>,
 ) -> Result<Tensor> {
-    let mut p = Params::default();
-    for (n, w) in BLOCK_PARAM_NAMES.iter().zip(stacked) {
-        p.insert(&format!("layers/{n}"), w.clone());
+    let layer = block_param_specs(x, c, mask_bias)?;
+    if layer.len() != stacked.len() {
+        return shape_err(
+            "scanned_stack",
+            format!(
+                "a block has {} parameters, {} stacked weights given",
+                layer.len(),
+                stacked.len()
+            ),
+        );
     }
-    scanned(x, &p, c, mask_bias, remat, None)
+    let mut p = Params::default();
+    for (spec, w) in layer.iter().zip(stacked) {
+        p.insert(&format!("layers/{}", spec.name), w.clone());
+    }
+    let t = Tower::new(x.dtype()).with_remat(remat);
+    scanned(x, &Scope::bound(&p), c, mask_bias, &t)
 }

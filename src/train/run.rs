@@ -765,7 +765,7 @@ pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
             fix: "it has no checkpoints; train it first with `basic train`".into(),
         })?;
     let file = safetensors::read(&path)?;
-    let specs = dual::specs(c);
+    let specs = dual::specs(c)?;
     specs
         .iter()
         .map(|s| {

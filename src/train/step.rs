@@ -18,7 +18,7 @@ use crate::ir::{Graph, RematPolicy};
 use crate::model::basic::{self, logit_scale};
 use crate::model::config::{LossKind, ModelConfig};
 use crate::model::noise::Noise;
-use crate::model::{ParamSpec, Params};
+use crate::model::{ParamSpec, Params, Scope, Tower};
 use crate::trace::{Builder, Tensor};
 
 use super::optim;
@@ -63,7 +63,7 @@ impl StepOptions {
             remat,
             param_dtype,
             compute_dtype,
-            frozen: basic::locked(&basic::specs(c), &t.lock),
+            frozen: basic::locked(&basic::specs(c)?, &t.lock),
         })
     }
 
@@ -140,32 +140,29 @@ fn embed_pair(
     noise: Option<&Noise>,
 ) -> Result<(Tensor, Tensor)> {
     let cp = basic::cast(p, o.compute_dtype)?;
+    let s = Scope::bound(&cp);
     // A locked tower (LiT) is a fixed feature extractor: it runs without dropout.
     let locked = |tower: &str| c.train.lock.iter().any(|t| t == tower);
+    let t = Tower::of(c, o.compute_dtype).with_remat(o.remat.as_ref());
     let img = basic::embed_images(
         &images.convert(o.compute_dtype)?,
-        &cp,
+        &s,
         c,
-        o.remat.as_ref(),
-        noise.filter(|_| !locked("image")),
+        &t.with_noise(noise.filter(|_| !locked("image"))),
     )?;
     let txt = basic::embed_texts(
         tokens,
-        &cp,
+        &s,
         c,
-        o.compute_dtype,
-        o.remat.as_ref(),
-        noise.filter(|_| !locked("text")),
+        &t.with_noise(noise.filter(|_| !locked("text"))),
     )?;
     Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
 }
 
 fn head_loss(img: &Tensor, txt: &Tensor, p: &Params, c: &ModelConfig) -> Result<Tensor> {
-    let scale = logit_scale(p, c)?;
-    let bias = match c.loss {
-        LossKind::Sigmoid => Some(p.get("logit_bias")?.clone()),
-        LossKind::Softmax => None,
-    };
+    let s = Scope::bound(p);
+    let scale = logit_scale(&s, c)?;
+    let bias = basic::logit_bias(&s, c)?;
     basic::loss(img, txt, &scale, bias.as_ref(), c.loss)
 }
 
@@ -431,7 +428,7 @@ pub fn loss_and_grads(
 pub fn grad_graph(c: &ModelConfig, o: &StepOptions) -> Result<(Graph, Vec<ParamSpec>)> {
     o.check(c)?;
     let b = Builder::new(&format!("{}_grad", c.name));
-    let specs = basic::specs(c);
+    let specs = basic::specs(c)?;
     let p = Params::declare(&b, &specs, o.param_dtype)?;
     let (images, tokens, rng) = batch_inputs(&b, c, o)?;
     let train = trainable(&specs, o);
@@ -452,7 +449,7 @@ pub fn train_graph(
 ) -> Result<(Graph, Vec<ParamSpec>, Vec<ParamSpec>)> {
     o.check(c)?;
     let b = Builder::new(&format!("{}_train", c.name));
-    let specs = basic::specs(c);
+    let specs = basic::specs(c)?;
     let train = trainable(&specs, o);
     let sspecs = optim::state_specs(&train, &c.train);
     let p = Params::declare(&b, &specs, o.param_dtype)?;
@@ -487,7 +484,7 @@ pub fn train_graph(
     b.output("loss", &loss)?;
     b.output("grad_norm", &norm)?;
     b.output("learning_rate", &lr)?;
-    let temperature = logit_scale(&p, c)?.convert(DType::F32)?;
+    let temperature = logit_scale(&Scope::bound(&p), c)?.convert(DType::F32)?;
     b.output(
         "temperature",
         &temperature.scalar_like(1.0)?.div(&temperature)?,
