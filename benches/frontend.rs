@@ -22,6 +22,8 @@ fn config(depth: i64) -> TransformerConfig {
         depth,
         heads: 4,
         mlp: 4 * WIDTH,
+        act: basic::model::config::Activation::GeluTanh,
+        eps: 1e-6,
     }
 }
 

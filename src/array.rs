@@ -156,6 +156,43 @@ impl HostArray {
         Ok(self)
     }
 
+    /// The array with its dimensions permuted: dimension `i` of the result is dimension
+    /// `perm[i]` of this one.
+    pub fn transpose(&self, perm: &[usize]) -> Result<HostArray> {
+        let r = self.shape.len();
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+            return Err(Error::Array(format!(
+                "{perm:?} is not a permutation of the {r} dimensions of {}{:?}",
+                self.dtype, self.shape
+            )));
+        }
+        let es = self.dtype.size_in_bytes();
+        let dims: Vec<usize> = self.shape.iter().map(|&d| d as usize).collect();
+        let mut strides = vec![1usize; r];
+        for i in (0..r.saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * dims[i + 1];
+        }
+        let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let out_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+        let n = self.element_count();
+        let mut bytes = Vec::with_capacity(n * es);
+        let mut idx = vec![0usize; r];
+        for _ in 0..n {
+            let src: usize = idx.iter().zip(&out_strides).map(|(i, s)| i * s).sum();
+            bytes.extend_from_slice(&self.bytes[src * es..(src + 1) * es]);
+            for d in (0..r).rev() {
+                idx[d] += 1;
+                if idx[d] < out_dims[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        let shape: Vec<i64> = out_dims.iter().map(|&d| d as i64).collect();
+        HostArray::from_bytes(self.dtype, &shape, bytes)
+    }
+
     /// Splits into `parts` equal pieces along `axis` (the per-device shards of a tiled dimension).
     pub fn split(&self, axis: usize, parts: usize) -> Result<Vec<HostArray>> {
         let dim = *self.shape.get(axis).ok_or_else(|| {
@@ -279,6 +316,20 @@ mod tests {
         assert_eq!(parts[1].to_vec::<f32>().unwrap()[0], 6.0);
         assert_eq!(HostArray::concat(&parts, 1).unwrap(), a);
         assert!(a.split(2, 2).is_err());
+    }
+
+    #[test]
+    fn transpose_moves_each_element_by_hand() {
+        // a[i, j, k] = 100 i + 10 j + k, shape [2, 3, 4]; t = a.transpose([2, 0, 1]).
+        let v: Vec<f32> = (0..24).map(|n| (100 * (n / 12) + 10 * (n / 4 % 3) + n % 4) as f32).collect();
+        let a = HostArray::new(&[2, 3, 4], &v).unwrap();
+        let t = a.transpose(&[2, 0, 1]).unwrap();
+        assert_eq!(t.shape(), &[4, 2, 3]);
+        let tv = t.to_vec::<f32>().unwrap();
+        // t[k, i, j] = a[i, j, k]: t[3, 1, 2] = 123.
+        assert_eq!(tv[3 * 6 + 3 + 2], 123.0);
+        assert_eq!(t.transpose(&[1, 2, 0]).unwrap(), a);
+        assert!(a.transpose(&[0, 0, 1]).is_err());
     }
 
     #[test]

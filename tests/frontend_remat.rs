@@ -27,6 +27,8 @@ fn config(width: i64, depth: i64) -> TransformerConfig {
         depth,
         heads: 4,
         mlp: 4 * width,
+        act: basic::model::config::Activation::GeluTanh,
+        eps: 1e-6,
     }
 }
 

@@ -1,4 +1,5 @@
 //! Files: safetensors reading and atomic writing.
 
 pub mod executable;
+pub mod interop;
 pub mod safetensors;

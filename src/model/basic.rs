@@ -10,10 +10,10 @@
 //! `L = -1/N Σ_ij log σ(z_ij (s · x_i · y_j + b))`, `z_ij = 1` on the diagonal, `-1` elsewhere.
 
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{shape_err, Result};
 use crate::trace::Tensor;
 
-use super::config::{ImageConfig, LossKind, ModelConfig, TextKind};
+use super::config::{ImageConfig, LossKind, ModelConfig, Projection, TextKind};
 use super::inference::batch_shapes;
 use super::params::{Init, ParamSpec, Params};
 use super::scope::{trace_specs, Scope, Tower};
@@ -93,13 +93,34 @@ pub fn embed_images(images: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> R
         ImageConfig::Vit(vc) => vit::apply(images, &s, vc, &t)?,
         ImageConfig::Coatnet(cc) => coatnet::apply(images, &s, cc, &t)?,
     };
-    let e = f.matmul(&s.param(
-        "proj/kernel",
-        &[image_width(c), c.embed_dim],
-        Init::LecunUniform,
-        &["embed", "proj"],
-    )?)?;
+    let e = project(&f, &s.sub("proj"), c.image_projection, c.embed_dim)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
+}
+
+/// A tower's features `f [B, width]` mapped to the embedding space by `kind`, its parameters
+/// `kernel [width, embed_dim]` (and `bias`) under `s`.
+fn project(f: &Tensor, s: &Scope, kind: Projection, embed_dim: i64) -> Result<Tensor> {
+    let width = f.shape()[1];
+    let kernel = || {
+        s.param(
+            "kernel",
+            &[width, embed_dim],
+            Init::LecunUniform,
+            &["embed", "proj"],
+        )
+    };
+    match kind {
+        Projection::Linear => f.matmul(&kernel()?),
+        Projection::LinearBias => {
+            let bias = s.param("bias", &[embed_dim], Init::Zeros, &["proj"])?;
+            f.matmul(&kernel()?)?.add(&bias)
+        }
+        Projection::None if width == embed_dim => Ok(f.clone()),
+        Projection::None => shape_err(
+            "projection",
+            format!("features of width {width} cannot be embeddings of {embed_dim} without a projection"),
+        ),
+    }
 }
 
 /// The text tower's pooled features `[B, text width]` (before projection), parameters under
@@ -117,12 +138,7 @@ pub fn text_features(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> 
 /// Normalised text embeddings `[B, embed_dim]` of `tokens [B, L]`.
 pub fn embed_texts(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
     let f = text_features(tokens, s, c, t)?;
-    let e = f.matmul(&s.sub("text").param(
-        "proj/kernel",
-        &[c.text.width, c.embed_dim],
-        Init::LecunUniform,
-        &["embed", "proj"],
-    )?)?;
+    let e = project(&f, &s.sub("text/proj"), c.text_projection, c.embed_dim)?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 

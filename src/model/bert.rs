@@ -64,7 +64,7 @@ pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Te
     }
     let (d, h, m) = (c.width, c.heads, c.mlp);
     let dh = d / h;
-    let eps = c.layer_norm_eps;
+    let eps = c.eps();
     let word = s.param(
         "embeddings.word_embeddings.weight",
         &[c.vocab, d],

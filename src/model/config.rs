@@ -27,6 +27,50 @@ pub struct ModelConfig {
     /// compile time and program size stop growing with depth. Changes parameter names.
     #[serde(default)]
     pub scan_layers: bool,
+    /// What maps the image tower's features to the embedding space (CLIP: `linear`, SigLIP:
+    /// `none`, its attention-pool head being the last layer).
+    #[serde(default)]
+    pub image_projection: Projection,
+    /// What maps the text tower's features to the embedding space (CLIP: `linear`, SigLIP:
+    /// `linear_bias`).
+    #[serde(default)]
+    pub text_projection: Projection,
+}
+
+/// A tower's map to the embedding space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Projection {
+    /// `x·W`, no bias (CLIP, ALIGN, BASIC).
+    #[default]
+    Linear,
+    /// `x·W + b` (SigLIP's text head).
+    LinearBias,
+    /// The features are the embedding (their width must be `embed_dim`).
+    None,
+}
+
+/// The nonlinearity of the transformer MLPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU in its tanh form (ViT, SigLIP's `gelu_pytorch_tanh`).
+    #[default]
+    GeluTanh,
+    /// The exact GELU, `x·Φ(x)` (open_clip's default `nn.GELU`).
+    Gelu,
+    /// `x·σ(1.702·x)` (OpenAI CLIP).
+    QuickGelu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &crate::trace::Tensor) -> Result<crate::trace::Tensor> {
+        match self {
+            Activation::GeluTanh => x.gelu(),
+            Activation::Gelu => x.gelu_exact(),
+            Activation::QuickGelu => x.mul(&x.mul_scalar(1.702)?.logistic()?),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +103,8 @@ pub enum ImagePool {
     Cls,
     /// The mean over patch tokens.
     Mean,
+    /// Multi-head attention pooling by a learned probe, then an MLP (SigLIP's MAP head).
+    Map,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +119,23 @@ pub struct VitConfig {
     pub mlp: i64,
     #[serde(default)]
     pub pool: ImagePool,
+    #[serde(default)]
+    pub act: Activation,
+    #[serde(default = "vit_eps")]
+    pub layer_norm_eps: f64,
+    /// The patch embedding has a bias (CLIP's has none).
+    #[serde(default = "yes")]
+    pub patch_bias: bool,
+    /// A learned class token leads the patches (SigLIP has none).
+    #[serde(default = "yes")]
+    pub class_token: bool,
+    /// A LayerNorm before the blocks (CLIP's `ln_pre`).
+    #[serde(default)]
+    pub ln_pre: bool,
+}
+
+fn vit_eps() -> f64 {
+    1e-6
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +185,11 @@ pub enum TextPool {
     First,
     /// The mean over non-padding tokens.
     Mean,
+    /// The first position of the largest token id (CLIP's end-of-text token, which has the
+    /// largest id of its vocabulary).
+    Argmax,
+    /// The last position, padding or not (SigLIP).
+    Last,
 }
 
 /// The text encoder's architecture.
@@ -158,13 +226,25 @@ pub struct TextConfig {
     /// BERT: rows of the position table (512 in BERT checkpoints).
     #[serde(default)]
     pub max_positions: i64,
-    /// BERT: LayerNorm epsilon (1e-12 in BERT checkpoints).
-    #[serde(default = "bert_eps")]
-    pub layer_norm_eps: f64,
+    /// LayerNorm epsilon [default: 1e-12 for BERT, as its checkpoints, else 1e-6].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_norm_eps: Option<f64>,
+    /// The transformer tower's MLP nonlinearity.
+    #[serde(default)]
+    pub act: Activation,
+    /// Padded keys are masked out of attention (CLIP and SigLIP text towers mask none).
+    #[serde(default = "yes")]
+    pub padding_mask: bool,
 }
 
-fn bert_eps() -> f64 {
-    1e-12
+impl TextConfig {
+    /// The LayerNorm epsilon in use.
+    pub fn eps(&self) -> f64 {
+        self.layer_norm_eps.unwrap_or(match self.kind {
+            TextKind::Bert => 1e-12,
+            TextKind::Transformer => 1e-6,
+        })
+    }
 }
 
 fn yes() -> bool {

@@ -1,6 +1,7 @@
 //! Text tower: token and position embeddings, pre-LN transformer blocks under a padding mask
-//! (and a causal mask, as in CLIP), a final LayerNorm, then the end-of-text token's output, the
-//! first token's, or the mean over real tokens.
+//! and/or a causal mask (CLIP: causal only; SigLIP: neither), a final LayerNorm, then the
+//! end-of-text token's output (the last real token, or CLIP's largest id), the first token's,
+//! the last position's (SigLIP), or the mean over real tokens.
 
 use crate::dtype::DType;
 use crate::error::Result;
@@ -17,6 +18,8 @@ fn blocks(c: &TextConfig) -> TransformerConfig {
         depth: c.depth,
         heads: c.heads,
         mlp: c.mlp,
+        act: c.act,
+        eps: c.eps(),
     }
 }
 
@@ -69,14 +72,20 @@ pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Te
     // Real tokens: 1.0, padding: 0.0, as [B, L].
     let real = real_tokens(tokens, c.pad_id)?;
     let realf = real.convert(t.dtype)?;
-    let mask = mask_bias(&realf, c.causal)?;
+    let mask = if c.padding_mask {
+        Some(mask_bias(&realf, c.causal)?)
+    } else if c.causal {
+        Some(mask_bias(&realf.ones_like()?, true)?)
+    } else {
+        None
+    };
     let stack = if t.scan {
         transformer::scanned
     } else {
         transformer::stack
     };
-    let x = stack(&x, s, &blocks(c), Some(&mask), t)?;
-    let x = norm(&x, &s.sub("ln"), "embed", 1e-6)?;
+    let x = stack(&x, s, &blocks(c), mask.as_ref(), t)?;
+    let x = norm(&x, &s.sub("ln"), "embed", c.eps())?;
     match c.pool {
         TextPool::First => x.slice_axis(1, 0, 1)?.reshape(&[b, c.width]),
         TextPool::Eot => {
@@ -90,6 +99,17 @@ pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Te
             let pick = pos.eq(&last.reshape(&[b, 1])?)?.convert(t.dtype)?;
             x.mul(&pick.reshape(&[b, l, 1])?)?.sum(&[1])
         }
+        TextPool::Argmax => {
+            // The first position holding the largest id: positions where the id is not the
+            // row's maximum count as L, and the minimum is taken.
+            let top = tokens.max_over(&[1])?.reshape(&[b, 1])?.broadcast_to(&[b, l])?;
+            let pos = bd.iota(DType::S32, &[b, l], 1)?;
+            let beyond = bd.full(l as f64, DType::S32, &[b, l])?;
+            let first = Tensor::select(&tokens.eq(&top)?, &pos, &beyond)?.min_over(&[1])?;
+            let pick = pos.eq(&first.reshape(&[b, 1])?.broadcast_to(&[b, l])?)?;
+            x.mul(&pick.convert(t.dtype)?.reshape(&[b, l, 1])?)?.sum(&[1])
+        }
+        TextPool::Last => x.slice_axis(1, l - 1, l)?.reshape(&[b, c.width]),
         TextPool::Mean => {
             let n = realf.sum_keepdims(&[1])?.max_scalar(1.0)?;
             x.mul(&realf.reshape(&[b, l, 1])?)?.sum(&[1])?.div(&n)

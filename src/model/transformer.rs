@@ -8,6 +8,7 @@ use crate::error::{shape_err, Result};
 use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
+use super::config::Activation;
 use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 use super::scope::{trace_specs, Scope, Tower};
@@ -20,6 +21,10 @@ pub struct TransformerConfig {
     pub heads: i64,
     /// Hidden width of the MLP (usually 4 × width).
     pub mlp: i64,
+    /// The MLP's nonlinearity.
+    pub act: Activation,
+    /// LayerNorm epsilon.
+    pub eps: f64,
 }
 
 /// `LN(x)·scale + bias` over the last axis.
@@ -187,15 +192,14 @@ pub fn block(
     };
     let (d, std) = (c.width, Init::Normal(0.02));
     x.builder().remat(t.remat, || {
-        let h = norm(x, &s.sub("ln1"), "embed", 1e-6)?;
+        let h = norm(x, &s.sub("ln1"), "embed", c.eps)?;
         let a = Attention::declare(&s.sub("attn"), d, d, c.heads, std.clone(), "embed")?
             .apply(&h, mask_bias)?
             .named("attn_out");
         let x = x.add(&branch(a, 1)?)?;
-        let h = norm(&x, &s.sub("ln2"), "embed", 1e-6)?;
-        let h = linear(&h, &s.sub("mlp/in"), c.mlp, std.clone(), ["embed", "mlp"])?
-            .gelu()?
-            .named("mlp_hidden");
+        let h = norm(&x, &s.sub("ln2"), "embed", c.eps)?;
+        let h = linear(&h, &s.sub("mlp/in"), c.mlp, std.clone(), ["embed", "mlp"])?;
+        let h = c.act.apply(&h)?.named("mlp_hidden");
         let h = linear(&h, &s.sub("mlp/out"), d, std, ["mlp", "embed"])?;
         x.add(&branch(h, 2)?)
     })
