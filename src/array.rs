@@ -161,7 +161,11 @@ impl HostArray {
     pub fn transpose(&self, perm: &[usize]) -> Result<HostArray> {
         let r = self.shape.len();
         let mut seen = vec![false; r];
-        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+        if perm.len() != r
+            || perm
+                .iter()
+                .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+        {
             return Err(Error::Array(format!(
                 "{perm:?} is not a permutation of the {r} dimensions of {}{:?}",
                 self.dtype, self.shape
@@ -321,7 +325,9 @@ mod tests {
     #[test]
     fn transpose_moves_each_element_by_hand() {
         // a[i, j, k] = 100 i + 10 j + k, shape [2, 3, 4]; t = a.transpose([2, 0, 1]).
-        let v: Vec<f32> = (0..24).map(|n| (100 * (n / 12) + 10 * (n / 4 % 3) + n % 4) as f32).collect();
+        let v: Vec<f32> = (0..24)
+            .map(|n| (100 * (n / 12) + 10 * (n / 4 % 3) + n % 4) as f32)
+            .collect();
         let a = HostArray::new(&[2, 3, 4], &v).unwrap();
         let t = a.transpose(&[2, 0, 1]).unwrap();
         assert_eq!(t.shape(), &[4, 2, 3]);

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use basic::io::interop::{self, Format, Foreign};
+use basic::io::interop::{self, Foreign, Format};
 use basic::model::inference::embed_graph;
 use basic::runtime::HostArray;
 use basic::DType;
@@ -109,9 +109,10 @@ fn the_clip_tokenizer_gives_both_libraries_ids() {
     let path = tmp("clip-tok").join("tokenizer.json");
     std::fs::write(&path, json).unwrap();
     let tok = basic::data::Tokenizer::load(&path).unwrap();
-    let ids: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizers/clip-ids.json")).unwrap())
-            .unwrap();
+    let ids: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tokenizers/clip-ids.json")).unwrap(),
+    )
+    .unwrap();
     let list = |v: &serde_json::Value| -> Vec<i32> {
         v.as_array()
             .unwrap()
@@ -175,8 +176,14 @@ fn a_mismatched_checkpoint_is_listed_in_full() {
     let mut w = basic::io::safetensors::read(&src.join("open_clip_model.safetensors")).unwrap();
     w.remove("ln_final.weight");
     w.remove("visual.proj");
-    w.insert("visual.conv1.weight".into(), HostArray::zeros(DType::F32, &[32, 3, 4, 4]).unwrap());
-    w.insert("extra.weight".into(), HostArray::zeros(DType::F32, &[2]).unwrap());
+    w.insert(
+        "visual.conv1.weight".into(),
+        HostArray::zeros(DType::F32, &[32, 3, 4, 4]).unwrap(),
+    );
+    w.insert(
+        "extra.weight".into(),
+        HostArray::zeros(DType::F32, &[2]).unwrap(),
+    );
     let named: Vec<(String, &HostArray)> = w.iter().map(|(k, v)| (k.clone(), v)).collect();
     basic::io::safetensors::write(
         &dir.join("open_clip_model.safetensors"),
@@ -205,10 +212,119 @@ fn an_architecture_the_format_cannot_express_is_refused() {
     let specs = basic::model::basic::specs(&c).unwrap();
     let w: BTreeMap<String, HostArray> = specs
         .iter()
-        .map(|s| (s.name.clone(), HostArray::zeros(DType::F32, &s.shape).unwrap()))
+        .map(|s| {
+            (
+                s.name.clone(),
+                HostArray::zeros(DType::F32, &s.shape).unwrap(),
+            )
+        })
         .collect();
     let e = interop::export(&c, &w, Format::OpenClip, &tmp("refuse"), None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("open_clip format holds the CLIP architecture"), "{e}");
+    assert!(
+        e.contains("open_clip format holds the CLIP architecture"),
+        "{e}"
+    );
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = common::basic_cmd(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "basic {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// LiT from an imported CLIP: `train --model hf:DIR --init-from hf:DIR --lock-text` trains the
+/// image tower with the imported text tower locked; the run exports as a transformers folder
+/// that reads back to the run's parameters, and `eval zero-shot` runs on that folder directly,
+/// on an image folder with built-in templates.
+#[test]
+fn lit_from_an_imported_clip_then_export_and_zero_shot_on_the_folder() {
+    let model = format!("hf:{}", fixture("hf-clip").display());
+    let d = tmp("lit-data");
+    basic::data::import::fashion_mnist(Path::new(basic::data::import::FASHION_DIR), &d, Some(64))
+        .unwrap();
+    let run = tmp("lit-run");
+    let (ds, rs) = (d.to_str().unwrap(), run.to_str().unwrap());
+    run_ok(&[
+        "train",
+        "--model",
+        &model,
+        "--init-from",
+        &model,
+        "--lock-text",
+        "--data",
+        ds,
+        "--out",
+        rs,
+        "--steps",
+        "3",
+        "--batch",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "0",
+        "--quiet",
+    ]);
+    let f = interop::open(Format::Hf, &fixture("hf-clip")).unwrap();
+    let imported = interop::read_weights(&f).unwrap();
+    let ck = basic::train::run::checkpoints(&run);
+    let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    let mut moved = 0;
+    for (k, v) in &imported {
+        if k.starts_with("text/") {
+            assert_eq!(&last[k], v, "{k}: the locked, imported text tower changed");
+        } else if k.starts_with("image/") && &last[k] != v {
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 5,
+        "the image tower should train from the imported weights"
+    );
+
+    let out = tmp("lit-export");
+    let os = out.to_str().unwrap();
+    run_ok(&["export", "--format", "hf", rs, os]);
+    let back = interop::read_weights(&interop::open(Format::Hf, &out).unwrap()).unwrap();
+    for (k, v) in &back {
+        assert_eq!(f64s(v), f64s(&last[k]), "{k}");
+    }
+
+    // Two classes of 4 images each, as PNG files in class folders.
+    let folder = tmp("lit-folder");
+    for (class, shade) in [("t_shirt", 40u8), ("ankle_boot", 200u8)] {
+        let dir = folder.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4u8 {
+            let px: Vec<u8> = (0..28 * 28)
+                .map(|j| shade.wrapping_add(i * 7 + (j % 5) as u8))
+                .collect();
+            let png = basic::data::image::encode_png(28, 28, 1, &px).unwrap();
+            std::fs::write(dir.join(format!("{i}.png")), png).unwrap();
+        }
+    }
+    let json = run_ok(&[
+        "eval",
+        "zero-shot",
+        "--model",
+        &format!("hf:{os}"),
+        "--data",
+        folder.to_str().unwrap(),
+        "--templates",
+        "clip-short",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["images"], 8);
+    let top1 = v["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    let classes: Vec<&String> = v["per_class"].as_object().unwrap().keys().collect();
+    assert_eq!(classes, ["ankle boot", "t shirt"]);
 }

@@ -61,9 +61,11 @@ enum Command {
     Tokenizer(train::TokenizerCommand),
     /// Train a model on image–text data
     Train(train::TrainArgs),
-    /// Evaluate a trained run
+    /// Evaluate a trained run or an imported checkpoint
     #[command(subcommand)]
     Eval(train::EvalCommand),
+    /// Write a run as a folder transformers (`hf`) or open_clip load unchanged
+    Export(train::ExportArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -83,6 +85,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Tokenizer(c) => train::tokenizer(&c),
         Command::Train(a) => train::run_train(&a),
         Command::Eval(e) => train::eval(&e),
+        Command::Export(a) => train::export(&a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -30,8 +30,9 @@ pub enum PartitionerArg {
 /// Flags shared by every command that builds the model's programs.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model preset name (graphs/NAME.toml) or config path
-    #[arg(long, value_name = "NAME|FILE")]
+    /// Model preset name (graphs/NAME.toml), config path, or a checkpoint folder of another
+    /// library: `hf:DIR` (transformers CLIPModel / SiglipModel) or `open_clip:DIR`
+    #[arg(long, value_name = "NAME|FILE|hf:DIR|open_clip:DIR")]
     pub model: String,
 
     /// Micro-batches per step (BASIC's gradient accumulation)
@@ -76,6 +77,22 @@ pub struct ModelArgs {
     pub backend: BackendArgs,
 }
 
+/// A preset, a config file, or a checkpoint folder of another library (`hf:DIR`,
+/// `open_clip:DIR`), whose architecture comes from its own config.
+pub fn load_config(model: &str) -> anyhow::Result<ModelConfig> {
+    match basic::io::interop::parse_model(model)? {
+        Some(f) => Ok(f.config),
+        None => Ok(ModelConfig::load(model)?),
+    }
+}
+
+/// The parameters file to use: `--params`, else the checkpoint of a `hf:` / `open_clip:` model.
+pub fn params_or_folder(model: &str, params: &Option<PathBuf>) -> Option<PathBuf> {
+    params.clone().or_else(|| {
+        (model.starts_with("hf:") || model.starts_with("open_clip:")).then(|| PathBuf::from(model))
+    })
+}
+
 impl ModelArgs {
     /// The config with flags applied, and the step options.
     pub fn config(
@@ -83,7 +100,7 @@ impl ModelArgs {
         batch: Option<i64>,
         dtype: Option<&str>,
     ) -> anyhow::Result<(ModelConfig, StepOptions)> {
-        let mut c = ModelConfig::load(&self.model)?;
+        let mut c = load_config(&self.model)?;
         if let Some(b) = batch {
             c.train.batch = b;
         }
@@ -653,7 +670,16 @@ pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
     let dtype = dtype_arg(&a.dtype, &["f32", "f64"])?;
     let (mut c, _) = a.model.config(None, None)?;
     c.train.dtype = a.dtype.clone();
-    let params = load_or_init_params(&c, &a.params, a.seed, &a.save_params, dtype)?;
+    let params = load_or_init_params(
+        &c,
+        &match a.seed {
+            Some(_) => a.params.clone(),
+            None => params_or_folder(&a.model.model, &a.params),
+        },
+        a.seed,
+        &a.save_params,
+        dtype,
+    )?;
     let (images, tokens) =
         load_or_random_batch(&c, &a.batch, a.random_batch, &a.save_batch, dtype)?;
     c.train.batch = images.shape()[0];
@@ -692,24 +718,21 @@ pub struct EmbedArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Parameters (safetensors, the model's names; HF BERT names for a BERT text tower)
+    /// Parameters (safetensors, the model's names; HF BERT names for a BERT text tower; a
+    /// `hf:DIR` / `open_clip:DIR` folder) [default: the checkpoint of a `hf:` / `open_clip:`
+    /// model]
     #[arg(long, value_name = "P.safetensors")]
-    params: PathBuf,
+    params: Option<PathBuf>,
 
     /// The batch: `images` (f32 [N, H, W, C]) and `tokens` (s32 [N, L])
     #[arg(long, value_name = "B.safetensors", required_unless_present = "texts")]
     batch: Option<PathBuf>,
 
     /// Text-only: one text per line; writes the text tower's pooled, unprojected embeddings
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "batch",
-        requires = "tokenizer"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "batch")]
     texts: Option<PathBuf>,
 
-    /// The tokenizer.json of --texts
+    /// The tokenizer.json of --texts [default: the `hf:` / `open_clip:` folder's]
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
 
@@ -721,17 +744,23 @@ pub struct EmbedArgs {
 
 fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let (c, _) = a.model.config(None, Some("f32"))?;
-    let tok_path = a.tokenizer.as_ref().context("--texts needs --tokenizer")?;
+    let folder_tok = basic::io::interop::parse_model(&a.model.model)?.and_then(|f| f.tokenizer);
+    let tok_path = a
+        .tokenizer
+        .as_ref()
+        .or(folder_tok.as_ref())
+        .context("--texts needs --tokenizer (the model's folder has no tokenizer.json)")?;
     let tok = basic::data::Tokenizer::load(tok_path)?;
+    let params = embed_params(a)?;
     let lines = basic::eval::read_lines(texts)?;
     let n = lines.len() as i64;
     let (g, specs) = text_features_graph(&c, n)?;
-    let file = safetensors::read_params(&a.params, &c)?;
+    let file = safetensors::read_params(&params, &c)?;
     let text_only: BTreeMap<String, HostArray> = file
         .into_iter()
         .filter(|(k, _)| specs.iter().any(|s| &s.name == k))
         .collect();
-    let mut args = safetensors::match_params(&a.params, &text_only, &specs, DType::F32)?;
+    let mut args = safetensors::match_params(&params, &text_only, &specs, DType::F32)?;
     let len = c.text.length as usize;
     let mut ids = Vec::with_capacity(lines.len() * len);
     let mut truncated = 0;
@@ -764,12 +793,18 @@ fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn embed_params(a: &EmbedArgs) -> anyhow::Result<PathBuf> {
+    params_or_folder(&a.model.model, &a.params).context(
+        "give --params P.safetensors (or a hf:DIR / open_clip:DIR model, whose checkpoint is used)",
+    )
+}
+
 pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     if let Some(t) = &a.texts {
         return embed_texts(a, t);
     }
     let (mut c, _) = a.model.config(None, Some("f32"))?;
-    let params = load_or_init_params(&c, &Some(a.params.clone()), None, &None, DType::F32)?;
+    let params = load_or_init_params(&c, &Some(embed_params(a)?), None, &None, DType::F32)?;
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];
     let o = StepOptions::from_config(&c)?;

@@ -70,7 +70,7 @@ fn describe(t: &Tried) -> String {
 
 pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     let target = basic::target::Target::parse(&a.target)?;
-    let config = basic::model::ModelConfig::load(&a.model)?;
+    let config = crate::cli::model::load_config(&a.model)?;
     let budget = a
         .budget
         .as_deref()

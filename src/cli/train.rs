@@ -8,7 +8,7 @@ use serde_json::json;
 
 use basic::data::tokenizer::Kind;
 use basic::data::Tokenizer;
-use basic::eval::{class_embeddings, read_lines, retrieval, zero_shot_scores, Embedder};
+use basic::eval::{class_embeddings, retrieval, zero_shot_scores, Embedder};
 use basic::model::ModelConfig;
 use basic::train::run::{load_run_params, train, RunOptions};
 
@@ -235,17 +235,26 @@ pub enum EvalCommand {
 #[derive(Args, Debug)]
 pub struct ZeroShotArgs {
     /// Run folder of `basic train`
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// Instead of a run: a checkpoint folder of another library, `hf:DIR` or `open_clip:DIR`
+    #[arg(long, value_name = "hf:DIR|open_clip:DIR")]
+    model: Option<String>,
+    /// The tokenizer.json [default: the run's, or the model folder's]
     #[arg(long)]
-    run: PathBuf,
-    /// Data with labelled test-*.tar shards (or a manifest with labels)
+    tokenizer: Option<PathBuf>,
+    /// Data with labelled test-*.tar shards (or a manifest with labels), or an image folder
+    /// (one sub-folder of images per class, named by the class)
     #[arg(long)]
     data: PathBuf,
-    /// Class names, one per line, in label order
+    /// Class names in label order: a file (one per line) or imagenet, cifar10, cifar100
+    /// [default: an image folder's sub-folder names]
     #[arg(long)]
-    classes: PathBuf,
-    /// Prompt templates, one per line (`{}` is the class, `{a}` its article)
+    classes: Option<String>,
+    /// Prompt templates (`{}` is the class, `{a}` its article): a file (one per line) or clip
+    /// (the 80 CLIP templates), clip-short, cifar
     #[arg(long)]
-    templates: PathBuf,
+    templates: String,
     /// Use at most this many test images
     #[arg(long)]
     limit: Option<usize>,
@@ -272,6 +281,7 @@ pub struct RetrievalArgs {
 fn open_run(
     run: &std::path::Path,
     backend: &BackendArgs,
+    tokenizer: Option<&std::path::Path>,
 ) -> anyhow::Result<(
     ModelConfig,
     Tokenizer,
@@ -286,16 +296,110 @@ fn open_run(
         );
     }
     let c = ModelConfig::load(&cfg.to_string_lossy())?;
-    let tok = Tokenizer::load(&run.join("tokenizer.json"))?;
+    let tok = Tokenizer::load(tokenizer.unwrap_or(&run.join("tokenizer.json")))?;
     let params = load_run_params(run, &c)?;
     Ok((c, tok, params, backend.open()?))
+}
+
+/// A checkpoint folder of another library (`hf:DIR`, `open_clip:DIR`) as a run: its
+/// architecture, tokenizer and weights.
+fn open_foreign(
+    model: &str,
+    backend: &BackendArgs,
+    tokenizer: Option<&std::path::Path>,
+) -> anyhow::Result<(
+    ModelConfig,
+    Tokenizer,
+    Vec<basic::runtime::HostArray>,
+    basic::runtime::Runtime,
+)> {
+    let f = basic::io::interop::parse_model(model)?
+        .ok_or_else(|| anyhow::anyhow!("`{model}` is not hf:DIR or open_clip:DIR"))?;
+    let tok_path = tokenizer
+        .map(std::path::Path::to_path_buf)
+        .or(f.tokenizer.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{}` has no tokenizer.json: pass --tokenizer",
+                f.dir.display()
+            )
+        })?;
+    let tok = Tokenizer::load(&tok_path)?;
+    let w = basic::io::interop::read_weights(&f)?;
+    let params = basic::model::basic::specs(&f.config)?
+        .iter()
+        .map(|s| w[&s.name].clone())
+        .collect();
+    Ok((f.config, tok, params, backend.open()?))
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// `hf` (a transformers CLIPModel / SiglipModel folder) or `open_clip`
+    #[arg(long)]
+    format: String,
+    /// Run folder of `basic train`
+    run: PathBuf,
+    /// The folder to write
+    out: PathBuf,
+}
+
+/// Writes a run's newest checkpoint as a folder another library loads unchanged.
+pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
+    let format = basic::io::interop::Format::parse(&a.format)?;
+    let cfg = a.run.join("config.toml");
+    if !cfg.is_file() {
+        bail!(
+            "`{}` is not a run folder of `basic train` (no config.toml)",
+            a.run.display()
+        );
+    }
+    let c = ModelConfig::load(&cfg.to_string_lossy())?;
+    let values = load_run_params(&a.run, &c)?;
+    let named = basic::model::basic::specs(&c)?
+        .into_iter()
+        .map(|s| s.name)
+        .zip(values)
+        .collect();
+    let tok = a.run.join("tokenizer.json");
+    basic::io::interop::export(
+        &c,
+        &named,
+        format,
+        &a.out,
+        tok.is_file().then_some(tok.as_path()),
+    )?;
+    println!(
+        "wrote {} as a {} folder to {}",
+        a.run.display(),
+        a.format,
+        a.out.display()
+    );
+    Ok(())
 }
 
 pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
     match e {
         EvalCommand::ZeroShot(a) => {
-            let (c, tok, params, rt) = open_run(&a.run, &a.backend)?;
-            let (test, _) = basic::data::read_dataset(&a.data, "test", false)?;
+            let (c, tok, params, rt) = match (&a.run, &a.model) {
+                (Some(run), _) => open_run(run, &a.backend, a.tokenizer.as_deref())?,
+                (None, Some(m)) => open_foreign(m, &a.backend, a.tokenizer.as_deref())?,
+                (None, None) => bail!("give --run RUN or --model hf:DIR|open_clip:DIR"),
+            };
+            // An image folder has class sub-folders and neither shards nor a manifest.
+            let listing: Vec<std::path::PathBuf> = std::fs::read_dir(&a.data)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let image_folder = listing.iter().any(|p| p.is_dir())
+                && !listing
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|e| e == "tar" || e == "jsonl"));
+            let (test, folder_names) = if image_folder {
+                let (s, n) = basic::eval::image_folder(&a.data)?;
+                (s, Some(n))
+            } else {
+                (basic::data::read_dataset(&a.data, "test", false)?.0, None)
+            };
             let test: Vec<_> = test
                 .into_iter()
                 .filter(|s| s.label.is_some())
@@ -304,8 +408,12 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
             if test.is_empty() {
                 bail!("`{}` has no labelled test images", a.data.display());
             }
-            let names = read_lines(&a.classes)?;
-            let temps = read_lines(&a.templates)?;
+            let names = match (&a.classes, folder_names) {
+                (Some(c), _) => basic::eval::named_or_file(c)?,
+                (None, Some(n)) => n,
+                (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
+            };
+            let temps = basic::eval::named_or_file(&a.templates)?;
             let emb = Embedder::new(rt.client(), &c, params, 250)?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
             let ie = emb.embed_images(&test, 2)?;
@@ -344,7 +452,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
             }
         }
         EvalCommand::Retrieval(a) => {
-            let (c, tok, params, rt) = open_run(&a.run, &a.backend)?;
+            let (c, tok, params, rt) = open_run(&a.run, &a.backend, None)?;
             let (test, _) = basic::data::read_dataset(&a.data, "test", false)?;
             let test: Vec<_> = test
                 .into_iter()

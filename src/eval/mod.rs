@@ -265,3 +265,79 @@ pub fn retrieval(img: &[Vec<f32>], txt: &[Vec<f32>], ks: &[usize]) -> Vec<(Strin
     }
     out
 }
+
+/// Class names and prompt templates built into basic (`src/eval/metadata/`, sources in its
+/// README): `imagenet`, `cifar10`, `cifar100` classes; `clip` (the 80 CLIP ImageNet templates),
+/// `clip-short` (7 of them), `cifar` templates.
+pub fn builtin_list(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "imagenet" => include_str!("metadata/imagenet-classes.txt"),
+        "cifar10" => include_str!("metadata/cifar10-classes.txt"),
+        "cifar100" => include_str!("metadata/cifar100-classes.txt"),
+        "clip" => include_str!("metadata/clip-templates.txt"),
+        "clip-short" => include_str!("metadata/clip-templates-short.txt"),
+        "cifar" => include_str!("metadata/cifar-templates.txt"),
+        _ => return None,
+    })
+}
+
+/// A built-in list by name ([`builtin_list`]), or the lines of a file.
+pub fn named_or_file(spec: &str) -> Result<Vec<String>> {
+    match builtin_list(spec) {
+        Some(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()),
+        None if Path::new(spec).is_file() => read_lines(Path::new(spec)),
+        None => Err(Error::InvalidArgument {
+            what: format!("class or template list `{spec}`"),
+            fix: "give a file (one per line) or a built-in list: imagenet, cifar10, cifar100 (classes); clip, clip-short, cifar (templates)".into(),
+        }),
+    }
+}
+
+/// An image-folder dataset: one sub-folder per class (sorted by name: label order), its PNG and
+/// JPEG files the images. Returns the samples and the class (folder) names.
+pub fn image_folder(dir: &Path) -> Result<(Vec<crate::data::Sample>, Vec<String>)> {
+    let entries = |d: &Path| -> Result<Vec<std::path::PathBuf>> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .map_err(|e| Error::io(d, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let classes: Vec<std::path::PathBuf> =
+        entries(dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Err(Error::InvalidArgument {
+            what: format!("image folder `{}`", dir.display()),
+            fix: "it has no class sub-folders; give one folder per class holding its images".into(),
+        });
+    }
+    let mut samples = Vec::new();
+    let mut names = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let name = class
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        for f in entries(class)? {
+            let ext = f.extension().map(|e| e.to_string_lossy().to_lowercase());
+            if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+                continue;
+            }
+            let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
+            samples.push(crate::data::Sample {
+                key: f.display().to_string(),
+                image: std::sync::Arc::new(bytes),
+                caption: name.replace('_', " "),
+                label: Some(label as i64),
+            });
+        }
+        names.push(name.replace('_', " "));
+    }
+    Ok((samples, names))
+}

@@ -72,6 +72,21 @@ pub fn parse_model(spec: &str) -> Result<Option<Foreign>> {
     open(format, Path::new(dir)).map(Some)
 }
 
+/// A foreign checkpoint named as `hf:DIR` / `open_clip:DIR`, or a folder holding one of the
+/// two configs; `None` for anything else.
+pub fn find(path: &Path) -> Result<Option<Foreign>> {
+    if let Some(f) = parse_model(&path.to_string_lossy())? {
+        return Ok(Some(f));
+    }
+    if path.join("open_clip_config.json").is_file() {
+        return open(Format::OpenClip, path).map(Some);
+    }
+    if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
+        return open(Format::Hf, path).map(Some);
+    }
+    Ok(None)
+}
+
 /// Reads the folder `dir` of `format`.
 pub fn open(format: Format, dir: &Path) -> Result<Foreign> {
     let (config_file, weights_file) = match format {
@@ -169,7 +184,11 @@ fn model(
         temperature: TemperatureConfig {
             init: (-logit_scale).exp(),
             // CLIP clamps the scale at 100; SigLIP's is free.
-            min: if loss == LossKind::Sigmoid { 1e-6 } else { 0.01 },
+            min: if loss == LossKind::Sigmoid {
+                1e-6
+            } else {
+                0.01
+            },
             learnable: true,
         },
         loss,
@@ -189,7 +208,10 @@ const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 fn hf_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
     let kind = field(v, "model_type", file)?.as_str().unwrap_or("");
-    let (tv, vv) = (field(v, "text_config", file)?, field(v, "vision_config", file)?);
+    let (tv, vv) = (
+        field(v, "text_config", file)?,
+        field(v, "vision_config", file)?,
+    );
     let siglip = match kind {
         "clip" => false,
         "siglip" => true,
@@ -202,11 +224,13 @@ fn hf_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
     };
     let act = |c: &Value| {
         activation(
-            c.get("hidden_act").and_then(Value::as_str).unwrap_or(if siglip {
-                "gelu_pytorch_tanh"
-            } else {
-                "quick_gelu"
-            }),
+            c.get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or(if siglip {
+                    "gelu_pytorch_tanh"
+                } else {
+                    "quick_gelu"
+                }),
             file,
         )
     };
@@ -220,7 +244,11 @@ fn hf_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
         depth: int(vv, "num_hidden_layers", file)?,
         heads: int(vv, "num_attention_heads", file)?,
         mlp: int(vv, "intermediate_size", file)?,
-        pool: if siglip { ImagePool::Map } else { ImagePool::Cls },
+        pool: if siglip {
+            ImagePool::Map
+        } else {
+            ImagePool::Cls
+        },
         act: act(vv)?,
         layer_norm_eps: float_or(vv, "layer_norm_eps", eps_default),
         patch_bias: siglip,
@@ -330,7 +358,9 @@ fn open_clip_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
         ),
     ] {
         for k in keys {
-            if c.get(*k).is_some_and(|x| !x.is_null() && x != &json!(false)) {
+            if c.get(*k)
+                .is_some_and(|x| !x.is_null() && x != &json!(false))
+            {
                 return Err(bad(
                     format!("`{k}` in `{}`", file.display()),
                     "basic builds open_clip's standard CLIP towers only (ViT with class token and ln_pre, causal text transformer pooled at the end of text)",
@@ -482,7 +512,11 @@ fn blocks(t: &mut Vec<Entry>, ours: &str, depth: i64, layer: impl Fn(i64) -> Str
                     how: How::Same,
                     axis: 0,
                 });
-                dense(t, &format!("{o}/attn/out"), &format!("{l}.self_attn.out_proj"));
+                dense(
+                    t,
+                    &format!("{o}/attn/out"),
+                    &format!("{l}.self_attn.out_proj"),
+                );
                 ln(t, &format!("{o}/ln2"), &format!("{l}.layer_norm2"));
                 dense(t, &format!("{o}/mlp/in"), &format!("{l}.mlp.fc1"));
                 dense(t, &format!("{o}/mlp/out"), &format!("{l}.mlp.fc2"));
@@ -512,12 +546,10 @@ fn blocks(t: &mut Vec<Entry>, ours: &str, depth: i64, layer: impl Fn(i64) -> Str
 fn expressible(c: &ModelConfig, f: Format) -> Result<&VitConfig> {
     let v = match &c.image {
         ImageConfig::Vit(v) => v,
-        ImageConfig::Coatnet(_) => {
-            return Err(bad(
-                format!("model `{}`", c.name),
-                "its CoAtNet image tower has no CLIP or SigLIP counterpart; export takes ViT models",
-            ))
-        }
+        ImageConfig::Coatnet(_) => return Err(bad(
+            format!("model `{}`", c.name),
+            "its CoAtNet image tower has no CLIP or SigLIP counterpart; export takes ViT models",
+        )),
     };
     let t = &c.text;
     let clip = v.class_token
@@ -570,17 +602,35 @@ fn table(c: &ModelConfig, f: Format) -> Result<Vec<Entry>> {
     match f {
         Format::Hf => {
             let e = "vision_model.embeddings";
-            t.push(one("image/patch/kernel", format!("{e}.patch_embedding.weight"), patch));
+            t.push(one(
+                "image/patch/kernel",
+                format!("{e}.patch_embedding.weight"),
+                patch,
+            ));
             if siglip {
-                t.push(one("image/patch/bias", format!("{e}.patch_embedding.bias"), How::Same));
+                t.push(one(
+                    "image/patch/bias",
+                    format!("{e}.patch_embedding.bias"),
+                    How::Same,
+                ));
             } else {
                 t.push(one("image/cls", format!("{e}.class_embedding"), How::Same));
             }
-            t.push(one("image/pos", format!("{e}.position_embedding.weight"), How::Same));
+            t.push(one(
+                "image/pos",
+                format!("{e}.position_embedding.weight"),
+                How::Same,
+            ));
             if !siglip {
                 ln(&mut t, "image/ln_pre", "vision_model.pre_layrnorm");
             }
-            blocks(&mut t, "image", v.depth, |i| format!("vision_model.encoder.layers.{i}"), f);
+            blocks(
+                &mut t,
+                "image",
+                v.depth,
+                |i| format!("vision_model.encoder.layers.{i}"),
+                f,
+            );
             ln(&mut t, "image/ln", "vision_model.post_layernorm");
             if siglip {
                 let h = "vision_model.head";
@@ -595,24 +645,50 @@ fn table(c: &ModelConfig, f: Format) -> Result<Vec<Entry>> {
                     format!("{h}.attention.in_proj_bias"),
                     How::Same,
                 ));
-                dense(&mut t, "image/head/attn/out", &format!("{h}.attention.out_proj"));
+                dense(
+                    &mut t,
+                    "image/head/attn/out",
+                    &format!("{h}.attention.out_proj"),
+                );
                 ln(&mut t, "image/head/ln", &format!("{h}.layernorm"));
                 dense(&mut t, "image/head/mlp/in", &format!("{h}.mlp.fc1"));
                 dense(&mut t, "image/head/mlp/out", &format!("{h}.mlp.fc2"));
             } else {
-                t.push(one("image/proj/kernel", "visual_projection.weight", How::Linear));
+                t.push(one(
+                    "image/proj/kernel",
+                    "visual_projection.weight",
+                    How::Linear,
+                ));
             }
             let e = "text_model.embeddings";
-            t.push(one("text/token_embedding", format!("{e}.token_embedding.weight"), How::Same));
-            t.push(one("text/pos", format!("{e}.position_embedding.weight"), How::Same));
-            blocks(&mut t, "text", c.text.depth, |i| format!("text_model.encoder.layers.{i}"), f);
+            t.push(one(
+                "text/token_embedding",
+                format!("{e}.token_embedding.weight"),
+                How::Same,
+            ));
+            t.push(one(
+                "text/pos",
+                format!("{e}.position_embedding.weight"),
+                How::Same,
+            ));
+            blocks(
+                &mut t,
+                "text",
+                c.text.depth,
+                |i| format!("text_model.encoder.layers.{i}"),
+                f,
+            );
             ln(&mut t, "text/ln", "text_model.final_layer_norm");
             if siglip {
                 dense(&mut t, "text/proj", "text_model.head");
                 t.push(one("logit_scale", "logit_scale", How::Scalar));
                 t.push(one("logit_bias", "logit_bias", How::Scalar));
             } else {
-                t.push(one("text/proj/kernel", "text_projection.weight", How::Linear));
+                t.push(one(
+                    "text/proj/kernel",
+                    "text_projection.weight",
+                    How::Linear,
+                ));
                 t.push(one("logit_scale", "logit_scale", How::Scalar));
             }
         }
@@ -621,12 +697,28 @@ fn table(c: &ModelConfig, f: Format) -> Result<Vec<Entry>> {
             t.push(one("image/cls", "visual.class_embedding", How::Same));
             t.push(one("image/pos", "visual.positional_embedding", How::Same));
             ln(&mut t, "image/ln_pre", "visual.ln_pre");
-            blocks(&mut t, "image", v.depth, |i| format!("visual.transformer.resblocks.{i}"), f);
+            blocks(
+                &mut t,
+                "image",
+                v.depth,
+                |i| format!("visual.transformer.resblocks.{i}"),
+                f,
+            );
             ln(&mut t, "image/ln", "visual.ln_post");
             t.push(one("image/proj/kernel", "visual.proj", How::Same));
-            t.push(one("text/token_embedding", "token_embedding.weight", How::Same));
+            t.push(one(
+                "text/token_embedding",
+                "token_embedding.weight",
+                How::Same,
+            ));
             t.push(one("text/pos", "positional_embedding", How::Same));
-            blocks(&mut t, "text", c.text.depth, |i| format!("transformer.resblocks.{i}"), f);
+            blocks(
+                &mut t,
+                "text",
+                c.text.depth,
+                |i| format!("transformer.resblocks.{i}"),
+                f,
+            );
             ln(&mut t, "text/ln", "ln_final");
             t.push(one("text/proj/kernel", "text_projection", How::Same));
             t.push(one("logit_scale", "logit_scale", How::Scalar));
@@ -737,7 +829,10 @@ pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
         .keys()
         .filter(|k| !used.contains(*k) && !ignored(k))
         .collect();
-    if let Some(s) = specs.iter().find(|s| !out.contains_key(&s.name) && missing.is_empty() && misshaped.is_empty()) {
+    if let Some(s) = specs
+        .iter()
+        .find(|s| !out.contains_key(&s.name) && missing.is_empty() && misshaped.is_empty())
+    {
         return Err(Error::Internal(format!(
             "the {:?} mapping table has no entry for `{}`",
             foreign.format, s.name
@@ -751,13 +846,21 @@ pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
         msg.push(format!("missing {}: {}", missing.len(), missing.join(", ")));
     }
     if !misshaped.is_empty() {
-        msg.push(format!("misshaped {}: {}", misshaped.len(), misshaped.join("; ")));
+        msg.push(format!(
+            "misshaped {}: {}",
+            misshaped.len(),
+            misshaped.join("; ")
+        ));
     }
     if !unexpected.is_empty() {
         msg.push(format!(
             "unexpected {}: {}",
             unexpected.len(),
-            unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            unexpected
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Err(bad(
@@ -873,7 +976,10 @@ fn open_clip_config_json(c: &ModelConfig) -> Result<Value> {
         ));
     }
     if v.width % v.heads != 0 {
-        return Err(bad(format!("model `{}`", c.name), "the image width must divide by its heads"));
+        return Err(bad(
+            format!("model `{}`", c.name),
+            "the image width must divide by its heads",
+        ));
     }
     Ok(json!({
         "model_cfg": {

@@ -157,6 +157,23 @@ pub fn read_params(
     path: &Path,
     c: &crate::model::ModelConfig,
 ) -> Result<BTreeMap<String, HostArray>> {
+    if let Some(f) = super::interop::find(path)? {
+        if f.config != *c {
+            // The architecture the file's config describes must be the model's.
+            let (a, b) = (&f.config, c);
+            if a.image != b.image || a.text != b.text || a.embed_dim != b.embed_dim {
+                return Err(Error::InvalidArgument {
+                    what: format!("checkpoint `{}`", path.display()),
+                    fix: format!(
+                        "its config describes another architecture than model `{}`: pass --model {}",
+                        c.name,
+                        path.display()
+                    ),
+                });
+            }
+        }
+        return super::interop::read_weights(&f);
+    }
     let mut file = read(path)?;
     let hf = file.keys().any(|k| {
         k.starts_with("embeddings.") || k.starts_with("encoder.") || k.starts_with("bert.")

@@ -102,12 +102,16 @@ pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Te
         TextPool::Argmax => {
             // The first position holding the largest id: positions where the id is not the
             // row's maximum count as L, and the minimum is taken.
-            let top = tokens.max_over(&[1])?.reshape(&[b, 1])?.broadcast_to(&[b, l])?;
+            let top = tokens
+                .max_over(&[1])?
+                .reshape(&[b, 1])?
+                .broadcast_to(&[b, l])?;
             let pos = bd.iota(DType::S32, &[b, l], 1)?;
             let beyond = bd.full(l as f64, DType::S32, &[b, l])?;
             let first = Tensor::select(&tokens.eq(&top)?, &pos, &beyond)?.min_over(&[1])?;
             let pick = pos.eq(&first.reshape(&[b, 1])?.broadcast_to(&[b, l])?)?;
-            x.mul(&pick.convert(t.dtype)?.reshape(&[b, l, 1])?)?.sum(&[1])
+            x.mul(&pick.convert(t.dtype)?.reshape(&[b, l, 1])?)?
+                .sum(&[1])
         }
         TextPool::Last => x.slice_axis(1, l - 1, l)?.reshape(&[b, c.width]),
         TextPool::Mean => {

@@ -106,16 +106,29 @@ fn attention_pool(x: &Tensor, s: &Scope, c: &VitConfig) -> Result<Tensor> {
     let attn = Attention::declare(&s.sub("attn"), d, d, heads, std.clone(), "embed")?;
     let (w, bias) = (&attn.qkv.kernel, &attn.qkv.bias);
     let split = |t: &Tensor, n: i64, l: i64| -> Result<Tensor> {
-        t.reshape(&[b, l, n, heads, dh])?.transpose(&[2, 0, 3, 1, 4])
+        t.reshape(&[b, l, n, heads, dh])?
+            .transpose(&[2, 0, 3, 1, 4])
     };
     let q = dense(&probe, &w.slice_axis(1, 0, d)?, &bias.slice_axis(0, 0, d)?)?;
     let q = split(&q, 1, 1)?.reshape(&[b, heads, 1, dh])?;
-    let kv = dense(x, &w.slice_axis(1, d, 3 * d)?, &bias.slice_axis(0, d, 3 * d)?)?;
+    let kv = dense(
+        x,
+        &w.slice_axis(1, d, 3 * d)?,
+        &bias.slice_axis(0, d, 3 * d)?,
+    )?;
     let kv = split(&kv, 2, l)?;
     let part = |i: i64| kv.slice_axis(0, i, i + 1)?.reshape(&[b, heads, l, dh]);
-    let h = attn.out.apply(&multi_head(&q, &part(0)?, &part(1)?, None)?)?;
+    let h = attn
+        .out
+        .apply(&multi_head(&q, &part(0)?, &part(1)?, None)?)?;
     let m = norm(&h, &s.sub("ln"), "embed", c.layer_norm_eps)?;
     let m = linear(&m, &s.sub("mlp/in"), c.mlp, std.clone(), ["embed", "mlp"])?;
-    let m = linear(&c.act.apply(&m)?, &s.sub("mlp/out"), d, std, ["mlp", "embed"])?;
+    let m = linear(
+        &c.act.apply(&m)?,
+        &s.sub("mlp/out"),
+        d,
+        std,
+        ["mlp", "embed"],
+    )?;
     h.add(&m)?.reshape(&[b, d])
 }
