@@ -158,7 +158,9 @@ fn export_reads_back_to_the_same_parameters_in_both_formats() {
         // And the exported file holds the library's own names and layouts, tensor for tensor.
         let theirs = basic::io::safetensors::read(&f.weights).unwrap();
         let ours = basic::io::safetensors::read(&back.weights).unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
         for (k, v) in &ours {
+            assert_eq!(v.shape(), theirs[k].shape(), "{name}: {k}");
             assert_eq!(f64s(v), f64s(&theirs[k]), "{name}: {k}");
         }
     }

@@ -435,8 +435,8 @@ enum How {
     Linear,
     /// A patch convolution: theirs `[D, C, P, P]`, ours `[P·P·C, D]` (rows in (y, x, c) order).
     Patch { patch: i64, channels: i64 },
-    /// A scalar stored as `[1]` (or `[]`).
-    Scalar,
+    /// A scalar; theirs `[]`, or `[1]` where `vector` (SigLIP's).
+    Scalar { vector: bool },
     /// SigLIP's probe `[1, 1, D]`, ours `[D]`.
     Probe,
 }
@@ -681,15 +681,20 @@ fn table(c: &ModelConfig, f: Format) -> Result<Vec<Entry>> {
             ln(&mut t, "text/ln", "text_model.final_layer_norm");
             if siglip {
                 dense(&mut t, "text/proj", "text_model.head");
-                t.push(one("logit_scale", "logit_scale", How::Scalar));
-                t.push(one("logit_bias", "logit_bias", How::Scalar));
+                let vector = How::Scalar { vector: true };
+                t.push(one("logit_scale", "logit_scale", vector));
+                t.push(one("logit_bias", "logit_bias", vector));
             } else {
                 t.push(one(
                     "text/proj/kernel",
                     "text_projection.weight",
                     How::Linear,
                 ));
-                t.push(one("logit_scale", "logit_scale", How::Scalar));
+                t.push(one(
+                    "logit_scale",
+                    "logit_scale",
+                    How::Scalar { vector: false },
+                ));
             }
         }
         Format::OpenClip => {
@@ -721,7 +726,11 @@ fn table(c: &ModelConfig, f: Format) -> Result<Vec<Entry>> {
             );
             ln(&mut t, "text/ln", "ln_final");
             t.push(one("text/proj/kernel", "text_projection", How::Same));
-            t.push(one("logit_scale", "logit_scale", How::Scalar));
+            t.push(one(
+                "logit_scale",
+                "logit_scale",
+                How::Scalar { vector: false },
+            ));
         }
     }
     Ok(t)
@@ -742,7 +751,7 @@ fn to_ours(a: &HostArray, how: How) -> Result<HostArray> {
             a.transpose(&[2, 3, 1, 0])?
                 .reshape(&[patch * patch * channels, d])
         }
-        How::Scalar => a.clone().reshape(&[]),
+        How::Scalar { .. } => a.clone().reshape(&[]),
         How::Probe => {
             let d = a.shape().last().copied().unwrap_or(0);
             a.clone().reshape(&[d])
@@ -761,7 +770,8 @@ fn to_theirs(a: &HostArray, how: How) -> Result<HostArray> {
                 .reshape(&[patch, patch, channels, d])?
                 .transpose(&[3, 2, 0, 1])
         }
-        How::Scalar => a.clone().reshape(&[1]),
+        How::Scalar { vector: true } => a.clone().reshape(&[1]),
+        How::Scalar { vector: false } => a.clone().reshape(&[]),
         How::Probe => {
             let d = a.shape()[0];
             a.clone().reshape(&[1, 1, d])
