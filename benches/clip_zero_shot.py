@@ -1,10 +1,10 @@
 """Zero-shot top-1 of an exported CLIP folder by transformers' own model code: loads DIR with
 `transformers.CLIPModel.from_pretrained` and its `tokenizer.json` with the tokenizers library,
 embeds the Fashion-MNIST test images (the IDX files; grey repeated to 3 channels, normalised
-with the folder's training mean/std) and each class's prompts, and classifies by the renormalised
+with the mean and std of the folder's `preprocessor_config.json`) and each class's prompts, and classifies by the renormalised
 mean prompt embedding. Prints one JSON line.
 
-Usage: .ref/bin/python benches/clip_zero_shot.py DIR DATA --mean M --std S [--limit N]
+Usage: .ref/bin/python benches/clip_zero_shot.py DIR DATA [--limit N]
 (DATA: the folder `basic data fashion-mnist` wrote: classes.txt, templates.txt.)
 """
 import argparse
@@ -32,12 +32,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
     ap.add_argument("data")
-    ap.add_argument("--mean", type=float, default=0.2860)
-    ap.add_argument("--std", type=float, default=0.3530)
     ap.add_argument("--limit", type=int, default=10000)
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     model = CLIPModel.from_pretrained(a.dir).eval()
+    pre = json.load(open(os.path.join(a.dir, "preprocessor_config.json")))
+    mean = np.array(pre["image_mean"], np.float32)[None, :, None, None]
+    std = np.array(pre["image_std"], np.float32)[None, :, None, None]
     length = model.config.text_config.max_position_embeddings
     tok = Tokenizer.from_file(os.path.join(a.dir, "tokenizer.json"))
     tok.no_padding()
@@ -62,8 +63,8 @@ def main():
         labels = idx(os.path.join(FASHION, "t10k-labels-idx1-ubyte.gz"))[: a.limit]
         correct = 0
         for i in range(0, len(images), 500):
-            x = (images[i:i + 500].astype(np.float32) / 255.0 - a.mean) / a.std
-            x = torch.tensor(np.repeat(x[:, None], 3, axis=1))
+            x = np.repeat(images[i:i + 500, None].astype(np.float32) / 255.0, 3, axis=1)
+            x = torch.tensor((x - mean) / std)
             f = model.get_image_features(pixel_values=x)
             f = getattr(f, "pooler_output", f)
             f = torch.nn.functional.normalize(f, dim=-1)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where the BASIC step's time goes, by kind of work (benches/profile.py): basic's step program and
+# Where the BASIC step's time goes, by kind of work (benches/step_profile.py): basic's step program and
 # the JAX peer's, for the tiny and small presets at batch 64 (f32, one micro-batch, no remat),
 # each compiled by jaxlib's XLA CPU compiler and timed op by op by XLA's own profiler events.
 set -euo pipefail
@@ -14,7 +14,7 @@ for m in tiny small; do
   .venv/bin/python benches/basic_jax.py --model $m --emit "$dir/jax-$m.mlir"
   progs+=("basic-$m=$dir/basic-$m.mlir" "jax-$m=$dir/jax-$m.mlir")
 done
-out=$(.venv/bin/python benches/profile.py --steps "${STEPS:-5}" "${progs[@]}")
+out=$(.venv/bin/python benches/step_profile.py --steps "${STEPS:-5}" "${progs[@]}")
 echo "$out"
 python3 - "$out" <<'PY'
 import json, sys

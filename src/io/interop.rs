@@ -104,10 +104,28 @@ pub fn open(format: Format, dir: &Path) -> Result<Foreign> {
     let name = dir
         .file_name()
         .map_or("imported".into(), |n| n.to_string_lossy().into_owned());
-    let config = match format {
+    let mut config = match format {
         Format::Hf => hf_config(&v, &name, &cfg_path)?,
         Format::OpenClip => open_clip_config(&v, &name, &cfg_path)?,
     };
+    // transformers keeps the image normalisation beside the model.
+    let pre = dir.join("preprocessor_config.json");
+    if format == Format::Hf && pre.is_file() {
+        let text = std::fs::read_to_string(&pre).map_err(|e| Error::io(&pre, e))?;
+        let p: Value = serde_json::from_str(&text).map_err(|e| {
+            bad(
+                format!("`{}`", pre.display()),
+                format!("it is not JSON: {e}"),
+            )
+        })?;
+        let list = |k: &str| -> Option<Vec<f64>> {
+            p.get(k)?.as_array()?.iter().map(Value::as_f64).collect()
+        };
+        if let (Some(mean), Some(std)) = (list("image_mean"), list("image_std")) {
+            config.train.mean = mean;
+            config.train.std = std;
+        }
+    }
     config.validate(&cfg_path.display().to_string())?;
     let weights = dir.join(weights_file);
     if !weights.is_file() {
@@ -925,6 +943,29 @@ pub fn export(
     safetensors::write(&out.join(weights_file), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
     safetensors::write_atomic(&out.join(config_file), text.as_bytes())?;
+    if f == Format::Hf {
+        // The image normalisation the model was trained with, where transformers reads it.
+        let size = c.image.image_size();
+        let processor = if c.loss == LossKind::Sigmoid {
+            json!({
+                "image_processor_type": "SiglipImageProcessor", "do_resize": true,
+                "size": {"height": size, "width": size}, "do_normalize": true,
+                "image_mean": c.train.mean, "image_std": c.train.std, "do_rescale": true,
+                "rescale_factor": 1.0 / 255.0,
+            })
+        } else {
+            json!({
+                "image_processor_type": "CLIPImageProcessor", "do_resize": true,
+                "size": {"shortest_edge": size}, "do_center_crop": true,
+                "crop_size": {"height": size, "width": size}, "do_normalize": true,
+                "image_mean": c.train.mean, "image_std": c.train.std, "do_rescale": true,
+                "rescale_factor": 1.0 / 255.0, "do_convert_rgb": true,
+            })
+        };
+        let text =
+            serde_json::to_string_pretty(&processor).map_err(|e| Error::Internal(e.to_string()))?;
+        safetensors::write_atomic(&out.join("preprocessor_config.json"), text.as_bytes())?;
+    }
     if let Some(t) = tokenizer {
         let dst = out.join("tokenizer.json");
         std::fs::copy(t, &dst).map_err(|e| Error::io(&dst, e))?;

@@ -10,7 +10,7 @@ instruction up by kind of work, read from the optimized HLO:
 - reductions: fusions with a reduce (layer norms, softmax sums, bias gradients, norms);
 - elementwise fusions: the rest.
 
-Usage: .venv/bin/python benches/profile.py --batch B LABEL=FILE.mlir ... [--steps N]
+Usage: .venv/bin/python benches/step_profile.py --batch B LABEL=FILE.mlir ... [--steps N]
 Prints one JSON line per program: seconds per step by kind (summed over the threads that ran
 them) and the wall-clock step.
 """
