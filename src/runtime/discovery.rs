@@ -25,7 +25,7 @@ pub struct KnownPlugin {
 
 /// CPU plugins in order of preference: the OpenXLA one the bindings were laid out against, then a
 /// newer XLA (jaxlib's) for conformance.
-pub const CPU_PLUGINS: [KnownPlugin; 2] = [
+pub const CPU_PLUGINS: [KnownPlugin; 3] = [
     KnownPlugin {
         package: "xla-cpu-pjrt",
         relative: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
@@ -33,6 +33,10 @@ pub const CPU_PLUGINS: [KnownPlugin; 2] = [
     KnownPlugin {
         package: "lammps-jax-pjrt-cpu",
         relative: "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so",
+    },
+    KnownPlugin {
+        package: "fastatomstruct-xla-cpu",
+        relative: "fastatomstruct_xla_cpu/libpjrt_cpu.so",
     },
 ];
 
