@@ -2,14 +2,15 @@
 //! decoding and tokenizing on worker threads, prefetched ahead of the device. The position of
 //! each batch travels with it, so a checkpoint can restore the stream exactly.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::array::HostArray;
 use crate::error::{Error, Result};
 
-use super::image::{preprocess, preprocess_augmented};
+use super::image::{preprocess_augmented_into, preprocess_into};
 use super::shards::Sample;
 use super::tokenizer::Tokenizer;
 
@@ -61,7 +62,45 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     p
 }
 
-/// Decodes and tokenizes the given samples into one batch, splitting the work over `workers`.
+/// Runs `f` on every item on `workers` threads, each thread taking the next item when it is
+/// free, so that images of unequal cost spread evenly. Returns the first error; after one, the
+/// threads take no more items.
+pub fn par_each<T: Send>(
+    items: Vec<T>,
+    workers: usize,
+    f: impl Fn(T) -> Result<()> + Sync,
+) -> Result<()> {
+    let workers = workers.max(1).min(items.len().max(1));
+    if workers == 1 {
+        return items.into_iter().try_for_each(f);
+    }
+    let queue = Mutex::new(items.into_iter());
+    let failed = AtomicBool::new(false);
+    let work = || -> Result<()> {
+        while !failed.load(Ordering::Relaxed) {
+            let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+            let Some(item) = next else { break };
+            if let Err(e) = f(item) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("a decoding thread panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// Decodes and tokenizes the given samples into one batch, spreading the work over `workers`.
 /// `seeds[i]` seeds sample i's augmentation (when it is on); `next` is the position after it.
 pub fn assemble(
     samples: &[&Sample],
@@ -74,52 +113,30 @@ pub fn assemble(
     let n = samples.len();
     let mut images = vec![0f32; n * px];
     let mut tokens = vec![0i32; n * o.text_length];
-    let workers = o.workers.max(1).min(n.max(1));
-    let per = n.div_ceil(workers);
-    let results: Vec<Result<usize>> = std::thread::scope(|s| {
-        let handles: Vec<_> = images
-            .chunks_mut(per * px)
-            .zip(tokens.chunks_mut(per * o.text_length))
-            .zip(samples.chunks(per).zip(seeds.chunks(per)))
-            .map(|((img, tks), (chunk, sd))| {
-                s.spawn(move || -> Result<usize> {
-                    let mut truncated = 0;
-                    for (i, smp) in chunk.iter().enumerate() {
-                        let (size, ch) = (o.image_size, o.channels);
-                        let v = if o.augment {
-                            preprocess_augmented(
-                                &smp.image, &smp.key, size, ch, &o.mean, &o.std, sd[i],
-                            )?
-                        } else {
-                            preprocess(&smp.image, &smp.key, size, ch, &o.mean, &o.std)?
-                        };
-                        img[i * px..(i + 1) * px].copy_from_slice(&v);
-                        let t = tok.encode(&smp.caption, o.text_length)?;
-                        tks[i * o.text_length..(i + 1) * o.text_length].copy_from_slice(&t.ids);
-                        truncated += usize::from(t.truncated);
-                    }
-                    Ok(truncated)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Internal("a decoding thread panicked".into())))
-            })
-            .collect()
-    });
-    let mut truncated = 0;
-    for r in results {
-        truncated += r?;
-    }
+    let truncated = std::sync::atomic::AtomicUsize::new(0);
+    let items: Vec<_> = images
+        .chunks_mut(px)
+        .zip(tokens.chunks_mut(o.text_length))
+        .zip(samples.iter().zip(seeds))
+        .collect();
+    par_each(items, o.workers, |((img, tks), (smp, &seed))| {
+        let (size, ch) = (o.image_size, o.channels);
+        if o.augment {
+            preprocess_augmented_into(&smp.image, &smp.key, size, ch, &o.mean, &o.std, seed, img)?;
+        } else {
+            preprocess_into(&smp.image, &smp.key, size, ch, &o.mean, &o.std, img)?;
+        }
+        let t = tok.encode(&smp.caption, o.text_length)?;
+        tks.copy_from_slice(&t.ids);
+        truncated.fetch_add(usize::from(t.truncated), Ordering::Relaxed);
+        Ok(())
+    })?;
     let s = o.image_size as i64;
     Ok(Batch {
         images: HostArray::new(&[n as i64, s, s, o.channels as i64], &images)?,
         tokens: HostArray::new(&[n as i64, o.text_length as i64], &tokens)?,
         labels: samples.iter().map(|s| s.label).collect(),
-        truncated,
+        truncated: truncated.into_inner(),
         next,
     })
 }

@@ -7,7 +7,8 @@
 use std::path::Path;
 
 use crate::array::HostArray;
-use crate::data::image::preprocess;
+use crate::data::image::preprocess_into;
+use crate::data::loader::par_each;
 use crate::data::{Sample, Tokenizer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -97,33 +98,10 @@ impl Embedder {
         let (mean, std) = (&self.c.train.mean, &self.c.train.std);
         let px = s * s * ch;
         let mut data = vec![0f32; samples.len() * px];
-        let per = samples.len().div_ceil(workers.max(1)).max(1);
-        let results: Vec<Result<()>> = std::thread::scope(|sc| {
-            let hs: Vec<_> = data
-                .chunks_mut(per * px)
-                .zip(samples.chunks(per))
-                .map(|(d, chunk)| {
-                    sc.spawn(move || -> Result<()> {
-                        for (i, smp) in chunk.iter().enumerate() {
-                            d[i * px..(i + 1) * px].copy_from_slice(&preprocess(
-                                &smp.image, &smp.key, s, ch, mean, std,
-                            )?);
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Internal("a decoding thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
-        for r in results {
-            r?;
-        }
+        let items: Vec<_> = data.chunks_mut(px).zip(samples).collect();
+        par_each(items, workers, |(d, smp)| {
+            preprocess_into(&smp.image, &smp.key, s, ch, mean, std, d)
+        })?;
         let shape = [self.batch, s as i64, s as i64, ch as i64];
         self.batched(&self.images, &data, &[], px, samples.len(), &shape)
     }
