@@ -183,17 +183,30 @@ fn activation(name: &str, file: &Path) -> Result<Activation> {
     }
 }
 
-/// The parts of a model config the foreign formats do not carry.
-fn model(
-    name: &str,
+/// What joins the two towers: the embedding width, each tower's projection, the loss and the
+/// initial logit scale (its log).
+struct Head {
     embed_dim: i64,
-    image: VitConfig,
-    text: TextConfig,
+    projections: (Projection, Projection),
     loss: LossKind,
     logit_scale: f64,
+}
+
+/// The model config of two towers and their head, with the image normalisation; the rest (the
+/// training defaults) the foreign formats do not carry.
+fn model(
+    name: &str,
+    image: VitConfig,
+    text: TextConfig,
+    head: Head,
     mean_std: (Vec<f64>, Vec<f64>),
-    projections: (Projection, Projection),
 ) -> ModelConfig {
+    let Head {
+        embed_dim,
+        projections,
+        loss,
+        logit_scale,
+    } = head;
     ModelConfig {
         name: name.to_string(),
         embed_dim,
@@ -329,20 +342,17 @@ fn hf_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
             (CLIP_MEAN.to_vec(), CLIP_STD.to_vec()),
         )
     };
-    Ok(model(
-        name,
+    let head = Head {
         embed_dim,
-        image,
-        text,
-        if siglip {
+        projections,
+        loss: if siglip {
             LossKind::Sigmoid
         } else {
             LossKind::Softmax
         },
-        float_or(v, "logit_scale_init_value", 2.6592),
-        mean_std,
-        projections,
-    ))
+        logit_scale: float_or(v, "logit_scale_init_value", 2.6592),
+    };
+    Ok(model(name, image, text, head, mean_std))
 }
 
 fn open_clip_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
@@ -432,15 +442,18 @@ fn open_clip_config(v: &Value, name: &str, file: &Path) -> Result<ModelConfig> {
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_else(|| d.to_vec())
     };
+    let head = Head {
+        embed_dim: int(m, "embed_dim", file)?,
+        projections: (Projection::Linear, Projection::Linear),
+        loss: LossKind::Softmax,
+        logit_scale: (1.0f64 / 0.07).ln(),
+    };
     Ok(model(
         name,
-        int(m, "embed_dim", file)?,
         image,
         text,
-        LossKind::Softmax,
-        (1.0f64 / 0.07).ln(),
+        head,
         (list("mean", CLIP_MEAN), list("std", CLIP_STD)),
-        (Projection::Linear, Projection::Linear),
     ))
 }
 
@@ -830,12 +843,11 @@ pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
             .iter()
             .map(|a| to_ours(a, e.how))
             .collect::<Result<Vec<_>>>()
-            .and_then(|p| {
-                if p.len() == 1 {
-                    Ok(p.into_iter().next().unwrap_or_else(|| unreachable!()))
-                } else {
-                    HostArray::concat(&p, e.axis)
-                }
+            .and_then(|mut p| match p.len() {
+                1 => p
+                    .pop()
+                    .ok_or_else(|| Error::Internal("a part vanished".into())),
+                _ => HostArray::concat(&p, e.axis),
             });
         match converted {
             Ok(a) if a.shape() == want => {
