@@ -23,13 +23,20 @@ pub struct KnownPlugin {
     pub relative: &'static str,
 }
 
-/// CPU plugins in order of preference: the OpenXLA one the bindings were laid out against, then a
-/// newer XLA (jaxlib's) for conformance.
+/// CPU plugins in order of preference, which is `--backend cpu`'s choice: three builds of XLA's
+/// CPU compiler, each a single `.so` that needs only the C and C++ runtime.
+///
+/// 1. `lammps-jax-pjrt-cpu` 0.11.2 (Apache-2.0; 202 MB): XLA's CPU plugin built from the XLA of
+///    jaxlib 0.11.2 by a third party, for LAMMPS. The fastest on basic's training step
+///    (BENCHMARKS.md, `benches/peers.sh`: 0.74–0.85× the step time of `xla-cpu-pjrt`).
+/// 2. `fastatomstruct-xla-cpu` 2026.6.23 (Apache-2.0; 274 MB): the unmodified zml
+///    pjrt-artifacts CPU build of 2026-06, republished by a third party.
+/// 3. `xla-cpu-pjrt` 0.0.1 (Apache-2.0; 259 MB): published by the OpenXLA project, the plugin
+///    whose 0.81 header the bindings are laid out from; an older XLA (2025-11).
+///
+/// All three pass the conformance suite (`tests/runtime_conformance.rs`) and compile the golden
+/// programs; the first one found is used.
 pub const CPU_PLUGINS: [KnownPlugin; 3] = [
-    KnownPlugin {
-        package: "xla-cpu-pjrt",
-        relative: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
-    },
     KnownPlugin {
         package: "lammps-jax-pjrt-cpu",
         relative: "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so",
@@ -37,6 +44,10 @@ pub const CPU_PLUGINS: [KnownPlugin; 3] = [
     KnownPlugin {
         package: "fastatomstruct-xla-cpu",
         relative: "fastatomstruct_xla_cpu/libpjrt_cpu.so",
+    },
+    KnownPlugin {
+        package: "xla-cpu-pjrt",
+        relative: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
     },
 ];
 
@@ -200,7 +211,7 @@ pub fn find_plugin(backend: &Backend) -> Result<PathBuf> {
             (
                 searched,
                 format!(
-                    "python3 -m pip install --target {LOCAL_DIR}/xla-cpu-pjrt xla-cpu-pjrt   (or run scripts/test, which does it)"
+                    "python3 -m pip install --no-deps --target {LOCAL_DIR}/lammps-jax-pjrt-cpu lammps-jax-pjrt-cpu==0.11.2   (or run scripts/test, which installs all three CPU plugins)"
                 ),
             )
         }
