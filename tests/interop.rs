@@ -14,7 +14,7 @@ use basic::io::interop::{self, Foreign, Format};
 use basic::model::inference::embed_graph;
 use basic::runtime::HostArray;
 use basic::DType;
-use common::{assert_close, compile_graph, tmp};
+use common::{assert_close, compile_graph, run_ok, tmp};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -228,17 +228,6 @@ fn an_architecture_the_format_cannot_express_is_refused() {
         e.contains("open_clip format holds the CLIP architecture"),
         "{e}"
     );
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = common::basic_cmd(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "basic {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// LiT from an imported CLIP: `train --model hf:DIR --init-from hf:DIR --lock-text` trains the

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{basic_cmd, tmp};
+use common::{basic_cmd, run_ok, tmp};
 
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,7 @@ fn minilm_sentence_embeddings_match_the_numpy_reference() {
         .collect();
     std::fs::write(&texts, lines.join("\n")).unwrap();
     let out = dir.join("e.safetensors");
-    let st = basic_cmd(&[
+    run_ok(&[
         "embed",
         "--model",
         "tiny-minilm",
@@ -65,14 +65,7 @@ fn minilm_sentence_embeddings_match_the_numpy_reference() {
         m.join("tokenizer.json").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ]);
     let e = basic::io::safetensors::read(&out)
         .unwrap()
         .remove("text_embeddings")
@@ -102,7 +95,7 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
     basic::data::import::fashion_mnist(Path::new(basic::data::import::FASHION_DIR), &d, Some(200))
         .unwrap();
     let run = tmp("run");
-    let st = basic_cmd(&[
+    run_ok(&[
         "train",
         "--model",
         "tiny",
@@ -120,14 +113,7 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
         "--eval-every",
         "0",
         "--quiet",
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ]);
     let ck = basic::train::run::checkpoints(&run);
     let first = basic::io::safetensors::read(&ck[0].1).unwrap();
     let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
@@ -158,7 +144,7 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
     assert!(last.keys().any(|k| k.starts_with("opt/m/image/")));
 
     // Unlocked later, the run resumes from its checkpoint and the text tower starts to learn.
-    let st = basic_cmd(&[
+    run_ok(&[
         "train",
         "--model",
         "tiny",
@@ -176,14 +162,7 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
         "0",
         "--quiet",
         "--resume",
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ]);
     let ck = basic::train::run::checkpoints(&run);
     let resumed = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
     assert_eq!(ck[ck.len() - 1].0, 9);

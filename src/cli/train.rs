@@ -278,16 +278,20 @@ pub struct RetrievalArgs {
     backend: BackendArgs,
 }
 
-fn open_run(
-    run: &std::path::Path,
-    backend: &BackendArgs,
-    tokenizer: Option<&std::path::Path>,
-) -> anyhow::Result<(
+/// What evaluation needs of a model: its config, tokenizer, parameters in spec order, and a
+/// runtime.
+type Opened = (
     ModelConfig,
     Tokenizer,
     Vec<basic::runtime::HostArray>,
     basic::runtime::Runtime,
-)> {
+);
+
+fn open_run(
+    run: &std::path::Path,
+    backend: &BackendArgs,
+    tokenizer: Option<&std::path::Path>,
+) -> anyhow::Result<Opened> {
     let cfg = run.join("config.toml");
     if !cfg.is_file() {
         bail!(
@@ -307,12 +311,7 @@ fn open_foreign(
     model: &str,
     backend: &BackendArgs,
     tokenizer: Option<&std::path::Path>,
-) -> anyhow::Result<(
-    ModelConfig,
-    Tokenizer,
-    Vec<basic::runtime::HostArray>,
-    basic::runtime::Runtime,
-)> {
+) -> anyhow::Result<Opened> {
     let f = basic::io::interop::parse_model(model)?
         .ok_or_else(|| anyhow::anyhow!("`{model}` is not hf:DIR or open_clip:DIR"))?;
     let tok_path = tokenizer

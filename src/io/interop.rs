@@ -878,36 +878,13 @@ pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
             foreign.format, s.name
         )));
     }
-    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+    let Some(msg) = safetensors::mismatch_summary(&missing, &misshaped, &unexpected) else {
         return Ok(out);
-    }
-    let mut msg = Vec::new();
-    if !missing.is_empty() {
-        msg.push(format!("missing {}: {}", missing.len(), missing.join(", ")));
-    }
-    if !misshaped.is_empty() {
-        msg.push(format!(
-            "misshaped {}: {}",
-            misshaped.len(),
-            misshaped.join("; ")
-        ));
-    }
-    if !unexpected.is_empty() {
-        msg.push(format!(
-            "unexpected {}: {}",
-            unexpected.len(),
-            unexpected
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    };
     Err(bad(
         format!("checkpoint `{}`", foreign.weights.display()),
         format!(
-            "it does not match the architecture of its config ({}); is it the folder's own checkpoint?",
-            msg.join("; ")
+            "it does not match the architecture of its config ({msg}); is it the folder's own checkpoint?"
         ),
     ))
 }

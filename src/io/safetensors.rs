@@ -158,19 +158,17 @@ pub fn read_params(
     c: &crate::model::ModelConfig,
 ) -> Result<BTreeMap<String, HostArray>> {
     if let Some(f) = super::interop::find(path)? {
-        if f.config != *c {
-            // The architecture the file's config describes must be the model's.
-            let (a, b) = (&f.config, c);
-            if a.image != b.image || a.text != b.text || a.embed_dim != b.embed_dim {
-                return Err(Error::InvalidArgument {
-                    what: format!("checkpoint `{}`", path.display()),
-                    fix: format!(
-                        "its config describes another architecture than model `{}`: pass --model {}",
-                        c.name,
-                        path.display()
-                    ),
-                });
-            }
+        // The architecture the folder's config describes must be the model's.
+        let (a, b) = (&f.config, c);
+        if a.image != b.image || a.text != b.text || a.embed_dim != b.embed_dim {
+            return Err(Error::InvalidArgument {
+                what: format!("checkpoint `{}`", path.display()),
+                fix: format!(
+                    "its config describes another architecture than model `{}`: pass --model {}",
+                    c.name,
+                    path.display()
+                ),
+            });
         }
         return super::interop::read_weights(&f);
     }
@@ -241,9 +239,22 @@ pub fn match_params(
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
         .collect();
-    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
-        return Ok(out);
+    match mismatch_summary(&missing, &misshaped, &unexpected) {
+        None => Ok(out),
+        Some(msg) => Err(bad(
+            path,
+            format!("it does not match the model's parameters ({msg})"),
+        )),
     }
+}
+
+/// `missing N: a, b; misshaped N: …; unexpected N: …` for the lists that are not empty; `None`
+/// when all three are.
+pub fn mismatch_summary(
+    missing: &[String],
+    misshaped: &[String],
+    unexpected: &[&String],
+) -> Option<String> {
     let mut msg = Vec::new();
     if !missing.is_empty() {
         msg.push(format!("missing {}: {}", missing.len(), missing.join(", ")));
@@ -256,23 +267,10 @@ pub fn match_params(
         ));
     }
     if !unexpected.is_empty() {
-        msg.push(format!(
-            "unexpected {}: {}",
-            unexpected.len(),
-            unexpected
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        let names: Vec<&str> = unexpected.iter().map(|s| s.as_str()).collect();
+        msg.push(format!("unexpected {}: {}", names.len(), names.join(", ")));
     }
-    Err(bad(
-        path,
-        format!(
-            "it does not match the model's parameters ({})",
-            msg.join("; ")
-        ),
-    ))
+    (!msg.is_empty()).then(|| msg.join("; "))
 }
 
 /// Converts a float array to `dtype` (exactly for widening).

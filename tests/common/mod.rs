@@ -223,6 +223,18 @@ pub fn basic_cmd(args: &[&str]) -> std::process::Command {
     c
 }
 
+/// Runs `basic ARGS`, asserts it succeeds (showing its stderr when not), and returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = basic_cmd(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "basic {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A fresh temporary folder for one test of this process.
 pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("basic-test-{}-{name}", std::process::id()));
