@@ -130,12 +130,7 @@ impl Embedder {
 /// Reads one entry per non-empty line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let v = entries(&text);
     if v.is_empty() {
         return Err(Error::InvalidArgument {
             what: format!("`{}`", path.display()),
@@ -143,6 +138,15 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         });
     }
     Ok(v)
+}
+
+/// The non-empty lines of `text`, trimmed.
+fn entries(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Zero-shot results.
@@ -262,12 +266,7 @@ pub fn builtin_list(name: &str) -> Option<&'static str> {
 /// A built-in list by name ([`builtin_list`]), or the lines of a file.
 pub fn named_or_file(spec: &str) -> Result<Vec<String>> {
     match builtin_list(spec) {
-        Some(text) => Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()),
+        Some(text) => Ok(entries(text)),
         None if Path::new(spec).is_file() => read_lines(Path::new(spec)),
         None => Err(Error::InvalidArgument {
             what: format!("class or template list `{spec}`"),
