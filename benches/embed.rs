@@ -4,6 +4,7 @@
 //! beside open_clip on PyTorch.
 //!
 //! Environment: `BASIC_MODEL` (default `vit-b16`), `BASIC_BATCH` (8), `BASIC_RUNS` (5),
+//! `BASIC_DTYPE` (`f32` or `bf16`: the parameters', images' and compute dtype),
 //! `BASIC_PJRT_PLUGIN` (the CPU plugin).
 
 use std::time::Instant;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use basic::dtype::DType;
 use basic::exec::{Sharded, ShardedProgram};
 use basic::model::inference::{batch_shapes, image_embed_graph};
-use basic::runtime::{HostArray, Runtime};
+use basic::runtime::Runtime;
 use basic::train::{init, Layout};
 
 fn env(name: &str, default: &str) -> String {
@@ -22,19 +23,29 @@ fn main() -> basic::Result<()> {
     let model = env("BASIC_MODEL", "vit-b16");
     let batch: i64 = env("BASIC_BATCH", "8").parse().unwrap_or(8);
     let runs: usize = env("BASIC_RUNS", "5").parse().unwrap_or(5);
+    let dtype = match env("BASIC_DTYPE", "f32").as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(basic::Error::InvalidArgument {
+                what: format!("BASIC_DTYPE={other}"),
+                fix: "use f32 or bf16".into(),
+            })
+        }
+    };
     let c = match basic::io::interop::parse_model(&model)? {
         Some(f) => f.config,
         None => basic::model::ModelConfig::load(&model)?,
     };
     let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(1))?;
     let t0 = Instant::now();
-    let g = image_embed_graph(&c, batch, DType::F32)?;
+    let g = image_embed_graph(&c, batch, dtype)?;
     let specs = basic::model::basic::specs(&c)?;
     let layout = Layout::single();
     let (a, r) = layout.specs(&g, &specs)?;
     let p = ShardedProgram::compile(rt.client(), &g, &layout.context(), a, r)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let values = init::init_params(&specs, 1, DType::F32)?;
+    let values = init::init_params(&specs, 1, dtype)?;
     let vals: Vec<Sharded> = values
         .iter()
         .enumerate()
@@ -42,10 +53,10 @@ fn main() -> basic::Result<()> {
         .collect::<basic::Result<_>>()?;
     let (is, _) = batch_shapes(&c, batch);
     let mut rng = init::SplitMix(3);
-    let img: Vec<f32> = (0..is.iter().product::<i64>())
-        .map(|_| rng.normal() as f32)
+    let img: Vec<f64> = (0..is.iter().product::<i64>())
+        .map(|_| rng.normal())
         .collect();
-    let images = p.upload(vals.len(), &HostArray::new(&is, &img)?)?;
+    let images = p.upload(vals.len(), &basic::array::to_dtype(&is, &img, dtype)?)?;
     let mut times = Vec::new();
     for k in 0..runs + 1 {
         let t = Instant::now();

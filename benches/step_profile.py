@@ -135,7 +135,7 @@ def profile(label, path, batch, steps):
     print(json.dumps({
         "program": label, "step_s": round(statistics.median(walls), 5), "op_s": round(total, 5),
         "kinds": {k: round(v, 5) for k, v in by_kind.most_common()},
-        "top": [[op, k, round(v, 5)] for (op, k), v in top.most_common(8)],
+        "top": [[op, k, round(v, 5)] for (op, k), v in top.most_common(int(os.environ.get("TOP", "8")))],
         "xla": jax.__version__,
     }), flush=True)
 

@@ -134,6 +134,39 @@ fn cases() -> Vec<Case> {
                 )
             },
         ),
+        // Activations times a weight: the rhs cotangent is one matrix product over the
+        // flattened leading dimensions.
+        case(
+            "dot_general_leading_free",
+            vec![a(&[2, 3, 4]), a(&[4, 2, 5])],
+            |_, x| {
+                x[0].dot_general(
+                    &x[1],
+                    DotDims {
+                        lhs_batch: vec![],
+                        rhs_batch: vec![],
+                        lhs_contract: vec![2],
+                        rhs_contract: vec![0],
+                    },
+                )
+            },
+        ),
+        // Flattened too, with the contracted dimensions in another order in the rhs.
+        case(
+            "dot_general_leading_free_permuted",
+            vec![a(&[2, 3, 4]), a(&[4, 3, 5])],
+            |_, x| {
+                x[0].dot_general(
+                    &x[1],
+                    DotDims {
+                        lhs_batch: vec![],
+                        rhs_batch: vec![],
+                        lhs_contract: vec![1, 2],
+                        rhs_contract: vec![1, 0],
+                    },
+                )
+            },
+        ),
         case("broadcast_in_dim", vec![a(&[3]), a(&[3, 1])], |_, x| {
             x[0].broadcast_to(&[2, 3])?
                 .add(&x[1].broadcast_in_dim(&[3, 2], &[0, 1])?.t()?)

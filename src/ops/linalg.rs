@@ -185,14 +185,8 @@ impl Rule for DotDims {
 
     fn vjp(&self, v: &Vjp) -> Result<Vec<Option<Tensor>>> {
         let (g, x, y, d) = (cot0("dot_general", v.cots)?, &v.ins[0], &v.ins[1], self);
-        let dx = dot_transpose_lhs(&g, x, y, d, false)?;
-        let swapped = DotDims {
-            lhs_batch: d.rhs_batch.clone(),
-            rhs_batch: d.lhs_batch.clone(),
-            lhs_contract: d.rhs_contract.clone(),
-            rhs_contract: d.lhs_contract.clone(),
-        };
-        let dy = dot_transpose_lhs(&g, y, x, &swapped, true)?;
+        let dx = dot_transpose_lhs(&g, x, y, d)?;
+        let dy = dot_rhs_cotangent(&g, x, y, d)?;
         Ok(vec![Some(dx), Some(dy)])
     }
 
@@ -260,24 +254,13 @@ fn argsort(v: &[usize]) -> Vec<usize> {
 }
 
 /// Cotangent of the lhs of `dot_general`: contract g with y over y's free dimensions, then put
-/// the dimensions back in x's order. With `swap_ans`, y's free dimensions come first in g
-/// (used for the rhs, by symmetry).
-fn dot_transpose_lhs(
-    g: &Tensor,
-    x: &Tensor,
-    y: &Tensor,
-    d: &DotDims,
-    swap_ans: bool,
-) -> Result<Tensor> {
+/// the dimensions back in x's order.
+fn dot_transpose_lhs(g: &Tensor, x: &Tensor, y: &Tensor, d: &DotDims) -> Result<Tensor> {
     let x_kept = remaining(x.rank(), &d.lhs_contract, &d.lhs_batch);
     let y_kept = remaining(y.rank(), &d.rhs_contract, &d.rhs_batch);
     let nb = d.lhs_batch.len();
     let ans_batch: Vec<usize> = (0..nb).collect();
-    let ans_y: Vec<usize> = if swap_ans {
-        (nb..nb + y_kept.len()).collect()
-    } else {
-        (nb + x_kept.len()..nb + x_kept.len() + y_kept.len()).collect()
-    };
+    let ans_y: Vec<usize> = (nb + x_kept.len()..nb + x_kept.len() + y_kept.len()).collect();
     let dims = DotDims {
         lhs_batch: ans_batch,
         rhs_batch: d.rhs_batch.clone(),
@@ -290,6 +273,54 @@ fn dot_transpose_lhs(
     pre.extend(&x_kept);
     pre.extend(&x_contract_by_y);
     g.dot_general(y, dims)?.transpose(&argsort(&pre))
+}
+
+/// Cotangent of the rhs of `dot_general`: contract x with g over x's free dimensions, x first,
+/// so that the product comes out in y's order (for `x · W`, `dW = xᵀ · g` with no transpose of
+/// the result). When x's free dimensions lead (activations `[batch, seq, d]` times a weight),
+/// both operands are first flattened to matrices, so the product is one matrix product over
+/// their leading dimension. XLA's CPU compiler reads such an operand in place, but it copies an
+/// operand contracted over several leading dimensions into a transposed buffer first, and fuses
+/// into that copy whatever elementwise work produced the operand: for a cotangent, the whole
+/// chain of residual-stream sums above the layer, recomputed once per layer in strided order
+/// (the largest ops of the `small` step, BENCHMARKS.md).
+fn dot_rhs_cotangent(g: &Tensor, x: &Tensor, y: &Tensor, d: &DotDims) -> Result<Tensor> {
+    let x_kept = remaining(x.rank(), &d.lhs_contract, &d.lhs_batch);
+    let y_kept = remaining(y.rank(), &d.rhs_contract, &d.rhs_batch);
+    let nb = d.lhs_batch.len();
+    // The product's dimensions: batch, x's contracted dimensions in x's order, y's free ones.
+    let mut pre: Vec<usize> = d.rhs_batch.clone();
+    pre.extend(argsort(&d.lhs_contract).iter().map(|&i| d.rhs_contract[i]));
+    pre.extend(&y_kept);
+    let k = x_kept.len();
+    let leading = nb == 0 && k > 0 && x_kept.iter().enumerate().all(|(i, &a)| i == a);
+    let p = if leading && (k > 1 || x.rank() > 2 || g.rank() > 2) {
+        let (xs, gs) = (x.shape(), g.shape());
+        let rows: i64 = xs[..k].iter().product();
+        let x2 = x.reshape(&[rows, xs[k..].iter().product()])?;
+        let g2 = g.reshape(&[rows, gs[k..].iter().product()])?;
+        let dims = DotDims {
+            lhs_batch: vec![],
+            rhs_batch: vec![],
+            lhs_contract: vec![0],
+            rhs_contract: vec![0],
+        };
+        let out: Vec<i64> = xs[k..].iter().chain(&gs[k..]).copied().collect();
+        x2.dot_general(&g2, dims)?.reshape(&out)?
+    } else {
+        let dims = DotDims {
+            lhs_batch: d.lhs_batch.clone(),
+            rhs_batch: (0..nb).collect(),
+            lhs_contract: x_kept.clone(),
+            rhs_contract: (nb..nb + k).collect(),
+        };
+        x.dot_general(g, dims)?
+    };
+    if pre.iter().enumerate().all(|(i, &a)| i == a) {
+        Ok(p)
+    } else {
+        p.transpose(&argsort(&pre))
+    }
 }
 
 /// Swaps the first two roles of a dimension spec (batch↔feature, out↔in).
