@@ -4,8 +4,8 @@
 //! prints medians and ratios.
 //!
 //! `PIPELINE_DATA` (default `runs/photos`) is a folder of `train-*.tar` shards; `PIPELINE_WHAT` is
-//! `pixels` (how far the decoders' and pipelines' values lie apart, once) or `speed` (one round of
-//! every rate, the default). One JSON line per measurement.
+//! `pixels` (how far the decoders' and pipelines' values lie apart, once), `loader` (the loader's
+//! rates only) or `speed` (one round of every rate, the default). One JSON line per measurement.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -212,6 +212,71 @@ fn loader_rate(samples: &[Sample], tok: &Arc<Tokenizer>, workers: usize, augment
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The single-thread figures: each decoder, preprocessing alone, and eval and augment now and
+/// as they were.
+fn single_thread(samples: &[Sample], out: &mut [f32], sink: &mut usize) {
+    line(
+        "decode jpeg-decoder",
+        1,
+        rate(samples, |_, s| {
+            *sink += decode_previous(&s.image, None).data.len()
+        }),
+    );
+    line(
+        "decode jpeg-decoder dct-scaled",
+        1,
+        rate(samples, |_, s| {
+            *sink += decode_previous(&s.image, Some(SIZE)).data.len()
+        }),
+    );
+    line(
+        "decode zune-jpeg",
+        1,
+        rate(samples, |_, s| *sink += decode_zune(&s.image).data.len()),
+    );
+    let decoded: Vec<Pixels> = samples
+        .iter()
+        .map(|s| decode_pixels(&s.image, &s.key).expect("a photo"))
+        .collect();
+    line(
+        "resize+crop+normalise only",
+        1,
+        rate(samples, |i, s| {
+            preprocess_pixels_into(
+                &decoded[i % decoded.len()],
+                &s.key,
+                SIZE,
+                3,
+                &MEAN,
+                &STD,
+                None,
+                out,
+            )
+            .expect("preprocessed");
+        }),
+    );
+    for (what, augment) in [("eval", false), ("augment", true)] {
+        let seed = |i: usize| augment.then_some(i as u64);
+        line(
+            &format!("{what} previous"),
+            1,
+            rate(samples, |i, s| {
+                let img = decode_previous(&s.image, None).to_image();
+                *sink += preprocess_reference(&img, SIZE, 3, &MEAN, &STD, seed(i)).len();
+            }),
+        );
+        line(
+            what,
+            1,
+            rate(samples, |i, s| {
+                let px = decode_pixels(&s.image, &s.key).expect("a photo");
+                preprocess_pixels_into(&px, &s.key, SIZE, 3, &MEAN, &STD, seed(i), out)
+                    .expect("preprocessed");
+            }),
+        );
+    }
+}
+
 fn main() {
     let dir = std::env::var("PIPELINE_DATA").unwrap_or_else(|_| "runs/photos".into());
     let (samples, _) = read_dataset(Path::new(&dir), "train", false)
@@ -223,65 +288,10 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = vec![0f32; SIZE * SIZE * 3];
     let mut sink = 0usize;
-    line(
-        "decode jpeg-decoder",
-        1,
-        rate(&samples, |_, s| {
-            sink += decode_previous(&s.image, None).data.len()
-        }),
-    );
-    line(
-        "decode jpeg-decoder dct-scaled",
-        1,
-        rate(&samples, |_, s| {
-            sink += decode_previous(&s.image, Some(SIZE)).data.len()
-        }),
-    );
-    line(
-        "decode zune-jpeg",
-        1,
-        rate(&samples, |_, s| sink += decode_zune(&s.image).data.len()),
-    );
-    let decoded: Vec<Pixels> = samples
-        .iter()
-        .map(|s| decode_pixels(&s.image, &s.key).expect("a photo"))
-        .collect();
-    line(
-        "resize+crop+normalise only",
-        1,
-        rate(&samples, |i, s| {
-            preprocess_pixels_into(
-                &decoded[i % decoded.len()],
-                &s.key,
-                SIZE,
-                3,
-                &MEAN,
-                &STD,
-                None,
-                &mut out,
-            )
-            .expect("preprocessed");
-        }),
-    );
-    for (what, augment) in [("eval", false), ("augment", true)] {
-        let seed = |i: usize| augment.then_some(i as u64);
-        line(
-            &format!("{what} previous"),
-            1,
-            rate(&samples, |i, s| {
-                let img = decode_previous(&s.image, None).to_image();
-                sink += preprocess_reference(&img, SIZE, 3, &MEAN, &STD, seed(i)).len();
-            }),
-        );
-        line(
-            what,
-            1,
-            rate(&samples, |i, s| {
-                let px = decode_pixels(&s.image, &s.key).expect("a photo");
-                preprocess_pixels_into(&px, &s.key, SIZE, 3, &MEAN, &STD, seed(i), &mut out)
-                    .expect("preprocessed");
-            }),
-        );
+    let only_loader = std::env::var("PIPELINE_WHAT").as_deref() == Ok("loader");
+    if !only_loader {
+        // On one thread for real: outside a pool, jpeg-decoder hands rows to helper threads.
+        basic::data::loader::on_own_thread(|| single_thread(&samples, &mut out, &mut sink));
     }
     // The loader: decoding and tokenizing on its workers, batches of 32.
     let tmp = std::env::temp_dir().join(format!("basic-pipeline-{}", std::process::id()));
