@@ -194,6 +194,42 @@ fn grad_writes_the_loss_and_every_parameter_gradient_by_name() {
     let e = basic::io::safetensors::read(&e).unwrap();
     assert_eq!(e["image_embeddings"].shape(), &[8, 64]);
     assert_eq!(e["logit_scale"].shape(), &[] as &[i64]);
+    // bf16 compute from the f32 parameters: f32 embeddings, each close to the f32 one in
+    // direction but not equal to it (the towers did run in bf16).
+    let e16 = dir.join("e16.safetensors");
+    let o = basic_cmd(&[
+        "embed",
+        "--model",
+        "tiny",
+        "--params",
+        p.to_str().unwrap(),
+        "--batch",
+        b.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--out",
+        e16.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e16 = basic::io::safetensors::read(&e16).unwrap();
+    for k in ["image_embeddings", "text_embeddings"] {
+        assert_eq!(e16[k].dtype(), basic::DType::F32, "{k}");
+        let (x, y) = (e[k].to_f64_vec(), e16[k].to_f64_vec());
+        assert_ne!(x, y, "{k}: bf16 gave exactly the f32 embeddings");
+        for (u, v) in x.chunks(64).zip(y.chunks(64)) {
+            let cos: f64 = u.iter().zip(v).map(|(a, b)| a * b).sum();
+            assert!(
+                cos > 0.99,
+                "{k}: cosine {cos} between f32 and bf16 embeddings"
+            );
+        }
+    }
+    let o = basic_cmd(&["embed", "--model", "tiny", "--dtype", "f16", "--out", "x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("f16") && err.contains("bf16"),
+        "{err}"
+    );
 }
 
 #[test]

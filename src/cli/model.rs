@@ -740,10 +740,16 @@ pub struct EmbedArgs {
     /// --texts, `text_embeddings`)
     #[arg(long, value_name = "E.safetensors")]
     out: PathBuf,
+
+    /// Compute dtype of the towers: f32, or bf16 (from the f32 parameters; the embeddings are
+    /// written in f32 either way)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
 }
 
 fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let (c, _) = a.model.config(None, Some("f32"))?;
+    let compute = dtype_arg(&a.dtype, &["f32", "bf16"])?;
     let folder_tok = basic::io::interop::parse_model(&a.model.model)?.and_then(|f| f.tokenizer);
     let tok_path = a
         .tokenizer
@@ -754,7 +760,7 @@ fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let params = embed_params(a)?;
     let lines = basic::eval::read_lines(texts)?;
     let n = lines.len() as i64;
-    let (g, specs) = text_features_graph(&c, n)?;
+    let (g, specs) = text_features_graph(&c, n, compute)?;
     let file = safetensors::read_params(&params, &c)?;
     let text_only: BTreeMap<String, HostArray> = file
         .into_iter()
@@ -803,7 +809,7 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     if let Some(t) = &a.texts {
         return embed_texts(a, t);
     }
-    let (mut c, _) = a.model.config(None, Some("f32"))?;
+    let (mut c, _) = a.model.config(None, Some(&a.dtype))?;
     let params = load_or_init_params(&c, &Some(embed_params(a)?), None, &None, DType::F32)?;
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];

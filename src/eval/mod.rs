@@ -33,19 +33,22 @@ fn l2(v: &mut [f32]) {
 }
 
 impl Embedder {
+    /// Compiles the embedding programs for batches of `batch`, the towers computed in `compute`
+    /// (f32, or bf16 from the f32 `params`); the embeddings come out in f32 either way.
     pub fn new(
         client: &Client,
         c: &ModelConfig,
         params: Vec<HostArray>,
         batch: i64,
+        compute: DType,
     ) -> Result<Embedder> {
         let compile = |g| -> Result<Executable> {
             let text = crate::lower::module(&g, &Default::default())?;
             client.compile(&text, &CompileOptions::single())
         };
         Ok(Embedder {
-            images: compile(image_embed_graph(c, batch, DType::F32)?)?,
-            texts: compile(text_embed_graph(c, batch, DType::F32)?)?,
+            images: compile(image_embed_graph(c, batch, DType::F32, compute)?)?,
+            texts: compile(text_embed_graph(c, batch, DType::F32, compute)?)?,
             params,
             batch,
             c: c.clone(),

@@ -44,37 +44,54 @@ pub fn embed_graph(
     Ok(b.finish())
 }
 
-/// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images.
-pub fn image_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+/// `(params..., images) → image_embeddings`: normalised image embeddings of `n` images,
+/// parameters, images and embeddings in `param_dtype`, the tower computed in `compute_dtype`
+/// (bf16 inference from an f32 checkpoint: the cast is part of the program).
+pub fn image_embed_graph(
+    c: &ModelConfig,
+    n: i64,
+    param_dtype: DType,
+    compute_dtype: DType,
+) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_images", c.name));
     let specs = basic::specs(c)?;
-    let p = Params::declare(&b, &specs, dtype)?;
+    let p = Params::declare(&b, &specs, param_dtype)?;
     let (is, _) = batch_shapes(c, n);
-    let images = b.parameter("images", dtype, &is)?;
-    b.output(
-        "image_embeddings",
-        &basic::embed_images(&images, &Scope::bound(&p), c, &Tower::of(c, dtype))?,
-    )?;
+    let images = b.parameter("images", param_dtype, &is)?;
+    let cp = basic::cast(&p, compute_dtype)?;
+    let t = Tower::of(c, compute_dtype);
+    let e = basic::embed_images(&images.convert(compute_dtype)?, &Scope::bound(&cp), c, &t)?;
+    b.output("image_embeddings", &e.convert(param_dtype)?)?;
     Ok(b.finish())
 }
 
-/// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows.
-pub fn text_embed_graph(c: &ModelConfig, n: i64, dtype: DType) -> Result<Graph> {
+/// `(params..., tokens) → text_embeddings`: normalised text embeddings of `n` token rows, in
+/// the dtypes of [`image_embed_graph`].
+pub fn text_embed_graph(
+    c: &ModelConfig,
+    n: i64,
+    param_dtype: DType,
+    compute_dtype: DType,
+) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_texts", c.name));
     let specs = basic::specs(c)?;
-    let p = Params::declare(&b, &specs, dtype)?;
+    let p = Params::declare(&b, &specs, param_dtype)?;
     let (_, ts) = batch_shapes(c, n);
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    b.output(
-        "text_embeddings",
-        &basic::embed_texts(&tokens, &Scope::bound(&p), c, &Tower::of(c, dtype))?,
-    )?;
+    let cp = basic::cast(&p, compute_dtype)?;
+    let t = Tower::of(c, compute_dtype);
+    let e = basic::embed_texts(&tokens, &Scope::bound(&cp), c, &t)?;
+    b.output("text_embeddings", &e.convert(param_dtype)?)?;
     Ok(b.finish())
 }
 
 /// `(text-tower params..., tokens) → text_embeddings`: the text tower's pooled features, not
 /// projected or normalised (sentence embeddings of a text-only model).
-pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamSpec>)> {
+pub fn text_features_graph(
+    c: &ModelConfig,
+    n: i64,
+    compute_dtype: DType,
+) -> Result<(Graph, Vec<ParamSpec>)> {
     let b = Builder::new(&format!("{}_text_features", c.name));
     let specs: Vec<ParamSpec> = basic::specs(c)?
         .into_iter()
@@ -83,9 +100,9 @@ pub fn text_features_graph(c: &ModelConfig, n: i64) -> Result<(Graph, Vec<ParamS
     let p = Params::declare(&b, &specs, DType::F32)?;
     let (_, ts) = batch_shapes(c, n);
     let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    b.output(
-        "text_embeddings",
-        &basic::text_features(&tokens, &Scope::bound(&p), c, &Tower::of(c, DType::F32))?,
-    )?;
+    let cp = basic::cast(&p, compute_dtype)?;
+    let t = Tower::of(c, compute_dtype);
+    let f = basic::text_features(&tokens, &Scope::bound(&cp), c, &t)?;
+    b.output("text_embeddings", &f.convert(DType::F32)?)?;
     Ok((b.finish(), specs))
 }

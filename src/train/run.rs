@@ -251,7 +251,7 @@ pub fn quick_zero_shot(
         .cloned()
         .collect();
     let labels: Vec<i64> = subset.iter().map(|s| s.label.unwrap_or(0)).collect();
-    let emb = Embedder::new(rt.client(), c, params, 250)?;
+    let emb = Embedder::new(rt.client(), c, params, 250, DType::F32)?;
     let ce = class_embeddings(&emb, tok, &names, &temps)?;
     let ie = emb.embed_images(&subset, 2)?;
     Ok(Some(zero_shot_scores(&ie, &labels, &ce, &names)?.top1))
