@@ -568,7 +568,7 @@ pub struct GradArgs {
     out: PathBuf,
 }
 
-fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
+pub(crate) fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
     if !allowed.contains(&s) {
         bail!("invalid --dtype `{s}`: use {}", allowed.join(" or "));
     }

@@ -12,7 +12,7 @@ use basic::eval::{class_embeddings, retrieval, zero_shot_scores, Embedder};
 use basic::model::ModelConfig;
 use basic::train::run::{load_run_params, train, RunOptions};
 
-use super::model::ModelArgs;
+use super::model::{dtype_arg, ModelArgs};
 use super::BackendArgs;
 
 #[derive(Subcommand, Debug)]
@@ -286,15 +286,6 @@ pub struct RetrievalArgs {
     backend: BackendArgs,
 }
 
-/// The towers' compute dtype of `--dtype` (clap has checked it is f32 or bf16).
-fn compute_dtype(s: &str) -> basic::dtype::DType {
-    if s == "bf16" {
-        basic::dtype::DType::BF16
-    } else {
-        basic::dtype::DType::F32
-    }
-}
-
 /// What evaluation needs of a model: its config, tokenizer, parameters in spec order, and a
 /// runtime.
 type Opened = (
@@ -430,7 +421,13 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
             };
             let temps = basic::eval::named_or_file(&a.templates)?;
-            let emb = Embedder::new(rt.client(), &c, params, 250, compute_dtype(&a.dtype))?;
+            let emb = Embedder::new(
+                rt.client(),
+                &c,
+                params,
+                250,
+                dtype_arg(&a.dtype, &["f32", "bf16"])?,
+            )?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
             let ie = emb.embed_images(&test, 2)?;
             let labels: Vec<i64> = test.iter().map(|s| s.label.unwrap_or(0)).collect();
@@ -474,7 +471,13 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .take(a.limit.unwrap_or(usize::MAX))
                 .collect();
-            let emb = Embedder::new(rt.client(), &c, params, 250, compute_dtype(&a.dtype))?;
+            let emb = Embedder::new(
+                rt.client(),
+                &c,
+                params,
+                250,
+                dtype_arg(&a.dtype, &["f32", "bf16"])?,
+            )?;
             let ie = emb.embed_images(&test, 2)?;
             let captions: Vec<String> = test.iter().map(|s| s.caption.clone()).collect();
             let te = emb.embed_texts(&captions, &tok)?;

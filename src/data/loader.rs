@@ -362,10 +362,10 @@ fn plan(perm: &[usize], pos: Position, o: &LoaderOptions) -> (Vec<usize>, Vec<u6
 }
 
 /// Runs `f` on this thread as the only thread of its own rayon pool, so that the work the JPEG
-/// decoder splits into parallel tasks runs here rather than on helper threads: the loader's
-/// parallelism is its workers, and a decoder that hands every row to another thread (as
-/// jpeg-decoder does outside a pool) spends a tenth of its time synchronising and keeps one
-/// worker from being one core.
+/// decoder splits into parallel tasks runs here rather than on helper threads. The loader's
+/// parallelism is its workers; outside a pool jpeg-decoder hands every row of an image to
+/// helper threads of its own, which made one worker use part of a second core and two workers
+/// spend a fifth of their time in the kernel (BENCHMARKS.md, input pipeline).
 pub fn on_own_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
         Ok(pool) => pool.install(f),
