@@ -178,40 +178,31 @@ fn grad_writes_the_loss_and_every_parameter_gradient_by_name() {
             );
         }
     }
-    let e = dir.join("e.safetensors");
-    let o = basic_cmd(&[
-        "embed",
-        "--model",
-        "tiny",
-        "--params",
-        p.to_str().unwrap(),
-        "--batch",
-        b.to_str().unwrap(),
-        "--out",
-        e.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let e = basic::io::safetensors::read(&e).unwrap();
+    // Embeddings of the batch computed in `dtype`, read back.
+    let embed = |dtype: &str| {
+        let out = dir.join(format!("e-{dtype}.safetensors"));
+        let o = basic_cmd(&[
+            "embed",
+            "--model",
+            "tiny",
+            "--params",
+            p.to_str().unwrap(),
+            "--batch",
+            b.to_str().unwrap(),
+            "--dtype",
+            dtype,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        basic::io::safetensors::read(&out).unwrap()
+    };
+    let e = embed("f32");
     assert_eq!(e["image_embeddings"].shape(), &[8, 64]);
     assert_eq!(e["logit_scale"].shape(), &[] as &[i64]);
     // bf16 compute from the f32 parameters: f32 embeddings, each close to the f32 one in
     // direction but not equal to it (the towers did run in bf16).
-    let e16 = dir.join("e16.safetensors");
-    let o = basic_cmd(&[
-        "embed",
-        "--model",
-        "tiny",
-        "--params",
-        p.to_str().unwrap(),
-        "--batch",
-        b.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-        "--out",
-        e16.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let e16 = basic::io::safetensors::read(&e16).unwrap();
+    let e16 = embed("bf16");
     for k in ["image_embeddings", "text_embeddings"] {
         assert_eq!(e16[k].dtype(), basic::DType::F32, "{k}");
         let (x, y) = (e[k].to_f64_vec(), e16[k].to_f64_vec());

@@ -568,7 +568,7 @@ pub struct GradArgs {
     out: PathBuf,
 }
 
-pub(crate) fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
+fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
     if !allowed.contains(&s) {
         bail!("invalid --dtype `{s}`: use {}", allowed.join(" or "));
     }
@@ -741,15 +741,28 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "E.safetensors")]
     out: PathBuf,
 
-    /// Compute dtype of the towers: f32, or bf16 (from the f32 parameters; the embeddings are
-    /// written in f32 either way)
+    #[command(flatten)]
+    compute: ComputeDtype,
+}
+
+/// `--dtype` of the inference commands (`embed`, `eval`).
+#[derive(Args, Debug)]
+pub struct ComputeDtype {
+    /// Compute dtype of the towers: f32, or bf16 (from the f32 parameters; the embeddings come
+    /// out in f32 either way; faster where the CPU multiplies bf16 matrices natively, as on AMX)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
 }
 
+impl ComputeDtype {
+    pub fn get(&self) -> anyhow::Result<DType> {
+        dtype_arg(&self.dtype, &["f32", "bf16"])
+    }
+}
+
 fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
     let (c, _) = a.model.config(None, Some("f32"))?;
-    let compute = dtype_arg(&a.dtype, &["f32", "bf16"])?;
+    let compute = a.compute.get()?;
     let folder_tok = basic::io::interop::parse_model(&a.model.model)?.and_then(|f| f.tokenizer);
     let tok_path = a
         .tokenizer
@@ -809,7 +822,7 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     if let Some(t) = &a.texts {
         return embed_texts(a, t);
     }
-    let (mut c, _) = a.model.config(None, Some(&a.dtype))?;
+    let (mut c, _) = a.model.config(None, Some(&a.compute.dtype))?;
     let params = load_or_init_params(&c, &Some(embed_params(a)?), None, &None, DType::F32)?;
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];

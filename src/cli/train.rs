@@ -12,7 +12,7 @@ use basic::eval::{class_embeddings, retrieval, zero_shot_scores, Embedder};
 use basic::model::ModelConfig;
 use basic::train::run::{load_run_params, train, RunOptions};
 
-use super::model::{dtype_arg, ModelArgs};
+use super::model::{ComputeDtype, ModelArgs};
 use super::BackendArgs;
 
 #[derive(Subcommand, Debug)]
@@ -258,10 +258,8 @@ pub struct ZeroShotArgs {
     /// Use at most this many test images
     #[arg(long)]
     limit: Option<usize>,
-    /// Compute dtype of the towers: f32, or bf16 (from the f32 checkpoint; faster where the
-    /// CPU multiplies bf16 matrices natively, as on AMX)
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    #[command(flatten)]
+    compute: ComputeDtype,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -276,10 +274,8 @@ pub struct RetrievalArgs {
     data: PathBuf,
     #[arg(long)]
     limit: Option<usize>,
-    /// Compute dtype of the towers: f32, or bf16 (from the f32 checkpoint; faster where the
-    /// CPU multiplies bf16 matrices natively, as on AMX)
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    #[command(flatten)]
+    compute: ComputeDtype,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -421,13 +417,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
             };
             let temps = basic::eval::named_or_file(&a.templates)?;
-            let emb = Embedder::new(
-                rt.client(),
-                &c,
-                params,
-                250,
-                dtype_arg(&a.dtype, &["f32", "bf16"])?,
-            )?;
+            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get()?)?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
             let ie = emb.embed_images(&test, 2)?;
             let labels: Vec<i64> = test.iter().map(|s| s.label.unwrap_or(0)).collect();
@@ -471,13 +461,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .take(a.limit.unwrap_or(usize::MAX))
                 .collect();
-            let emb = Embedder::new(
-                rt.client(),
-                &c,
-                params,
-                250,
-                dtype_arg(&a.dtype, &["f32", "bf16"])?,
-            )?;
+            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get()?)?;
             let ie = emb.embed_images(&test, 2)?;
             let captions: Vec<String> = test.iter().map(|s| s.caption.clone()).collect();
             let te = emb.embed_texts(&captions, &tok)?;
