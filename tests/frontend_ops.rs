@@ -85,6 +85,10 @@ fn cases() -> Vec<Case> {
         case("sin", vec![a(&[4])], |_, x| x[0].sin()),
         case("cos", vec![a(&[4])], |_, x| x[0].cos()),
         case("erf", vec![a(&[4])], |_, x| x[0].erf()),
+        // Both signs of the tanh's argument and its saturated tails (|x| up to 4).
+        case("gelu_tanh", vec![a(&[8])], |_, x| {
+            x[0].mul_scalar(4.0)?.gelu()
+        }),
         case("compare_select", vec![a(&[6]), a(&[6])], |_, x| {
             Tensor::select(&x[0].lt(&x[1])?, &x[0].mul(&x[1])?, &x[1].exp()?)
         }),

@@ -34,6 +34,11 @@ pub enum Unary {
     Cos,
     Sin,
     Erf,
+    /// GELU in its tanh form, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`, as one primitive so that
+    /// its derivative can be computed from `x` alone: the composite's product rule reads the
+    /// forward `tanh`, which makes the compiler keep that activation-sized array from the
+    /// forward pass to the backward one.
+    GeluTanh,
     Floor,
     Not,
 }

@@ -51,6 +51,7 @@ impl Rule for Unary {
             Unary::Rsqrt => g.mul(&y.div(x)?.mul_scalar(-0.5)?)?,
             Unary::Cos => g.mul(&x.sin()?.neg()?)?,
             Unary::Sin => g.mul(&x.cos()?)?,
+            Unary::GeluTanh => g.mul(&gelu_tanh_slope(x)?)?,
             // d erf = 2/√π exp(-x²)
             Unary::Erf => g.mul(
                 &x.square()?
@@ -77,11 +78,65 @@ impl Rule for Unary {
             Unary::Cos => "stablehlo.cosine",
             Unary::Sin => "stablehlo.sine",
             Unary::Erf => "chlo.erf",
+            Unary::GeluTanh => return Ok(vec![lower_gelu_tanh(e, &l.ins[0], &l.in_tys[0])]),
             Unary::Floor => "stablehlo.floor",
             Unary::Not => "stablehlo.not",
         };
         Ok(e.op(op, l.ins, l.in_tys, "", l.out_tys))
     }
+}
+
+/// √(2/π) and the cubic coefficient of GELU's tanh form.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_K: f64 = 0.044715;
+
+/// `½x(1 + tanh(√(2/π)(x + kx³)))` written out in StableHLO, in the order the composite it
+/// replaces wrote it (so the forward numerics are unchanged).
+fn lower_gelu_tanh(e: &mut Emitter, x: &str, t: &TensorType) -> String {
+    let tys = std::slice::from_ref(t);
+    let two = [t.clone(), t.clone()];
+    let constant = |e: &mut Emitter, v: f64| {
+        let attr = format!("value = dense<{v:.17e}> : {}", crate::lower::ty(t));
+        e.op("stablehlo.constant", &[], &[], &attr, tys).remove(0)
+    };
+    let (k, c, one, half) = (
+        constant(e, GELU_K),
+        constant(e, GELU_C),
+        constant(e, 1.0),
+        constant(e, 0.5),
+    );
+    let bin = |e: &mut Emitter, op: &str, a: &str, b: &str| {
+        e.op(op, &[a.to_string(), b.to_string()], &two, "", tys)
+            .remove(0)
+    };
+    let x2 = bin(e, "stablehlo.multiply", x, x);
+    let x3 = bin(e, "stablehlo.multiply", &x2, x);
+    let kx3 = bin(e, "stablehlo.multiply", &x3, &k);
+    let s = bin(e, "stablehlo.add", x, &kx3);
+    let u = bin(e, "stablehlo.multiply", &s, &c);
+    let th = e.op("stablehlo.tanh", &[u], tys, "", tys).remove(0);
+    let p = bin(e, "stablehlo.add", &th, &one);
+    let q = bin(e, "stablehlo.multiply", x, &p);
+    bin(e, "stablehlo.multiply", &q, &half)
+}
+
+/// d/dx of GELU's tanh form, from `x` alone and without `tanh`: with `u = √(2/π)(x + kx³)` and
+/// `e = exp(-2|u|)`, `½(1 + tanh u) = σ(2u)` is `1/(1+e)` for `u ≥ 0` and `e/(1+e)` below, and
+/// `1 - tanh² u = 4e/(1+e)²`, so the slope is `σ(2u) + ½x(1 - tanh² u)·√(2/π)(1 + 3kx²)`. A
+/// `tanh` here would be merged with the forward pass's, whose array the compiler would then
+/// keep for the backward pass; `exp(-2|u|)` is also free of the cancellation in `1 - tanh²`.
+fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
+    let x2 = x.square()?;
+    let u = x.add(&x2.mul(x)?.mul_scalar(GELU_K)?)?.mul_scalar(GELU_C)?;
+    let e = u.abs()?.mul_scalar(-2.0)?.exp()?;
+    let r = x.ones_like()?.div(&e.add_scalar(1.0)?)?;
+    let sigma = Tensor::select(&u.ge(&u.zeros_like()?)?, &r, &e.mul(&r)?)?;
+    let sech2 = e.mul(&r.square()?)?.mul_scalar(4.0)?;
+    let du = x2
+        .mul_scalar(3.0 * GELU_K)?
+        .add_scalar(1.0)?
+        .mul_scalar(GELU_C)?;
+    sigma.add(&x.mul(&sech2)?.mul(&du)?.mul_scalar(0.5)?)
 }
 
 /// The StableHLO op of a binary function (also the combiner of reduction regions).

@@ -71,15 +71,6 @@ impl Tensor {
         xc.mul(&var.add_scalar(eps)?.rsqrt()?)
     }
 
-    /// GELU, tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
-    pub fn gelu(&self) -> Result<Tensor> {
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        let inner = self
-            .add(&self.pow_scalar(3.0)?.mul_scalar(0.044715)?)?
-            .mul_scalar(c)?;
-        self.mul(&inner.tanh()?.add_scalar(1.0)?)?.mul_scalar(0.5)
-    }
-
     /// GELU, exact: ½x(1 + erf(x/√2)) (as BERT uses).
     pub fn gelu_exact(&self) -> Result<Tensor> {
         let e = self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?;

@@ -124,6 +124,11 @@ impl Tensor {
     pub fn erf(&self) -> Result<Tensor> {
         self.unary(Unary::Erf)
     }
+    /// GELU, tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))) (ViT's, and SigLIP's
+    /// `gelu_pytorch_tanh`).
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(Unary::GeluTanh)
+    }
     pub fn floor(&self) -> Result<Tensor> {
         self.unary(Unary::Floor)
     }
