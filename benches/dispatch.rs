@@ -16,6 +16,8 @@ const BATCHES: usize = 30;
 const CALLS: usize = 300;
 
 fn main() -> basic::Result<()> {
+    // As the `basic` command does: glibc's huge-page tunable for the plugin's buffers.
+    basic::runtime::host::use_huge_pages();
     let x = HostArray::new(&[8], &[0.5f32; 8])?;
     for (k, path) in find_cpu_plugins() {
         let rt = Runtime::open_path(&path, Some(1))?;

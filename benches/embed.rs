@@ -20,6 +20,8 @@ fn env(name: &str, default: &str) -> String {
 }
 
 fn main() -> basic::Result<()> {
+    // As the `basic` command does: glibc's huge-page tunable for the plugin's buffers.
+    basic::runtime::host::use_huge_pages();
     let model = env("BASIC_MODEL", "vit-b16");
     let batch: i64 = env("BASIC_BATCH", "8").parse().unwrap_or(8);
     let runs: usize = env("BASIC_RUNS", "5").parse().unwrap_or(5);

@@ -90,6 +90,8 @@ fn opts(c: &ModelConfig, batch: i64, m: i64, remat: Option<basic::ir::RematPolic
 }
 
 fn main() -> basic::Result<()> {
+    // As the `basic` command does: glibc's huge-page tunable for the plugin's buffers.
+    basic::runtime::host::use_huge_pages();
     let only = std::env::var("BASIC_BENCH").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only == s;
     let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(8))?;

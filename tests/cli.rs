@@ -8,6 +8,30 @@ fn basic_cmd(args: &[&str]) -> std::process::Output {
     common::basic_cmd(args).output().unwrap()
 }
 
+/// The command re-executes itself with glibc's huge-page tunable (the plugin's per-step buffers
+/// are then not faulted in page by page), keeps any tunables the user set, and leaves it off
+/// when `BASIC_HUGE_PAGES=0`.
+#[test]
+fn devices_run_with_huge_pages_unless_turned_off() {
+    let json = |envs: &[(&str, &str)]| {
+        let mut c = common::basic_cmd(&["devices", "--json"]);
+        c.env_remove("GLIBC_TUNABLES")
+            .env_remove("BASIC_HUGE_PAGES");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(json(&[])["host_huge_pages"], true);
+    assert_eq!(
+        json(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")])["host_huge_pages"],
+        true
+    );
+    assert_eq!(json(&[("BASIC_HUGE_PAGES", "0")])["host_huge_pages"], false);
+}
+
 #[test]
 fn devices_json_has_the_documented_keys() {
     let o = basic_cmd(&["devices", "--cpu-devices", "3", "--json"]);

@@ -151,6 +151,7 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
             "pjrt_api_version": plugin.api_version_string(),
             "stablehlo_current_version": plugin.stablehlo_current_version(),
             "stablehlo_minimum_version": plugin.stablehlo_minimum_version(),
+            "host_huge_pages": basic::runtime::host::huge_pages_on(),
             "devices": devices,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -171,6 +172,14 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
         plugin
             .stablehlo_minimum_version()
             .unwrap_or_else(|| "?".into())
+    );
+    println!(
+        "host huge pages   {}",
+        if basic::runtime::host::huge_pages_on() {
+            "on (glibc.malloc.hugetlb=1: the plugin's per-step buffers are not faulted in page by page)"
+        } else {
+            "off (BASIC_HUGE_PAGES=0, or not glibc on Linux)"
+        }
     );
     println!("devices           {}", client.devices().len());
     for d in client.devices() {

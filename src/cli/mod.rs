@@ -69,6 +69,8 @@ enum Command {
 }
 
 pub fn main() -> std::process::ExitCode {
+    // Before any thread starts: may re-execute the program with glibc's huge-page tunable.
+    basic::runtime::host::use_huge_pages();
     // The XLA plugins log info lines to stderr at start; keep warnings and errors only.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");

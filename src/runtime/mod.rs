@@ -22,6 +22,7 @@ mod client;
 mod discovery;
 mod executable;
 pub mod ffi;
+pub mod host;
 mod named;
 mod options;
 mod plugin;
