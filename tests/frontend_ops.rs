@@ -58,6 +58,21 @@ fn conv(
     }
 }
 
+/// `dot_general`'s dimension numbers: batch and contracted dimensions of each operand.
+fn dims(
+    lhs_batch: &[usize],
+    rhs_batch: &[usize],
+    lhs_contract: &[usize],
+    rhs_contract: &[usize],
+) -> DotDims {
+    DotDims {
+        lhs_batch: lhs_batch.to_vec(),
+        rhs_batch: rhs_batch.to_vec(),
+        lhs_contract: lhs_contract.to_vec(),
+        rhs_contract: rhs_contract.to_vec(),
+    }
+}
+
 fn cases() -> Vec<Case> {
     let mut r = Rng(42);
     let mut a = |shape: &[i64]| r.array(shape, -1.0, 1.0);
@@ -111,65 +126,25 @@ fn cases() -> Vec<Case> {
         case(
             "dot_general_permuted",
             vec![a(&[4, 2, 3]), a(&[3, 2, 5])],
-            |_, x| {
-                x[0].dot_general(
-                    &x[1],
-                    DotDims {
-                        lhs_batch: vec![1],
-                        rhs_batch: vec![1],
-                        lhs_contract: vec![2],
-                        rhs_contract: vec![0],
-                    },
-                )
-            },
+            |_, x| x[0].dot_general(&x[1], dims(&[1], &[1], &[2], &[0])),
         ),
         case(
             "dot_general_two_contractions",
             vec![a(&[3, 2, 4]), a(&[4, 5, 3])],
-            |_, x| {
-                x[0].dot_general(
-                    &x[1],
-                    DotDims {
-                        lhs_batch: vec![],
-                        rhs_batch: vec![],
-                        lhs_contract: vec![2, 0],
-                        rhs_contract: vec![0, 2],
-                    },
-                )
-            },
+            |_, x| x[0].dot_general(&x[1], dims(&[], &[], &[2, 0], &[0, 2])),
         ),
         // Activations times a weight: the rhs cotangent is one matrix product over the
         // flattened leading dimensions.
         case(
             "dot_general_leading_free",
             vec![a(&[2, 3, 4]), a(&[4, 2, 5])],
-            |_, x| {
-                x[0].dot_general(
-                    &x[1],
-                    DotDims {
-                        lhs_batch: vec![],
-                        rhs_batch: vec![],
-                        lhs_contract: vec![2],
-                        rhs_contract: vec![0],
-                    },
-                )
-            },
+            |_, x| x[0].dot_general(&x[1], dims(&[], &[], &[2], &[0])),
         ),
         // Flattened too, with the contracted dimensions in another order in the rhs.
         case(
             "dot_general_leading_free_permuted",
             vec![a(&[2, 3, 4]), a(&[4, 3, 5])],
-            |_, x| {
-                x[0].dot_general(
-                    &x[1],
-                    DotDims {
-                        lhs_batch: vec![],
-                        rhs_batch: vec![],
-                        lhs_contract: vec![1, 2],
-                        rhs_contract: vec![1, 0],
-                    },
-                )
-            },
+            |_, x| x[0].dot_general(&x[1], dims(&[], &[], &[1, 2], &[1, 0])),
         ),
         case("broadcast_in_dim", vec![a(&[3]), a(&[3, 1])], |_, x| {
             x[0].broadcast_to(&[2, 3])?
