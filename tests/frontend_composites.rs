@@ -33,6 +33,7 @@ fn apply(name: &str, x: &Tensor, labels: Option<&Tensor>) -> basic::Result<Tenso
         "layer_norm" => x.layer_norm(1e-6),
         "gelu" => x.gelu(),
         "gelu_exact" => x.gelu_exact(),
+        "quick_gelu" => x.quick_gelu(),
         "l2_normalize" => x.l2_normalize(-1, 1e-12),
         "mean" => x.mean(&[0, 2]),
         "variance" => x.variance(&[1]),

@@ -100,9 +100,18 @@ fn cases() -> Vec<Case> {
         case("sin", vec![a(&[4])], |_, x| x[0].sin()),
         case("cos", vec![a(&[4])], |_, x| x[0].cos()),
         case("erf", vec![a(&[4])], |_, x| x[0].erf()),
+        case("erfc", vec![a(&[4])], |_, x| x[0].mul_scalar(2.0)?.erfc()),
         // Both signs of the tanh's argument and its saturated tails (|x| up to 4).
         case("gelu_tanh", vec![a(&[8])], |_, x| {
             x[0].mul_scalar(4.0)?.gelu()
+        }),
+        // The exact GELU through its left tail (x down to -5, where `1 + erf` would cancel).
+        case("gelu", vec![a(&[8])], |_, x| {
+            x[0].mul_scalar(5.0)?.gelu_exact()
+        }),
+        // QuickGELU's sigmoid on both sides of zero and saturated (|1.702x| up to ~10).
+        case("quick_gelu", vec![a(&[8])], |_, x| {
+            x[0].mul_scalar(6.0)?.quick_gelu()
         }),
         case("compare_select", vec![a(&[6]), a(&[6])], |_, x| {
             Tensor::select(&x[0].lt(&x[1])?, &x[0].mul(&x[1])?, &x[1].exp()?)

@@ -34,11 +34,17 @@ pub enum Unary {
     Cos,
     Sin,
     Erf,
+    /// `1 - erf(x)`, accurate where `erf` is near 1.
+    Erfc,
     /// GELU in its tanh form, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`, as one primitive so that
     /// its derivative can be computed from `x` alone: the composite's product rule reads the
     /// forward `tanh`, which makes the compiler keep that activation-sized array from the
     /// forward pass to the backward one.
     GeluTanh,
+    /// The exact GELU, `x·Φ(x) = ½x(1 + erf(x/√2))`, one primitive for the same reason.
+    Gelu,
+    /// OpenAI CLIP's `x·σ(1.702x)`, one primitive for the same reason (its composite keeps `σ`).
+    QuickGelu,
     Floor,
     Not,
 }

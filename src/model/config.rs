@@ -68,7 +68,7 @@ impl Activation {
         match self {
             Activation::GeluTanh => x.gelu(),
             Activation::Gelu => x.gelu_exact(),
-            Activation::QuickGelu => x.mul(&x.mul_scalar(1.702)?.logistic()?),
+            Activation::QuickGelu => x.quick_gelu(),
         }
     }
 }

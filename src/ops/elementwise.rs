@@ -52,13 +52,11 @@ impl Rule for Unary {
             Unary::Cos => g.mul(&x.sin()?.neg()?)?,
             Unary::Sin => g.mul(&x.cos()?)?,
             Unary::GeluTanh => g.mul(&gelu_tanh_slope(x)?)?,
+            Unary::Gelu => g.mul(&gelu_slope(x)?)?,
+            Unary::QuickGelu => g.mul(&quick_gelu_slope(x)?)?,
             // d erf = 2/√π exp(-x²)
-            Unary::Erf => g.mul(
-                &x.square()?
-                    .neg()?
-                    .exp()?
-                    .mul_scalar(2.0 / std::f64::consts::PI.sqrt())?,
-            )?,
+            Unary::Erf => g.mul(&x.square()?.neg()?.exp()?.mul_scalar(TWO_OVER_SQRT_PI)?)?,
+            Unary::Erfc => g.mul(&x.square()?.neg()?.exp()?.mul_scalar(-TWO_OVER_SQRT_PI)?)?,
         };
         Ok(vec![Some(d)])
     }
@@ -78,7 +76,10 @@ impl Rule for Unary {
             Unary::Cos => "stablehlo.cosine",
             Unary::Sin => "stablehlo.sine",
             Unary::Erf => "chlo.erf",
+            Unary::Erfc => "chlo.erfc",
             Unary::GeluTanh => return Ok(vec![lower_gelu_tanh(e, &l.ins[0], &l.in_tys[0])]),
+            Unary::Gelu => return Ok(vec![lower_gelu(e, &l.ins[0], &l.in_tys[0])]),
+            Unary::QuickGelu => return Ok(vec![lower_quick_gelu(e, &l.ins[0], &l.in_tys[0])]),
             Unary::Floor => "stablehlo.floor",
             Unary::Not => "stablehlo.not",
         };
@@ -86,57 +87,142 @@ impl Rule for Unary {
     }
 }
 
+/// 2/√π, the scale of erf's derivative.
+const TWO_OVER_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
 /// √(2/π) and the cubic coefficient of GELU's tanh form.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_K: f64 = 0.044715;
+/// QuickGELU's slope inside the sigmoid.
+const QUICK_GELU_A: f64 = 1.702;
+
+/// Writes an elementwise function of one operand as StableHLO ops, every value of `t`'s type.
+struct Elementwise<'e> {
+    e: &'e mut Emitter,
+    t: TensorType,
+}
+
+impl Elementwise<'_> {
+    fn constant(&mut self, v: f64) -> String {
+        let attr = format!("value = dense<{v:.17e}> : {}", crate::lower::ty(&self.t));
+        let tys = std::slice::from_ref(&self.t);
+        self.e
+            .op("stablehlo.constant", &[], &[], &attr, tys)
+            .remove(0)
+    }
+    fn unary(&mut self, op: &str, a: &str) -> String {
+        let tys = std::slice::from_ref(&self.t);
+        self.e.op(op, &[a.to_string()], tys, "", tys).remove(0)
+    }
+    fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
+        let two = [self.t.clone(), self.t.clone()];
+        let tys = std::slice::from_ref(&self.t);
+        self.e
+            .op(op, &[a.to_string(), b.to_string()], &two, "", tys)
+            .remove(0)
+    }
+    fn mul(&mut self, a: &str, b: &str) -> String {
+        self.binary("stablehlo.multiply", a, b)
+    }
+    fn add(&mut self, a: &str, b: &str) -> String {
+        self.binary("stablehlo.add", a, b)
+    }
+}
 
 /// `½x(1 + tanh(√(2/π)(x + kx³)))` written out in StableHLO, in the order the composite it
 /// replaces wrote it (so the forward numerics are unchanged).
 fn lower_gelu_tanh(e: &mut Emitter, x: &str, t: &TensorType) -> String {
-    let tys = std::slice::from_ref(t);
-    let two = [t.clone(), t.clone()];
-    let constant = |e: &mut Emitter, v: f64| {
-        let attr = format!("value = dense<{v:.17e}> : {}", crate::lower::ty(t));
-        e.op("stablehlo.constant", &[], &[], &attr, tys).remove(0)
-    };
+    let mut w = Elementwise { e, t: t.clone() };
     let (k, c, one, half) = (
-        constant(e, GELU_K),
-        constant(e, GELU_C),
-        constant(e, 1.0),
-        constant(e, 0.5),
+        w.constant(GELU_K),
+        w.constant(GELU_C),
+        w.constant(1.0),
+        w.constant(0.5),
     );
-    let bin = |e: &mut Emitter, op: &str, a: &str, b: &str| {
-        e.op(op, &[a.to_string(), b.to_string()], &two, "", tys)
-            .remove(0)
-    };
-    let x2 = bin(e, "stablehlo.multiply", x, x);
-    let x3 = bin(e, "stablehlo.multiply", &x2, x);
-    let kx3 = bin(e, "stablehlo.multiply", &x3, &k);
-    let s = bin(e, "stablehlo.add", x, &kx3);
-    let u = bin(e, "stablehlo.multiply", &s, &c);
-    let th = e.op("stablehlo.tanh", &[u], tys, "", tys).remove(0);
-    let p = bin(e, "stablehlo.add", &th, &one);
-    let q = bin(e, "stablehlo.multiply", x, &p);
-    bin(e, "stablehlo.multiply", &q, &half)
+    let x2 = w.mul(x, x);
+    let x3 = w.mul(&x2, x);
+    let kx3 = w.mul(&x3, &k);
+    let s = w.add(x, &kx3);
+    let u = w.mul(&s, &c);
+    let th = w.unary("stablehlo.tanh", &u);
+    let p = w.add(&th, &one);
+    let q = w.mul(x, &p);
+    w.mul(&q, &half)
 }
 
-/// d/dx of GELU's tanh form, from `x` alone and without `tanh`: with `u = √(2/π)(x + kx³)` and
-/// `e = exp(-2|u|)`, `½(1 + tanh u) = σ(2u)` is `1/(1+e)` for `u ≥ 0` and `e/(1+e)` below, and
-/// `1 - tanh² u = 4e/(1+e)²`, so the slope is `σ(2u) + ½x(1 - tanh² u)·√(2/π)(1 + 3kx²)`. A
+/// `½x(1 + erf(x/√2))`, in the order of the composite it replaces.
+fn lower_gelu(e: &mut Emitter, x: &str, t: &TensorType) -> String {
+    let mut w = Elementwise { e, t: t.clone() };
+    let (c, one, half) = (
+        w.constant(std::f64::consts::FRAC_1_SQRT_2),
+        w.constant(1.0),
+        w.constant(0.5),
+    );
+    let xc = w.mul(x, &c);
+    let erf = w.unary("chlo.erf", &xc);
+    let p = w.add(&erf, &one);
+    let q = w.mul(x, &p);
+    w.mul(&q, &half)
+}
+
+/// `x·σ(1.702x)`, in the order of the composite it replaces.
+fn lower_quick_gelu(e: &mut Emitter, x: &str, t: &TensorType) -> String {
+    let mut w = Elementwise { e, t: t.clone() };
+    let a = w.constant(QUICK_GELU_A);
+    let u = w.mul(x, &a);
+    let s = w.unary("stablehlo.logistic", &u);
+    w.mul(x, &s)
+}
+
+/// d/dx of GELU's tanh form, from `x` alone and without `tanh`: with `u = √(2/π)(x + kx³)`,
+/// `½(1 + tanh u) = σ(2u)` and `1 - tanh² u = 4σ'(2u)`, so the slope is `σ(2u) + ½x(1 - tanh² u)·√(2/π)(1 + 3kx²)`. A
 /// `tanh` here would be merged with the forward pass's, whose array the compiler would then
-/// keep for the backward pass; `exp(-2|u|)` is also free of the cancellation in `1 - tanh²`.
+/// keep for the backward pass; [`sigmoid_from_exp`] is also free of the cancellation in
+/// `1 - tanh²`.
 fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
     let x2 = x.square()?;
     let u = x.add(&x2.mul(x)?.mul_scalar(GELU_K)?)?.mul_scalar(GELU_C)?;
-    let e = u.abs()?.mul_scalar(-2.0)?.exp()?;
-    let r = x.ones_like()?.div(&e.add_scalar(1.0)?)?;
-    let sigma = Tensor::select(&u.ge(&u.zeros_like()?)?, &r, &e.mul(&r)?)?;
-    let sech2 = e.mul(&r.square()?)?.mul_scalar(4.0)?;
+    let (sigma, slope) = sigmoid_from_exp(&u.mul_scalar(2.0)?)?;
+    let sech2 = slope.mul_scalar(4.0)?;
     let du = x2
         .mul_scalar(3.0 * GELU_K)?
         .add_scalar(1.0)?
         .mul_scalar(GELU_C)?;
     sigma.add(&x.mul(&sech2)?.mul(&du)?.mul_scalar(0.5)?)
+}
+
+/// `σ(u)` and `σ'(u) = σ(u)(1 - σ(u))` through `e = exp(-|u|)`: `σ(u)` is `1/(1+e)` for
+/// `u ≥ 0` and `e/(1+e)` below, and `σ'(u) = e/(1+e)²`. No `logistic` (it would be merged with
+/// a forward one, which the compiler would then keep for the backward pass), no overflow, no
+/// cancellation in `1 - σ`.
+fn sigmoid_from_exp(u: &Tensor) -> Result<(Tensor, Tensor)> {
+    let e = u.abs()?.neg()?.exp()?;
+    let r = u.ones_like()?.div(&e.add_scalar(1.0)?)?;
+    let sigma = Tensor::select(&u.ge(&u.zeros_like()?)?, &r, &e.mul(&r)?)?;
+    let slope = e.mul(&r.square()?)?;
+    Ok((sigma, slope))
+}
+
+/// d/dx of the exact GELU, `Φ(x) + x·φ(x)`, from `x` alone: `Φ(x) = ½ erfc(-x/√2)`, which is
+/// not the forward pass's `erf(x/√2)` (so the compiler does not keep that array for the backward
+/// pass) and is accurate in the left tail, where `1 + erf` cancels.
+fn gelu_slope(x: &Tensor) -> Result<Tensor> {
+    let cdf = x
+        .mul_scalar(-std::f64::consts::FRAC_1_SQRT_2)?
+        .erfc()?
+        .mul_scalar(0.5)?;
+    let inv_sqrt_2pi = std::f64::consts::FRAC_1_SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI / 2.0;
+    let pdf = x
+        .square()?
+        .mul_scalar(-0.5)?
+        .exp()?
+        .mul_scalar(inv_sqrt_2pi)?;
+    cdf.add(&x.mul(&pdf)?)
+}
+
+/// d/dx of QuickGELU, `σ(ax) + a·x·σ'(ax)` with `a = 1.702`, from `x` alone.
+fn quick_gelu_slope(x: &Tensor) -> Result<Tensor> {
+    let (sigma, slope) = sigmoid_from_exp(&x.mul_scalar(QUICK_GELU_A)?)?;
+    sigma.add(&x.mul(&slope)?.mul_scalar(QUICK_GELU_A)?)
 }
 
 /// The StableHLO op of a binary function (also the combiner of reduction regions).

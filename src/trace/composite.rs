@@ -71,12 +71,6 @@ impl Tensor {
         xc.mul(&var.add_scalar(eps)?.rsqrt()?)
     }
 
-    /// GELU, exact: ½x(1 + erf(x/√2)) (as BERT uses).
-    pub fn gelu_exact(&self) -> Result<Tensor> {
-        let e = self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
-        self.mul(&e.add_scalar(1.0)?)?.mul_scalar(0.5)
-    }
-
     /// x / max(‖x‖₂, ε) along `axis`.
     pub fn l2_normalize(&self, axis: isize, eps: f64) -> Result<Tensor> {
         let a = self.axis(axis, "l2_normalize")?;

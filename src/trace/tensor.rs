@@ -124,10 +124,22 @@ impl Tensor {
     pub fn erf(&self) -> Result<Tensor> {
         self.unary(Unary::Erf)
     }
+    /// `1 - erf(x)`, without the cancellation of the difference for large `x`.
+    pub fn erfc(&self) -> Result<Tensor> {
+        self.unary(Unary::Erfc)
+    }
     /// GELU, tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))) (ViT's, and SigLIP's
     /// `gelu_pytorch_tanh`).
     pub fn gelu(&self) -> Result<Tensor> {
         self.unary(Unary::GeluTanh)
+    }
+    /// The exact GELU, `x·Φ(x) = ½x(1 + erf(x/√2))` (PyTorch's `nn.GELU()`, open_clip's default).
+    pub fn gelu_exact(&self) -> Result<Tensor> {
+        self.unary(Unary::Gelu)
+    }
+    /// QuickGELU, `x·σ(1.702x)` (OpenAI CLIP).
+    pub fn quick_gelu(&self) -> Result<Tensor> {
+        self.unary(Unary::QuickGelu)
     }
     pub fn floor(&self) -> Result<Tensor> {
         self.unary(Unary::Floor)
