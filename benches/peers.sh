@@ -30,7 +30,7 @@ for _ in $(seq "${ROUNDS:-3}"); do
   runs+=$(BASIC_BENCH=jax cargo bench --quiet --bench step 2>/dev/null |
     sed 's/"impl": "basic"/"impl": "basic", "plugin": "default"/')$'\n'
   for m in tiny small; do
-    steps=$([ $m = tiny ] && echo 20 || echo 5)
+    steps=$([ $m = tiny ] && echo 20 || echo 15)
     runs+=$(JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model $m --steps "$steps")$'\n'
     runs+=$(.ref/bin/python benches/basic_torch.py --model $m --steps "$steps")$'\n'
   done

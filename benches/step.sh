@@ -18,7 +18,7 @@ runs=""
 for _ in $(seq "${ROUNDS:-3}"); do
   runs+=$(BASIC_BENCH=jax cargo bench --quiet --bench step 2>/dev/null | sed 's/"impl": "basic"/"impl": "basic", "plugin": "xla-cpu-pjrt"/')$'\n'
   runs+=$(BASIC_BENCH=jax BASIC_PJRT_PLUGIN=$newer cargo bench --quiet --bench step 2>/dev/null | sed 's/"impl": "basic"/"impl": "basic", "plugin": "lammps-jax-pjrt-cpu"/')$'\n'
-  runs+=$(JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model tiny --steps 20; JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model small --steps 5)$'\n'
+  runs+=$(JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model tiny --steps 20; JAX_PLATFORMS=cpu .venv/bin/python benches/basic_jax.py --model small --steps 15)$'\n'
 done
 echo "$runs"
 python3 - <<PY
