@@ -35,12 +35,12 @@ fn compile(
     Ok((p, secs, values))
 }
 
-/// Median seconds per step over `steps`, parameters and state staying on the devices.
 /// Untimed steps before the timed ones, as the peers take (`benches/basic_jax.py`,
-/// `benches/basic_torch.py`): the first few steps of a process run slower than the steady state
-/// (allocator and thread pools warming up), and a training run is all steady state.
+/// `benches/basic_torch.py`): the first few steps of a process run slower than the steady state,
+/// and a training run is all steady state.
 const WARMUP_STEPS: usize = 3;
 
+/// Median seconds per step over `steps`, parameters and state staying on the devices.
 fn time_steps(
     p: &ShardedProgram,
     c: &ModelConfig,

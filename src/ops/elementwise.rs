@@ -92,6 +92,8 @@ const TWO_OVER_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
 /// √(2/π) and the cubic coefficient of GELU's tanh form.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_K: f64 = 0.044715;
+/// 1/√(2π), the standard normal density's scale.
+const INV_SQRT_2PI: f64 = std::f64::consts::FRAC_1_SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI / 2.0;
 /// QuickGELU's slope inside the sigmoid.
 const QUICK_GELU_A: f64 = 1.702;
 
@@ -174,10 +176,10 @@ fn lower_quick_gelu(e: &mut Emitter, x: &str, t: &TensorType) -> String {
 }
 
 /// d/dx of GELU's tanh form, from `x` alone and without `tanh`: with `u = √(2/π)(x + kx³)`,
-/// `½(1 + tanh u) = σ(2u)` and `1 - tanh² u = 4σ'(2u)`, so the slope is `σ(2u) + ½x(1 - tanh² u)·√(2/π)(1 + 3kx²)`. A
-/// `tanh` here would be merged with the forward pass's, whose array the compiler would then
-/// keep for the backward pass; [`sigmoid_from_exp`] is also free of the cancellation in
-/// `1 - tanh²`.
+/// `½(1 + tanh u) = σ(2u)` and `1 - tanh² u = 4σ'(2u)`, so the slope is
+/// `σ(2u) + ½x(1 - tanh² u)·√(2/π)(1 + 3kx²)`. A `tanh` here would be merged with the forward
+/// pass's, whose array the compiler would then keep for the backward pass; [`sigmoid_from_exp`]
+/// is also free of the cancellation in `1 - tanh²`.
 fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
     let x2 = x.square()?;
     let u = x.add(&x2.mul(x)?.mul_scalar(GELU_K)?)?.mul_scalar(GELU_C)?;
@@ -210,12 +212,11 @@ fn gelu_slope(x: &Tensor) -> Result<Tensor> {
         .mul_scalar(-std::f64::consts::FRAC_1_SQRT_2)?
         .erfc()?
         .mul_scalar(0.5)?;
-    let inv_sqrt_2pi = std::f64::consts::FRAC_1_SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI / 2.0;
     let pdf = x
         .square()?
         .mul_scalar(-0.5)?
         .exp()?
-        .mul_scalar(inv_sqrt_2pi)?;
+        .mul_scalar(INV_SQRT_2PI)?;
     cdf.add(&x.mul(&pdf)?)
 }
 
