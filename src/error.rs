@@ -98,6 +98,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Bad input: `what` names it (with its value), `fix` says what to do instead.
+    pub fn invalid(what: impl Into<String>, fix: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
