@@ -72,7 +72,7 @@ fn compile_json_reports_params_flops_and_memory_per_device() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // The count the model's own parameter specs give.
     let specs =
-        basic::model::basic::specs(&basic::model::ModelConfig::load("tiny").unwrap()).unwrap();
+        basic::model::dual::specs(&basic::model::ModelConfig::load("tiny").unwrap()).unwrap();
     let params: i64 = specs.iter().map(|s| s.element_count()).sum();
     assert_eq!(v["params"], params);
     assert!(v["flops_per_step"].as_f64().unwrap() > 1e8);
@@ -301,4 +301,53 @@ fn bad_flags_and_files_are_one_clear_error() {
     let o = basic_cmd(&["compile", "--model", cfg.to_str().unwrap()]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("bad.toml"), "{e}");
+}
+
+/// Choices are parsed once, at the flag: a bad value is refused there, naming the flag, before
+/// any config is read; `train` takes the same precisions as every other command.
+#[test]
+fn typed_flags_are_refused_at_the_flag_that_carries_them() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "train", "--model", "tiny", "--data", "x", "--out", "y", "--dtype", "f64",
+            ],
+            "--dtype",
+        ),
+        (
+            &["compile", "--model", "tiny", "--remat", "most"],
+            "--remat",
+        ),
+        (
+            &["compile", "--model", "tiny", "--partitioner", "gspmdd"],
+            "--partitioner",
+        ),
+        (
+            &[
+                "plan",
+                "--model",
+                "tiny",
+                "--target",
+                "tpu-v5e:2x2",
+                "--partitioner",
+                "x",
+            ],
+            "--partitioner",
+        ),
+        (
+            &["grad", "--model", "tiny", "--dtype", "bf16", "--out", "g"],
+            "--dtype",
+        ),
+    ];
+    for (args, flag) in cases {
+        let o = basic_cmd(args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(e.contains(flag), "{args:?}: {e}");
+        // Refused by the flag's parser, not by a preset's validation.
+        assert!(
+            !e.contains("`tiny`") && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    }
 }

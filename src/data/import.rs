@@ -138,7 +138,7 @@ pub fn fashion_mnist(source: &Path, out: &Path, limit: Option<usize>) -> Result<
     }
     let write = |name: &str, text: String| -> Result<PathBuf> {
         let p = out.join(name);
-        crate::io::safetensors::write_atomic(&p, text.as_bytes())?;
+        crate::fs::write_atomic(&p, text.as_bytes())?;
         Ok(p)
     };
     written.push(write("classes.txt", FASHION_CLASSES.join("\n") + "\n")?);
@@ -201,7 +201,7 @@ pub fn emoji(source: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = write_shards(out, "train", &train, 1000)?;
     written.extend(write_shards(out, "test", &test, 1000)?);
     let p = out.join("captions.txt");
-    crate::io::safetensors::write_atomic(&p, corpus.as_bytes())?;
+    crate::fs::write_atomic(&p, corpus.as_bytes())?;
     written.push(p);
     Ok(written)
 }

@@ -61,7 +61,7 @@ pub fn write_shards(
             }
         }
         let data = b.into_inner().map_err(|e| Error::io(&path, e))?;
-        crate::io::safetensors::write_atomic(&path, &data)?;
+        crate::fs::write_atomic(&path, &data)?;
         paths.push(path);
     }
     Ok(paths)

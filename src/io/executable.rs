@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::ir::RematPolicy;
+use crate::model::config::Precision;
+use crate::runtime::Partitioner;
 
 const MAGIC: &[u8; 8] = b"BASICEXE";
 /// Bumped when the layout or the manifest's meaning changes.
@@ -38,11 +41,11 @@ pub struct Manifest {
     pub config: String,
     pub batch: i64,
     pub microbatches: i64,
-    pub remat: String,
-    pub dtype: String,
+    pub remat: RematPolicy,
+    pub dtype: Precision,
     pub mesh: String,
     pub partitioning: String,
-    pub partitioner: String,
+    pub partitioner: Partitioner,
     pub donate: bool,
     /// SHA-256 of the StableHLO text.
     pub program_sha256: String,
@@ -116,7 +119,7 @@ impl SavedExecutable {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }
-        crate::io::safetensors::write_atomic(path, &out)
+        crate::fs::write_atomic(path, &out)
     }
 
     pub fn read(path: &Path) -> Result<SavedExecutable> {
@@ -196,15 +199,19 @@ impl SavedExecutable {
             a.microbatches.to_string(),
             b.microbatches.to_string(),
         );
-        cmp("remat", a.remat.clone(), b.remat.clone());
-        cmp("dtype", a.dtype.clone(), b.dtype.clone());
+        cmp("remat", a.remat.to_string(), b.remat.to_string());
+        cmp("dtype", a.dtype.to_string(), b.dtype.to_string());
         cmp("mesh", a.mesh.clone(), b.mesh.clone());
         cmp(
             "partitioning",
             a.partitioning.clone(),
             b.partitioning.clone(),
         );
-        cmp("partitioner", a.partitioner.clone(), b.partitioner.clone());
+        cmp(
+            "partitioner",
+            a.partitioner.to_string(),
+            b.partitioner.to_string(),
+        );
         cmp("donate", a.donate.to_string(), b.donate.to_string());
         diffs.extend(config);
         if diffs.is_empty() && a.program_sha256 != b.program_sha256 {

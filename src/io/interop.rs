@@ -815,7 +815,7 @@ fn to_theirs(a: &HostArray, how: How) -> Result<HostArray> {
 pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
     let c = &foreign.config;
     let file = safetensors::read(&foreign.weights)?;
-    let specs = crate::model::basic::specs(c)?;
+    let specs = crate::model::dual::specs(c)?;
     let shape_of: BTreeMap<&str, &[i64]> = specs
         .iter()
         .map(|s| (s.name.as_str(), s.shape.as_slice()))
@@ -931,7 +931,7 @@ pub fn export(
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::write(&out.join(weights_file), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
-    safetensors::write_atomic(&out.join(config_file), text.as_bytes())?;
+    crate::fs::write_atomic(&out.join(config_file), text.as_bytes())?;
     if f == Format::Hf {
         // The image normalisation the model was trained with, where transformers reads it.
         let size = c.image.image_size();
@@ -953,7 +953,7 @@ pub fn export(
         };
         let text =
             serde_json::to_string_pretty(&processor).map_err(|e| Error::Internal(e.to_string()))?;
-        safetensors::write_atomic(&out.join("preprocessor_config.json"), text.as_bytes())?;
+        crate::fs::write_atomic(&out.join("preprocessor_config.json"), text.as_bytes())?;
     }
     if let Some(t) = tokenizer {
         let dst = out.join("tokenizer.json");

@@ -156,32 +156,66 @@ pub struct Scan {
 }
 
 /// Rematerialisation policies: which values of a checkpointed block the backward pass keeps
-/// (the rest it recomputes).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// (the rest it recomputes). Parsed once, at the edges (the config's `train.remat`, `--remat`),
+/// from `none`, `dots_saveable`, `nothing_saveable` or `save_names(a,b)`; JAX's
+/// `everything_saveable` is accepted as another spelling of `none` and `full` of
+/// `nothing_saveable`. Declared from the weakest (no recomputation) to the strongest (the least
+/// memory), which is the order `Ord` follows and the planner searches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RematPolicy {
-    /// Keep nothing: recompute the whole block from its inputs.
-    NothingSaveable,
-    /// Keep the outputs of matrix multiplications (`dot_general`).
-    DotsSaveable,
+    /// No checkpoint: every value is kept.
+    None,
     /// Keep values named with [`crate::trace::Tensor::named`] by one of these names.
     SaveNames(Vec<String>),
-    /// Keep everything: the same as no checkpoint.
-    EverythingSaveable,
+    /// Keep the outputs of matrix multiplications (`dot_general`).
+    DotsSaveable,
+    /// Keep nothing: recompute the whole block from its inputs.
+    NothingSaveable,
 }
 
 impl RematPolicy {
-    /// Parses `nothing_saveable`, `dots_saveable`, `everything_saveable`, `none`, or
-    /// `save_names(a,b)`.
-    pub fn parse(s: &str) -> Option<RematPolicy> {
+    /// The policies a plan searches, weakest first.
+    pub const SEARCHED: [RematPolicy; 3] = [
+        RematPolicy::None,
+        RematPolicy::DotsSaveable,
+        RematPolicy::NothingSaveable,
+    ];
+
+    /// Whether the backward pass keeps the output of `node`.
+    pub fn saves(&self, node: &Node) -> bool {
+        match self {
+            RematPolicy::None => true,
+            RematPolicy::NothingSaveable => false,
+            RematPolicy::DotsSaveable => node.op.is_dot(),
+            RematPolicy::SaveNames(names) => node
+                .name
+                .as_ref()
+                .is_some_and(|n| names.iter().any(|m| m == n)),
+        }
+    }
+}
+
+impl std::str::FromStr for RematPolicy {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<RematPolicy> {
         let s = s.trim();
         match s {
-            "nothing_saveable" | "full" => Some(RematPolicy::NothingSaveable),
-            "dots_saveable" => Some(RematPolicy::DotsSaveable),
-            "everything_saveable" | "none" => Some(RematPolicy::EverythingSaveable),
+            "none" | "everything_saveable" => Ok(RematPolicy::None),
+            "nothing_saveable" | "full" => Ok(RematPolicy::NothingSaveable),
+            "dots_saveable" => Ok(RematPolicy::DotsSaveable),
             _ => {
-                let inner = s.strip_prefix("save_names(")?.strip_suffix(')')?;
-                Some(RematPolicy::SaveNames(
-                    inner
+                let names = s
+                    .strip_prefix("save_names(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| {
+                        crate::error::Error::invalid(
+                            format!("remat policy `{s}`"),
+                            "use none, dots_saveable, nothing_saveable or save_names(a,b)",
+                        )
+                    })?;
+                Ok(RematPolicy::SaveNames(
+                    names
                         .split(',')
                         .map(|n| n.trim().to_string())
                         .filter(|n| !n.is_empty())
@@ -190,18 +224,29 @@ impl RematPolicy {
             }
         }
     }
+}
 
-    /// Whether the backward pass keeps the output of `node`.
-    pub fn saves(&self, node: &Node) -> bool {
+impl fmt::Display for RematPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RematPolicy::NothingSaveable => false,
-            RematPolicy::EverythingSaveable => true,
-            RematPolicy::DotsSaveable => node.op.is_dot(),
-            RematPolicy::SaveNames(names) => node
-                .name
-                .as_ref()
-                .is_some_and(|n| names.iter().any(|m| m == n)),
+            RematPolicy::None => f.write_str("none"),
+            RematPolicy::DotsSaveable => f.write_str("dots_saveable"),
+            RematPolicy::NothingSaveable => f.write_str("nothing_saveable"),
+            RematPolicy::SaveNames(n) => write!(f, "save_names({})", n.join(",")),
         }
+    }
+}
+
+impl serde::Serialize for RematPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RematPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -82,18 +82,7 @@ impl ParamSpec {
     }
 }
 
-/// The logical axis that stacks identical layers for a scan (`image/layers/mlp/in/kernel`
-/// is `[depth, width, mlp]`). Sharding rules leave it whole: each loop step takes one layer.
-pub const LAYERS: &str = "layers";
-
-/// The unrolled name of layer `j` of a stacked parameter: `X/layers/R` holds `X/blocks/{j}/R`
-/// for `j` in `0..depth`, except in CoAtNet stages (`.../stages/S/layers/R`), whose first block
-/// stands apart, where it holds `X/blocks/{j + 1}/R`. `None` for a name without `/layers/`.
-pub fn layer_name(stacked: &str, j: i64) -> Option<String> {
-    let (head, rest) = stacked.rsplit_once("/layers/")?;
-    let first = i64::from(head.rsplit('/').nth(1) == Some("stages"));
-    Some(format!("{head}/blocks/{}/{rest}", j + first))
-}
+pub use super::names::{layer_name, LAYERS};
 
 /// Values for `scanned` specs from values by unrolled names (`values[name]`): each stacked
 /// parameter is the concatenation of its layers ([`layer_name`]). Converts a checkpoint of a

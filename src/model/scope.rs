@@ -166,8 +166,8 @@ pub fn trace_specs(
 /// stochastic depth, blocks as one scan over stacked layers, and the dtype of its masks.
 #[derive(Clone, Copy, Debug)]
 pub struct Tower<'a> {
-    /// Each block checkpointed with this policy; `None`: no checkpoint.
-    pub remat: Option<&'a RematPolicy>,
+    /// Each block checkpointed with this policy.
+    pub remat: &'a RematPolicy,
     /// Dropout and stochastic depth on the blocks' residual branches; `None`: deterministic.
     pub noise: Option<&'a Noise>,
     /// Identical blocks stacked on a leading `layers` axis and run as one loop.
@@ -180,7 +180,7 @@ impl<'a> Tower<'a> {
     /// No remat, no noise, unrolled blocks.
     pub fn new(dtype: DType) -> Tower<'a> {
         Tower {
-            remat: None,
+            remat: &RematPolicy::None,
             noise: None,
             scan: false,
             dtype,
@@ -195,7 +195,7 @@ impl<'a> Tower<'a> {
         }
     }
 
-    pub fn with_remat(self, remat: Option<&'a RematPolicy>) -> Tower<'a> {
+    pub fn with_remat(self, remat: &'a RematPolicy) -> Tower<'a> {
         Tower { remat, ..self }
     }
 

@@ -14,13 +14,42 @@
 use crate::error::{Error, Result};
 
 /// Which SPMD partitioner XLA runs on a program with sharding annotations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Partitioner {
     /// Shardy (`sdy` dialect), what JAX emits by default.
     #[default]
     Shardy,
     /// GSPMD (`mhlo.sharding` attributes).
     Gspmd,
+}
+
+impl Partitioner {
+    pub const NAMES: [&'static str; 2] = ["shardy", "gspmd"];
+}
+
+impl std::fmt::Display for Partitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Partitioner::Shardy => "shardy",
+            Partitioner::Gspmd => "gspmd",
+        })
+    }
+}
+
+impl std::str::FromStr for Partitioner {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Partitioner> {
+        match s.trim() {
+            "shardy" => Ok(Partitioner::Shardy),
+            "gspmd" => Ok(Partitioner::Gspmd),
+            _ => Err(Error::invalid(
+                format!("partitioner `{s}`"),
+                "use shardy (the default) or gspmd",
+            )),
+        }
+    }
 }
 
 /// How a program is laid out over devices.

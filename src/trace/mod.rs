@@ -274,8 +274,8 @@ impl Builder {
     /// Traces `f` as a checkpointed block: in the backward pass its values are recomputed from its
     /// inputs, except those the policy saves. The recomputation reads its inputs through an
     /// `optimization_barrier` so that XLA cannot merge it back into the forward pass.
-    pub fn checkpoint<T>(&self, policy: RematPolicy, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        if self.state.borrow().open_region.is_some() || policy == RematPolicy::EverythingSaveable {
+    pub fn checkpoint<T>(&self, policy: &RematPolicy, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.state.borrow().open_region.is_some() || *policy == RematPolicy::None {
             // Nested in an open region (which already recomputes it), or nothing to recompute.
             return f();
         }
@@ -283,7 +283,7 @@ impl Builder {
             let mut st = self.state.borrow_mut();
             let start = st.graph.nodes.len();
             st.graph.regions.push(Region {
-                policy,
+                policy: policy.clone(),
                 start,
                 end: start,
             });
@@ -297,18 +297,6 @@ impl Builder {
         let end = st.graph.nodes.len();
         st.graph.regions[idx].end = end;
         r
-    }
-
-    /// [`Builder::checkpoint`] under `policy`, or `f` traced as it is when there is none.
-    pub fn remat<T>(
-        &self,
-        policy: Option<&RematPolicy>,
-        f: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
-        match policy {
-            Some(p) => self.checkpoint(p.clone(), f),
-            None => f(),
-        }
     }
 
     /// Runs `body` `length` times over a carry, slicing each `xs` array along its leading axis and

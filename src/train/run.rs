@@ -15,20 +15,18 @@ use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::exec::{Sharded, ShardedArg, ShardedProgram};
 use crate::io::safetensors;
-use crate::model::{basic as dual, ModelConfig};
+use crate::model::{dual, names, ModelConfig};
 use crate::runtime::{HostArray, Runtime};
 
 use super::aot::{Machine, StepProgram};
 use super::init;
-use super::step::StepOptions;
-use super::Layout;
+use super::setup::StepSetup;
 
 /// What `basic train` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub config: ModelConfig,
-    pub step: StepOptions,
-    pub layout: Layout,
+    /// The step: the config with the flags applied, its options and layout, donation.
+    pub setup: StepSetup,
     pub data: PathBuf,
     pub out: PathBuf,
     pub steps: u64,
@@ -47,11 +45,6 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// The tokenizer to use instead of the data folder's (e.g. a pretrained text tower's).
     pub tokenizer: Option<PathBuf>,
-    /// Donate parameters and optimizer state to the step's outputs (written in place).
-    pub donate: bool,
-    /// The partitioning preset or file the layout's rules came from (recorded in and checked
-    /// against a saved executable's manifest).
-    pub partitioning: String,
     /// Load the step from this saved executable instead of compiling it.
     pub executable: Option<PathBuf>,
 }
@@ -343,7 +336,7 @@ impl<'a> Trainer<'a> {
     /// the starting parameters and state on the devices: fresh, pretrained, or the newest
     /// checkpoint's.
     fn start(rt: &'a Runtime, o: &'a RunOptions) -> Result<Trainer<'a>> {
-        let c = &o.config;
+        let c = &o.setup.config;
         std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
         let tok = Arc::new(data_tokenizer(
             &o.data,
@@ -364,7 +357,7 @@ impl<'a> Trainer<'a> {
             what: format!("model config `{}`", c.name),
             fix: format!("it cannot be written as TOML: {e}"),
         })?;
-        safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
+        crate::fs::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
         let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
         if skipped.samples > 0 && o.progress {
             eprintln!(
@@ -376,16 +369,22 @@ impl<'a> Trainer<'a> {
             .map(|(t, _)| t)
             .unwrap_or_default();
 
-        let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
+        let sp = o.setup.build()?;
         let io = StepIo::of(&sp, c)?;
         let pnames: Vec<String> = sp.params.iter().map(|s| s.name.clone()).collect();
         let snames: Vec<String> = sp.state.iter().map(|s| s.name.clone()).collect();
         let (step, start, host) = initial_state(o, &sp)?;
         let prog = match &o.executable {
             Some(path) => {
-                let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
-                let expected = sp.manifest(c, &o.step, &o.layout, &o.partitioning, &machine)?;
-                let prog = sp.load(rt.client(), path, &expected, &o.layout)?;
+                let machine = Machine::of_client(rt.client(), o.setup.layout.mesh.size() as usize);
+                let expected = sp.manifest(
+                    c,
+                    &o.setup.options,
+                    &o.setup.layout,
+                    &o.setup.partitioning,
+                    &machine,
+                )?;
+                let prog = sp.load(rt.client(), path, &expected, &o.setup.layout)?;
                 if o.progress {
                     eprintln!("loaded the step from {}", path.display());
                 }
@@ -393,7 +392,7 @@ impl<'a> Trainer<'a> {
             }
             None => ShardedProgram::compile_text(
                 rt.client(),
-                &o.layout.context(),
+                &o.setup.layout.context(),
                 sp.args,
                 sp.results,
                 sp.text,
@@ -410,7 +409,7 @@ impl<'a> Trainer<'a> {
         let loader = Loader::new(
             Arc::new(train),
             tok.clone(),
-            loader_options(c, o.step.batch as usize, o.seed, o.workers),
+            loader_options(c, o.setup.options.batch as usize, o.seed, o.workers),
             start,
         )?;
         let (metrics, metrics_path) = open_metrics(&o.out, step)?;
@@ -438,7 +437,7 @@ impl<'a> Trainer<'a> {
     /// Runs one step on the next batch; the parameters and state are replaced by the step's.
     fn step(&mut self) -> Result<StepDone> {
         let (o, prog, io) = (self.o, &self.prog, &self.io);
-        let dtype = o.step.param_dtype;
+        let dtype = o.setup.options.param_dtype;
         let batch = self.loader.next_batch()?;
         let step_arg = prog.upload(io.step, &HostArray::scalar(self.step as i32))?;
         let img = prog.upload(io.images, &safetensors::convert(&batch.images, dtype)?)?;
@@ -516,7 +515,7 @@ impl<'a> Trainer<'a> {
                 "step {step}/{} | {:.2} steps/s | {:.0} img/s | loss {:.4} | lr {:.2e} | τ {:.4} | ETA {:.0}s",
                 o.steps,
                 rate,
-                rate * o.step.batch as f64,
+                rate * o.setup.options.batch as f64,
                 d.loss,
                 d.learning_rate,
                 d.temperature,
@@ -542,7 +541,7 @@ impl<'a> Trainer<'a> {
         let o = self.o;
         quick_zero_shot(
             self.rt,
-            &o.config,
+            &o.setup.config,
             params,
             &o.data,
             &self.tok,
@@ -607,7 +606,7 @@ fn initial_state(
     o: &RunOptions,
     sp: &StepProgram,
 ) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
-    let dtype = o.step.param_dtype;
+    let dtype = o.setup.options.param_dtype;
     let (specs, sspecs) = (&sp.params, &sp.state);
     let (step, start, mut host) = match checkpoints(&o.out).last() {
         Some((_, p)) if o.resume => {
@@ -649,7 +648,7 @@ fn initial_state(
     // A tower locked when the checkpoint was written and unlocked now has no optimizer state
     // yet: it starts from zeros, as on the first step.
     for s in sspecs {
-        let param = s.name.splitn(3, '/').nth(2).unwrap_or("");
+        let param = names::slot_param(&s.name).unwrap_or("");
         if !host.contains_key(&s.name) && host.contains_key(param) {
             if o.progress {
                 eprintln!(
@@ -683,7 +682,7 @@ fn init_from(
     specs: &[crate::model::ParamSpec],
     m: &mut BTreeMap<String, HostArray>,
 ) -> Result<()> {
-    let (c, dtype) = (&o.config, o.step.param_dtype);
+    let (c, dtype) = (&o.setup.config, o.setup.options.param_dtype);
     let file = safetensors::read_params(p, c)?;
     let mut matched = 0usize;
     let mut unmatched = Vec::new();

@@ -5,7 +5,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::config::{OptimizerKind, Schedule, TrainConfig};
-use crate::model::{Init, ParamSpec};
+use crate::model::{names, Init, ParamSpec};
 use crate::trace::Tensor;
 
 mod adafactor;
@@ -43,7 +43,7 @@ pub fn state_specs(specs: &[ParamSpec], t: &TrainConfig) -> Vec<ParamSpec> {
         .iter()
         .flat_map(|s| {
             slots(s, t).into_iter().map(move |slot| ParamSpec {
-                name: format!("opt/{}/{}", slot.name, s.name),
+                name: names::slot(slot.name, &s.name),
                 shape: slot.shape,
                 init: Init::Zeros,
                 axes: slot.axes,
