@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::exec::{Sharded, ShardedArg, ShardedProgram};
 use crate::io::safetensors;
-use crate::model::{dual, names, ModelConfig};
+use crate::model::names::{self, io};
+use crate::model::{dual, ModelConfig};
 use crate::runtime::{HostArray, Runtime};
 
 use super::aot::{Machine, StepProgram};
@@ -277,20 +278,21 @@ impl StepIo {
     fn of(sp: &StepProgram, c: &ModelConfig) -> Result<StepIo> {
         let input = |name: &str| sp.input_index(name);
         let output = |name: &str| sp.output_index(name);
+        let [loss, grad_norm, lr, temperature] = io::REPORTED;
         Ok(StepIo {
-            step: input("step")?,
-            images: input("images")?,
-            tokens: input("tokens")?,
+            step: input(io::STEP)?,
+            images: input(io::IMAGES)?,
+            tokens: input(io::TOKENS)?,
             rng: if crate::train::step::has_rng(c) {
-                Some(input("rng")?)
+                Some(input(io::RNG)?)
             } else {
                 None
             },
             scalars: [
-                output("loss")?,
-                output("grad_norm")?,
-                output("learning_rate")?,
-                output("temperature")?,
+                output(loss)?,
+                output(grad_norm)?,
+                output(lr)?,
+                output(temperature)?,
             ],
         })
     }
