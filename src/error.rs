@@ -21,7 +21,7 @@ pub enum Error {
     PluginLoad { path: PathBuf, reason: String },
 
     /// The plugin's API table is too old for an entry `basic` needs.
-    #[error("PJRT plugin `{}` does not provide `{entry}` (its API table is {table_size} bytes, PJRT {version}); use a newer plugin", .path.display())]
+    #[error("PJRT plugin `{}` is too old for `{entry}`: its API table (PJRT {version}, {table_size} bytes) does not provide it; use a newer plugin", .path.display())]
     MissingEntry {
         path: PathBuf,
         entry: &'static str,

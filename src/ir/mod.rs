@@ -155,6 +155,141 @@ pub struct Scan {
     pub save_carries: bool,
 }
 
+impl Scan {
+    /// How this scan's values are laid out.
+    pub fn layout(&self) -> ScanLayout {
+        ScanLayout {
+            consts: self.num_consts,
+            carry: self.num_carry,
+            xs: self.num_xs,
+            ys: self.body.outputs.len().saturating_sub(self.num_carry),
+            saved: self.save_carries,
+        }
+    }
+}
+
+/// The one layout of a scan's values, shared by its shape rule, its derivative, its lowering and
+/// [`crate::trace::Builder::scan`]: how many constants, carries, per-step inputs (`xs`) and
+/// per-step outputs (`ys`) there are, and whether the carry entering each step is kept. Its
+/// methods cut a flat list into named slices, so no caller does offset arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanLayout {
+    pub consts: usize,
+    pub carry: usize,
+    pub xs: usize,
+    pub ys: usize,
+    pub saved: bool,
+}
+
+/// A scan node's operands, or the body's parameters after the index: `consts ++ carry ++ xs`.
+#[derive(Debug)]
+pub struct ScanIns<'a, T> {
+    pub consts: &'a [T],
+    pub carry: &'a [T],
+    pub xs: &'a [T],
+}
+
+/// A scan node's results: the final carry, the stacked `ys`, then (when kept) the carry that
+/// entered each step, stacked.
+#[derive(Debug)]
+pub struct ScanOuts<'a, T> {
+    pub carry: &'a [T],
+    pub ys: &'a [T],
+    pub saved: &'a [T],
+}
+
+/// The state of the `while` loop a scan lowers to: the step counter, the operands, then one
+/// accumulator per stacked result (`ys`, then the saved carries).
+#[derive(Debug)]
+pub struct ScanLoop<'a, T> {
+    pub index: &'a T,
+    pub ins: ScanIns<'a, T>,
+    pub ys: &'a [T],
+    pub saved: &'a [T],
+}
+
+impl ScanLayout {
+    fn saved_len(&self) -> usize {
+        if self.saved {
+            self.carry
+        } else {
+            0
+        }
+    }
+
+    /// Operands: `consts ++ carry ++ xs`.
+    pub fn operands(&self) -> usize {
+        self.consts + self.carry + self.xs
+    }
+
+    /// Results: `carry ++ ys ++ saved`.
+    pub fn results(&self) -> usize {
+        self.carry + self.ys + self.saved_len()
+    }
+
+    fn cut<'a, T>(v: &'a [T], sizes: &[usize], what: &str) -> crate::error::Result<Vec<&'a [T]>> {
+        if v.len() != sizes.iter().sum::<usize>() {
+            return Err(crate::error::Error::Internal(format!(
+                "a scan's {what}: {} values for a layout of {sizes:?}",
+                v.len()
+            )));
+        }
+        let mut rest = v;
+        Ok(sizes
+            .iter()
+            .map(|&n| {
+                let (a, b) = rest.split_at(n);
+                rest = b;
+                a
+            })
+            .collect())
+    }
+
+    /// Splits a scan's operands (or the body's parameters after its index).
+    pub fn ins<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanIns<'a, T>> {
+        let p = Self::cut(v, &[self.consts, self.carry, self.xs], "operands")?;
+        Ok(ScanIns {
+            consts: p[0],
+            carry: p[1],
+            xs: p[2],
+        })
+    }
+
+    /// Splits a scan's results.
+    pub fn outs<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanOuts<'a, T>> {
+        let p = Self::cut(v, &[self.carry, self.ys, self.saved_len()], "results")?;
+        Ok(ScanOuts {
+            carry: p[0],
+            ys: p[1],
+            saved: p[2],
+        })
+    }
+
+    /// Splits the body's outputs: `(new carry, y slices)`.
+    pub fn body_outs<'a, T>(&self, v: &'a [T]) -> crate::error::Result<(&'a [T], &'a [T])> {
+        let p = Self::cut(v, &[self.carry, self.ys], "body outputs")?;
+        Ok((p[0], p[1]))
+    }
+
+    /// Splits the `while` loop's state.
+    pub fn loop_state<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanLoop<'a, T>> {
+        let (index, rest) = v.split_first().ok_or_else(|| {
+            crate::error::Error::Internal("a scan's loop state has no counter".into())
+        })?;
+        let p = Self::cut(
+            rest,
+            &[self.operands(), self.ys, self.saved_len()],
+            "loop state",
+        )?;
+        Ok(ScanLoop {
+            index,
+            ins: self.ins(p[0])?,
+            ys: p[1],
+            saved: p[2],
+        })
+    }
+}
+
 /// Rematerialisation policies: which values of a checkpointed block the backward pass keeps
 /// (the rest it recomputes). Parsed once, at the edges (the config's `train.remat`, `--remat`),
 /// from `none`, `dots_saveable`, `nothing_saveable` or `save_names(a,b)`; JAX's

@@ -105,22 +105,14 @@ struct Elementwise<'e> {
 
 impl Elementwise<'_> {
     fn constant(&mut self, v: f64) -> String {
-        let attr = format!("value = dense<{v:.17e}> : {}", crate::lower::ty(&self.t));
-        let tys = std::slice::from_ref(&self.t);
-        self.e
-            .op("stablehlo.constant", &[], &[], &attr, tys)
-            .remove(0)
+        self.e.constant(&format!("{v:.17e}"), &self.t)
     }
     fn unary(&mut self, op: &str, a: &str) -> String {
         let tys = std::slice::from_ref(&self.t);
-        self.e.op(op, &[a.to_string()], tys, "", tys).remove(0)
+        self.e.op1(op, &[a.to_string()], tys, "", &self.t)
     }
     fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
-        let two = [self.t.clone(), self.t.clone()];
-        let tys = std::slice::from_ref(&self.t);
-        self.e
-            .op(op, &[a.to_string(), b.to_string()], &two, "", tys)
-            .remove(0)
+        self.e.binary(op, a, b, &self.t)
     }
     fn mul(&mut self, a: &str, b: &str) -> String {
         self.binary("stablehlo.multiply", a, b)

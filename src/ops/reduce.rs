@@ -253,14 +253,7 @@ fn init_value(e: &mut Emitter, kind: ReduceKind, dtype: DType) -> String {
         (ReduceKind::Min, DType::U32) => u32::MAX.to_string(),
         (ReduceKind::Min, _) => u64::MAX.to_string(),
     };
-    e.op(
-        "stablehlo.constant",
-        &[],
-        &[],
-        &format!("value = dense<{lit}> : {}", crate::lower::ty(&s)),
-        &[s],
-    )
-    .remove(0)
+    e.constant(&lit, &s)
 }
 
 fn combiner(kind: ReduceKind, dtype: DType) -> &'static str {
