@@ -351,3 +351,28 @@ fn typed_flags_are_refused_at_the_flag_that_carries_them() {
         );
     }
 }
+
+/// Model presets and rule files are built into the binary, as targets are: a run from a folder
+/// with no `graphs/` or `partitioning/` finds them.
+#[test]
+fn presets_and_rule_files_need_no_source_tree() {
+    let dir = tmp("elsewhere");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basic"))
+        .args([
+            "compile",
+            "--model",
+            "tiny",
+            "--partitioning",
+            "fsdp",
+            "--mesh",
+            "data=2",
+            "--json",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+}

@@ -427,6 +427,22 @@ impl Default for TrainConfig {
     }
 }
 
+/// The model presets of `graphs/`, built into the binary, by name.
+pub const PRESETS: [(&str, &str); 12] = [
+    ("tiny", include_str!("../../graphs/tiny.toml")),
+    ("small", include_str!("../../graphs/small.toml")),
+    ("tiny-minilm", include_str!("../../graphs/tiny-minilm.toml")),
+    ("tiny-clip", include_str!("../../graphs/tiny-clip.toml")),
+    ("vit-b16", include_str!("../../graphs/vit-b16.toml")),
+    ("basic-s", include_str!("../../graphs/basic-s.toml")),
+    ("basic-m", include_str!("../../graphs/basic-m.toml")),
+    ("basic-l", include_str!("../../graphs/basic-l.toml")),
+    ("clip-vit-b32", include_str!("../../graphs/clip-vit-b32.toml")),
+    ("clip-vit-b16", include_str!("../../graphs/clip-vit-b16.toml")),
+    ("clip-vit-l14", include_str!("../../graphs/clip-vit-l14.toml")),
+    ("siglip-b16", include_str!("../../graphs/siglip-b16.toml")),
+];
+
 impl ModelConfig {
     /// Parses TOML text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<ModelConfig> {
@@ -438,25 +454,25 @@ impl ModelConfig {
         Ok(c)
     }
 
-    /// Reads `graphs/NAME.toml`, a preset name (`tiny`), or any path.
+    /// Reads a config file by path, else a preset built into the binary by name (`tiny`, or
+    /// `tiny.toml`): an installed `basic` needs no source tree.
     pub fn load(name_or_path: &str) -> Result<ModelConfig> {
         let p = Path::new(name_or_path);
-        let path = if p.is_file() {
-            p.to_path_buf()
-        } else {
-            let file = if name_or_path.ends_with(".toml") {
-                name_or_path.to_string()
-            } else {
-                format!("{name_or_path}.toml")
+        if !p.is_file() {
+            let name = name_or_path.strip_suffix(".toml").unwrap_or(name_or_path);
+            let Some((n, text)) = PRESETS.iter().find(|(n, _)| *n == name) else {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                return Err(Error::invalid(
+                    format!("model `{name_or_path}`"),
+                    format!(
+                        "give a config file path or a preset: {}",
+                        names.join(", ")
+                    ),
+                ));
             };
-            [Path::new("graphs").join(&file), Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs").join(&file)]
-                .into_iter()
-                .find(|c| c.is_file())
-                .ok_or_else(|| Error::InvalidArgument {
-                    what: format!("model `{name_or_path}`"),
-                    fix: "give a config file path or a preset of graphs/ (tiny, vit-b16, basic-s, basic-m, basic-l)".into(),
-                })?
-        };
+            return ModelConfig::parse(text, &format!("graphs/{n}.toml (built in)"));
+        }
+        let path = p.to_path_buf();
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         ModelConfig::parse(&text, &path.display().to_string())
     }
@@ -563,5 +579,35 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preset file of `graphs/` is built in, and every built-in preset parses: an
+    /// installed binary finds its models without the source tree.
+    #[test]
+    fn every_preset_of_graphs_is_built_in_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        files.sort();
+        let mut built_in: Vec<String> = PRESETS.iter().map(|(n, _)| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(files, built_in);
+        for (n, _) in PRESETS {
+            let c = ModelConfig::load(n).unwrap();
+            assert_eq!(ModelConfig::load(&format!("{n}.toml")).unwrap(), c);
+        }
+        let e = ModelConfig::load("no-such-model").unwrap_err().to_string();
+        assert!(e.contains("no-such-model") && e.contains("basic-l"), "{e}");
     }
 }
