@@ -29,10 +29,10 @@ fn main() -> basic::Result<()> {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         other => {
-            return Err(basic::Error::InvalidArgument {
-                what: format!("BASIC_DTYPE={other}"),
-                fix: "use f32 or bf16".into(),
-            })
+            return Err(basic::Error::invalid(
+                format!("BASIC_DTYPE={other}"),
+                "use f32 or bf16",
+            ))
         }
     };
     let c = match basic::io::interop::parse_model(&model)? {

@@ -88,12 +88,12 @@ pub enum Error {
     #[error("invalid {what}: {fix}")]
     InvalidArgument { what: String, fix: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", .path.display())]
+    /// A file could not be read or written. The OS error is part of the message, not a
+    /// separate source, so a report of the whole chain says it once.
+    #[error("{}: {cause}", .path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -109,7 +109,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

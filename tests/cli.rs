@@ -376,3 +376,34 @@ fn presets_and_rule_files_need_no_source_tree() {
     assert_eq!(v["model"], "tiny");
     assert_eq!(v["devices"].as_array().unwrap().len(), 2);
 }
+
+/// A foreign-checkpoint folder without its config is one error that says so, once; an OS error
+/// is reported once, not once per level of its cause chain.
+#[test]
+fn a_missing_foreign_config_and_a_missing_file_are_said_once() {
+    let dir = tmp("hf-empty");
+    let model = format!("hf:{}", dir.display());
+    let o = basic_cmd(&["embed", "--model", &model, "--batch", "b", "--out", "e"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert_eq!(e.matches("config.json").count(), 2, "{e}");
+    assert!(
+        e.contains("has no config.json") && !e.contains("os error"),
+        "{e}"
+    );
+    let missing = dir.join("nothing.safetensors");
+    let o = basic_cmd(&[
+        "grad",
+        "--model",
+        "tiny",
+        "--params",
+        missing.to_str().unwrap(),
+        "--random-batch",
+        "2",
+        "--out",
+        "g",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert_eq!(e.matches("os error 2").count(), 1, "{e}");
+}

@@ -18,10 +18,7 @@ pub struct Sample {
 }
 
 fn bad(path: &Path, fix: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: format!("dataset file `{}`", path.display()),
-        fix: fix.into(),
-    }
+    Error::invalid(format!("dataset file `{}`", path.display()), fix.into())
 }
 
 /// Writes samples into `dir/PREFIX-00000.tar`, ... with `per_shard` samples each. Each shard is
@@ -94,10 +91,7 @@ pub fn read_shards(dir: &Path, prefix: &str, skip_bad: bool) -> Result<(Vec<Samp
         .collect();
     shards.sort();
     if shards.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: format!("dataset folder `{}`", dir.display()),
-            fix: format!("it has no `{prefix}-*.tar` shards; make them with `basic data fashion-mnist --out {}`", dir.display()),
-        });
+        return Err(Error::invalid(format!("dataset folder `{}`", dir.display()), format!("it has no `{prefix}-*.tar` shards; make them with `basic data fashion-mnist --out {}`", dir.display())));
     }
     let mut out = Vec::new();
     let mut skipped = Skipped::default();

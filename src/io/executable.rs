@@ -106,11 +106,12 @@ pub struct SavedExecutable {
 
 impl SavedExecutable {
     pub fn write(&self, path: &Path) -> Result<()> {
-        let manifest =
-            serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::InvalidArgument {
-                what: format!("the manifest of `{}`", path.display()),
-                fix: format!("cannot serialize it: {e}"),
-            })?;
+        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| {
+            Error::invalid(
+                format!("the manifest of `{}`", path.display()),
+                format!("cannot serialize it: {e}"),
+            )
+        })?;
         let mut out = Vec::with_capacity(
             MAGIC.len() + 24 + manifest.len() + self.program.len() + self.executable.len(),
         );
@@ -124,9 +125,11 @@ impl SavedExecutable {
 
     pub fn read(path: &Path) -> Result<SavedExecutable> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |why: &str| Error::InvalidArgument {
-            what: format!("executable file `{}`", path.display()),
-            fix: format!("{why}; write it with `basic compile --save-executable`"),
+        let bad = |why: &str| {
+            Error::invalid(
+                format!("executable file `{}`", path.display()),
+                format!("{why}; write it with `basic compile --save-executable`"),
+            )
         };
         if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
             return Err(bad("it is not a basic executable (no BASICEXE header)"));
@@ -224,14 +227,11 @@ impl SavedExecutable {
         if diffs.is_empty() {
             return Ok(());
         }
-        Err(Error::InvalidArgument {
-            what: format!(
+        Err(Error::invalid(format!(
                 "executable `{}` (compiled for {}): {}",
                 path.display(),
                 a.target,
                 diffs.join("; ")
-            ),
-            fix: "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable".into(),
-        })
+            ), "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable"))
     }
 }

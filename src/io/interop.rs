@@ -35,10 +35,10 @@ impl Format {
         match s {
             "hf" => Ok(Format::Hf),
             "open_clip" | "open-clip" => Ok(Format::OpenClip),
-            other => Err(Error::InvalidArgument {
-                what: format!("checkpoint format `{other}`"),
-                fix: "use hf or open_clip".into(),
-            }),
+            other => Err(Error::invalid(
+                format!("checkpoint format `{other}`"),
+                "use hf or open_clip",
+            )),
         }
     }
 }
@@ -56,10 +56,7 @@ pub struct Foreign {
 }
 
 fn bad(what: impl Into<String>, fix: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: what.into(),
-        fix: fix.into(),
-    }
+    Error::invalid(what.into(), fix.into())
 }
 
 /// `hf:DIR` or `open_clip:DIR` as a foreign checkpoint; `None` for any other model name.
@@ -94,6 +91,16 @@ pub fn open(format: Format, dir: &Path) -> Result<Foreign> {
         Format::OpenClip => ("open_clip_config.json", "open_clip_model.safetensors"),
     };
     let cfg_path = dir.join(config_file);
+    if !cfg_path.is_file() {
+        let (prefix, what) = match format {
+            Format::Hf => ("hf", "a transformers CLIPModel or SiglipModel folder"),
+            Format::OpenClip => ("open_clip", "an open_clip folder"),
+        };
+        return Err(Error::invalid(
+            format!("{prefix}:{}", dir.display()),
+            format!("it has no {config_file}; give {what} ({config_file} and {weights_file})"),
+        ));
+    }
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         bad(

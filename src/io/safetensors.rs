@@ -16,10 +16,10 @@ use crate::error::{Error, Result};
 use crate::model::ParamSpec;
 
 fn bad(path: &Path, problem: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: format!("safetensors file `{}`", path.display()),
-        fix: problem.into(),
-    }
+    Error::invalid(
+        format!("safetensors file `{}`", path.display()),
+        problem.into(),
+    )
 }
 
 fn to_dtype(d: Dtype) -> Option<DType> {
@@ -137,14 +137,14 @@ pub fn read_params(
         // The architecture the folder's config describes must be the model's.
         let (a, b) = (&f.config, c);
         if a.image != b.image || a.text != b.text || a.embed_dim != b.embed_dim {
-            return Err(Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!(
+            return Err(Error::invalid(
+                format!("checkpoint `{}`", path.display()),
+                format!(
                     "its config describes another architecture than model `{}`: pass --model {}",
                     c.name,
                     path.display()
                 ),
-            });
+            ));
         }
         return super::interop::read_weights(&f);
     }
@@ -170,13 +170,15 @@ pub fn read_params(
                 continue;
             }
             let stacked = crate::model::params::stack_layers(std::slice::from_ref(s), &file)
-                .map_err(|e| Error::InvalidArgument {
-                    what: format!(
-                        "`{}`: stacking its layers into `{}`",
-                        path.display(),
-                        s.name
-                    ),
-                    fix: e.to_string(),
+                .map_err(|e| {
+                    Error::invalid(
+                        format!(
+                            "`{}`: stacking its layers into `{}`",
+                            path.display(),
+                            s.name
+                        ),
+                        e.to_string(),
+                    )
                 })?;
             for n in &names {
                 file.remove(n);

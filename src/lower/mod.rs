@@ -499,23 +499,23 @@ pub fn module_sharded_donating(
     let in_tys = graph.param_types();
     for &(a, r) in donate {
         let (Some(at), Some(rt)) = (in_tys.get(a), out_tys.get(r)) else {
-            return Err(crate::error::Error::InvalidArgument {
-                what: format!("donating argument {a} to result {r} of `{}`", graph.name),
-                fix: format!(
+            return Err(crate::error::Error::invalid(
+                format!("donating argument {a} to result {r} of `{}`", graph.name),
+                format!(
                     "the graph has {} parameters and {} outputs",
                     in_tys.len(),
                     out_tys.len()
                 ),
-            });
+            ));
         };
         if at != rt || args.get(a) != results.get(r) {
-            return Err(crate::error::Error::InvalidArgument {
-                what: format!(
+            return Err(crate::error::Error::invalid(
+                format!(
                     "donating `{}` ({at}) to output `{}` ({rt}) of `{}`",
                     graph.params[a].0, graph.outputs[r].0, graph.name
                 ),
-                fix: "a donated argument and its result need the same type and sharding".into(),
-            });
+                "a donated argument and its result need the same type and sharding",
+            ));
         }
     }
     let alias = |i: usize| {

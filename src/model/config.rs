@@ -437,19 +437,26 @@ pub const PRESETS: [(&str, &str); 12] = [
     ("basic-s", include_str!("../../graphs/basic-s.toml")),
     ("basic-m", include_str!("../../graphs/basic-m.toml")),
     ("basic-l", include_str!("../../graphs/basic-l.toml")),
-    ("clip-vit-b32", include_str!("../../graphs/clip-vit-b32.toml")),
-    ("clip-vit-b16", include_str!("../../graphs/clip-vit-b16.toml")),
-    ("clip-vit-l14", include_str!("../../graphs/clip-vit-l14.toml")),
+    (
+        "clip-vit-b32",
+        include_str!("../../graphs/clip-vit-b32.toml"),
+    ),
+    (
+        "clip-vit-b16",
+        include_str!("../../graphs/clip-vit-b16.toml"),
+    ),
+    (
+        "clip-vit-l14",
+        include_str!("../../graphs/clip-vit-l14.toml"),
+    ),
     ("siglip-b16", include_str!("../../graphs/siglip-b16.toml")),
 ];
 
 impl ModelConfig {
     /// Parses TOML text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<ModelConfig> {
-        let c: ModelConfig = toml::from_str(text).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{source}`"),
-            fix: e.to_string(),
-        })?;
+        let c: ModelConfig = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("model config `{source}`"), e.to_string()))?;
         c.validate(source)?;
         Ok(c)
     }
@@ -464,10 +471,7 @@ impl ModelConfig {
                 let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
                 return Err(Error::invalid(
                     format!("model `{name_or_path}`"),
-                    format!(
-                        "give a config file path or a preset: {}",
-                        names.join(", ")
-                    ),
+                    format!("give a config file path or a preset: {}", names.join(", ")),
                 ));
             };
             return ModelConfig::parse(text, &format!("graphs/{n}.toml (built in)"));
@@ -480,10 +484,10 @@ impl ModelConfig {
     /// Checks sizes that the shape rules would only reject deep inside the model.
     pub fn validate(&self, source: &str) -> Result<()> {
         let bad = |what: String, fix: &str| {
-            Err(Error::InvalidArgument {
-                what: format!("{what} in `{source}`"),
-                fix: fix.to_string(),
-            })
+            Err(Error::invalid(
+                format!("{what} in `{source}`"),
+                fix.to_string(),
+            ))
         };
         if self.embed_dim < 1 {
             return bad(

@@ -92,9 +92,11 @@ pub fn stack_layers(
     values: &BTreeMap<String, HostArray>,
 ) -> Result<Vec<HostArray>> {
     let get = |n: &str| {
-        values.get(n).ok_or_else(|| Error::InvalidArgument {
-            what: format!("parameter `{n}`"),
-            fix: "the unrolled values lack it: are they of the same model?".into(),
+        values.get(n).ok_or_else(|| {
+            Error::invalid(
+                format!("parameter `{n}`"),
+                "the unrolled values lack it: are they of the same model?",
+            )
         })
     };
     scanned
@@ -113,10 +115,10 @@ pub fn stack_layers(
                 .collect::<Result<Vec<_>>>()?;
             let v = HostArray::concat(&parts, 0)?;
             if v.shape() != s.shape.as_slice() {
-                return Err(Error::InvalidArgument {
-                    what: format!("stacked `{}` of shape {:?}", s.name, v.shape()),
-                    fix: format!("expected {:?}: the layers differ in shape", s.shape),
-                });
+                return Err(Error::invalid(
+                    format!("stacked `{}` of shape {:?}", s.name, v.shape()),
+                    format!("expected {:?}: the layers differ in shape", s.shape),
+                ));
             }
             Ok(v)
         })
@@ -164,9 +166,11 @@ impl Params {
     }
 
     pub fn get(&self, path: &str) -> Result<&Tensor> {
-        self.map.get(path).ok_or_else(|| Error::InvalidArgument {
-            what: format!("parameter `{path}`"),
-            fix: "it is not declared by the model's parameter specs".into(),
+        self.map.get(path).ok_or_else(|| {
+            Error::invalid(
+                format!("parameter `{path}`"),
+                "it is not declared by the model's parameter specs",
+            )
         })
     }
 

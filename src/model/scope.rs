@@ -102,13 +102,10 @@ impl<'a> Scope<'a> {
     pub fn declare(&self, spec: ParamSpec) -> Result<Tensor> {
         let name = self.path(&spec.name);
         let misshaped = |have: &[i64]| {
-            Error::InvalidArgument {
-            what: format!("parameter `{name}` of shape {have:?}"),
-            fix: format!(
+            Error::invalid(format!("parameter `{name}` of shape {have:?}"), format!(
                 "the model uses it with shape {:?}: declare the parameters from the model's traced specs",
                 spec.shape
-            ),
-        }
+            ))
         };
         match &self.source {
             Source::Bound(p) => {

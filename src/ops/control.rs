@@ -246,6 +246,10 @@ fn scan_step(e: &mut Emitter, s: &Scan, lt: &[TensorType], a: &[String]) -> Resu
 }
 
 impl Rule for RngBitGenerator {
+    fn name(&self) -> String {
+        "rng_bit_generator".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 || ins[0] != TensorType::new(DType::U64, &[2]) {
             return shape_err(
@@ -270,6 +274,10 @@ impl Rule for RngBitGenerator {
 }
 
 impl Rule for OptimizationBarrier {
+    fn name(&self) -> String {
+        "optimization_barrier".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         Ok(ins.to_vec())
     }
@@ -285,6 +293,10 @@ impl Rule for OptimizationBarrier {
 }
 
 impl Rule for StopGradient {
+    fn name(&self) -> String {
+        "stop_gradient".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 {
             return shape_err(
@@ -306,6 +318,15 @@ impl Rule for StopGradient {
 }
 
 impl Rule for Scan {
+    fn name(&self) -> String {
+        "scan".into()
+    }
+
+    /// The body's, as many times as the loop runs.
+    fn flops(&self, _ins: &[TensorType], _outs: &[TensorType]) -> f64 {
+        self.length as f64 * super::flops(&self.body)
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         scan_outputs(self, ins)
     }
@@ -330,6 +351,10 @@ impl Rule for Scan {
 }
 
 impl Rule for ShardingConstraint {
+    fn name(&self) -> String {
+        "sharding_constraint".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 || self.axes.len() != ins[0].rank() {
             return shape_err(

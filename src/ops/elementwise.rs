@@ -13,6 +13,10 @@ fn unary_name(u: Unary) -> String {
 }
 
 impl Rule for Unary {
+    fn name(&self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = unary_name(*self);
         arity(&name, ins, 1)?;
@@ -238,6 +242,10 @@ pub(crate) fn binary_op(b: Binary) -> &'static str {
 }
 
 impl Rule for Binary {
+    fn name(&self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("{self:?}").to_lowercase();
         arity(&name, ins, 2)?;
@@ -313,6 +321,10 @@ impl Rule for Binary {
 }
 
 impl Rule for Cmp {
+    fn name(&self) -> String {
+        format!("compare_{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("compare_{self:?}").to_lowercase();
         arity(&name, ins, 2)?;
@@ -344,6 +356,10 @@ impl Rule for Cmp {
 }
 
 impl Rule for Select {
+    fn name(&self) -> String {
+        "select".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("select", ins, 3)?;
         if ins[0].dtype != DType::Pred || ins[0].shape != ins[1].shape || ins[1] != ins[2] {
@@ -371,6 +387,10 @@ impl Rule for Select {
 }
 
 impl Rule for Convert {
+    fn name(&self) -> String {
+        "convert".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("convert", ins, 1)?;
         Ok(vec![ins[0].with_dtype(self.to)])
@@ -391,6 +411,10 @@ impl Rule for Convert {
 }
 
 impl Rule for BitcastConvert {
+    fn name(&self) -> String {
+        "bitcast_convert".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("bitcast_convert", ins, 1)?;
         let (from, to) = (ins[0].dtype, self.to);

@@ -86,7 +86,10 @@ const PRESET_FILES: [(&str, &str); 4] = [
         "model_parallel",
         include_str!("../../partitioning/model_parallel.toml"),
     ),
-    ("data_model", include_str!("../../partitioning/data_model.toml")),
+    (
+        "data_model",
+        include_str!("../../partitioning/data_model.toml"),
+    ),
 ];
 
 /// A parsed rule file.
@@ -124,10 +127,7 @@ struct RawRules {
 impl Rules {
     /// Parses rule-file text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Rules> {
-        let bad = |m: String| Error::InvalidArgument {
-            what: format!("partitioning rules `{source}`"),
-            fix: m,
-        };
+        let bad = |m: String| Error::invalid(format!("partitioning rules `{source}`"), m);
         let raw: RawRules = toml::from_str(text).map_err(|e| bad(format!("{e}")))?;
         let default_mesh = raw.mesh.as_deref().map(Mesh::parse).transpose()?;
         let mut params = Vec::new();
@@ -175,13 +175,13 @@ impl Rules {
         if let Some((n, text)) = PRESET_FILES.iter().find(|(n, _)| *n == name) {
             return Rules::parse(text, &format!("partitioning/{n}.toml (built in)"));
         }
-        Err(Error::InvalidArgument {
-            what: format!("partitioning `{name_or_path}`"),
-            fix: format!(
+        Err(Error::invalid(
+            format!("partitioning `{name_or_path}`"),
+            format!(
                 "give a rule file path or a preset of partitioning/: {}",
                 PRESETS.join(", ")
             ),
-        })
+        ))
     }
 
     /// Data parallelism: batch over `data`, weights replicated.
@@ -217,12 +217,10 @@ impl Rules {
         }
         for (a, by) in &mentioned {
             if mesh.axis_size(a).is_none() {
-                return Err(Error::InvalidArgument {
-                    what: format!("mesh axis `{a}` (used by {by})"),
-                    fix: format!(
-                        "mesh {mesh} has no such axis: add it to --mesh or change the rules"
-                    ),
-                });
+                return Err(Error::invalid(
+                    format!("mesh axis `{a}` (used by {by})"),
+                    format!("mesh {mesh} has no such axis: add it to --mesh or change the rules"),
+                ));
             }
         }
         // An axis of more than one device that no rule uses would hold a full copy of
@@ -242,19 +240,16 @@ impl Rules {
                     })
                     .copied()
                     .collect();
-                return Err(Error::InvalidArgument {
-                    what: format!(
+                return Err(Error::invalid(format!(
                         "mesh axis `{axis}` of size {size} in mesh {mesh}: no sharding rule uses it, so every tensor would be replicated over it"
-                    ),
-                    fix: if users.is_empty() {
+                    ), if users.is_empty() {
                         "drop the axis from --mesh, or give rules that shard over it".into()
                     } else {
                         format!(
                             "pick rules that shard over it (--partitioning {}), or drop it from --mesh",
                             users.join(" or ")
                         )
-                    },
-                });
+                    }));
             }
         }
         Ok(())

@@ -240,7 +240,7 @@ impl Planner<'_> {
     fn figures(&mut self, choice: &Choice) -> Result<Figures> {
         let setup = self.setup(choice)?;
         let sp = setup.build()?;
-        let flops = crate::ir::flops(&sp.graph);
+        let flops = crate::ops::flops(&sp.graph);
         let devices = setup.devices();
         let cache = self.cache_path(&sp.text);
         if let Some(p) = &cache {
@@ -494,10 +494,10 @@ pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Resul
         .budget
         .unwrap_or((hbm as f64 * (1.0 - DEFAULT_HEADROOM)) as i64);
     if budget <= 0 {
-        return Err(Error::InvalidArgument {
-            what: format!("memory budget {budget} bytes"),
-            fix: "give a positive --budget".into(),
-        });
+        return Err(Error::invalid(
+            format!("memory budget {budget} bytes"),
+            "give a positive --budget",
+        ));
     }
     if let Some(dir) = &req.cache {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -620,9 +620,11 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| Error::InvalidArgument {
-        what: format!("byte count `{s}`"),
-        fix: "give bytes, or a number with KB, MB, GB, KiB, MiB or GiB".into(),
+    let v: f64 = num.parse().map_err(|_| {
+        Error::invalid(
+            format!("byte count `{s}`"),
+            "give bytes, or a number with KB, MB, GB, KiB, MiB or GiB",
+        )
     })?;
     let scale: BTreeMap<&str, f64> = [
         ("", 1.0),
@@ -640,9 +642,11 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
     .collect();
     let k = scale
         .get(unit.trim().to_ascii_lowercase().as_str())
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("byte unit `{unit}` in `{s}`"),
-            fix: "use KB, MB, GB, KiB, MiB or GiB".into(),
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("byte unit `{unit}` in `{s}`"),
+                "use KB, MB, GB, KiB, MiB or GiB",
+            )
         })?;
     Ok((v * k) as i64)
 }

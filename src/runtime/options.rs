@@ -124,32 +124,32 @@ impl CompileOptions {
     /// Refuses options that would abort the plugin or cannot be satisfied.
     pub fn validate(&self) -> Result<()> {
         if self.num_replicas == 0 || self.num_partitions == 0 {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "compile options (num_replicas = {}, num_partitions = {})",
                     self.num_replicas, self.num_partitions
                 ),
-                fix: "both counts must be at least 1".into(),
-            });
+                "both counts must be at least 1",
+            ));
         }
         if let Some(d) = &self.device_assignment {
             if d.len() != self.num_devices() {
-                return Err(Error::InvalidArgument {
-                    what: format!("device assignment {d:?}"),
-                    fix: format!(
+                return Err(Error::invalid(
+                    format!("device assignment {d:?}"),
+                    format!(
                         "give exactly num_replicas × num_partitions = {} device ids",
                         self.num_devices()
                     ),
-                });
+                ));
             }
             let mut sorted = d.clone();
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.len() != d.len() {
-                return Err(Error::InvalidArgument {
-                    what: format!("device assignment {d:?}"),
-                    fix: "each device may appear only once".into(),
-                });
+                return Err(Error::invalid(
+                    format!("device assignment {d:?}"),
+                    "each device may appear only once",
+                ));
             }
         }
         Ok(())

@@ -75,7 +75,7 @@ impl Builder {
         for t in inputs {
             if !self.same(&t.b) {
                 return Err(Error::Shape {
-                    op: op.name(),
+                    op: crate::ops::rule(&op).name(),
                     message: "operands come from different graphs (builders)".into(),
                 });
             }
@@ -198,7 +198,7 @@ impl Builder {
         if !outputs.starts_with(&g.nodes[node].outputs) {
             return Err(Error::Internal(format!(
                 "{} cannot stand in for node %{node}: its outputs differ",
-                op.name()
+                crate::ops::rule(&op).name()
             )));
         }
         g.nodes[node].op = op;

@@ -119,9 +119,11 @@ impl StepProgram {
         machine: &Machine,
     ) -> Result<Manifest> {
         let sig = Signature::from_program(&self.text)?;
-        let config = toml::to_string(c).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{}`", c.name),
-            fix: format!("cannot serialize it: {e}"),
+        let config = toml::to_string(c).map_err(|e| {
+            Error::invalid(
+                format!("model config `{}`", c.name),
+                format!("cannot serialize it: {e}"),
+            )
         })?;
         Ok(Manifest {
             format: FORMAT,
@@ -467,7 +469,7 @@ pub fn compile_step(
     Ok(StepReport {
         target,
         params: sp.param_count(),
-        flops: crate::ir::flops(&sp.graph),
+        flops: crate::ops::flops(&sp.graph),
         build_seconds,
         compile_seconds,
         mem,

@@ -113,10 +113,7 @@ pub fn data_tokenizer(
     }
     let corpus = data.join("captions.txt");
     if !corpus.is_file() {
-        return Err(Error::InvalidArgument {
-            what: format!("data folder `{}`", data.display()),
-            fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`".into(),
-        });
+        return Err(Error::invalid(format!("data folder `{}`", data.display()), "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`"));
     }
     Tokenizer::train(
         &corpus,
@@ -189,12 +186,12 @@ fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<Path
 fn load_checkpoint(path: &Path) -> Result<Ckpt> {
     let (values, meta) = safetensors::read_with_metadata(path)?;
     let num = |k: &str| -> Result<u64> {
-        meta.get(k)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!("its metadata has no `{k}`; it was not written by basic train"),
-            })
+        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::invalid(
+                format!("checkpoint `{}`", path.display()),
+                format!("its metadata has no `{k}`; it was not written by basic train"),
+            )
+        })
     };
     Ok(Ckpt {
         step: num("step")?,
@@ -347,17 +344,19 @@ impl<'a> Trainer<'a> {
             o.tokenizer.as_deref(),
         )?);
         if tok.vocab_size() > c.text.vocab as usize {
-            return Err(Error::InvalidArgument {
-                what: format!("tokenizer with {} tokens", tok.vocab_size()),
-                fix: format!(
+            return Err(Error::invalid(
+                format!("tokenizer with {} tokens", tok.vocab_size()),
+                format!(
                     "model `{}` has a vocabulary of {}: raise text.vocab",
                     c.name, c.text.vocab
                 ),
-            });
+            ));
         }
-        let cfg_text = toml::to_string(c).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{}`", c.name),
-            fix: format!("it cannot be written as TOML: {e}"),
+        let cfg_text = toml::to_string(c).map_err(|e| {
+            Error::invalid(
+                format!("model config `{}`", c.name),
+                format!("it cannot be written as TOML: {e}"),
+            )
         })?;
         crate::fs::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
         let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
@@ -610,43 +609,42 @@ fn initial_state(
 ) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
     let dtype = o.setup.options.param_dtype;
     let (specs, sspecs) = (&sp.params, &sp.state);
-    let (step, start, mut host) = match checkpoints(&o.out).last() {
-        Some((_, p)) if o.resume => {
-            let ck = load_checkpoint(p)?;
-            if o.progress {
-                eprintln!("resuming from {} (step {})", p.display(), ck.step);
+    let (step, start, mut host) =
+        match checkpoints(&o.out).last() {
+            Some((_, p)) if o.resume => {
+                let ck = load_checkpoint(p)?;
+                if o.progress {
+                    eprintln!("resuming from {} (step {})", p.display(), ck.step);
+                }
+                (ck.step, ck.position, ck.values)
             }
-            (ck.step, ck.position, ck.values)
-        }
-        Some(_) => return Err(Error::InvalidArgument {
-            what: format!("run folder `{}`", o.out.display()),
-            fix:
-                "it already has checkpoints: pass --resume to continue it, or choose another --out"
-                    .into(),
-        }),
-        None => {
-            if o.resume {
-                // Said even with --quiet: a restart loop that always passes --resume must not
-                // mistake a fresh start for a continued run.
-                eprintln!(
-                    "--resume: `{}` has no checkpoint yet; starting from step 0",
-                    o.out.display()
-                );
+            Some(_) => return Err(Error::invalid(
+                format!("run folder `{}`", o.out.display()),
+                "it already has checkpoints: pass --resume to continue it, or choose another --out",
+            )),
+            None => {
+                if o.resume {
+                    // Said even with --quiet: a restart loop that always passes --resume must not
+                    // mistake a fresh start for a continued run.
+                    eprintln!(
+                        "--resume: `{}` has no checkpoint yet; starting from step 0",
+                        o.out.display()
+                    );
+                }
+                let mut m = BTreeMap::new();
+                let fresh = init::init_params(specs, o.seed, dtype)?;
+                for (s, a) in specs.iter().zip(fresh) {
+                    m.insert(s.name.clone(), a);
+                }
+                if let Some(p) = &o.init_from {
+                    init_from(o, p, specs, &mut m)?;
+                }
+                for s in sspecs {
+                    m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
+                }
+                (0, Position::default(), m)
             }
-            let mut m = BTreeMap::new();
-            let fresh = init::init_params(specs, o.seed, dtype)?;
-            for (s, a) in specs.iter().zip(fresh) {
-                m.insert(s.name.clone(), a);
-            }
-            if let Some(p) = &o.init_from {
-                init_from(o, p, specs, &mut m)?;
-            }
-            for s in sspecs {
-                m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
-            }
-            (0, Position::default(), m)
-        }
-    };
+        };
     // A tower locked when the checkpoint was written and unlocked now has no optimizer state
     // yet: it starts from zeros, as on the first step.
     for s in sspecs {
@@ -668,10 +666,7 @@ fn initial_state(
         .filter(|n| !host.contains_key(*n))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: "checkpoint".into(),
-            fix: format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0]),
-        });
+        return Err(Error::invalid("checkpoint", format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0])));
     }
     Ok((step, start, host))
 }
@@ -691,10 +686,10 @@ fn init_from(
     for (k, v) in file {
         if let Some(s) = specs.iter().find(|s| s.name == k) {
             if v.shape() != s.shape.as_slice() {
-                return Err(Error::InvalidArgument {
-                    what: format!("`{k}` in `{}`", p.display()),
-                    fix: format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
-                });
+                return Err(Error::invalid(
+                    format!("`{k}` in `{}`", p.display()),
+                    format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
+                ));
             }
             m.insert(k, safetensors::convert(&v, dtype)?);
             matched += 1;
@@ -704,17 +699,14 @@ fn init_from(
     }
     if matched == 0 {
         // Training from random weights while the user asked for pretrained ones.
-        return Err(Error::InvalidArgument {
-            what: format!(
+        return Err(Error::invalid(format!(
                 "--init-from `{}`: none of its {} tensors is a parameter of model `{}` (it has {}, e.g. `{}`)",
                 p.display(),
                 unmatched.len(),
                 c.name,
                 unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
                 specs.first().map_or("", |s| s.name.as_str())
-            ),
-            fix: "give a checkpoint written for this model (its parameter names), or the matching --model".into(),
-        });
+            ), "give a checkpoint written for this model (its parameter names), or the matching --model"));
     }
     if o.progress {
         let rest = if unmatched.is_empty() {
@@ -759,20 +751,22 @@ fn open_metrics(out: &Path, step: u64) -> Result<(std::fs::File, PathBuf)> {
 
 /// The parameters of a run's newest checkpoint, by name, as f32.
 pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
-    let (_, path) = checkpoints(run)
-        .pop()
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("run `{}`", run.display()),
-            fix: "it has no checkpoints; train it first with `basic train`".into(),
-        })?;
+    let (_, path) = checkpoints(run).pop().ok_or_else(|| {
+        Error::invalid(
+            format!("run `{}`", run.display()),
+            "it has no checkpoints; train it first with `basic train`",
+        )
+    })?;
     let file = safetensors::read(&path)?;
     let specs = dual::specs(c)?;
     specs
         .iter()
         .map(|s| {
-            let a = file.get(&s.name).ok_or_else(|| Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!("it has no parameter `{}`", s.name),
+            let a = file.get(&s.name).ok_or_else(|| {
+                Error::invalid(
+                    format!("checkpoint `{}`", path.display()),
+                    format!("it has no parameter `{}`", s.name),
+                )
             })?;
             safetensors::convert(a, DType::F32)
         })

@@ -55,19 +55,19 @@ impl StepOptions {
 
     fn check(&self, c: &ModelConfig) -> Result<()> {
         if self.batch < 1 || self.microbatches < 1 || self.batch % self.microbatches != 0 {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "batch {} with {} micro-batches",
                     self.batch, self.microbatches
                 ),
-                fix: "the batch must divide evenly into micro-batches".into(),
-            });
+                "the batch must divide evenly into micro-batches",
+            ));
         }
         if self.batch < 2 && c.loss == LossKind::Softmax {
-            return Err(Error::InvalidArgument {
-                what: format!("batch {}", self.batch),
-                fix: "a contrastive batch needs at least 2 pairs".into(),
-            });
+            return Err(Error::invalid(
+                format!("batch {}", self.batch),
+                "a contrastive batch needs at least 2 pairs",
+            ));
         }
         Ok(())
     }
