@@ -93,32 +93,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     let mut seen = 0usize;
     let mut show = |t: &Tried, compiles: usize| {
         seen += 1;
-        let state = match (&t.error, t.peak_bytes) {
-            (Some(_), None) => "invalid".to_string(),
-            (_, Some(p)) => format!(
-                "{} {}{}",
-                human(p),
-                if t.fits { "fits" } else { "too big" },
-                if t.cached { " (cached)" } else { "" }
-            ),
-            _ => String::new(),
-        };
-        if !std::io::stderr().is_terminal() {
-            eprintln!(
-                "{seen:>4} tried, {compiles:>4} compiled | {} → {state}",
-                describe(t)
-            );
-            return;
-        }
-        let bar_len = 20;
-        let filled = (seen.min(bar_len * 2) * bar_len / (bar_len * 2)).min(bar_len);
-        eprint!(
-            "\r\x1b[2K[{}{}] {seen} tried, {compiles} compiled | {} → {state}",
-            "#".repeat(filled),
-            " ".repeat(bar_len - filled),
-            describe(t)
-        );
-        let _ = std::io::stderr().flush();
+        show_progress(seen, t, compiles);
     };
     let p = plan(&req, &mut show)?;
     if std::io::stderr().is_terminal() {
@@ -144,6 +119,44 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
         p.seconds
     );
     println!();
+    print_table(&p);
+    println!();
+    print_best(&p, &a.model);
+    Ok(())
+}
+
+/// One line per point as it is evaluated: a live bar on a terminal, a log line otherwise.
+fn show_progress(seen: usize, t: &Tried, compiles: usize) {
+    let state = match (&t.error, t.peak_bytes) {
+        (Some(_), None) => "invalid".to_string(),
+        (_, Some(p)) => format!(
+            "{} {}{}",
+            human(p),
+            if t.fits { "fits" } else { "too big" },
+            if t.cached { " (cached)" } else { "" }
+        ),
+        _ => String::new(),
+    };
+    if !std::io::stderr().is_terminal() {
+        eprintln!(
+            "{seen:>4} tried, {compiles:>4} compiled | {} → {state}",
+            describe(t)
+        );
+        return;
+    }
+    let bar_len = 20;
+    let filled = (seen.min(bar_len * 2) * bar_len / (bar_len * 2)).min(bar_len);
+    eprint!(
+        "\r\x1b[2K[{}{}] {seen} tried, {compiles} compiled | {} → {state}",
+        "#".repeat(filled),
+        " ".repeat(bar_len - filled),
+        describe(t)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// Every point looked at; those that fit carry their rank.
+fn print_table(p: &basic::plan::Plan) {
     println!(
         "{:<4} {:>8} {:>5} {:<17} {:<20} {:<14} {:>5} {:>6} {:>11} {:>10} {:>6}",
         "",
@@ -164,59 +177,55 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
             .fits
             .iter()
             .position(|f| f.choice == t.choice)
-            .map_or(String::new(), |r| format!("#{}", r + 1));
+            .map_or(format!("{}", i + 1), |r| format!("#{}", r + 1));
+        let bound = if t.step_time_lower_bound_seconds.is_finite() {
+            format!("{:.3e}", t.step_time_lower_bound_seconds)
+        } else {
+            "-".into()
+        };
+        let fits = match (&t.error, t.fits) {
+            (Some(_), _) if t.peak_bytes.is_none() => "error",
+            (_, true) => "yes",
+            _ => "no",
+        };
         println!(
             "{:<4} {:>8} {:>5} {:<17} {:<20} {:<14} {:>5} {:>6} {:>11} {:>10} {:>6}",
-            if rank.is_empty() {
-                format!("{}", i + 1)
-            } else {
-                rank
-            },
+            rank,
             c.batch,
             c.microbatches,
-            c.remat,
+            c.remat.to_string(),
             c.mesh,
             c.partitioning,
             c.scan_layers,
             c.donate,
             t.peak_bytes.map_or("-".into(), human),
-            if t.step_time_lower_bound_seconds.is_finite() {
-                format!("{:.3e}", t.step_time_lower_bound_seconds)
-            } else {
-                "-".into()
-            },
-            match (&t.error, t.fits) {
-                (Some(_), _) if t.peak_bytes.is_none() => "error",
-                (_, true) => "yes",
-                _ => "no",
-            }
+            bound,
+            fits
         );
     }
-    println!();
-    match &p.best {
-        Some(b) => {
-            println!(
-                "best              {} — peak {} per device, step ≥ {:.3e} s (a bound: analytic FLOPs at peak bf16)",
-                describe(b),
-                b.peak_bytes.map_or("-".into(), human),
-                b.step_time_lower_bound_seconds
-            );
-            let flags = b.choice.flags();
-            println!(
-                "compile with      basic compile --model {} --target {} {flags}",
-                a.model, p.target
-            );
-            println!(
-                "train with        basic train --model {} {flags} --data DATA --out RUN",
-                a.model
-            );
+}
+
+/// The best point and the flags that give it, or why there is none.
+fn print_best(p: &basic::plan::Plan, model: &str) {
+    let Some(b) = &p.best else {
+        println!(
+            "best              none: nothing fits the budget; a larger topology or a smaller model"
+        );
+        if let Some(e) = p.tried.iter().find_map(|t| t.error.clone()) {
+            println!("first error       {e}");
         }
-        None => {
-            println!("best              none: nothing fits the budget; a larger topology or a smaller model");
-            if let Some(e) = p.tried.iter().find_map(|t| t.error.clone()) {
-                println!("first error       {e}");
-            }
-        }
-    }
-    Ok(())
+        return;
+    };
+    println!(
+        "best              {} — peak {} per device, step ≥ {:.3e} s (a bound: analytic FLOPs at peak bf16)",
+        describe(b),
+        b.peak_bytes.map_or("-".into(), human),
+        b.step_time_lower_bound_seconds
+    );
+    let flags = b.choice.flags();
+    println!(
+        "compile with      basic compile --model {model} --target {} {flags}",
+        p.target
+    );
+    println!("train with        basic train --model {model} {flags} --data DATA --out RUN");
 }

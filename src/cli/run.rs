@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use basic::runtime::{ArgBuffer, CompileOptions, DeviceBuffer, HostArray, Partitioner};
+use basic::runtime::{ArgBuffer, CompileOptions, DeviceBuffer, Executable, HostArray, Partitioner};
 use basic::DType;
 
 use super::BackendArgs;
@@ -144,34 +144,9 @@ fn generate(
     Ok(HostArray::from_bytes(dtype, shape, bytes)?)
 }
 
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.program)
-        .with_context(|| format!("cannot read program `{}`", args.program.display()))?;
-    let mut options = CompileOptions::for_program(&text);
-    if let Some(p) = args.partitions {
-        options.num_partitions = p as usize;
-        options.spmd = p > 1;
-    }
-    if let Some(p) = args.partitioner {
-        options.partitioner = p;
-    }
-    if let Some(t) = &args.target {
-        return compile_only(args, &text, &options, t);
-    }
-    let mut backend = args.backend.clone();
-    if backend.cpu_devices.is_none() && options.num_devices() > 1 {
-        // On CPU, give a partitioned program as many virtual devices as it needs.
-        backend.cpu_devices = Some(options.num_devices() as u32);
-    }
-    let rt = backend.open()?;
-    let t0 = Instant::now();
-    let exe = rt
-        .client()
-        .compile(&text, &options)
-        .with_context(|| format!("compiling `{}`", args.program.display()))?;
-    let compile_seconds = t0.elapsed().as_secs_f64();
-    let mem = exe.memory_stats()?;
-
+/// Generates every device's inputs and runs `exe` `args.repeat` times; returns the median time
+/// of one execution (with its outputs brought back) and the last run's outputs on device 0.
+fn time_runs(exe: &Executable, args: &RunArgs) -> anyhow::Result<(f64, Vec<HostArray>)> {
     let mut rng = basic::seed::SplitMix(args.seed);
     let mut inputs: Vec<Vec<HostArray>> = Vec::new();
     let mut buffers: Vec<Vec<DeviceBuffer>> = Vec::new();
@@ -215,7 +190,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         outputs = host;
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    let median = times[times.len() / 2];
+    Ok((times[times.len() / 2], outputs))
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.program)
+        .with_context(|| format!("cannot read program `{}`", args.program.display()))?;
+    let mut options = CompileOptions::for_program(&text);
+    if let Some(p) = args.partitions {
+        options.num_partitions = p as usize;
+        options.spmd = p > 1;
+    }
+    if let Some(p) = args.partitioner {
+        options.partitioner = p;
+    }
+    if let Some(t) = &args.target {
+        return compile_only(args, &text, &options, t);
+    }
+    let mut backend = args.backend.clone();
+    if backend.cpu_devices.is_none() && options.num_devices() > 1 {
+        // On CPU, give a partitioned program as many virtual devices as it needs.
+        backend.cpu_devices = Some(options.num_devices() as u32);
+    }
+    let rt = backend.open()?;
+    let t0 = Instant::now();
+    let exe = rt
+        .client()
+        .compile(&text, &options)
+        .with_context(|| format!("compiling `{}`", args.program.display()))?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let mem = exe.memory_stats()?;
+
+    let (median, outputs) = time_runs(&exe, args)?;
 
     let summaries: Vec<_> = outputs
         .iter()
@@ -249,7 +255,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         rt.client().platform(),
         options.num_partitions,
         if options.spmd {
-            format!("{:?}", options.partitioner)
+            options.partitioner.to_string()
         } else {
             "no SPMD".into()
         }

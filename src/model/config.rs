@@ -481,108 +481,122 @@ impl ModelConfig {
         ModelConfig::parse(&text, &path.display().to_string())
     }
 
-    /// Checks sizes that the shape rules would only reject deep inside the model.
+    /// Checks sizes that the shape rules would only reject deep inside the model; the error
+    /// names the field, its value and `source`.
     pub fn validate(&self, source: &str) -> Result<()> {
-        let bad = |what: String, fix: &str| {
-            Err(Error::invalid(
-                format!("{what} in `{source}`"),
-                fix.to_string(),
-            ))
-        };
-        if self.embed_dim < 1 {
-            return bad(
+        let problem = if self.embed_dim < 1 {
+            Some((
                 format!("embed_dim = {}", self.embed_dim),
                 "must be positive",
-            );
+            ))
+        } else {
+            self.image
+                .problem()
+                .or_else(|| self.text_problem())
+                .or_else(|| self.train.problem())
+        };
+        match problem {
+            Some((what, fix)) => Err(Error::invalid(format!("{what} in `{source}`"), fix)),
+            None => Ok(()),
         }
-        match &self.image {
+    }
+
+    /// The first problem of the text tower or the temperature, as (field and value, fix).
+    fn text_problem(&self) -> Option<(String, &'static str)> {
+        let t = &self.text;
+        let (init, min) = (self.temperature.init, self.temperature.min);
+        if self.scan_layers && t.kind == TextKind::Bert {
+            Some((
+                "scan_layers = true with a BERT text tower".into(),
+                "BERT towers keep per-layer Hugging Face names for loading weights: set scan_layers = false",
+            ))
+        } else if t.heads < 1 || t.width % t.heads != 0 {
+            Some((
+                format!("text.width = {} with {} heads", t.width, t.heads),
+                "the width must divide by the heads",
+            ))
+        } else if t.vocab < 2 || t.length < 1 {
+            Some((
+                format!("text.vocab = {}, text.length = {}", t.vocab, t.length),
+                "need a vocabulary and a length",
+            ))
+        } else if !(init > 0.0 && min > 0.0 && min <= init) {
+            Some((
+                format!("temperature init {init} / min {min}"),
+                "need 0 < min ≤ init",
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The first problem of the image tower, as (field and value, fix).
+    fn problem(&self) -> Option<(String, &'static str)> {
+        match self {
             ImageConfig::Vit(v) => {
                 if v.patch < 1 || v.image_size % v.patch != 0 {
-                    return bad(
+                    return Some((
                         format!("image.patch = {} for image_size {}", v.patch, v.image_size),
                         "the patch size must divide the image size",
-                    );
+                    ));
                 }
                 if v.heads < 1 || v.width % v.heads != 0 {
-                    return bad(
+                    return Some((
                         format!("image.width = {} with {} heads", v.width, v.heads),
                         "the width must divide by the heads",
-                    );
+                    ));
                 }
             }
             ImageConfig::Coatnet(c) => {
                 let downs = 1 + c.stages.len() as u32;
                 if c.stages.is_empty() || c.image_size % (1 << downs) != 0 {
-                    return bad(
+                    return Some((
                         format!(
                             "image.image_size = {} with {} stages",
                             c.image_size,
                             c.stages.len()
                         ),
                         "each stage halves the resolution: the size must divide by 2^(stages+1)",
-                    );
+                    ));
                 }
                 for (i, s) in c.stages.iter().enumerate() {
                     if s.kind == StageKind::Transformer && (s.heads < 1 || s.width % s.heads != 0) {
-                        return bad(
+                        return Some((
                             format!("image.stages[{i}] width {} with {} heads", s.width, s.heads),
                             "transformer stages need heads dividing the width",
-                        );
+                        ));
                     }
                 }
             }
         }
-        let t = &self.text;
-        if self.scan_layers && t.kind == TextKind::Bert {
-            return bad(
-                "scan_layers = true with a BERT text tower".into(),
-                "BERT towers keep per-layer Hugging Face names for loading weights: set scan_layers = false",
-            );
-        }
-        if t.heads < 1 || t.width % t.heads != 0 {
-            return bad(
-                format!("text.width = {} with {} heads", t.width, t.heads),
-                "the width must divide by the heads",
-            );
-        }
-        if t.vocab < 2 || t.length < 1 {
-            return bad(
-                format!("text.vocab = {}, text.length = {}", t.vocab, t.length),
-                "need a vocabulary and a length",
-            );
-        }
-        if !(self.temperature.init > 0.0
-            && self.temperature.min > 0.0
-            && self.temperature.min <= self.temperature.init)
-        {
-            return bad(
-                format!(
-                    "temperature init {} / min {}",
-                    self.temperature.init, self.temperature.min
-                ),
-                "need 0 < min ≤ init",
-            );
-        }
-        let tr = &self.train;
-        if tr.microbatches < 1 || tr.batch < 1 || tr.batch % tr.microbatches != 0 {
-            return bad(
+        None
+    }
+}
+
+impl TrainConfig {
+    /// The first problem of the training defaults, as (field and value, fix).
+    fn problem(&self) -> Option<(String, &'static str)> {
+        if self.microbatches < 1 || self.batch < 1 || self.batch % self.microbatches != 0 {
+            return Some((
                 format!(
                     "train.batch = {} with {} microbatches",
-                    tr.batch, tr.microbatches
+                    self.batch, self.microbatches
                 ),
                 "the batch must divide into the micro-batches",
-            );
+            ));
         }
-        if !(0.0..1.0).contains(&tr.dropout) || !(0.0..1.0).contains(&tr.drop_path) {
-            return bad(
+        if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_path) {
+            return Some((
                 format!(
                     "train.dropout = {}, train.drop_path = {}",
-                    tr.dropout, tr.drop_path
+                    self.dropout, self.drop_path
                 ),
                 "rates are in [0, 1)",
-            );
+            ));
         }
-        Ok(())
+        None
     }
 }
 

@@ -221,34 +221,7 @@ impl DeviceBuffer {
         )?;
         await_event(plugin, ready.event, "PJRT_Buffer_ReadyEvent")?;
 
-        // SAFETY: an all-zero layout is a valid "out" value for the plugin to overwrite.
-        let mut layout = args!(PJRT_Buffer_GetMemoryLayout_Args {
-            buffer: self.raw,
-            layout: unsafe { std::mem::zeroed() },
-        });
-        if pjrt!(
-            plugin,
-            buffer_get_memory_layout,
-            "PJRT_Buffer_GetMemoryLayout",
-            &mut layout
-        )
-        .is_err()
-        {
-            return Ok(None);
-        }
-        let l = &layout.layout;
-        let rank = self.ty.shape.len();
-        let dense = l.type_ == ffi::MEMORY_LAYOUT_TILED
-            && l.tiled.num_tiles == 0
-            && l.tiled.minor_to_major_size == rank
-            && (rank == 0
-                // SAFETY: the plugin owns `minor_to_major_size` entries.
-                || unsafe { std::slice::from_raw_parts(l.tiled.minor_to_major, rank) }
-                    .iter()
-                    .rev()
-                    .enumerate()
-                    .all(|(i, &d)| d == i as i64));
-        if !dense {
+        if !self.dense_row_major()? {
             return Ok(None);
         }
         let pin = Pinned::new(self)?;
@@ -277,6 +250,40 @@ impl DeviceBuffer {
         };
         pin.release()?;
         Ok(data)
+    }
+
+    /// Whether the plugin lays the buffer out dense and row-major (minor-to-major `rank-1, ...,
+    /// 0`, no tiles); `false` also when it cannot say.
+    fn dense_row_major(&self) -> Result<bool> {
+        let plugin = &self.client.plugin;
+        // SAFETY: an all-zero layout is a valid "out" value for the plugin to overwrite.
+        let mut layout = args!(PJRT_Buffer_GetMemoryLayout_Args {
+            buffer: self.raw,
+            layout: unsafe { std::mem::zeroed() },
+        });
+        if pjrt!(
+            plugin,
+            buffer_get_memory_layout,
+            "PJRT_Buffer_GetMemoryLayout",
+            &mut layout
+        )
+        .is_err()
+        {
+            return Ok(false);
+        }
+        let l = &layout.layout;
+        let rank = self.ty.shape.len();
+        let dense = l.type_ == ffi::MEMORY_LAYOUT_TILED
+            && l.tiled.num_tiles == 0
+            && l.tiled.minor_to_major_size == rank
+            && (rank == 0
+                // SAFETY: the plugin owns `minor_to_major_size` entries.
+                || unsafe { std::slice::from_raw_parts(l.tiled.minor_to_major, rank) }
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .all(|(i, &d)| d == i as i64));
+        Ok(dense)
     }
 
     pub(super) fn from_output(

@@ -299,6 +299,62 @@ fn pass3_backprop(
     Ok(sums)
 }
 
+impl<'a> MicroBatches<'a> {
+    /// The batch split into `o.microbatches` micro-batches, with the tower parameters (by name)
+    /// and the dropout key as the loops' constants.
+    fn new(
+        p: &Params,
+        images: &Tensor,
+        tokens: &Tensor,
+        rng: Option<&Tensor>,
+        c: &'a ModelConfig,
+        o: &'a StepOptions,
+    ) -> Result<MicroBatches<'a>> {
+        let (m, mb) = (o.microbatches, o.batch / o.microbatches);
+        // Micro-batch k holds examples j·M + k (j < N/M). A device's contiguous rows of the
+        // global batch then hold its share of every micro-batch, so splitting the batch moves no
+        // data between devices (contiguous micro-batches would need an all-to-all of every
+        // image). The full-batch gradient does not depend on how the batch is split.
+        let mut ishape = vec![mb, m];
+        ishape.extend_from_slice(&images.shape()[1..]);
+        let images_mb =
+            images
+                .reshape(&ishape)?
+                .constrain(&[Some("batch"), None, None, None, None])?;
+        let tokens_mb =
+            tokens
+                .reshape(&[mb, m, tokens.shape()[1]])?
+                .constrain(&[Some("batch"), None, None])?;
+        // Tower parameters go into the loops as constants, by name; the key and the batch ride
+        // along.
+        let names: Vec<String> = p
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| Modality::of_param(k).is_some())
+            .collect();
+        let mut consts: Vec<Tensor> = names
+            .iter()
+            .map(|k| p.get(k).cloned())
+            .collect::<Result<_>>()?;
+        let key = rng.map(|k| {
+            consts.push(k.clone());
+            consts.len() - 1
+        });
+        let at_batch = consts.len();
+        consts.push(images_mb);
+        consts.push(tokens_mb);
+        Ok(MicroBatches {
+            names,
+            consts,
+            key,
+            at_batch,
+            m,
+            c,
+            o,
+        })
+    }
+}
+
 /// Loss and gradients (in `train` order) of the whole batch, by BASIC's accumulation when
 /// `microbatches > 1`: [`pass1_embeddings`], [`pass2_loss`], [`pass3_backprop`].
 pub fn loss_and_grads(
@@ -315,93 +371,43 @@ pub fn loss_and_grads(
         .iter()
         .map(|s| p.get(&s.name).cloned())
         .collect::<Result<_>>()?;
-    let m = o.microbatches;
-    if m == 1 {
+    if o.microbatches == 1 {
         let n = rng.map(|k| noise(k, c).fold(0)).transpose()?;
         let (img, txt) = embed_pair(images, tokens, p, c, o, n.as_ref())?;
         let loss = head_loss(&img, &txt, p, c)?;
         let grads = crate::autodiff::grad(&loss, &wrt)?;
         return Ok((loss, grads));
     }
-    let mb = o.batch / m;
-    // Micro-batch k holds examples j·M + k (j < N/M). A device's contiguous rows of the global
-    // batch then hold its share of every micro-batch, so splitting the batch moves no data
-    // between devices (contiguous micro-batches would need an all-to-all of every image). The
-    // full-batch gradient does not depend on how the batch is split.
-    let mut ishape = vec![mb, m];
-    ishape.extend_from_slice(&images.shape()[1..]);
-    let images_mb = images
-        .reshape(&ishape)?
-        .constrain(&[Some("batch"), None, None, None, None])?;
-    let tokens_mb =
-        tokens
-            .reshape(&[mb, m, tokens.shape()[1]])?
-            .constrain(&[Some("batch"), None, None])?;
-    // Tower parameters go into the loops as constants, by name; the key and the batch ride along.
-    let names: Vec<String> = p
-        .iter()
-        .map(|(k, _)| k.clone())
-        .filter(|k| Modality::of_param(k).is_some())
-        .collect();
-    let mut consts: Vec<Tensor> = names
-        .iter()
-        .map(|k| p.get(k).cloned())
-        .collect::<Result<_>>()?;
-    let key = rng.map(|k| {
-        consts.push(k.clone());
-        consts.len() - 1
-    });
-    let at_batch = consts.len();
-    consts.push(images_mb);
-    consts.push(tokens_mb);
-    let mbs = MicroBatches {
-        names,
-        consts,
-        key,
-        at_batch,
-        m,
-        c,
-        o,
-    };
-
+    let mbs = MicroBatches::new(p, images, tokens, rng, c, o)?;
     let (img_all, txt_all) = pass1_embeddings(&b, &mbs)?;
-
-    let heads: Vec<(usize, Tensor)> = wrt
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Modality::of_param(&train[*i].name).is_none())
-        .map(|(i, t)| (i, t.clone()))
+    // The loss's own parameters (temperature, bias) get their gradients in pass 2.
+    let heads: Vec<usize> = (0..train.len())
+        .filter(|&i| Modality::of_param(&train[i].name).is_none())
         .collect();
-    let head_params: Vec<Tensor> = heads.iter().map(|(_, t)| t.clone()).collect();
+    let head_params: Vec<Tensor> = heads.iter().map(|&i| wrt[i].clone()).collect();
     let (loss, d_img, d_txt, head_grads) = pass2_loss(&img_all, &txt_all, &head_params, p, &mbs)?;
-
-    let train_names: Vec<&str> = train.iter().map(|s| s.name.as_str()).collect();
+    // The trained tower parameters' gradients accumulate over pass 3.
     let acc: Vec<usize> = (0..mbs.names.len())
-        .filter(|&i| train_names.contains(&mbs.names[i].as_str()))
+        .filter(|&i| train.iter().any(|s| s.name == mbs.names[i]))
         .collect();
     let sums = pass3_backprop(&b, &mbs, &acc, d_img, d_txt)?;
-
-    // Assemble gradients in `train` order.
-    let mut grads: Vec<Option<Tensor>> = vec![None; train.len()];
-    for (k, &i) in acc.iter().enumerate() {
-        let at = train_names
-            .iter()
-            .position(|n| *n == mbs.names[i])
-            .ok_or_else(|| {
-                Error::Program(format!(
-                    "gradient reassembly: accumulated gradient `{}` is not a trained parameter",
-                    mbs.names[i]
-                ))
-            })?;
-        grads[at] = Some(sums[k].clone());
+    let mut by_name: std::collections::HashMap<&str, Tensor> = acc
+        .iter()
+        .map(|&i| mbs.names[i].as_str())
+        .zip(sums)
+        .collect();
+    for (&i, g) in heads.iter().zip(head_grads) {
+        by_name.insert(&train[i].name, g);
     }
-    for ((i, _), g) in heads.iter().zip(head_grads) {
-        grads[*i] = Some(g);
-    }
-    let grads = grads
-        .into_iter()
+    // In `train` order; zeros for a parameter no gradient reaches.
+    let grads = train
+        .iter()
         .zip(&wrt)
-        .map(|(g, w)| g.map_or_else(|| w.zeros_like(), Ok))
+        .map(|(s, w)| {
+            by_name
+                .remove(s.name.as_str())
+                .map_or_else(|| w.zeros_like(), Ok)
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((loss, grads))
 }
