@@ -1,0 +1,69 @@
+//! Coordination of a job that runs as one process per host, the way JAX runs: the same command on
+//! every host, XLA's collectives moving the data, and `basic` only coordinating.
+//!
+//! Process 0 runs a [`Server`]; every process (0 included) connects a [`Client`] to it. The
+//! server keeps a write-once key-value store (what the PJRT plugins exchange their topology and
+//! NCCL ids through: a `Client` is a [`crate::runtime::KeyValueStore`]), named barriers, a stop
+//! notice and step agreement for preemption, and watches the job: a process whose connection
+//! drops, whose heartbeats stop, or whose step stops advancing while others move on fails the
+//! job, and every other process's client fails at once with an error naming it. A lost
+//! coordinator fails every client within its heartbeat timeout. Nothing waits without a deadline.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use basic::coord::{self, Client, ClientOptions, Server, ServerOptions};
+//! # fn main() -> basic::Result<()> {
+//! let env = coord::env_map();
+//! if let Some(spec) = coord::discover(&Default::default(), &env, false)? {
+//!     let server = (spec.process_id == 0)
+//!         .then(|| Server::start(&spec.listen_addr(), spec.num_processes, ServerOptions {
+//!             job_token: spec.job_token.clone(),
+//!             ..Default::default()
+//!         }))
+//!         .transpose()?;
+//!     let opts = ClientOptions { job_token: spec.job_token.clone(), ..Default::default() };
+//!     let client = Client::connect(&spec.coordinator, spec.process_id, spec.num_processes, opts)?;
+//!     client.barrier("ready", Duration::from_secs(60))?;
+//!     // ... train, calling client.report_step(step) and client.health()? every step ...
+//!     client.shutdown(Duration::from_secs(300))?;
+//!     drop(server);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod discovery;
+mod server;
+mod wire;
+
+use std::time::Duration;
+
+pub use client::{Client, ClientOptions, FailureCallback, StopNotice};
+pub use discovery::{
+    discover, endpoint_ips, env_map, first_host, Explicit, ProcessSpec, DEFAULT_PORT,
+};
+pub use server::{Server, ServerOptions};
+pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
+
+/// Barrier names the coordinator keeps for itself; a user barrier may not start with this.
+pub const RESERVED: &str = "coord/";
+/// The barrier of [`Client::shutdown`].
+const SHUTDOWN_BARRIER: &str = "coord/shutdown";
+/// The barrier of [`Client::agree_stop_step`].
+const STOP_BARRIER: &str = "coord/stop";
+
+/// `1.5 s`.
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// `1, 3, 4` (or `none`).
+fn fmt_ids(ids: &[usize]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
