@@ -150,7 +150,14 @@ impl Client {
         reader.set_read_timeout(Some(POLL)).map_err(io)?;
         write_frame(&mut &stream, &ToServer::Hello(hello).encode()).map_err(io)?;
         let mut frames = FrameReader::default();
-        await_welcome(addr, process_id, &mut reader, &mut frames, deadline + GRACE, &opts)?;
+        await_welcome(
+            addr,
+            process_id,
+            &mut reader,
+            &mut frames,
+            deadline + GRACE,
+            &opts,
+        )?;
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             process_id,
@@ -238,7 +245,10 @@ impl Client {
         if name.starts_with(super::RESERVED) {
             return Err(Error::invalid(
                 format!("barrier name `{name}`"),
-                format!("names starting with `{}` are the coordinator's own", super::RESERVED),
+                format!(
+                    "names starting with `{}` are the coordinator's own",
+                    super::RESERVED
+                ),
             ));
         }
         self.inner.shared.barrier(name, timeout, 0).map(|_| ())
@@ -448,7 +458,9 @@ fn connect_until(addr: &str, deadline: Instant, budget: Duration) -> Result<TcpS
             Ok(addrs) => {
                 for a in addrs {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let attempt = left.min(Duration::from_secs(2)).max(Duration::from_millis(1));
+                    let attempt = left
+                        .min(Duration::from_secs(2))
+                        .max(Duration::from_millis(1));
                     match TcpStream::connect_timeout(&a, attempt) {
                         Ok(s) => return Ok(s),
                         Err(e) => last = e.to_string(),
@@ -540,7 +552,10 @@ impl Shared {
         }
         let frame = ToServer::Call { id, call }.encode();
         if let Err(e) = write_frame(&mut *lock(&self.writer), &frame) {
-            self.fail(StatusCode::Unavailable, lost_msg(&self.addr, &e.to_string()));
+            self.fail(
+                StatusCode::Unavailable,
+                lost_msg(&self.addr, &e.to_string()),
+            );
         }
         let limit = wait
             .saturating_add(self.opts.heartbeat_timeout)

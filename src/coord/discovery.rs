@@ -94,9 +94,8 @@ pub fn discover(
     query_metadata: bool,
 ) -> Result<Option<ProcessSpec>> {
     let basic = basic_layout(explicit, env)?;
-    let complete = basic.coordinator.is_some()
-        && basic.num_processes.is_some()
-        && basic.process_id.is_some();
+    let complete =
+        basic.coordinator.is_some() && basic.num_processes.is_some() && basic.process_id.is_some();
     let cluster = if complete {
         Layout::default()
     } else {
@@ -134,7 +133,10 @@ pub fn discover(
         coordinator: with_port(&coordinator.value, "the coordinator address")?,
         num_processes: num.value,
         process_id: id.value,
-        job_token: env.get("BASIC_JOB_TOKEN").filter(|t| !t.is_empty()).cloned(),
+        job_token: env
+            .get("BASIC_JOB_TOKEN")
+            .filter(|t| !t.is_empty())
+            .cloned(),
         source: sources.join(", "),
     }))
 }
@@ -148,9 +150,21 @@ fn incomplete(
     let mut have = vec![];
     let mut missing = vec![];
     for (name, from, flag) in [
-        ("coordinator", c.map(|g| g.from), "--coordinator / BASIC_COORDINATOR"),
-        ("number of processes", n.map(|g| g.from), "--num-processes / BASIC_NUM_PROCESSES"),
-        ("process id", i.map(|g| g.from), "--process-id / BASIC_PROCESS_ID"),
+        (
+            "coordinator",
+            c.map(|g| g.from),
+            "--coordinator / BASIC_COORDINATOR",
+        ),
+        (
+            "number of processes",
+            n.map(|g| g.from),
+            "--num-processes / BASIC_NUM_PROCESSES",
+        ),
+        (
+            "process id",
+            i.map(|g| g.from),
+            "--process-id / BASIC_PROCESS_ID",
+        ),
     ] {
         match from {
             Some(f) => have.push(format!("the {name} (from {f})")),
@@ -333,7 +347,10 @@ fn gke_tpu(env: &HashMap<String, String>) -> Result<Layout> {
         ));
     }
     Ok(Layout {
-        coordinator: got(format!("{}:{DEFAULT_PORT}", list[0]), "TPU_WORKER_HOSTNAMES"),
+        coordinator: got(
+            format!("{}:{DEFAULT_PORT}", list[0]),
+            "TPU_WORKER_HOSTNAMES",
+        ),
         num_processes: got(list.len(), "TPU_WORKER_HOSTNAMES"),
         process_id: got(parse(&id, "TPU_WORKER_ID")?, "TPU_WORKER_ID"),
         name: Some("GKE TPU"),
@@ -472,7 +489,9 @@ fn metadata(host: &str, key: &str) -> Result<Option<String>> {
         return Err(bad(format!("reading its answer failed: {e}")));
     }
     if raw.len() > METADATA_MAX {
-        return Err(bad(format!("its answer is longer than {METADATA_MAX} bytes")));
+        return Err(bad(format!(
+            "its answer is longer than {METADATA_MAX} bytes"
+        )));
     }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text

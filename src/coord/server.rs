@@ -29,6 +29,8 @@ const TICK: Duration = Duration::from_millis(25);
 const MAX_UNREGISTERED: usize = 256;
 /// How long a write to one peer may block before the peer is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping server keeps sending what it had queued.
+const FLUSH: Duration = Duration::from_secs(2);
 /// Stack of every server thread: they hold little.
 const STACK: usize = 256 * 1024;
 
@@ -83,7 +85,11 @@ impl Server {
                 "a job has at least one process",
             ));
         }
-        if opts.job_token.as_ref().is_some_and(|t| t.len() > super::wire::MAX_TEXT) {
+        if opts
+            .job_token
+            .as_ref()
+            .is_some_and(|t| t.len() > super::wire::MAX_TEXT)
+        {
             return Err(Error::invalid(
                 "job token (BASIC_JOB_TOKEN)",
                 format!("use a token of at most {} bytes", super::wire::MAX_TEXT),
@@ -115,7 +121,13 @@ impl Server {
             let h = std::thread::Builder::new()
                 .name(format!("coord-{name}"))
                 .stack_size(STACK)
-                .spawn(move || if job == 0 { accept_loop(s, l) } else { tick_loop(s) })
+                .spawn(move || {
+                    if job == 0 {
+                        accept_loop(s, l)
+                    } else {
+                        tick_loop(s)
+                    }
+                })
                 .map_err(|e| Error::Internal(format!("cannot start a coordinator thread: {e}")))?;
             threads.push(h);
         }
@@ -131,7 +143,8 @@ impl Server {
         self.addr
     }
 
-    /// Stops serving: closes the listener and every connection and joins the threads. The
+    /// Stops serving: closes the listener, sends what is still queued (the last barrier's
+    /// replies) for up to [`FLUSH`], then closes every connection and joins the threads. The
     /// processes still connected see the coordinator lost.
     pub fn stop(&mut self) {
         if self.shared.stop.swap(true, Ordering::SeqCst) {
@@ -140,15 +153,20 @@ impl Server {
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
-        let conns = {
+        let streams: Vec<TcpStream> = {
             let mut st = self.shared.lock();
             st.stopping = true;
-            std::mem::take(&mut st.conns)
+            // Dropping the senders lets each writer finish its queue and exit.
+            st.conns.drain().map(|(_, c)| c.stream).collect()
         };
-        for c in conns.values() {
-            let _ = c.stream.shutdown(Shutdown::Both);
+        let until = Instant::now() + FLUSH;
+        while Instant::now() < until && self.shared.threads_lock().iter().any(|h| !h.is_finished())
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        drop(conns);
+        for s in &streams {
+            let _ = s.shutdown(Shutdown::Both);
+        }
         let handles = std::mem::take(&mut *self.shared.threads_lock());
         for h in handles {
             let _ = h.join();
@@ -848,21 +866,24 @@ impl State {
         if self.formed.is_some() {
             return;
         }
-        let expired: Vec<usize> = (0..self.n)
-            .filter(|&p| {
-                self.procs[p]
-                    .as_ref()
-                    .is_some_and(|pr| now >= pr.registration_deadline)
-            })
-            .collect();
-        for p in expired {
-            let (missing, present) = self.registration_lists();
-            let msg = format!(
-                "registration timed out: process(es) {missing} did not register with the \
-                 coordinator (registered: {present}); start every process with the same \
-                 coordinator address and --num-processes {}",
-                self.n
-            );
+        // Registration is a barrier: the first deadline that passes fails every process
+        // waiting, with one message naming those that never came.
+        let expired = self
+            .procs
+            .iter()
+            .flatten()
+            .any(|pr| now >= pr.registration_deadline);
+        if !expired {
+            return;
+        }
+        let (missing, present) = self.registration_lists();
+        let msg = format!(
+            "registration timed out: process(es) {missing} did not register with the \
+             coordinator (registered: {present}); start every process with the same \
+             coordinator address and --num-processes {}",
+            self.n
+        );
+        for p in 0..self.n {
             if let Some(pr) = self.procs[p].take() {
                 self.refuse(pr.conn, StatusCode::DeadlineExceeded, &msg);
             }
@@ -975,7 +996,10 @@ impl State {
 }
 
 fn code_msg(e: &Error) -> (StatusCode, String) {
-    (e.status_code().unwrap_or(StatusCode::Internal), e.to_string())
+    (
+        e.status_code().unwrap_or(StatusCode::Internal),
+        e.to_string(),
+    )
 }
 
 /// Compares tokens in time that depends only on their lengths.

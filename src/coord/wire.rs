@@ -43,26 +43,43 @@ pub(crate) struct Hello {
 /// A request that gets a [`ToClient::Reply`] with the same id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Call {
-    Put { key: String, value: Vec<u8> },
-    Get { key: String, timeout_ms: u64 },
-    TryGet { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+        timeout_ms: u64,
+    },
+    TryGet {
+        key: String,
+    },
     /// Returns the largest `value` contributed by the participants.
     Barrier {
         name: String,
         timeout_ms: u64,
         value: u64,
     },
-    RequestStop { reason: String },
+    RequestStop {
+        reason: String,
+    },
     /// Fails the job with this process's error.
-    Abort { message: String },
+    Abort {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ToServer {
     Hello(Hello),
-    Call { id: u64, call: Call },
+    Call {
+        id: u64,
+        call: Call,
+    },
     /// Also carries the last step the process reported (for the watchdog).
-    Heartbeat { step: Option<u64> },
+    Heartbeat {
+        step: Option<u64>,
+    },
 }
 
 /// What a successful call returns.
@@ -78,16 +95,25 @@ pub(crate) enum ToClient {
     /// Every process has registered: the job is formed.
     Welcome,
     /// Registration or the connection was refused; the server closes it after this frame.
-    Refused { code: StatusCode, message: String },
+    Refused {
+        code: StatusCode,
+        message: String,
+    },
     Reply {
         id: u64,
         result: Result<Answer, (StatusCode, String)>,
     },
     HeartbeatAck,
     /// A process asked the job to stop (preemption).
-    Stop { by: u32, reason: String },
+    Stop {
+        by: u32,
+        reason: String,
+    },
     /// The job has failed; every later call fails with this.
-    Failed { code: StatusCode, message: String },
+    Failed {
+        code: StatusCode,
+        message: String,
+    },
 }
 
 /// A frame that cannot be decoded: names the field and what was wrong.
@@ -431,9 +457,14 @@ pub(crate) enum Polled {
 #[derive(Debug)]
 pub(crate) enum ReadError {
     /// The peer closed the connection; `mid_frame` when it did so inside a frame.
-    Closed { mid_frame: bool },
+    Closed {
+        mid_frame: bool,
+    },
     /// A frame longer than the connection's bound; nothing was allocated for it.
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     Io(std::io::Error),
 }
 
@@ -445,7 +476,10 @@ impl std::fmt::Display for ReadError {
                 write!(f, "the connection was closed in the middle of a message")
             }
             ReadError::TooLarge { len, max } => {
-                write!(f, "a message of {len} bytes is larger than the {max} allowed")
+                write!(
+                    f,
+                    "a message of {len} bytes is larger than the {max} allowed"
+                )
             }
             ReadError::Io(e) => write!(f, "{e}"),
         }
@@ -477,7 +511,8 @@ impl FrameReader {
                 let n = (want - old).min(CHUNK);
                 self.body.resize(old + n, 0);
                 let got = read_some(r, &mut self.body[old..]);
-                self.body.truncate(old + got.as_ref().ok().copied().flatten().unwrap_or(0));
+                self.body
+                    .truncate(old + got.as_ref().ok().copied().flatten().unwrap_or(0));
                 got
             }
         };
@@ -562,7 +597,10 @@ mod tests {
         ];
         for m in to_server {
             let f = m.encode();
-            assert_eq!(u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize, f.len() - 4);
+            assert_eq!(
+                u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize,
+                f.len() - 4
+            );
             assert_eq!(ToServer::decode(&f[4..]).unwrap(), m);
         }
         let to_client = [
@@ -664,17 +702,22 @@ mod tests {
         let mut big = &(2_000_000u32.to_be_bytes())[..];
         // A reader given all four bytes at once sees the length and refuses it.
         match r.poll(&mut big, 1024) {
-            Err(ReadError::TooLarge { len: 2_000_000, max: 1024 }) => {}
+            Err(ReadError::TooLarge {
+                len: 2_000_000,
+                max: 1024,
+            }) => {}
             other => panic!("{other:?}"),
         }
         let mut cut = &a[..a.len() - 1];
         let mut r = FrameReader::default();
         let end = loop {
-            match r.poll(&mut cut, 1024) {
-                Err(e) => break e,
-                Ok(_) => {}
+            if let Err(e) = r.poll(&mut cut, 1024) {
+                break e;
             }
         };
-        assert!(matches!(end, ReadError::Closed { mid_frame: true }), "{end}");
+        assert!(
+            matches!(end, ReadError::Closed { mid_frame: true }),
+            "{end}"
+        );
     }
 }

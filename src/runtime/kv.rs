@@ -83,10 +83,7 @@ impl KeyValueStore for LocalStore {
     }
 
     fn try_get(&self, key: &str) -> Result<Vec<u8>> {
-        self.lock()
-            .get(key)
-            .cloned()
-            .ok_or_else(|| not_found(key))
+        self.lock().get(key).cloned().ok_or_else(|| not_found(key))
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<()> {
@@ -193,7 +190,11 @@ pub unsafe extern "C" fn kv_get_callback(
 ) -> *mut ffi::PJRT_Error {
     // SAFETY: the caller passes valid args (see above).
     let a = unsafe { &mut *args };
-    clear_value(&mut a.value, &mut a.value_size, &mut a.value_deleter_callback);
+    clear_value(
+        &mut a.value,
+        &mut a.value_size,
+        &mut a.value_deleter_callback,
+    );
     let timeout = Duration::from_millis(if a.timeout_in_ms < 0 {
         i32::MAX as u64
     } else {
@@ -221,7 +222,11 @@ pub unsafe extern "C" fn kv_try_get_callback(
 ) -> *mut ffi::PJRT_Error {
     // SAFETY: the caller passes valid args.
     let a = unsafe { &mut *args };
-    clear_value(&mut a.value, &mut a.value_size, &mut a.value_deleter_callback);
+    clear_value(
+        &mut a.value,
+        &mut a.value_size,
+        &mut a.value_deleter_callback,
+    );
     // SAFETY: as above.
     let got = unsafe { with_store(a.user_arg, a.key, a.key_size, |s, k| s.try_get(k)) };
     match got {
