@@ -379,8 +379,9 @@ fn partial_barrier(c: &Client, id: usize) -> Result<(), String> {
 fn stop_agreement(c: &Client, id: usize) -> Result<(), String> {
     let t = Duration::from_secs(10);
     let e = |e: basic::Error| e.to_string();
-    c.barrier("before-stop", t).map_err(e)?;
+    // Nobody posts before everyone has passed this barrier.
     check(c.stop_requested().is_none(), "stop before any request")?;
+    c.barrier("before-stop", t).map_err(e)?;
     if id == 2 {
         c.request_stop("test preemption").map_err(e)?;
     }
@@ -948,5 +949,89 @@ fn a_job_whose_steps_all_stop_is_reported_hung() {
         assert!(msg.contains("the job is hung"), "{msg}");
         assert!(msg.contains("process 0 at 3, process 1 at 3"), "{msg}");
         assert!(start.elapsed() >= Duration::from_millis(500));
+    });
+}
+
+/// `COORD_LOAD_N` sets the number of clients (64 by default) for a load measurement.
+#[test]
+fn many_clients_exchange_keys_and_pass_barriers() {
+    within(120, |_| {
+        let n: usize = std::env::var("COORD_LOAD_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
+        let server = Server::start("127.0.0.1:0", n, ServerOptions::default()).unwrap();
+        let addr = server.local_addr().to_string();
+        let start = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|id| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let opts = ClientOptions {
+                        registration_timeout: Duration::from_secs(60),
+                        ..quick()
+                    };
+                    let c = Client::connect(&addr, id, n, opts).unwrap();
+                    let registered = start.elapsed();
+                    c.put(&format!("k/{id}"), &id.to_be_bytes()).unwrap();
+                    let mut barrier = vec![];
+                    for round in 0..10 {
+                        let t = Instant::now();
+                        c.barrier(&format!("round-{round}"), Duration::from_secs(60))
+                            .unwrap();
+                        barrier.push(t.elapsed());
+                    }
+                    for j in 0..n {
+                        let v = c.get(&format!("k/{j}"), Duration::from_secs(30)).unwrap();
+                        assert_eq!(v, j.to_be_bytes());
+                    }
+                    c.shutdown(Duration::from_secs(60)).unwrap();
+                    (registered, barrier)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let reg = results.iter().map(|r| r.0).max().unwrap();
+        let mut lat: Vec<Duration> = results.iter().flat_map(|r| r.1.iter().copied()).collect();
+        lat.sort();
+        println!(
+            "{n} clients: all registered after {reg:?}; barrier latency median {:?}, p99 {:?}",
+            lat[lat.len() / 2],
+            lat[lat.len() * 99 / 100]
+        );
+    });
+}
+
+#[test]
+fn a_flood_of_idle_connections_is_capped_and_the_job_is_served() {
+    within(60, |_| {
+        let (server, a, b) = pair(ServerOptions::default(), quick());
+        let addr = server.local_addr().to_string();
+        // Past 256 connections waiting for their hello, new ones are closed at once.
+        let start = Instant::now();
+        let flood: Vec<TcpStream> = (0..300)
+            .map(|_| TcpStream::connect(&addr).unwrap())
+            .collect();
+        println!("300 connections opened in {:?}", start.elapsed());
+        a.put("during", b"flood").unwrap();
+        assert_eq!(b.get("during", Duration::from_secs(2)).unwrap(), b"flood");
+        let closed = flood
+            .iter()
+            .filter(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        assert!(
+            closed >= 300 - 256,
+            "{closed} of 300 idle connections were closed"
+        );
+        assert!(
+            closed < 300 - 200,
+            "{closed} of 300 idle connections were closed"
+        );
+        drop(flood);
+        a.health().unwrap();
+        b.health().unwrap();
     });
 }

@@ -292,7 +292,7 @@ fn parse(v: &str, var: &str) -> Result<usize> {
 
 /// The first host of a SLURM node list: `node[001-004,010],other` gives `node001`; several
 /// bracket groups (`rack[1-2]-n[01-04]`) each give their first value, zero padding kept.
-pub fn first_host(list: &str) -> std::result::Result<String, String> {
+fn first_host(list: &str) -> std::result::Result<String, String> {
     let mut depth = 0usize;
     let first = list
         .split(|c: char| {
@@ -438,7 +438,7 @@ fn tpu_vm(env: &HashMap<String, String>) -> Result<Layout> {
 }
 
 /// The IPs of `worker-network-endpoints`: entries are `name:id:ip` or a bare IPv4 address.
-pub fn endpoint_ips(list: &str) -> Option<Vec<String>> {
+fn endpoint_ips(list: &str) -> Option<Vec<String>> {
     let ips: Vec<String> = list
         .split(',')
         .map(str::trim)

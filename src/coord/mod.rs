@@ -39,9 +39,7 @@ mod wire;
 use std::time::Duration;
 
 pub use client::{Client, ClientOptions, FailureCallback, StopNotice};
-pub use discovery::{
-    discover, endpoint_ips, env_map, first_host, Explicit, ProcessSpec, DEFAULT_PORT,
-};
+pub use discovery::{discover, env_map, Explicit, ProcessSpec, DEFAULT_PORT};
 pub use server::{Server, ServerOptions};
 pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
 

@@ -41,7 +41,9 @@ pub struct ServerOptions {
     pub job_token: Option<String>,
     /// Fail the job when a process's reported step stays unchanged for this long while another
     /// process is ahead of it, or when no process advances for this long (see
-    /// [`super::Client::report_step`]). `None` turns the watchdog off.
+    /// [`super::Client::report_step`]). `None` turns the watchdog off. Choose it longer than
+    /// the longest pause every process takes at once (the first step's compilation, an
+    /// evaluation, a checkpoint), or report steps during those too.
     pub stuck_timeout: Option<Duration>,
     /// How long a new connection may take to send its hello before it is closed.
     pub hello_timeout: Duration,
@@ -105,9 +107,6 @@ impl Server {
             )
         })?;
         let local = listener.local_addr().map_err(|e| Error::io(addr, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(addr, e))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(num_processes, opts, Instant::now())),
             stop: AtomicBool::new(false),
@@ -150,8 +149,23 @@ impl Server {
         if self.shared.stop.swap(true, Ordering::SeqCst) {
             return;
         }
+        // The accept thread blocks in `accept`: a connection of our own wakes it.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let until = Instant::now() + FLUSH;
+        while Instant::now() < until && self.threads.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for h in self.threads.drain(..) {
-            let _ = h.join();
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                // The wake-up connection did not arrive (a firewall on the loopback?): leave the
+                // thread; it ends at the next connection. Never hang the caller.
+                eprintln!(
+                    "warning: the coordinator's accept thread on {} did not stop",
+                    self.addr
+                );
+            }
         }
         let streams: Vec<TcpStream> = {
             let mut st = self.shared.lock();
@@ -196,17 +210,36 @@ impl Shared {
     }
 }
 
+/// Accepts in a blocking `accept`, so that a burst of processes connecting at once is taken as
+/// fast as it comes (a polling loop lets the kernel's backlog of 128 fill, and the connections
+/// past it wait a second for their SYN to be retried). [`Server::stop`] wakes it.
 fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match accepted {
             Ok((stream, peer)) => admit(&shared, stream, peer),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(TICK),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // Out of descriptors or a connection reset before accept: wait and go on.
             Err(_) => std::thread::sleep(TICK),
         }
         shared.threads_lock().retain(|h| !h.is_finished());
     }
+}
+
+/// Where to connect to reach a listener bound to `addr`: its own address, or the loopback of its
+/// family when it is bound to every interface.
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
 }
 
 /// Registers a new connection and starts its reader and writer.

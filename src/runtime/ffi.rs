@@ -727,7 +727,8 @@ macro_rules! pjrt_api_offset {
 // ---- Key-value store callbacks (`PJRT_Client_Create_Args.kv_*`), implemented by `basic` and
 // called by the plugin. The plugin builds these args on its stack and fills only the inputs
 // (never `struct_size`); sizes and offsets below were printed by a C program against the 0.81
-// header (get 80 bytes, `timeout_in_ms` at 32; try-get 72; put 64), checked by tests/kv_callbacks.rs.
+// header (get 80 bytes, `timeout_in_ms` at 32; try-get 72; put 64), checked by
+// tests/kv_callbacks.rs.
 
 /// `PJRT_CallbackError`: made by the plugin; a callback calls it to build the error it returns.
 /// The message only needs to live for the call (the plugin copies it).
