@@ -740,13 +740,17 @@ fn registration_times_out_naming_the_missing_processes() {
 
 /// A hello as the wire format defines it (hand-encoded: an independent check of the format).
 fn hello_frame(id: u32, n: u32, token: &str) -> Vec<u8> {
+    hello_frame_with(id, n, token, 5000)
+}
+
+fn hello_frame_with(id: u32, n: u32, token: &str, registration_ms: u64) -> Vec<u8> {
     let mut b = vec![1u8];
     b.extend_from_slice(b"BASICCO\x01");
     b.extend_from_slice(&id.to_be_bytes());
     b.extend_from_slice(&n.to_be_bytes());
     b.extend_from_slice(&(token.len() as u32).to_be_bytes());
     b.extend_from_slice(token.as_bytes());
-    for v in [5000u64, 100, 1000] {
+    for v in [registration_ms, 100, 10_000] {
         b.extend_from_slice(&v.to_be_bytes());
     }
     frame(&b)
@@ -1033,5 +1037,40 @@ fn a_flood_of_idle_connections_is_capped_and_the_job_is_served() {
         drop(flood);
         a.health().unwrap();
         b.health().unwrap();
+    });
+}
+
+#[test]
+fn huge_timeouts_from_a_raw_peer_do_not_break_the_server() {
+    within(30, |_| {
+        let server = Server::start("127.0.0.1:0", 2, ServerOptions::default()).unwrap();
+        let addr = server.local_addr().to_string();
+        // A peer that registers by hand as process 1 with a registration deadline of u64::MAX ms.
+        let mut raw = TcpStream::connect(&addr).unwrap();
+        raw.write_all(&hello_frame_with(1, 2, "", u64::MAX))
+            .unwrap();
+        let a = Client::connect(&addr, 0, 2, quick()).unwrap();
+        // A get of u64::MAX ms from it: the server caps the deadline instead of overflowing.
+        let mut get = vec![2u8];
+        get.extend_from_slice(&1u64.to_be_bytes());
+        get.push(2);
+        get.extend_from_slice(&3u32.to_be_bytes());
+        get.extend_from_slice(b"key");
+        get.extend_from_slice(&u64::MAX.to_be_bytes());
+        raw.write_all(&frame(&get)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        a.put("key", b"v").unwrap();
+        a.health().unwrap();
+        // Its departure is noticed by the (still running) server and named.
+        drop(raw);
+        let start = Instant::now();
+        let err = loop {
+            if let Err(e) = a.health() {
+                break e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "no failure");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(err.to_string().contains("process 1 (127.0.0.1:"), "{err}");
     });
 }

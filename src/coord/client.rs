@@ -18,7 +18,7 @@ use super::wire::{
     clip, write_frame, Answer, Call, FrameReader, Hello, Polled, ToClient, ToServer, MAX_FRAME,
     MAX_KEY, MAX_TEXT, MAX_VALUE,
 };
-use super::{secs, SHUTDOWN_BARRIER, STOP_BARRIER};
+use super::{after, secs, SHUTDOWN_BARRIER, STOP_BARRIER};
 use crate::error::{Error, Result, StatusCode};
 
 /// Extra time a call waits past its own deadline for the coordinator's answer before calling
@@ -131,7 +131,7 @@ impl Client {
         opts: ClientOptions,
     ) -> Result<Client> {
         check_options(process_id, num_processes, &opts)?;
-        let deadline = Instant::now() + opts.registration_timeout;
+        let deadline = after(Instant::now(), opts.registration_timeout);
         let stream = connect_until(addr, deadline, opts.registration_timeout)?;
         let hello = Hello {
             process_id: process_id as u32,
@@ -155,7 +155,7 @@ impl Client {
             process_id,
             &mut reader,
             &mut frames,
-            deadline + GRACE,
+            after(deadline, GRACE),
             &opts,
         )?;
         let shared = Arc::new(Shared {
@@ -669,7 +669,7 @@ fn background(s: Arc<Shared>, mut reader: TcpStream, mut frames: FrameReader) {
                 }
                 return;
             }
-            next_beat = now + interval;
+            next_beat = after(now, interval);
         }
         match frames.poll(&mut reader, MAX_FRAME) {
             Ok(Polled::Frame(body)) => {

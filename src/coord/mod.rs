@@ -50,6 +50,13 @@ const SHUTDOWN_BARRIER: &str = "coord/shutdown";
 /// The barrier of [`Client::agree_stop_step`].
 const STOP_BARRIER: &str = "coord/stop";
 
+/// `now + d`, saturating ten years out: a timeout from a peer or an option may be any size, and
+/// `Instant + Duration` panics on overflow.
+pub(crate) fn after(now: std::time::Instant, d: Duration) -> std::time::Instant {
+    let cap = Duration::from_secs(10 * 365 * 86_400);
+    now.checked_add(d.min(cap)).unwrap_or(now)
+}
+
 /// `1.5 s`.
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
@@ -64,4 +71,21 @@ fn fmt_ids(ids: &[usize]) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let now = std::time::Instant::now();
+        assert!(after(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
+        assert_eq!(
+            after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(fmt_ids(&[]), "none");
+        assert_eq!(fmt_ids(&[1, 3]), "1, 3");
+    }
 }

@@ -19,7 +19,7 @@ use super::wire::{
     Answer, Call, FrameReader, Hello, Polled, ReadError, ToClient, ToServer, MAX_FRAME,
     MAX_HELLO_FRAME,
 };
-use super::{fmt_ids, secs, SHUTDOWN_BARRIER};
+use super::{after, fmt_ids, secs, SHUTDOWN_BARRIER};
 use crate::error::{Error, Result, StatusCode};
 
 /// How often the server checks deadlines, heartbeats and the watchdog; also the read timeout of
@@ -596,7 +596,7 @@ impl State {
         self.procs[p] = Some(Proc {
             conn,
             peer: c.peer,
-            registration_deadline: now + Duration::from_millis(h.registration_ms),
+            registration_deadline: after(now, Duration::from_millis(h.registration_ms)),
             heartbeat_timeout: Duration::from_millis(h.heartbeat_timeout_ms),
             step: None,
             step_changed: now,
@@ -711,7 +711,7 @@ impl State {
                 let w = Waiter {
                     conn,
                     id,
-                    deadline: now + timeout,
+                    deadline: after(now, timeout),
                     timeout,
                 };
                 self.gets.entry(key).or_default().push(w);
@@ -782,7 +782,7 @@ impl State {
         let w = Waiter {
             conn,
             id,
-            deadline: now + timeout,
+            deadline: after(now, timeout),
             timeout,
         };
         inst.waiting.insert(p, (w, value));
@@ -830,14 +830,15 @@ impl State {
         let Some(p) = c.process else {
             return;
         };
+        // The id may have been given up (a registration timeout) and taken again since.
+        let Some(pr) = self.procs[p].as_ref().filter(|pr| pr.conn == conn) else {
+            return;
+        };
         if self.formed.is_none() {
             // Before the job forms, a process that goes away frees its id (it may retry).
             self.procs[p] = None;
             return;
         }
-        let Some(pr) = &self.procs[p] else {
-            return;
-        };
         if pr.left {
             return;
         }

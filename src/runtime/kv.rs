@@ -64,19 +64,24 @@ impl LocalStore {
 
 impl KeyValueStore for LocalStore {
     fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A deadline past what `Instant` can hold is no deadline.
+        let deadline = now.checked_add(timeout);
         let mut map = self.lock();
         loop {
             if let Some(v) = map.get(key) {
                 return Ok(v.clone());
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(86_400),
+            };
+            if left.is_zero() {
                 return Err(not_set_within(key, timeout));
             }
             map = self
                 .set
-                .wait_timeout(map, deadline - now)
+                .wait_timeout(map, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
