@@ -375,29 +375,38 @@ fn partial_barrier(c: &Client, id: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Process 2 posts a stop; everyone sees it and agrees on max(step) + 1.
+/// Steps in lockstep (each step ends in a barrier, as collectives would hold the processes
+/// together; process 1 is the slow host), process 2 posts a stop at its step 15, and every
+/// process stops at the same step, max(reported) + 1, though some are blocked in the step's
+/// "collective" while the others wait for the agreement.
 fn stop_agreement(c: &Client, id: usize) -> Result<(), String> {
     let t = Duration::from_secs(10);
     let e = |e: basic::Error| e.to_string();
     // Nobody posts before everyone has passed this barrier.
     check(c.stop_requested().is_none(), "stop before any request")?;
     c.barrier("before-stop", t).map_err(e)?;
-    if id == 2 {
-        c.request_stop("test preemption").map_err(e)?;
-    }
-    let until = Instant::now() + t;
-    let notice = loop {
-        if let Some(n) = c.stop_requested() {
-            break n;
+    let start = Instant::now();
+    let mut step = 10u64;
+    while !c.begin_step(step).map_err(e)? {
+        if id == 2 && step == 15 {
+            c.request_stop("test preemption").map_err(e)?;
         }
-        check(Instant::now() < until, "no stop notice within 10 s")?;
-        std::thread::sleep(Duration::from_millis(10));
-    };
+        if id == 1 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        c.barrier("step", t).map_err(e)?;
+        step += 1;
+        check(start.elapsed() < t, "no stop within 10 s")?;
+    }
+    let notice = c.stop_requested().ok_or("stopped without a notice")?;
     check(
         notice.by == 2 && notice.reason == "test preemption",
         format!("{notice:?}"),
     )?;
-    let step = c.agree_stop_step(10 + id as u64, t).map_err(e)?;
+    check(
+        c.stop_step() == Some(step),
+        format!("{:?} vs {step}", c.stop_step()),
+    )?;
     println!("STOP_STEP {step}");
     Ok(())
 }
@@ -468,7 +477,11 @@ fn four_processes_share_keys_barriers_and_a_stop_step() {
         assert_eq!(won, 1, "exactly one process wins the race for `shared`");
         assert_eq!(shared.len(), 4);
         assert!(shared.iter().all(|s| s == &shared[0]), "{shared:?}");
-        assert_eq!(steps, vec!["14"; 4], "max(10..=13) + 1 on every process");
+        assert_eq!(steps.len(), 4);
+        assert!(steps.iter().all(|s| s == &steps[0]), "{steps:?}");
+        let at: u64 = steps[0].parse().unwrap();
+        assert!((16..=18).contains(&at), "stopped at {at}, posted at 15");
+        println!("every process stopped at step {at} (stop posted at step 15)");
     });
 }
 
@@ -1072,5 +1085,31 @@ fn huge_timeouts_from_a_raw_peer_do_not_break_the_server() {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert!(err.to_string().contains("process 1 (127.0.0.1:"), "{err}");
+    });
+}
+
+#[test]
+fn a_stop_before_any_step_stops_at_the_first_one() {
+    within(30, |_| {
+        let (_server, a, b) = pair(ServerOptions::default(), quick());
+        a.request_stop("SIGTERM before the first step").unwrap();
+        // Resumed at step 500: no process has begun a step when the notice arrives.
+        assert!(a.begin_step(500).unwrap());
+        // The other process learns of it a moment later.
+        let start = Instant::now();
+        while b.stop_requested().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(5), "no notice");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(b.begin_step(500).unwrap());
+        assert_eq!(a.stop_step(), Some(0));
+        let notice = b.stop_requested().unwrap();
+        assert_eq!(
+            (notice.by, notice.reason.as_str()),
+            (0, "SIGTERM before the first step")
+        );
+        // A second request changes nothing.
+        b.request_stop("again").unwrap();
+        assert_eq!(a.stop_requested().unwrap().by, 0);
     });
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use super::wire::{
     clip, write_frame, Answer, Call, FrameReader, Hello, Polled, ToClient, ToServer, MAX_FRAME,
     MAX_KEY, MAX_TEXT, MAX_VALUE,
 };
-use super::{after, secs, SHUTDOWN_BARRIER, STOP_BARRIER};
+use super::{after, secs, SHUTDOWN_BARRIER};
 use crate::error::{Error, Result, StatusCode};
 
 /// Extra time a call waits past its own deadline for the coordinator's answer before calling
@@ -27,7 +27,8 @@ const GRACE: Duration = Duration::from_secs(2);
 /// How often the background thread wakes when nothing arrives.
 const POLL: Duration = Duration::from_millis(25);
 
-/// Called once, on the client's background thread, with the job's failure.
+/// Called once with the job's failure, from the thread that learns it (usually the client's
+/// background thread).
 pub type FailureCallback = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// Settings of a process's client.
@@ -94,6 +95,16 @@ struct Handle {
 
 type Reply = std::result::Result<Answer, (StatusCode, String)>;
 
+/// The stop agreement as one process sees it. The background thread reports `step` when the
+/// stop notice arrives and holds `agreeing` until the stop step comes back; meanwhile
+/// [`Client::begin_step`] waits, so the process cannot go past the step it reported.
+#[derive(Default)]
+struct Gate {
+    step: Option<u64>,
+    agreeing: bool,
+    stop_at: Option<u64>,
+}
+
 #[derive(Default)]
 struct Calls {
     pending: HashMap<u64, SyncSender<Reply>>,
@@ -114,6 +125,8 @@ struct Shared {
     stop: Mutex<Option<StopNotice>>,
     /// The last reported step plus one; 0 when none was reported.
     step: AtomicU64,
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
     /// The shutdown barrier has passed (or shutdown began): a closed connection is expected.
     closing: AtomicBool,
     shutdown_call: AtomicU64,
@@ -170,6 +183,8 @@ impl Client {
             stop_flag: AtomicBool::new(false),
             stop: Mutex::new(None),
             step: AtomicU64::new(0),
+            gate: Mutex::new(Gate::default()),
+            gate_changed: Condvar::new(),
             closing: AtomicBool::new(false),
             shutdown_call: AtomicU64::new(0),
         });
@@ -254,10 +269,11 @@ impl Client {
         self.inner.shared.barrier(name, timeout, 0).map(|_| ())
     }
 
-    /// Reports the step this process is at, for the coordinator's stuck-process watchdog. Call
-    /// it when a step *begins* (before loading its data): a process stuck in host code then
-    /// shows a lower step than the others, who are waiting for it inside the next step's
-    /// collectives, and the watchdog names it. Free: it travels with the next heartbeat.
+    /// Reports the step this process is at, for the coordinator's stuck-process watchdog (its
+    /// evaluation or checkpoint loops may call it too). Call it when a step *begins* (before
+    /// loading its data): a process stuck in host code then shows a lower step than the others,
+    /// who are waiting for it inside the next step's collectives, and the watchdog names it.
+    /// Free: it travels with the next heartbeat. [`begin_step`](Client::begin_step) calls it.
     pub fn report_step(&self, step: u64) {
         self.inner
             .shared
@@ -265,8 +281,53 @@ impl Client {
             .store(step.saturating_add(1), Ordering::SeqCst);
     }
 
-    /// Asks every process to stop (e.g. on SIGTERM). Every client sees it through
-    /// [`stop_requested`](Client::stop_requested); the first request wins.
+    /// Call before running training step `step` (steps go up by one). Reports it to the
+    /// watchdog, fails with the job's failure if there is one, and says whether the job stops
+    /// here: `true` means save the state reached so far and exit instead of running `step`.
+    /// Every process gets `true` at the same step.
+    ///
+    /// How the step is agreed (the protocol of XLA's preemption sync manager): when a stop
+    /// notice arrives, this client's background thread reports the step last begun here, and
+    /// every call of this function waits until the coordinator has all reports and answers with
+    /// the largest plus one. No process can pass its reported step meanwhile, so all reach the
+    /// answer; and the reports come from background threads, so a process blocked inside a
+    /// collective still answers. The wait is bounded by the heartbeat timeout.
+    pub fn begin_step(&self, step: u64) -> Result<bool> {
+        self.report_step(step);
+        let s = &self.inner.shared;
+        let until = after(
+            Instant::now(),
+            s.opts.heartbeat_timeout.saturating_add(GRACE),
+        );
+        let mut gate = lock(&s.gate);
+        while gate.agreeing {
+            self.health()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::coord(
+                    StatusCode::DeadlineExceeded,
+                    format!(
+                        "the processes did not agree on a stop step within {} (the coordinator at \
+                         {} has not heard from all of them)",
+                        secs(s.opts.heartbeat_timeout.saturating_add(GRACE)),
+                        s.addr
+                    ),
+                ));
+            }
+            gate = s
+                .gate_changed
+                .wait_timeout(gate, left.min(POLL))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        self.health()?;
+        gate.step = Some(step);
+        Ok(gate.stop_at.is_some_and(|at| step >= at))
+    }
+
+    /// Asks every process to stop (e.g. on SIGTERM); the first request wins. Every process then
+    /// sees [`stop_requested`](Client::stop_requested), and [`begin_step`](Client::begin_step)
+    /// returns `true` at the agreed step.
     pub fn request_stop(&self, reason: &str) -> Result<()> {
         let call = Call::RequestStop {
             reason: clip(reason, MAX_TEXT),
@@ -274,8 +335,7 @@ impl Client {
         self.inner.shared.call(call, Duration::ZERO).map(|_| ())
     }
 
-    /// The stop request, once any process has posted one. One atomic load when there is none:
-    /// cheap enough for every step.
+    /// The stop request, once any process has posted one. One atomic load when there is none.
     pub fn stop_requested(&self) -> Option<StopNotice> {
         let s = &self.inner.shared;
         if !s.stop_flag.load(Ordering::SeqCst) {
@@ -284,12 +344,9 @@ impl Client {
         lock(&s.stop).clone()
     }
 
-    /// Agrees on the step at which every process stops: each passes the step it is at, and all
-    /// get the largest plus one (orbax's preemption sync rule), so every process can still run
-    /// to it. Every process must call it (a barrier); it fails after `timeout` naming who did not.
-    pub fn agree_stop_step(&self, my_step: u64, timeout: Duration) -> Result<u64> {
-        let max = self.inner.shared.barrier(STOP_BARRIER, timeout, my_step)?;
-        Ok(max.saturating_add(1))
+    /// The step the job stops at, once agreed.
+    pub fn stop_step(&self) -> Option<u64> {
+        lock(&self.inner.shared.gate).stop_at
     }
 
     /// `Ok` while the job is healthy; the job's failure (a dead, stuck or failed process, or the
@@ -608,6 +665,7 @@ impl Shared {
             c.failure = Some((code, message.clone()));
         }
         self.failed.store(true, Ordering::SeqCst);
+        self.gate_changed.notify_all();
         if let Some(cb) = &self.opts.on_failure {
             cb(&Error::coord(code, message));
         }
@@ -629,6 +687,24 @@ impl Shared {
                     reason,
                 });
                 self.stop_flag.store(true, Ordering::SeqCst);
+                let step = {
+                    let mut gate = lock(&self.gate);
+                    gate.agreeing = true;
+                    gate.step
+                };
+                let frame = ToServer::StopStep { step }.encode();
+                if let Err(e) = write_frame(&mut *lock(&self.writer), &frame) {
+                    self.fail(
+                        StatusCode::Unavailable,
+                        lost_msg(&self.addr, &e.to_string()),
+                    );
+                }
+            }
+            ToClient::StopAt { step } => {
+                let mut gate = lock(&self.gate);
+                gate.stop_at = Some(step);
+                gate.agreeing = false;
+                self.gate_changed.notify_all();
             }
             ToClient::Failed { code, message } | ToClient::Refused { code, message } => {
                 self.fail(code, message)

@@ -4,7 +4,7 @@
 //! Process 0 runs a [`Server`]; every process (0 included) connects a [`Client`] to it. The
 //! server keeps a write-once key-value store (what the PJRT plugins exchange their topology and
 //! NCCL ids through: a `Client` is a [`crate::runtime::KeyValueStore`]), named barriers, a stop
-//! notice and step agreement for preemption, and watches the job: a process whose connection
+//! notice and the agreement on the step to stop at (preemption), and watches the job: a process whose connection
 //! drops, whose heartbeats stop, or whose step stops advancing while others move on fails the
 //! job, and every other process's client fails at once with an error naming it. A lost
 //! coordinator fails every client within its heartbeat timeout. Nothing waits without a deadline.
@@ -24,7 +24,12 @@
 //!     let opts = ClientOptions { job_token: spec.job_token.clone(), ..Default::default() };
 //!     let client = Client::connect(&spec.coordinator, spec.process_id, spec.num_processes, opts)?;
 //!     client.barrier("ready", Duration::from_secs(60))?;
-//!     // ... train, calling client.report_step(step) and client.health()? every step ...
+//!     for step in 0.. {
+//!         if client.begin_step(step)? {
+//!             break; // a stop was requested (SIGTERM): save here, on every process
+//!         }
+//!         // ... run the step ...
+//!     }
 //!     client.shutdown(Duration::from_secs(300))?;
 //!     drop(server);
 //! }
@@ -47,8 +52,6 @@ pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
 pub const RESERVED: &str = "coord/";
 /// The barrier of [`Client::shutdown`].
 const SHUTDOWN_BARRIER: &str = "coord/shutdown";
-/// The barrier of [`Client::agree_stop_step`].
-const STOP_BARRIER: &str = "coord/stop";
 
 /// `now + d`, saturating ten years out: a timeout from a peer or an option may be any size, and
 /// `Instant + Duration` panics on overflow.

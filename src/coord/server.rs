@@ -456,6 +456,10 @@ struct State {
     gets: HashMap<String, Vec<Waiter>>,
     barriers: HashMap<String, Barrier>,
     stop_notice: Option<(u32, String)>,
+    /// After a stop notice: the step each process was at when it got it.
+    stop_steps: BTreeMap<usize, Option<u64>>,
+    /// The agreed stop step, once every process has reported.
+    stop_at: Option<u64>,
     stopping: bool,
 }
 
@@ -474,6 +478,8 @@ impl State {
             gets: HashMap::new(),
             barriers: HashMap::new(),
             stop_notice: None,
+            stop_steps: BTreeMap::new(),
+            stop_at: None,
             stopping: false,
         }
     }
@@ -570,6 +576,7 @@ impl State {
                 self.send(conn, &ToClient::HeartbeatAck);
             }
             (Some(p), ToServer::Call { id, call }) => self.on_call(p, conn, id, call, now),
+            (Some(p), ToServer::StopStep { step }) => self.on_stop_step(p, step),
         }
     }
 
@@ -722,12 +729,14 @@ impl State {
                 value,
             } => self.on_barrier(p, conn, id, name, timeout_ms, value, now),
             Call::RequestStop { reason } => {
-                self.reply(conn, id, Ok(Answer::Done));
+                // The notice goes out before the reply: when `request_stop` returns, the
+                // requester's own client has the notice.
                 if self.stop_notice.is_none() {
                     self.stop_notice = Some((p as u32, reason.clone()));
                     let by = p as u32;
                     self.broadcast(&ToClient::Stop { by, reason });
                 }
+                self.reply(conn, id, Ok(Answer::Done));
             }
             Call::Abort { message } => {
                 self.reply(conn, id, Ok(Answer::Done));
@@ -735,6 +744,23 @@ impl State {
                 self.fail(StatusCode::Aborted, msg);
             }
         }
+    }
+
+    /// Records where process `p` was when the stop notice reached it; once all have, the job
+    /// stops at the largest step plus one (orbax's rule): every process can still reach it, as
+    /// none has gone past the step it reported.
+    fn on_stop_step(&mut self, p: usize, step: Option<u64>) {
+        if self.stop_notice.is_none() || self.stop_at.is_some() {
+            return;
+        }
+        self.stop_steps.insert(p, step);
+        if self.stop_steps.len() < self.n {
+            return;
+        }
+        let top = self.stop_steps.values().flatten().max();
+        let at = top.map_or(0, |s| s.saturating_add(1));
+        self.stop_at = Some(at);
+        self.broadcast(&ToClient::StopAt { step: at });
     }
 
     fn on_put(&mut self, conn: u64, id: u64, key: String, value: Vec<u8>) {

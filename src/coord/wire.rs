@@ -80,6 +80,10 @@ pub(crate) enum ToServer {
     Heartbeat {
         step: Option<u64>,
     },
+    /// The step a process was at when the stop notice reached it (`None`: none begun yet).
+    StopStep {
+        step: Option<u64>,
+    },
 }
 
 /// What a successful call returns.
@@ -108,6 +112,10 @@ pub(crate) enum ToClient {
     Stop {
         by: u32,
         reason: String,
+    },
+    /// Every process reported its step: the job stops at this one.
+    StopAt {
+        step: u64,
     },
     /// The job has failed; every later call fails with this.
     Failed {
@@ -265,14 +273,8 @@ impl ToServer {
                 encode_call(&mut e, call);
                 e.finish()
             }
-            ToServer::Heartbeat { step } => {
-                let mut e = Enc::new(3);
-                match step {
-                    Some(s) => e.u8(1).u64(*s),
-                    None => e.u8(0).u64(0),
-                };
-                e.finish()
-            }
+            ToServer::Heartbeat { step } => encode_step(Enc::new(3), *step),
+            ToServer::StopStep { step } => encode_step(Enc::new(4), *step),
         }
     }
 
@@ -288,21 +290,34 @@ impl ToServer {
                     call: decode_call(&mut d)?,
                 }
             }
-            3 => {
-                let has = d.u8("step flag")?;
-                let step = d.u64("step")?;
-                ToServer::Heartbeat {
-                    step: match has {
-                        0 => None,
-                        1 => Some(step),
-                        f => return Err(Malformed(format!("step flag {f} is neither 0 nor 1"))),
-                    },
-                }
-            }
+            3 => ToServer::Heartbeat {
+                step: decode_step(&mut d)?,
+            },
+            4 => ToServer::StopStep {
+                step: decode_step(&mut d)?,
+            },
             t => return Err(Malformed(format!("unknown message tag {t}"))),
         };
         d.done()?;
         Ok(msg)
+    }
+}
+
+fn encode_step(mut e: Enc, step: Option<u64>) -> Vec<u8> {
+    match step {
+        Some(s) => e.u8(1).u64(s),
+        None => e.u8(0).u64(0),
+    };
+    e.finish()
+}
+
+fn decode_step(d: &mut Dec<'_>) -> Result<Option<u64>, Malformed> {
+    let has = d.u8("step flag")?;
+    let step = d.u64("step")?;
+    match has {
+        0 => Ok(None),
+        1 => Ok(Some(step)),
+        f => Err(Malformed(format!("step flag {f} is neither 0 nor 1"))),
     }
 }
 
@@ -404,6 +419,7 @@ impl ToClient {
                 .u8(code_to_u8(*code))
                 .bytes(clip(message, MAX_TEXT).as_bytes())
                 .finish(),
+            ToClient::StopAt { step } => Enc::new(7).u64(*step).finish(),
         }
     }
 
@@ -434,6 +450,9 @@ impl ToClient {
             6 => ToClient::Failed {
                 code: d.code()?,
                 message: d.text(MAX_TEXT, "message")?,
+            },
+            7 => ToClient::StopAt {
+                step: d.u64("stop step")?,
             },
             t => return Err(Malformed(format!("unknown message tag {t}"))),
         };
@@ -579,6 +598,8 @@ mod tests {
             ToServer::Hello(hello()),
             ToServer::Heartbeat { step: None },
             ToServer::Heartbeat { step: Some(7) },
+            ToServer::StopStep { step: Some(12) },
+            ToServer::StopStep { step: None },
             ToServer::Call {
                 id: 9,
                 call: Call::Put {
@@ -617,6 +638,11 @@ mod tests {
                 code: StatusCode::Aborted,
                 message: "process 2 died".into(),
             },
+            ToClient::Stop {
+                by: 2,
+                reason: "SIGTERM".into(),
+            },
+            ToClient::StopAt { step: 13 },
         ];
         for m in to_client {
             let f = m.encode();
