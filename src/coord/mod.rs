@@ -39,6 +39,7 @@
 mod client;
 mod discovery;
 mod server;
+mod state;
 mod wire;
 
 use std::time::Duration;
