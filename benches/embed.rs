@@ -29,10 +29,10 @@ fn main() -> basic::Result<()> {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         other => {
-            return Err(basic::Error::InvalidArgument {
-                what: format!("BASIC_DTYPE={other}"),
-                fix: "use f32 or bf16".into(),
-            })
+            return Err(basic::Error::invalid(
+                format!("BASIC_DTYPE={other}"),
+                "use f32 or bf16",
+            ))
         }
     };
     let c = match basic::io::interop::parse_model(&model)? {
@@ -42,7 +42,7 @@ fn main() -> basic::Result<()> {
     let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(1))?;
     let t0 = Instant::now();
     let g = image_embed_graph(&c, batch, dtype, dtype)?;
-    let specs = basic::model::basic::specs(&c)?;
+    let specs = basic::model::dual::specs(&c)?;
     let layout = Layout::single();
     let (a, r) = layout.specs(&g, &specs)?;
     let p = ShardedProgram::compile(rt.client(), &g, &layout.context(), a, r)?;

@@ -28,7 +28,7 @@ fn config(depth: i64) -> TransformerConfig {
 }
 
 /// Builds loss = mean(stack(x)²) and its gradients; returns the module text.
-fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result<String> {
+fn build(depth: i64, scanned: bool, remat: RematPolicy) -> basic::Result<String> {
     let c = config(depth);
     let b = Builder::new("stack");
     let x = b.parameter("x", DType::F32, &[BATCH, LENGTH, WIDTH])?;
@@ -44,7 +44,7 @@ fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result
             .iter()
             .map(|s| p.get(&s.name).cloned())
             .collect::<basic::Result<_>>()?;
-        let y = scanned_stack(&x, &stacked, &c, None, remat.as_ref())?;
+        let y = scanned_stack(&x, &stacked, &c, None, &remat)?;
         (stacked, y)
     } else {
         let specs = trace_specs("stack", DType::F32, |b, s| {
@@ -53,7 +53,7 @@ fn build(depth: i64, scanned: bool, remat: Option<RematPolicy>) -> basic::Result
             Ok(())
         })?;
         let p = Params::declare(&b, &specs, DType::F32)?;
-        let t = Tower::new(DType::F32).with_remat(remat.as_ref());
+        let t = Tower::new(DType::F32).with_remat(&remat);
         let y = stack(&x, &Scope::bound(&p).sub("s"), &c, None, &t)?;
         (
             specs
@@ -76,8 +76,10 @@ fn main() -> basic::Result<()> {
     for (k, path) in find_cpu_plugins() {
         let rt = Runtime::open_path(&path, Some(1))?;
         // Warm the compiler once.
-        rt.client()
-            .compile(&build(1, false, None)?, &CompileOptions::single())?;
+        rt.client().compile(
+            &build(1, false, RematPolicy::None)?,
+            &CompileOptions::single(),
+        )?;
         for (depth, scanned) in [
             (12, false),
             (4, false),
@@ -87,7 +89,7 @@ fn main() -> basic::Result<()> {
             (48, true),
         ] {
             let t0 = Instant::now();
-            let text = build(depth, scanned, None)?;
+            let text = build(depth, scanned, RematPolicy::None)?;
             let emit = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             let exe = rt.client().compile(&text, &CompileOptions::single())?;
@@ -100,7 +102,7 @@ fn main() -> basic::Result<()> {
                 m.temp_bytes
             );
         }
-        for policy in [None, Some(RematPolicy::NothingSaveable)] {
+        for policy in [RematPolicy::None, RematPolicy::NothingSaveable] {
             let exe = rt.client().compile(
                 &build(12, false, policy.clone())?,
                 &CompileOptions::single(),
@@ -108,7 +110,7 @@ fn main() -> basic::Result<()> {
             println!(
                 "{{\"impl\": \"basic\", \"plugin\": \"{}\", \"remat\": \"{}\", \"depth\": 12, \"temp_bytes\": {}}}",
                 k.package,
-                policy.map_or("none".to_string(), |p| format!("{p:?}")),
+                policy,
                 exe.memory_stats()?.temp_bytes
             );
         }

@@ -85,7 +85,7 @@ fn time_steps(
     Ok(times[times.len() / 2])
 }
 
-fn opts(c: &ModelConfig, batch: i64, m: i64, remat: Option<basic::ir::RematPolicy>) -> StepOptions {
+fn opts(c: &ModelConfig, batch: i64, m: i64, remat: basic::ir::RematPolicy) -> StepOptions {
     StepOptions {
         batch,
         microbatches: m,
@@ -106,7 +106,7 @@ fn main() -> basic::Result<()> {
         let rt = Runtime::open(&basic::runtime::Backend::from_flag_or_env(None), Some(1))?;
         for (name, steps) in [("tiny", 20), ("small", 15)] {
             let c = ModelConfig::load(name)?;
-            let o = opts(&c, 64, 1, None);
+            let o = opts(&c, 64, 1, basic::ir::RematPolicy::None);
             let (p, secs, values) = compile(&rt, &c, &o, &single)?;
             let t = time_steps(&p, &c, &o, &values, steps)?;
             let m = p.memory_stats()?;
@@ -120,7 +120,7 @@ fn main() -> basic::Result<()> {
         // The global batch grows 8× at a fixed micro-batch of 32: peak memory should stay flat.
         let c = ModelConfig::load("small")?;
         for (batch, m) in [(32, 1), (256, 8)] {
-            let o = opts(&c, batch, m, None);
+            let o = opts(&c, batch, m, basic::ir::RematPolicy::None);
             let (p, secs, _) = compile(&rt, &c, &o, &single)?;
             let s = p.memory_stats()?;
             println!("{{\"section\": \"batch_growth\", \"model\": \"small\", \"batch\": {batch}, \"microbatches\": {m}, \"compile_s\": {secs:.3}, \"temp_bytes\": {}, \"peak_bytes\": {}}}", s.temp_bytes, s.peak_bytes);
@@ -132,16 +132,16 @@ fn main() -> basic::Result<()> {
         }
         c.text.depth = 12;
         for policy in [
-            None,
-            Some(basic::ir::RematPolicy::NothingSaveable),
-            Some(basic::ir::RematPolicy::DotsSaveable),
+            basic::ir::RematPolicy::None,
+            basic::ir::RematPolicy::NothingSaveable,
+            basic::ir::RematPolicy::DotsSaveable,
         ] {
             let o = opts(&c, 64, 1, policy.clone());
             let (p, secs, _) = compile(&rt, &c, &o, &single)?;
             let s = p.memory_stats()?;
             println!(
                 "{{\"section\": \"remat\", \"towers\": \"12+12 layers, width 256\", \"remat\": \"{}\", \"compile_s\": {secs:.3}, \"temp_bytes\": {}, \"peak_bytes\": {}}}",
-                policy.map_or("none".into(), |p| format!("{p:?}")),
+                policy,
                 s.temp_bytes,
                 s.peak_bytes
             );
@@ -151,7 +151,7 @@ fn main() -> basic::Result<()> {
         // The tiny preset: on this 2-core machine the CPU plugin aborts bigger 8-device programs
         // when its collective rendezvous waits more than 40 s for device threads.
         let c = ModelConfig::load("tiny")?;
-        let o = opts(&c, 64, 1, None);
+        let o = opts(&c, 64, 1, basic::ir::RematPolicy::None);
         let rules = Rules::find("data_model")?;
         for mesh in [
             "data=1,model=1",

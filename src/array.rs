@@ -300,10 +300,10 @@ pub fn to_dtype(shape: &[i64], v: &[f64], dtype: DType) -> Result<HostArray> {
                 .map(|&x| half::bf16::from_f64(x))
                 .collect::<Vec<_>>(),
         ),
-        other => Err(Error::InvalidArgument {
-            what: format!("parameter dtype {other}"),
-            fix: "parameters are f32, f64 or bf16".into(),
-        }),
+        other => Err(Error::invalid(
+            format!("parameter dtype {other}"),
+            "parameters are f32, f64 or bf16",
+        )),
     }
 }
 

@@ -112,9 +112,11 @@ impl FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("dtype `{s}`"),
-                fix: format!("use one of {}", DType::ALL.map(|d| d.name()).join(", ")),
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("dtype `{s}`"),
+                    format!("use one of {}", DType::ALL.map(|d| d.name()).join(", ")),
+                )
             })
     }
 }

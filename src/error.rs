@@ -21,7 +21,7 @@ pub enum Error {
     PluginLoad { path: PathBuf, reason: String },
 
     /// The plugin's API table is too old for an entry `basic` needs.
-    #[error("PJRT plugin `{}` does not provide `{entry}` (its API table is {table_size} bytes, PJRT {version}); use a newer plugin", .path.display())]
+    #[error("PJRT plugin `{}` is too old for `{entry}`: its API table (PJRT {version}, {table_size} bytes) does not provide it; use a newer plugin", .path.display())]
     MissingEntry {
         path: PathBuf,
         entry: &'static str,
@@ -94,12 +94,12 @@ pub enum Error {
     #[error("{message}")]
     Coordination { code: StatusCode, message: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", .path.display())]
+    /// A file could not be read or written. The OS error is part of the message, not a
+    /// separate source, so a report of the whole chain says it once.
+    #[error("{}: {cause}", .path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -189,7 +189,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

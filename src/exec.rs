@@ -38,17 +38,14 @@ pub fn emit(
     donate: &[(usize, usize)],
 ) -> Result<String> {
     if args.len() != graph.params.len() || results.len() != graph.outputs.len() {
-        return Err(Error::InvalidArgument {
-            what: format!(
+        return Err(Error::invalid(format!(
                 "shardings for `{}`: {} argument and {} result specs for {} parameters and {} outputs",
                 graph.name,
                 args.len(),
                 results.len(),
                 graph.params.len(),
                 graph.outputs.len()
-            ),
-            fix: "give one spec per parameter and per output".into(),
-        });
+            ), "give one spec per parameter and per output"));
     }
     for ((name, v), s) in graph.params.iter().zip(args) {
         s.validate(name, &graph.ty(*v).shape, &ctx.mesh)?;
@@ -145,9 +142,11 @@ impl ShardedProgram {
 
     /// Splits argument `i`'s global value into shards and uploads them.
     pub fn upload(&self, i: usize, global: &HostArray) -> Result<Sharded> {
-        let spec = self.args.get(i).ok_or_else(|| Error::InvalidArgument {
-            what: format!("argument {i}"),
-            fix: format!("the program takes {} arguments", self.args.len()),
+        let spec = self.args.get(i).ok_or_else(|| {
+            Error::invalid(
+                format!("argument {i}"),
+                format!("the program takes {} arguments", self.args.len()),
+            )
         })?;
         let bufs = (0..self.devices())
             .map(|d| {
@@ -176,13 +175,13 @@ impl ShardedProgram {
             .enumerate()
             .find(|(_, a)| a.get().bufs.len() != n)
         {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "argument {i}: {} shard(s) for a program on {n} device(s)",
                     a.get().bufs.len()
                 ),
-                fix: "upload it with this program's `upload`".into(),
-            });
+                "upload it with this program's `upload`",
+            ));
         }
         let mut lists: Vec<Vec<ArgBuffer<'_>>> = (0..n).map(|_| Vec::new()).collect();
         for a in args {

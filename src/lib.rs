@@ -31,6 +31,7 @@ pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod fs;
 pub mod io;
 pub mod ir;
 pub mod lower;

@@ -5,7 +5,7 @@ mod common;
 
 use basic::dtype::DType;
 use basic::model::inference::embed_graph;
-use basic::model::{basic as dual, ModelConfig, Scope, Tower};
+use basic::model::{dual, Modality, ModelConfig, Scope, Tower};
 use basic::runtime::HostArray;
 use basic::train::{grad_graph, init, StepOptions};
 use common::{assert_close, check_directional, compile_graph, f64_step, random_batch};
@@ -179,7 +179,7 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
         basic::ir::RematPolicy::DotsSaveable,
     ] {
         let o = StepOptions {
-            remat: Some(policy.clone()),
+            remat: policy.clone(),
             ..f64_step(n, 2)
         };
         let got = run_grads(&c, &o, &params, &images, &tokens);
@@ -195,7 +195,7 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
         }
     }
     // Temporary memory of the f32 step at a larger batch, from XLA's statistics.
-    let temp = |remat: Option<basic::ir::RematPolicy>| {
+    let temp = |remat: basic::ir::RematPolicy| {
         let mut c = ModelConfig::load("tiny").unwrap();
         c.text.depth = 4;
         if let basic::model::config::ImageConfig::Vit(v) = &mut c.image {
@@ -213,8 +213,8 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
         compile_graph(&g).memory_stats().unwrap().temp_bytes
     };
     let (none, nothing) = (
-        temp(None),
-        temp(Some(basic::ir::RematPolicy::NothingSaveable)),
+        temp(basic::ir::RematPolicy::None),
+        temp(basic::ir::RematPolicy::NothingSaveable),
     );
     assert!(
         (nothing as f64) < 0.6 * none as f64,
@@ -314,11 +314,11 @@ fn a_bert_text_tower_draws_the_same_dropout_masks_in_both_passes() {
 
 #[test]
 fn locked_towers_run_without_dropout() {
-    let loss = |lock: &[&str], key: [u64; 2]| {
+    let loss = |lock: &[Modality], key: [u64; 2]| {
         let mut c = tiny();
         c.train.dropout = 0.3;
         c.train.drop_path = 0.2;
-        c.train.lock = lock.iter().map(|s| s.to_string()).collect();
+        c.train.lock = lock.to_vec();
         let o = StepOptions {
             frozen: dual::locked(&dual::specs(&c).unwrap(), &c.train.lock),
             ..f64_step(4, 2)
@@ -335,10 +335,16 @@ fn locked_towers_run_without_dropout() {
     };
     // Both towers locked (LiT's frozen feature extractors): the key changes nothing.
     assert_eq!(
-        loss(&["image", "text"], [1, 1]),
-        loss(&["image", "text"], [2, 1])
+        loss(&[Modality::Image, Modality::Text], [1, 1]),
+        loss(&[Modality::Image, Modality::Text], [2, 1])
     );
     // One tower learning: its dropout is live.
-    assert_ne!(loss(&["text"], [1, 1]), loss(&["text"], [2, 1]));
-    assert_ne!(loss(&["image"], [1, 1]), loss(&["image"], [2, 1]));
+    assert_ne!(
+        loss(&[Modality::Text], [1, 1]),
+        loss(&[Modality::Text], [2, 1])
+    );
+    assert_ne!(
+        loss(&[Modality::Image], [1, 1]),
+        loss(&[Modality::Image], [2, 1])
+    );
 }

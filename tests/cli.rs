@@ -72,7 +72,7 @@ fn compile_json_reports_params_flops_and_memory_per_device() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // The count the model's own parameter specs give.
     let specs =
-        basic::model::basic::specs(&basic::model::ModelConfig::load("tiny").unwrap()).unwrap();
+        basic::model::dual::specs(&basic::model::ModelConfig::load("tiny").unwrap()).unwrap();
     let params: i64 = specs.iter().map(|s| s.element_count()).sum();
     assert_eq!(v["params"], params);
     assert!(v["flops_per_step"].as_f64().unwrap() > 1e8);
@@ -301,4 +301,109 @@ fn bad_flags_and_files_are_one_clear_error() {
     let o = basic_cmd(&["compile", "--model", cfg.to_str().unwrap()]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("bad.toml"), "{e}");
+}
+
+/// Choices are parsed once, at the flag: a bad value is refused there, naming the flag, before
+/// any config is read; `train` takes the same precisions as every other command.
+#[test]
+fn typed_flags_are_refused_at_the_flag_that_carries_them() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "train", "--model", "tiny", "--data", "x", "--out", "y", "--dtype", "f64",
+            ],
+            "--dtype",
+        ),
+        (
+            &["compile", "--model", "tiny", "--remat", "most"],
+            "--remat",
+        ),
+        (
+            &["compile", "--model", "tiny", "--partitioner", "gspmdd"],
+            "--partitioner",
+        ),
+        (
+            &[
+                "plan",
+                "--model",
+                "tiny",
+                "--target",
+                "tpu-v5e:2x2",
+                "--partitioner",
+                "x",
+            ],
+            "--partitioner",
+        ),
+        (
+            &["grad", "--model", "tiny", "--dtype", "bf16", "--out", "g"],
+            "--dtype",
+        ),
+    ];
+    for (args, flag) in cases {
+        let o = basic_cmd(args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(e.contains(flag), "{args:?}: {e}");
+        // Refused by the flag's parser, not by a preset's validation.
+        assert!(
+            !e.contains("`tiny`") && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+/// Model presets and rule files are built into the binary, as targets are: a run from a folder
+/// with no `graphs/` or `partitioning/` finds them.
+#[test]
+fn presets_and_rule_files_need_no_source_tree() {
+    let dir = tmp("elsewhere");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basic"))
+        .args([
+            "compile",
+            "--model",
+            "tiny",
+            "--partitioning",
+            "fsdp",
+            "--mesh",
+            "data=2",
+            "--json",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+}
+
+/// A foreign-checkpoint folder without its config is one error that says so, once; an OS error
+/// is reported once, not once per level of its cause chain.
+#[test]
+fn a_missing_foreign_config_and_a_missing_file_are_said_once() {
+    let dir = tmp("hf-empty");
+    let model = format!("hf:{}", dir.display());
+    let o = basic_cmd(&["embed", "--model", &model, "--batch", "b", "--out", "e"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert_eq!(e.matches("config.json").count(), 2, "{e}");
+    assert!(
+        e.contains("has no config.json") && !e.contains("os error"),
+        "{e}"
+    );
+    let missing = dir.join("nothing.safetensors");
+    let o = basic_cmd(&[
+        "grad",
+        "--model",
+        "tiny",
+        "--params",
+        missing.to_str().unwrap(),
+        "--random-batch",
+        "2",
+        "--out",
+        "g",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert_eq!(e.matches("os error 2").count(), 1, "{e}");
 }

@@ -387,7 +387,8 @@ fn cases() -> Vec<Case> {
     v
 }
 
-fn emit(c: &Case) -> String {
+/// The case's graph: its function of parameters `x0, x1, ...`, output `y`.
+fn graph(c: &Case) -> basic::ir::Graph {
     let b = Builder::new(c.name);
     let ps: Vec<Tensor> = c
         .inputs
@@ -397,7 +398,11 @@ fn emit(c: &Case) -> String {
         .collect();
     let y = (c.f)(&b, &ps).unwrap();
     b.output("y", &y).unwrap();
-    basic::lower::module(&b.finish(), &Default::default()).unwrap()
+    b.finish()
+}
+
+fn emit(c: &Case) -> String {
+    basic::lower::module(&graph(c), &Default::default()).unwrap()
 }
 
 #[test]
@@ -423,6 +428,33 @@ fn golden_stablehlo_per_primitive() {
         mismatches.is_empty(),
         "{}\n(review the change, then rerun with BLESS=1)",
         mismatches.join("\n")
+    );
+}
+
+/// The op types a graph uses, its loop bodies' included.
+fn op_types(g: &basic::ir::Graph, out: &mut std::collections::BTreeSet<&'static str>) {
+    for n in &g.nodes {
+        out.insert(n.op.type_name());
+        if let Some(s) = n.op.as_scan() {
+            op_types(&s.body, out);
+        }
+    }
+}
+
+/// Every op type of every family has a golden case: a new op cannot land without one.
+#[test]
+fn every_op_type_has_a_golden_case() {
+    let mut covered = std::collections::BTreeSet::new();
+    for c in cases() {
+        op_types(&graph(&c), &mut covered);
+    }
+    let missing: Vec<&str> = basic::ir::Op::all_types()
+        .into_iter()
+        .filter(|t| !covered.contains(t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "op types without a golden case: {missing:?}"
     );
 }
 

@@ -37,13 +37,13 @@ fn grad_program(
     c: &TransformerConfig,
     shape: [i64; 3],
     dtype: DType,
-    remat: Option<RematPolicy>,
+    remat: RematPolicy,
 ) -> String {
     let b = Builder::new("stack");
     let x = b.parameter("x", dtype, &shape).unwrap();
     let specs = stack_specs(c, shape, dtype);
     let p = Params::declare(&b, &specs, dtype).unwrap();
-    let t = Tower::new(dtype).with_remat(remat.as_ref());
+    let t = Tower::new(dtype).with_remat(&remat);
     let y = stack(&x, &Scope::bound(&p).sub("s"), c, None, &t).unwrap();
     let loss = y.square().unwrap().mean(&[0, 1, 2]).unwrap();
     let mut wrt = vec![x.clone()];
@@ -78,7 +78,7 @@ fn remat_policies_give_bitwise_identical_gradients_in_f64() {
     let shape = [2, 5, 16];
     let rt = cpu_runtime(1);
     let args = inputs(&c, shape);
-    let run = |policy: Option<RematPolicy>| {
+    let run = |policy: RematPolicy| {
         let text = grad_program(&c, shape, DType::F64, policy);
         rt.client()
             .compile(&text, &CompileOptions::single())
@@ -86,14 +86,15 @@ fn remat_policies_give_bitwise_identical_gradients_in_f64() {
             .run(&args)
             .unwrap()
     };
-    let reference = run(None);
+    let reference = run(RematPolicy::None);
     for policy in [
         RematPolicy::NothingSaveable,
         RematPolicy::DotsSaveable,
         RematPolicy::SaveNames(vec!["mlp_hidden".into()]),
-        RematPolicy::EverythingSaveable,
+        // JAX's name for keeping everything is this crate's `none`.
+        "everything_saveable".parse().unwrap(),
     ] {
-        let got = run(Some(policy.clone()));
+        let got = run(policy.clone());
         assert_eq!(got.len(), reference.len());
         for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
             assert_eq!(
@@ -110,7 +111,7 @@ fn recomputing_a_12_layer_stack_lowers_temporary_memory() {
     let c = config(128, 12);
     let shape = [8, 64, 128];
     let rt = cpu_runtime(1);
-    let temp = |policy: Option<RematPolicy>| {
+    let temp = |policy: RematPolicy| {
         let text = grad_program(&c, shape, DType::F32, policy);
         rt.client()
             .compile(&text, &CompileOptions::single())
@@ -119,9 +120,9 @@ fn recomputing_a_12_layer_stack_lowers_temporary_memory() {
             .unwrap()
             .temp_bytes
     };
-    let none = temp(None);
-    let nothing = temp(Some(RematPolicy::NothingSaveable));
-    let dots = temp(Some(RematPolicy::DotsSaveable));
+    let none = temp(RematPolicy::None);
+    let nothing = temp(RematPolicy::NothingSaveable);
+    let dots = temp(RematPolicy::DotsSaveable);
     eprintln!("temp bytes: no remat {none}, dots_saveable {dots}, nothing_saveable {nothing}");
     assert!(
         nothing < none,
@@ -158,13 +159,13 @@ fn scan_over_layers_equals_the_unrolled_stack() {
     let c = config(16, 4);
     let shape = [2, 5, 16];
     let specs = stack_specs(&c, shape, DType::F64);
-    let build = |scanned: bool, remat: Option<RematPolicy>| {
+    let build = |scanned: bool, remat: RematPolicy| {
         let b = Builder::new("s");
         let x = b.parameter("x", DType::F64, &shape).unwrap();
         let p = Params::declare(&b, &specs, DType::F64).unwrap();
         let y = if scanned {
             let stacked = stacked_params(&p, &specs, c.depth);
-            scanned_stack(&x, &stacked, &c, None, remat.as_ref()).unwrap()
+            scanned_stack(&x, &stacked, &c, None, &remat).unwrap()
         } else {
             let t = Tower::new(DType::F64);
             stack(&x, &Scope::bound(&p).sub("s"), &c, None, &t).unwrap()
@@ -188,8 +189,8 @@ fn scan_over_layers_equals_the_unrolled_stack() {
             .run(&args)
             .unwrap()
     };
-    let unrolled = run(build(false, None));
-    for remat in [None, Some(RematPolicy::NothingSaveable)] {
+    let unrolled = run(build(false, RematPolicy::None));
+    for remat in [RematPolicy::None, RematPolicy::NothingSaveable] {
         let scanned = run(build(true, remat.clone()));
         for (i, (a, b)) in scanned.iter().zip(&unrolled).enumerate() {
             common::assert_close(&a.to_f64_vec(), &b.to_f64_vec(), 1e-12);
@@ -207,7 +208,7 @@ fn an_infinite_cotangent_does_not_poison_the_rematerialised_block() {
     let x = b.parameter("x", DType::F64, &[3]).unwrap();
     let w = b.parameter("w", DType::F64, &[3]).unwrap();
     let y = b
-        .checkpoint(RematPolicy::NothingSaveable, || x.mul(&x))
+        .checkpoint(&RematPolicy::NothingSaveable, || x.mul(&x))
         .unwrap();
     let loss = y.mul(&w).unwrap().sum_all().unwrap();
     let g = basic::autodiff::grad(&loss, std::slice::from_ref(&x)).unwrap();

@@ -49,7 +49,7 @@ fn embed(f: &Foreign, weights: &BTreeMap<String, HostArray>) -> (Vec<f64>, Vec<f
         .flat_map(|i| ids[(i % nt as usize) * l..(i % nt as usize + 1) * l].to_vec())
         .collect();
     let g = embed_graph(c, n, DType::F32, DType::F32).unwrap();
-    let specs = basic::model::basic::specs(c).unwrap();
+    let specs = basic::model::dual::specs(c).unwrap();
     let mut args: Vec<HostArray> = specs.iter().map(|s| weights[&s.name].clone()).collect();
     let s = c.image.image_size();
     args.push(HostArray::new(&[n, s, s, c.image.channels()], &images).unwrap());
@@ -211,7 +211,7 @@ fn a_mismatched_checkpoint_is_listed_in_full() {
 #[test]
 fn an_architecture_the_format_cannot_express_is_refused() {
     let c = basic::model::ModelConfig::load("tiny").unwrap();
-    let specs = basic::model::basic::specs(&c).unwrap();
+    let specs = basic::model::dual::specs(&c).unwrap();
     let w: BTreeMap<String, HostArray> = specs
         .iter()
         .map(|s| {

@@ -7,7 +7,7 @@ mod common;
 use basic::dtype::DType;
 use basic::exec::ShardedProgram;
 use basic::model::config::ImageConfig;
-use basic::model::{basic as dual, ModelConfig};
+use basic::model::{dual, ModelConfig};
 use basic::partition::{Mesh, Rules};
 use basic::runtime::{CompileOptions, HostArray, Partitioner, Runtime};
 use basic::train::{grad_graph, init, Layout, StepOptions};
@@ -48,7 +48,7 @@ fn opts(dtype: DType, m: i64) -> StepOptions {
     StepOptions {
         batch: 16,
         microbatches: m,
-        remat: None,
+        remat: basic::ir::RematPolicy::None,
         param_dtype: dtype,
         compute_dtype: dtype,
         frozen: vec![],

@@ -119,12 +119,12 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
     let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
     let c = basic::model::ModelConfig::load("tiny").unwrap();
     let init = basic::train::init::init_params(
-        &basic::model::basic::specs(&c).unwrap(),
+        &basic::model::dual::specs(&c).unwrap(),
         0,
         basic::DType::F32,
     )
     .unwrap();
-    let specs = basic::model::basic::specs(&c).unwrap();
+    let specs = basic::model::dual::specs(&c).unwrap();
     let mut moved = 0;
     for (s, a) in specs.iter().zip(&init) {
         if s.name.starts_with("text/") {

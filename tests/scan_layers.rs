@@ -11,7 +11,7 @@ use basic::dtype::DType;
 use basic::model::config::{CoatnetConfig, CoatnetStage, ImageConfig, OptimizerKind, StageKind};
 use basic::model::inference::batch_shapes;
 use basic::model::params::{layer_name, stack_layers, unstack_layers};
-use basic::model::{basic as dual, ModelConfig, ParamSpec, Params, Scope, Tower};
+use basic::model::{dual, ModelConfig, ParamSpec, Params, Scope, Tower};
 use basic::runtime::HostArray;
 use basic::trace::Builder;
 use basic::train::{grad_graph, init, train_graph};

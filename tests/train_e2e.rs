@@ -491,18 +491,16 @@ fn silent_failures_are_said() {
 #[test]
 fn keep_zero_keeps_the_newest_checkpoint() {
     use basic::train::run::{checkpoints, train, RunOptions};
-    let (c, o) = {
-        let mut c = basic::model::ModelConfig::load("tiny").unwrap();
-        c.train.batch = 16;
-        c.train.total_steps = 2;
-        let o = basic::train::StepOptions::from_config(&c).unwrap();
-        (c, o)
+    let base = basic::model::ModelConfig::load("tiny").unwrap();
+    let choices = basic::train::StepChoices {
+        batch: Some(16),
+        steps: Some(2),
+        ..Default::default()
     };
+    let setup = basic::train::StepSetup::new(&base, &choices, &Default::default(), false).unwrap();
     let out = tmp("keep0");
     let opts = RunOptions {
-        config: c,
-        step: o,
-        layout: basic::train::Layout::single(),
+        setup,
         data: data().to_path_buf(),
         out: out.clone(),
         steps: 2,
@@ -517,8 +515,6 @@ fn keep_zero_keeps_the_newest_checkpoint() {
         progress: false,
         init_from: None,
         tokenizer: None,
-        donate: false,
-        partitioning: "data_parallel".into(),
         executable: None,
     };
     let rt = common::cpu_runtime(1);

@@ -3,29 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
 use basic::dtype::DType;
 use basic::exec::ShardedProgram;
 use basic::io::safetensors;
+use basic::ir::RematPolicy;
+use basic::model::config::{Modality, Precision};
 use basic::model::inference::{embed_graph, text_features_graph};
-use basic::model::{basic as dual, ModelConfig};
-use basic::partition::{Mesh, Rules};
+use basic::model::{dual, ModelConfig};
 use basic::runtime::{HostArray, Partitioner};
-use basic::train::aot::{Machine, StepProgram};
-use basic::train::{grad_graph, init, Layout, StepOptions};
+use basic::target::Target;
+use basic::train::aot::{compile_step, CompileOn, CompileOutputs, StepReport};
+use basic::train::{grad_graph, init, Layout, LayoutChoices, StepChoices, StepOptions, StepSetup};
 
 use super::BackendArgs;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PartitionerArg {
-    Shardy,
-    Gspmd,
-}
 
 /// Flags shared by every command that builds the model's programs.
 #[derive(Args, Debug, Clone)]
@@ -39,9 +33,9 @@ pub struct ModelArgs {
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(i64).range(1..))]
     pub microbatches: Option<i64>,
 
-    /// Rematerialisation policy: none, nothing_saveable, dots_saveable, everything_saveable, save_names(a,b)
+    /// Rematerialisation policy: none, dots_saveable, nothing_saveable, save_names(a,b)
     #[arg(long, value_name = "POLICY")]
-    pub remat: Option<String>,
+    pub remat: Option<RematPolicy>,
 
     /// Mesh axis sizes, e.g. data=2,model=4 [default: the rule file's mesh, else one device]
     #[arg(long, value_name = "AXES")]
@@ -51,9 +45,9 @@ pub struct ModelArgs {
     #[arg(long, value_name = "FILE|NAME")]
     pub partitioning: Option<String>,
 
-    /// SPMD partitioner
-    #[arg(long, value_enum, default_value = "shardy")]
-    pub partitioner: PartitionerArg,
+    /// SPMD partitioner: shardy or gspmd
+    #[arg(long, value_name = "shardy|gspmd", default_value = "shardy")]
+    pub partitioner: Partitioner,
 
     /// Run each tower's identical blocks as one loop over stacked `layers/` parameters
     /// (compile time independent of depth; parameter names change)
@@ -94,65 +88,49 @@ pub fn params_or_folder(model: &str, params: &Option<PathBuf>) -> Option<PathBuf
 }
 
 impl ModelArgs {
-    /// The config with flags applied, and the step options.
-    pub fn config(
+    /// The step choices of these flags, with the command's own batch, precision and schedule.
+    pub fn choices(
         &self,
         batch: Option<i64>,
-        dtype: Option<&str>,
-    ) -> anyhow::Result<(ModelConfig, StepOptions)> {
-        let mut c = load_config(&self.model)?;
-        if let Some(b) = batch {
-            c.train.batch = b;
+        precision: Option<Precision>,
+        steps: Option<i64>,
+    ) -> StepChoices {
+        let lock = [
+            (self.lock_image, Modality::Image),
+            (self.lock_text, Modality::Text),
+        ];
+        StepChoices {
+            batch,
+            microbatches: self.microbatches,
+            remat: self.remat.clone(),
+            precision,
+            scan_layers: self.scan_layers,
+            lock: lock
+                .into_iter()
+                .filter(|(f, _)| *f)
+                .map(|(_, m)| m)
+                .collect(),
+            steps,
         }
-        if let Some(m) = self.microbatches {
-            c.train.microbatches = m;
-        }
-        if let Some(r) = &self.remat {
-            c.train.remat = r.clone();
-        }
-        if let Some(d) = dtype {
-            c.train.dtype = d.to_string();
-        }
-        if self.scan_layers {
-            c.scan_layers = true;
-        }
-        for (flag, tower) in [(self.lock_image, "image"), (self.lock_text, "text")] {
-            if flag && !c.train.lock.iter().any(|t| t == tower) {
-                c.train.lock.push(tower.to_string());
-            }
-        }
-        c.validate(&self.model)?;
-        let o = StepOptions::from_config(&c)?;
-        Ok((c, o))
     }
 
-    /// The partitioning preset or file, as given (`data_parallel` without the flag).
-    pub fn partitioning_label(&self) -> String {
-        self.partitioning
-            .clone()
-            .unwrap_or_else(|| "data_parallel".into())
+    pub fn layout_choices(&self) -> LayoutChoices {
+        LayoutChoices {
+            mesh: self.mesh.clone(),
+            partitioning: self.partitioning.clone(),
+            partitioner: self.partitioner,
+        }
     }
 
-    /// Mesh, rules and partitioner from the flags.
-    pub fn layout(&self) -> anyhow::Result<Layout> {
-        let rules = match &self.partitioning {
-            Some(p) => Rules::find(p)?,
-            None => Rules::data_parallel(),
-        };
-        let mesh = match (&self.mesh, &rules.default_mesh) {
-            (Some(m), _) => Mesh::parse(m)?,
-            (None, Some(m)) => m.clone(),
-            (None, None) => Mesh::single(),
-        };
-        let partitioner = match self.partitioner {
-            PartitionerArg::Shardy => Partitioner::Shardy,
-            PartitionerArg::Gspmd => Partitioner::Gspmd,
-        };
-        Ok(Layout {
-            mesh,
-            rules,
-            partitioner,
-        })
+    /// The model's step with these flags applied, laid out by them.
+    pub fn setup(&self, choices: &StepChoices) -> anyhow::Result<StepSetup> {
+        let base = load_config(&self.model)?;
+        Ok(StepSetup::new(
+            &base,
+            choices,
+            &self.layout_choices(),
+            self.donate,
+        )?)
     }
 
     /// Lays `g` out by the flags' mesh and rules, opens the backend and compiles.
@@ -161,7 +139,7 @@ impl ModelArgs {
         g: &basic::ir::Graph,
         specs: &[basic::model::ParamSpec],
     ) -> anyhow::Result<ShardedProgram> {
-        let layout = self.layout()?;
+        let layout = self.layout_choices().layout()?;
         let (sa, sr) = layout.specs(g, specs)?;
         let rt = self.open(&layout)?;
         Ok(ShardedProgram::compile(
@@ -198,7 +176,7 @@ pub struct CompileArgs {
 
     /// Compute dtype: f32, or bf16 (bf16 compute, f32 master weights)
     #[arg(long, value_name = "f32|bf16")]
-    dtype: Option<String>,
+    dtype: Option<Precision>,
 
     /// Length of the learning-rate schedule, as `basic train --steps` sets it (the schedule is
     /// part of the program, so a saved executable needs the same) [default: the preset's]
@@ -223,239 +201,43 @@ pub struct CompileArgs {
     json: bool,
 }
 
-/// What one compile of the step reports.
-pub struct StepReport {
-    pub target: Option<basic::target::Target>,
-    pub params: i64,
-    pub flops: f64,
-    pub build_seconds: f64,
-    pub compile_seconds: f64,
-    pub mem: basic::runtime::MemoryStats,
-    /// Each device's process (host) index.
-    pub process_index: Vec<i32>,
-    /// The target's compiler refused the program as too large, with this message; `mem` then
-    /// holds only what it said it needs (a lower bound on the peak).
-    pub refused: Option<String>,
-}
-
-impl StepReport {
-    /// Per device: the target's HBM and whether the peak fits in it.
-    fn fits(&self) -> Option<bool> {
-        self.target
-            .as_ref()
-            .map(|t| self.refused.is_none() && self.mem.peak_bytes <= t.spec.hbm_bytes)
-    }
-}
-
 pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
-    if let Some(d) = &a.dtype {
-        if d != "f32" && d != "bf16" {
-            bail!("invalid --dtype `{d}`: use f32 or bf16");
-        }
-    }
-    let target = a
-        .target
-        .as_deref()
-        .map(basic::target::Target::parse)
-        .transpose()?;
-    let (mut c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
-    if let Some(s) = a.steps {
-        c.train.total_steps = s;
-    }
-    let layout = a.model.layout()?;
-    let t0 = Instant::now();
-    let sp = StepProgram::build(&c, &o, &layout, a.model.donate)?;
-    let build_seconds = t0.elapsed().as_secs_f64();
-    let params = sp.param_count();
-    let flops = basic::ir::flops(&sp.graph);
-    if let Some(p) = &a.emit {
-        std::fs::write(p, &sp.text).with_context(|| format!("cannot write `{}`", p.display()))?;
-    }
-    let n = layout.mesh.size() as usize;
-    // Per branch: compile time, memory figures, each device's process, and the compiler's
-    // refusal of a program too large for the target.
-    let (compile_seconds, mem, process_index, refused) = match &target {
-        Some(t) => {
-            let topo = t.topology()?;
-            // The program runs on the topology's first `n` devices (its default assignment).
-            let process_index: Vec<i32> = topo
-                .devices()
-                .iter()
-                .take(n)
-                .map(|d| d.process_index)
-                .collect();
-            let t1 = Instant::now();
-            match sp.compile_for(t, &topo, &layout) {
-                Ok(compiled) => {
-                    let compile_seconds = t1.elapsed().as_secs_f64();
-                    if let Some(path) = &a.save_executable {
-                        let machine = Machine::of_target(t, &topo, &compiled);
-                        save_executable(
-                            path,
-                            &sp,
-                            &c,
-                            &o,
-                            &layout,
-                            &a.model,
-                            &machine,
-                            compiled.serialize()?,
-                        )?;
-                    }
-                    (
-                        compile_seconds,
-                        compiled.memory_stats()?,
-                        process_index,
-                        None,
-                    )
-                }
-                // libtpu refuses a program that does not fit instead of sizing it: report what
-                // it said, as a program that does not fit.
-                Err(e) => match basic::target::OutOfMemory::from_error(&e) {
-                    Some(_) if a.save_executable.is_some() => {
-                        bail!("{e}; nothing saved: the program does not fit the target")
-                    }
-                    Some(oom) => (
-                        t1.elapsed().as_secs_f64(),
-                        oom.memory_stats(),
-                        process_index,
-                        Some(oom.message),
-                    ),
-                    None => return Err(e.into()),
-                },
-            }
-        }
+    let target = a.target.as_deref().map(Target::parse).transpose()?;
+    let setup = a.model.setup(&a.model.choices(a.batch, a.dtype, a.steps))?;
+    let rt;
+    let on = match &target {
+        Some(t) => CompileOn::Target(t),
         None => {
-            let rt = a.model.open(&layout)?;
-            let t1 = Instant::now();
-            let prog = ShardedProgram::compile_text(
-                rt.client(),
-                &layout.context(),
-                sp.args.clone(),
-                sp.results.clone(),
-                sp.text.clone(),
-            )?;
-            let compile_seconds = t1.elapsed().as_secs_f64();
-            if let Some(path) = &a.save_executable {
-                let machine = Machine::of_client(rt.client(), n);
-                save_executable(
-                    path,
-                    &sp,
-                    &c,
-                    &o,
-                    &layout,
-                    &a.model,
-                    &machine,
-                    prog.exe.serialize()?,
-                )?;
-            }
-            (compile_seconds, prog.memory_stats()?, vec![0; n], None)
+            rt = a.model.open(&setup.layout)?;
+            CompileOn::Client(rt.client())
         }
     };
-    let report = StepReport {
-        target,
-        params,
-        flops,
-        build_seconds,
-        compile_seconds,
-        mem,
-        process_index,
-        refused,
+    let outputs = CompileOutputs {
+        emit: a.emit.as_deref(),
+        save_executable: a.save_executable.as_deref(),
     };
-    print_report(&c, &o, &layout, &report, a.json)?;
-    if let Some(p) = &a.save_executable {
-        if !a.json {
-            println!("executable        {}", p.display());
-        }
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn save_executable(
-    path: &std::path::Path,
-    sp: &StepProgram,
-    c: &ModelConfig,
-    o: &StepOptions,
-    layout: &basic::train::Layout,
-    m: &ModelArgs,
-    machine: &Machine,
-    bytes: Vec<u8>,
-) -> anyhow::Result<()> {
-    let manifest = sp.manifest(c, o, layout, &m.partitioning_label(), machine)?;
-    basic::io::executable::SavedExecutable {
-        manifest,
-        program: sp.text.clone(),
-        executable: bytes,
-    }
-    .write(path)?;
-    Ok(())
-}
-
-fn print_report(
-    c: &ModelConfig,
-    o: &StepOptions,
-    layout: &basic::train::Layout,
-    r: &StepReport,
-    json_out: bool,
-) -> anyhow::Result<()> {
-    let n = layout.mesh.size() as usize;
-    let mem = &r.mem;
-    let hbm = r.target.as_ref().map(|t| t.spec.hbm_bytes);
-    let fits = r.fits();
-    let bound = r.target.as_ref().map(|t| t.step_time_bound(r.flops, n));
-    if json_out {
-        let devices: Vec<_> = (0..n)
-            .map(|d| {
-                let mut v = json!({"id": d, "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
-                       "temp_bytes": mem.temp_bytes, "alias_bytes": mem.alias_bytes, "peak_bytes": mem.peak_bytes,
-                       "generated_code_bytes": mem.generated_code_bytes,
-                       "process_index": r.process_index.get(d).copied().unwrap_or(0)});
-                if let (Some(h), Some(f)) = (hbm, fits) {
-                    v["hbm_bytes"] = json!(h);
-                    v["fits"] = json!(f);
-                }
-                v
-            })
-            .collect();
-        let mut hosts: Vec<i32> = r.process_index.clone();
-        hosts.sort_unstable();
-        hosts.dedup();
-        let mut out = json!({
-            "model": c.name, "params": r.params, "flops_per_step": r.flops, "compile_seconds": r.compile_seconds,
-            "build_seconds": r.build_seconds, "batch": o.batch, "microbatches": o.microbatches,
-            "remat": c.train.remat, "dtype": c.train.dtype, "mesh": layout.mesh.to_string(),
-            "partitioner": format!("{:?}", layout.partitioner).to_lowercase(), "devices": devices,
-            "generated_code_bytes": mem.generated_code_bytes, "hosts": hosts.len(),
-        });
-        if let Some(t) = &r.target {
-            out["target"] = json!(t.name());
-            out["fits"] = json!(fits);
-            out["hbm_bytes"] = json!(t.spec.hbm_bytes);
-            out["step_time_lower_bound_seconds"] = json!(bound);
-            if let Some(m) = &r.refused {
-                out["compiler_refused"] = json!(m);
-                out["peak_bytes_is_lower_bound"] = json!(true);
-            }
-            out["step_time_lower_bound_is"] = json!(
-                "analytic FLOPs / (devices × peak dense bf16 FLOP/s): a bound, not a prediction"
-            );
-        }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+    let report = compile_step(&setup, on, outputs)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(&setup))?);
         return Ok(());
     }
+    print_report(&setup, &report);
+    if let Some(p) = &a.save_executable {
+        println!("executable        {}", p.display());
+    }
+    Ok(())
+}
+
+/// The text form of `basic compile`'s report.
+fn print_report(setup: &StepSetup, r: &StepReport) {
+    let (c, o, layout, mem) = (&setup.config, &setup.options, &setup.layout, &r.mem);
+    let n = setup.devices();
     if let Some(t) = &r.target {
-        let hosts = {
-            let mut h = r.process_index.clone();
-            h.sort_unstable();
-            h.dedup();
-            h.len()
-        };
         println!(
-            "target            {} ({}; {} device(s) over {} host(s) in this program)",
+            "target            {} ({}; {n} device(s) over {} host(s) in this program)",
             t.name(),
             t.spec.description,
-            n,
-            hosts
+            r.hosts()
         );
     }
     println!(
@@ -469,8 +251,8 @@ fn print_report(
         o.batch, o.microbatches, c.train.remat, c.train.dtype
     );
     println!(
-        "mesh              {} ({} device(s), {:?})",
-        layout.mesh, n, layout.partitioner
+        "mesh              {} ({n} device(s), {})",
+        layout.mesh, layout.partitioner
     );
     println!("build + emit      {:.3} s", r.build_seconds);
     println!("compile           {:.3} s", r.compile_seconds);
@@ -482,36 +264,40 @@ fn print_report(
         human(mem.peak_bytes)
     );
     println!("generated code    {}", human(mem.generated_code_bytes));
-    if let (Some(t), Some(f), Some(b)) = (&r.target, fits, bound) {
-        if f {
-            println!(
-                "fits              yes: peak {} of {} HBM per device ({} free)",
-                human(mem.peak_bytes),
-                human(t.spec.hbm_bytes),
-                human(t.spec.hbm_bytes - mem.peak_bytes)
-            );
-        } else if let Some(m) = &r.refused {
-            println!(
-                "fits              NO: the compiler refused it: {m} (needs at least {}, {} more than the {} HBM per device)",
-                human(mem.peak_bytes),
-                human(mem.peak_bytes - t.spec.hbm_bytes),
-                human(t.spec.hbm_bytes)
-            );
-        } else {
-            println!(
-                "fits              NO: peak {} exceeds {} HBM per device by {}",
-                human(mem.peak_bytes),
-                human(t.spec.hbm_bytes),
-                human(mem.peak_bytes - t.spec.hbm_bytes)
-            );
-        }
+    if let Some(t) = &r.target {
+        print_fit(t, r);
+    }
+}
+
+/// Whether a target compile fits, and its step-time bound.
+fn print_fit(t: &Target, r: &StepReport) {
+    let (peak, hbm) = (r.mem.peak_bytes, t.spec.hbm_bytes);
+    match (r.fits(), &r.refused) {
+        (Some(true), _) => println!(
+            "fits              yes: peak {} of {} HBM per device ({} free)",
+            human(peak),
+            human(hbm),
+            human(hbm - peak)
+        ),
+        (_, Some(m)) => println!(
+            "fits              NO: the compiler refused it: {m} (needs at least {}, {} more than the {} HBM per device)",
+            human(peak),
+            human(peak - hbm),
+            human(hbm)
+        ),
+        _ => println!(
+            "fits              NO: peak {} exceeds {} HBM per device by {}",
+            human(peak),
+            human(hbm),
+            human(peak - hbm)
+        ),
+    }
+    if let Some(b) = r.step_time_bound() {
         println!(
-            "step time         ≥ {:.3e} s (a lower bound: analytic FLOPs at {:.0} TFLOP/s bf16 per device)",
-            b,
+            "step time         ≥ {b:.3e} s (a lower bound: analytic FLOPs at {:.0} TFLOP/s bf16 per device)",
             t.spec.peak_bf16_flops / 1e12
         );
     }
-    Ok(())
 }
 
 /// `1.50 MiB`.
@@ -559,20 +345,29 @@ pub struct GradArgs {
     #[arg(long, value_name = "B.safetensors", requires = "random_batch")]
     save_batch: Option<PathBuf>,
 
-    /// f32, or f64 for parity checks
-    #[arg(long, value_name = "f32|f64", default_value = "f32")]
-    dtype: String,
+    /// f32, or f64 for parity checks (parameters, batch and computation all in it)
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: GradDtype,
 
     /// Where to write `loss` and the gradient of every parameter
     #[arg(long, value_name = "G.safetensors")]
     out: PathBuf,
 }
 
-fn dtype_arg(s: &str, allowed: &[&str]) -> anyhow::Result<DType> {
-    if !allowed.contains(&s) {
-        bail!("invalid --dtype `{s}`: use {}", allowed.join(" or "));
+/// `basic grad`'s dtype: the whole program in it, for parity checks against other frameworks.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GradDtype {
+    F32,
+    F64,
+}
+
+impl GradDtype {
+    fn dtype(self) -> DType {
+        match self {
+            GradDtype::F32 => DType::F32,
+            GradDtype::F64 => DType::F64,
+        }
     }
-    Ok(s.parse::<DType>()?)
 }
 
 fn load_or_init_params(
@@ -667,9 +462,8 @@ fn load_or_random_batch(
 }
 
 pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
-    let dtype = dtype_arg(&a.dtype, &["f32", "f64"])?;
-    let (mut c, _) = a.model.config(None, None)?;
-    c.train.dtype = a.dtype.clone();
+    let dtype = a.dtype.dtype();
+    let mut c = a.model.setup(&a.model.choices(None, None, None))?.config;
     let params = load_or_init_params(
         &c,
         &match a.seed {
@@ -750,19 +544,19 @@ pub struct EmbedArgs {
 pub struct ComputeDtype {
     /// Compute dtype of the towers: f32, or bf16 (from the f32 parameters; the embeddings come
     /// out in f32 either way; faster where the CPU multiplies bf16 matrices natively, as on AMX)
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    dtype: Precision,
 }
 
 impl ComputeDtype {
-    pub fn get(&self) -> anyhow::Result<DType> {
-        dtype_arg(&self.dtype, &["f32", "bf16"])
+    pub fn get(&self) -> DType {
+        self.dtype.compute_dtype()
     }
 }
 
 fn embed_texts(a: &EmbedArgs, texts: &std::path::Path) -> anyhow::Result<()> {
-    let (c, _) = a.model.config(None, Some("f32"))?;
-    let compute = a.compute.get()?;
+    let c = a.model.setup(&a.model.choices(None, None, None))?.config;
+    let compute = a.compute.get();
     let folder_tok = basic::io::interop::parse_model(&a.model.model)?.and_then(|f| f.tokenizer);
     let tok_path = a
         .tokenizer
@@ -822,7 +616,10 @@ pub fn embed(a: &EmbedArgs) -> anyhow::Result<()> {
     if let Some(t) = &a.texts {
         return embed_texts(a, t);
     }
-    let (mut c, _) = a.model.config(None, Some(&a.compute.dtype))?;
+    let mut c = a
+        .model
+        .setup(&a.model.choices(None, Some(a.compute.dtype), None))?
+        .config;
     let params = load_or_init_params(&c, &Some(embed_params(a)?), None, &None, DType::F32)?;
     let (images, tokens) = load_or_random_batch(&c, &a.batch, None, &None, DType::F32)?;
     c.train.batch = images.shape()[0];

@@ -8,7 +8,7 @@ use clap::Args;
 
 use basic::plan::{plan, PlanRequest, Tried};
 
-use super::model::{human, PartitionerArg};
+use super::model::human;
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
@@ -36,9 +36,9 @@ pub struct PlanArgs {
     #[arg(long, conflicts_with = "cache")]
     no_cache: bool,
 
-    /// SPMD partitioner
-    #[arg(long, value_enum, default_value = "shardy")]
-    partitioner: PartitionerArg,
+    /// SPMD partitioner: shardy or gspmd
+    #[arg(long, value_name = "shardy|gspmd", default_value = "shardy")]
+    partitioner: basic::runtime::Partitioner,
 
     /// Search only this mesh (repeatable) [default: every data × model factorisation]
     #[arg(long, value_name = "AXES")]
@@ -86,10 +86,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
         } else {
             a.cache.clone().or_else(basic::plan::default_cache)
         },
-        partitioner: match a.partitioner {
-            PartitionerArg::Shardy => basic::runtime::Partitioner::Shardy,
-            PartitionerArg::Gspmd => basic::runtime::Partitioner::Gspmd,
-        },
+        partitioner: a.partitioner,
         meshes: a.mesh.clone(),
         partitionings: a.partitioning.clone(),
     };

@@ -19,12 +19,6 @@ pub enum Inputs {
     Random,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PartitionerArg {
-    Shardy,
-    Gspmd,
-}
-
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// StableHLO text file whose entry function is `@main`
@@ -37,9 +31,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     partitions: Option<u32>,
 
-    /// SPMD partitioner [default: shardy when the program declares an `sdy.mesh`, else gspmd]
-    #[arg(long, value_enum)]
-    partitioner: Option<PartitionerArg>,
+    /// SPMD partitioner: shardy or gspmd [default: shardy when the program declares an
+    /// `sdy.mesh`, else gspmd]
+    #[arg(long, value_name = "shardy|gspmd")]
+    partitioner: Option<Partitioner>,
 
     /// Values of the generated arguments (each device gets arrays of its shard's shape)
     #[arg(long, value_enum, default_value = "random")]
@@ -158,10 +153,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         options.spmd = p > 1;
     }
     if let Some(p) = args.partitioner {
-        options.partitioner = match p {
-            PartitionerArg::Shardy => Partitioner::Shardy,
-            PartitionerArg::Gspmd => Partitioner::Gspmd,
-        };
+        options.partitioner = p;
     }
     if let Some(t) = &args.target {
         return compile_only(args, &text, &options, t);

@@ -9,6 +9,7 @@ use serde_json::json;
 use basic::data::tokenizer::Kind;
 use basic::data::Tokenizer;
 use basic::eval::{class_embeddings, retrieval, zero_shot_scores, Embedder};
+use basic::model::config::Precision;
 use basic::model::ModelConfig;
 use basic::train::run::{load_run_params, train, RunOptions};
 
@@ -114,12 +115,12 @@ pub struct TrainArgs {
     steps: Option<u64>,
 
     /// Global batch size [default: the preset's]
-    #[arg(long)]
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(i64).range(1..))]
     batch: Option<i64>,
 
-    /// f32 or bf16
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Compute dtype: f32, or bf16 (bf16 compute, f32 master weights)
+    #[arg(long, value_name = "f32|bf16")]
+    dtype: Option<Precision>,
 
     /// Continue from the newest checkpoint of --out
     #[arg(long)]
@@ -171,18 +172,13 @@ pub struct TrainArgs {
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
-    let (mut c, o) = a.model.config(a.batch, a.dtype.as_deref())?;
     // The schedule spans the requested run.
-    if let Some(s) = a.steps {
-        c.train.total_steps = s as i64;
-    }
-    let layout = a.model.layout()?;
-    let rt = a.model.open(&layout)?;
-    let steps = c.train.total_steps as u64;
+    let steps = a.steps.map(|s| s as i64);
+    let setup = a.model.setup(&a.model.choices(a.batch, a.dtype, steps))?;
+    let rt = a.model.open(&setup.layout)?;
+    let steps = setup.config.train.total_steps as u64;
     let opts = RunOptions {
-        config: c,
-        step: o,
-        layout,
+        setup,
         data: a.data.clone(),
         out: a.out.clone(),
         steps,
@@ -197,8 +193,6 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: !a.quiet,
         init_from: a.init_from.clone(),
         tokenizer: a.tokenizer.clone(),
-        donate: a.model.donate,
-        partitioning: a.model.partitioning_label(),
         executable: a.executable.clone(),
     };
     let s = train(&rt, &opts)?;
@@ -329,7 +323,7 @@ fn open_foreign(
         })?;
     let tok = Tokenizer::load(&tok_path)?;
     let w = basic::io::interop::read_weights(&f)?;
-    let params = basic::model::basic::specs(&f.config)?
+    let params = basic::model::dual::specs(&f.config)?
         .iter()
         .map(|s| w[&s.name].clone())
         .collect();
@@ -359,7 +353,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
     }
     let c = ModelConfig::load(&cfg.to_string_lossy())?;
     let values = load_run_params(&a.run, &c)?;
-    let named = basic::model::basic::specs(&c)?
+    let named = basic::model::dual::specs(&c)?
         .into_iter()
         .map(|s| s.name)
         .zip(values)
@@ -417,7 +411,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
             };
             let temps = basic::eval::named_or_file(&a.templates)?;
-            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get()?)?;
+            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
             let ie = emb.embed_images(&test, 2)?;
             let labels: Vec<i64> = test.iter().map(|s| s.label.unwrap_or(0)).collect();
@@ -461,7 +455,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .take(a.limit.unwrap_or(usize::MAX))
                 .collect();
-            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get()?)?;
+            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
             let ie = emb.embed_images(&test, 2)?;
             let captions: Vec<String> = test.iter().map(|s| s.caption.clone()).collect();
             let te = emb.embed_texts(&captions, &tok)?;

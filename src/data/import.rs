@@ -52,23 +52,24 @@ pub fn fill(template: &str, class: &str) -> String {
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::InvalidArgument {
-        what: format!("Fashion-MNIST file `{}`", path.display()),
-        fix: format!(
-            "{e}; install it with `apt-get install dataset-fashion-mnist` or pass --source DIR"
-        ),
+    let f = std::fs::File::open(path).map_err(|e| {
+        Error::invalid(
+            format!("Fashion-MNIST file `{}`", path.display()),
+            format!(
+                "{e}; install it with `apt-get install dataset-fashion-mnist` or pass --source DIR"
+            ),
+        )
     })?;
     let mut bytes = Vec::new();
     flate2::read::GzDecoder::new(f)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::InvalidArgument {
-            what: format!("Fashion-MNIST file `{}`", path.display()),
-            fix: format!("not a readable gzip file: {e}"),
+        .map_err(|e| {
+            Error::invalid(
+                format!("Fashion-MNIST file `{}`", path.display()),
+                format!("not a readable gzip file: {e}"),
+            )
         })?;
-    let bad = |m: &str| Error::InvalidArgument {
-        what: format!("IDX file `{}`", path.display()),
-        fix: m.to_string(),
-    };
+    let bad = |m: &str| Error::invalid(format!("IDX file `{}`", path.display()), m.to_string());
     if bytes.len() < 8 || u32::from_be_bytes(bytes[..4].try_into().unwrap_or_default()) != magic {
         return Err(bad(
             "wrong magic number: not an IDX file of the expected kind",
@@ -113,12 +114,12 @@ pub fn fashion_mnist(source: &Path, out: &Path, limit: Option<usize>) -> Result<
         let mut samples = Vec::with_capacity(n);
         for i in 0..n {
             let label = labels[i] as usize;
-            let class = FASHION_CLASSES
-                .get(label)
-                .ok_or_else(|| Error::InvalidArgument {
-                    what: format!("Fashion-MNIST label {label} of image {i}"),
-                    fix: "labels are 0..9; the file is damaged".into(),
-                })?;
+            let class = FASHION_CLASSES.get(label).ok_or_else(|| {
+                Error::invalid(
+                    format!("Fashion-MNIST label {label} of image {i}"),
+                    "labels are 0..9; the file is damaged",
+                )
+            })?;
             // A fixed hash of the index picks the template, so captions are reproducible.
             let t = (i.wrapping_mul(2654435761) >> 7) % FASHION_TEMPLATES.len();
             let caption = fill(FASHION_TEMPLATES[t], class);
@@ -138,7 +139,7 @@ pub fn fashion_mnist(source: &Path, out: &Path, limit: Option<usize>) -> Result<
     }
     let write = |name: &str, text: String| -> Result<PathBuf> {
         let p = out.join(name);
-        crate::io::safetensors::write_atomic(&p, text.as_bytes())?;
+        crate::fs::write_atomic(&p, text.as_bytes())?;
         Ok(p)
     };
     written.push(write("classes.txt", FASHION_CLASSES.join("\n") + "\n")?);
@@ -152,15 +153,13 @@ pub fn fashion_mnist(source: &Path, out: &Path, limit: Option<usize>) -> Result<
 /// A fixed hash of the short name puts one emoji in ten into the test split.
 pub fn emoji(source: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let meta_path = source.join("emoji.json");
-    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::InvalidArgument {
-        what: format!("emoji metadata `{}`", meta_path.display()),
-        fix: format!("{e}; extract the npm package emoji-datasource-google (`npm pack emoji-datasource-google@16.0.0`) and pass its package/ folder as --source"),
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::invalid(format!("emoji metadata `{}`", meta_path.display()), format!("{e}; extract the npm package emoji-datasource-google (`npm pack emoji-datasource-google@16.0.0`) and pass its package/ folder as --source")))?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(
+            format!("emoji metadata `{}`", meta_path.display()),
+            format!("not the package's emoji.json: {e}"),
+        )
     })?;
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| Error::InvalidArgument {
-            what: format!("emoji metadata `{}`", meta_path.display()),
-            fix: format!("not the package's emoji.json: {e}"),
-        })?;
     let (mut train, mut test) = (Vec::new(), Vec::new());
     let mut corpus = String::new();
     for e in &entries {
@@ -175,9 +174,11 @@ pub fn emoji(source: &Path, out: &Path) -> Result<Vec<PathBuf>> {
             continue;
         };
         let path = source.join("img/google/64").join(image);
-        let bytes = std::fs::read(&path).map_err(|err| Error::InvalidArgument {
-            what: format!("emoji image `{}`", path.display()),
-            fix: format!("{err}; the package folder is incomplete"),
+        let bytes = std::fs::read(&path).map_err(|err| {
+            Error::invalid(
+                format!("emoji image `{}`", path.display()),
+                format!("{err}; the package folder is incomplete"),
+            )
         })?;
         let caption = format!("{}.", name.to_lowercase());
         let key = short.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
@@ -201,7 +202,7 @@ pub fn emoji(source: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = write_shards(out, "train", &train, 1000)?;
     written.extend(write_shards(out, "test", &test, 1000)?);
     let p = out.join("captions.txt");
-    crate::io::safetensors::write_atomic(&p, corpus.as_bytes())?;
+    crate::fs::write_atomic(&p, corpus.as_bytes())?;
     written.push(p);
     Ok(written)
 }

@@ -257,12 +257,12 @@ impl Loader {
         let global = o.batch * o.ranks.max(1);
         let per_epoch = (samples.len() / global) as u64;
         if per_epoch == 0 {
-            return Err(Error::InvalidArgument {
-                what: format!("a dataset of {} pairs", samples.len()),
-                fix: format!(
+            return Err(Error::invalid(
+                format!("a dataset of {} pairs", samples.len()),
+                format!(
                     "it needs at least one batch of {global}; use a smaller --batch or more data"
                 ),
-            });
+            ));
         }
         let (tx, rx) = sync_channel(o.prefetch.max(1));
         // Bounded queues hold the stream to about one batch ahead of the assembled ones.

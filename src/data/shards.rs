@@ -18,10 +18,7 @@ pub struct Sample {
 }
 
 fn bad(path: &Path, fix: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: format!("dataset file `{}`", path.display()),
-        fix: fix.into(),
-    }
+    Error::invalid(format!("dataset file `{}`", path.display()), fix.into())
 }
 
 /// Writes samples into `dir/PREFIX-00000.tar`, ... with `per_shard` samples each. Each shard is
@@ -61,7 +58,7 @@ pub fn write_shards(
             }
         }
         let data = b.into_inner().map_err(|e| Error::io(&path, e))?;
-        crate::io::safetensors::write_atomic(&path, &data)?;
+        crate::fs::write_atomic(&path, &data)?;
         paths.push(path);
     }
     Ok(paths)
@@ -94,10 +91,7 @@ pub fn read_shards(dir: &Path, prefix: &str, skip_bad: bool) -> Result<(Vec<Samp
         .collect();
     shards.sort();
     if shards.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: format!("dataset folder `{}`", dir.display()),
-            fix: format!("it has no `{prefix}-*.tar` shards; make them with `basic data fashion-mnist --out {}`", dir.display()),
-        });
+        return Err(Error::invalid(format!("dataset folder `{}`", dir.display()), format!("it has no `{prefix}-*.tar` shards; make them with `basic data fashion-mnist --out {}`", dir.display())));
     }
     let mut out = Vec::new();
     let mut skipped = Skipped::default();

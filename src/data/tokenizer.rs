@@ -30,10 +30,7 @@ pub struct Tokenizer {
 }
 
 fn bad(path: &Path, fix: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: format!("tokenizer `{}`", path.display()),
-        fix: fix.into(),
-    }
+    Error::invalid(format!("tokenizer `{}`", path.display()), fix.into())
 }
 
 /// The kinds `basic tokenizer train` builds.
@@ -81,9 +78,11 @@ impl Tokenizer {
     /// the special tokens the tokenizer adds around them (which are kept), then padded with the
     /// pad id.
     pub fn encode(&self, text: &str, length: usize) -> Result<Encoded> {
-        let fail = |e: tokenizers::Error| Error::InvalidArgument {
-            what: format!("caption `{text}`"),
-            fix: format!("the tokenizer cannot encode it: {e}"),
+        let fail = |e: tokenizers::Error| {
+            Error::invalid(
+                format!("caption `{text}`"),
+                format!("the tokenizer cannot encode it: {e}"),
+            )
         };
         let mut enc = self.inner.encode(text, false).map_err(fail)?;
         let specials = self

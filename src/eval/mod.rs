@@ -135,10 +135,10 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v = entries(&text);
     if v.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: format!("`{}`", path.display()),
-            fix: "it has no entries".into(),
-        });
+        return Err(Error::invalid(
+            format!("`{}`", path.display()),
+            "it has no entries",
+        ));
     }
     Ok(v)
 }
@@ -200,10 +200,10 @@ pub fn zero_shot_scores(
     for (x, &y) in images.iter().zip(labels) {
         let y = y as usize;
         if y >= classes.len() {
-            return Err(Error::InvalidArgument {
-                what: format!("label {y}"),
-                fix: format!("there are {} classes", classes.len()),
-            });
+            return Err(Error::invalid(
+                format!("label {y}"),
+                format!("there are {} classes", classes.len()),
+            ));
         }
         let sims: Vec<f32> = classes
             .iter()
@@ -271,10 +271,7 @@ pub fn named_or_file(spec: &str) -> Result<Vec<String>> {
     match builtin_list(spec) {
         Some(text) => Ok(entries(text)),
         None if Path::new(spec).is_file() => read_lines(Path::new(spec)),
-        None => Err(Error::InvalidArgument {
-            what: format!("class or template list `{spec}`"),
-            fix: "give a file (one per line) or a built-in list: imagenet, cifar10, cifar100 (classes); clip, clip-short, cifar (templates)".into(),
-        }),
+        None => Err(Error::invalid(format!("class or template list `{spec}`"), "give a file (one per line) or a built-in list: imagenet, cifar10, cifar100 (classes); clip, clip-short, cifar (templates)")),
     }
 }
 
@@ -293,10 +290,10 @@ pub fn image_folder(dir: &Path) -> Result<(Vec<crate::data::Sample>, Vec<String>
     let classes: Vec<std::path::PathBuf> =
         entries(dir)?.into_iter().filter(|p| p.is_dir()).collect();
     if classes.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: format!("image folder `{}`", dir.display()),
-            fix: "it has no class sub-folders; give one folder per class holding its images".into(),
-        });
+        return Err(Error::invalid(
+            format!("image folder `{}`", dir.display()),
+            "it has no class sub-folders; give one folder per class holding its images",
+        ));
     }
     let mut samples = Vec::new();
     let mut names = Vec::new();

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::ir::RematPolicy;
+use crate::model::config::Precision;
+use crate::runtime::Partitioner;
 
 const MAGIC: &[u8; 8] = b"BASICEXE";
 /// Bumped when the layout or the manifest's meaning changes.
@@ -38,11 +41,11 @@ pub struct Manifest {
     pub config: String,
     pub batch: i64,
     pub microbatches: i64,
-    pub remat: String,
-    pub dtype: String,
+    pub remat: RematPolicy,
+    pub dtype: Precision,
     pub mesh: String,
     pub partitioning: String,
-    pub partitioner: String,
+    pub partitioner: Partitioner,
     pub donate: bool,
     /// SHA-256 of the StableHLO text.
     pub program_sha256: String,
@@ -103,11 +106,12 @@ pub struct SavedExecutable {
 
 impl SavedExecutable {
     pub fn write(&self, path: &Path) -> Result<()> {
-        let manifest =
-            serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::InvalidArgument {
-                what: format!("the manifest of `{}`", path.display()),
-                fix: format!("cannot serialize it: {e}"),
-            })?;
+        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| {
+            Error::invalid(
+                format!("the manifest of `{}`", path.display()),
+                format!("cannot serialize it: {e}"),
+            )
+        })?;
         let mut out = Vec::with_capacity(
             MAGIC.len() + 24 + manifest.len() + self.program.len() + self.executable.len(),
         );
@@ -116,14 +120,16 @@ impl SavedExecutable {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }
-        crate::io::safetensors::write_atomic(path, &out)
+        crate::fs::write_atomic(path, &out)
     }
 
     pub fn read(path: &Path) -> Result<SavedExecutable> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |why: &str| Error::InvalidArgument {
-            what: format!("executable file `{}`", path.display()),
-            fix: format!("{why}; write it with `basic compile --save-executable`"),
+        let bad = |why: &str| {
+            Error::invalid(
+                format!("executable file `{}`", path.display()),
+                format!("{why}; write it with `basic compile --save-executable`"),
+            )
         };
         if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
             return Err(bad("it is not a basic executable (no BASICEXE header)"));
@@ -196,15 +202,19 @@ impl SavedExecutable {
             a.microbatches.to_string(),
             b.microbatches.to_string(),
         );
-        cmp("remat", a.remat.clone(), b.remat.clone());
-        cmp("dtype", a.dtype.clone(), b.dtype.clone());
+        cmp("remat", a.remat.to_string(), b.remat.to_string());
+        cmp("dtype", a.dtype.to_string(), b.dtype.to_string());
         cmp("mesh", a.mesh.clone(), b.mesh.clone());
         cmp(
             "partitioning",
             a.partitioning.clone(),
             b.partitioning.clone(),
         );
-        cmp("partitioner", a.partitioner.clone(), b.partitioner.clone());
+        cmp(
+            "partitioner",
+            a.partitioner.to_string(),
+            b.partitioner.to_string(),
+        );
         cmp("donate", a.donate.to_string(), b.donate.to_string());
         diffs.extend(config);
         if diffs.is_empty() && a.program_sha256 != b.program_sha256 {
@@ -217,14 +227,11 @@ impl SavedExecutable {
         if diffs.is_empty() {
             return Ok(());
         }
-        Err(Error::InvalidArgument {
-            what: format!(
+        Err(Error::invalid(format!(
                 "executable `{}` (compiled for {}): {}",
                 path.display(),
                 a.target,
                 diffs.join("; ")
-            ),
-            fix: "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable".into(),
-        })
+            ), "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable"))
     }
 }

@@ -35,10 +35,10 @@ impl Format {
         match s {
             "hf" => Ok(Format::Hf),
             "open_clip" | "open-clip" => Ok(Format::OpenClip),
-            other => Err(Error::InvalidArgument {
-                what: format!("checkpoint format `{other}`"),
-                fix: "use hf or open_clip".into(),
-            }),
+            other => Err(Error::invalid(
+                format!("checkpoint format `{other}`"),
+                "use hf or open_clip",
+            )),
         }
     }
 }
@@ -56,10 +56,7 @@ pub struct Foreign {
 }
 
 fn bad(what: impl Into<String>, fix: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: what.into(),
-        fix: fix.into(),
-    }
+    Error::invalid(what.into(), fix.into())
 }
 
 /// `hf:DIR` or `open_clip:DIR` as a foreign checkpoint; `None` for any other model name.
@@ -94,6 +91,16 @@ pub fn open(format: Format, dir: &Path) -> Result<Foreign> {
         Format::OpenClip => ("open_clip_config.json", "open_clip_model.safetensors"),
     };
     let cfg_path = dir.join(config_file);
+    if !cfg_path.is_file() {
+        let (prefix, what) = match format {
+            Format::Hf => ("hf", "a transformers CLIPModel or SiglipModel folder"),
+            Format::OpenClip => ("open_clip", "an open_clip folder"),
+        };
+        return Err(Error::invalid(
+            format!("{prefix}:{}", dir.display()),
+            format!("it has no {config_file}; give {what} ({config_file} and {weights_file})"),
+        ));
+    }
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         bad(
@@ -815,7 +822,7 @@ fn to_theirs(a: &HostArray, how: How) -> Result<HostArray> {
 pub fn read_weights(foreign: &Foreign) -> Result<BTreeMap<String, HostArray>> {
     let c = &foreign.config;
     let file = safetensors::read(&foreign.weights)?;
-    let specs = crate::model::basic::specs(c)?;
+    let specs = crate::model::dual::specs(c)?;
     let shape_of: BTreeMap<&str, &[i64]> = specs
         .iter()
         .map(|s| (s.name.as_str(), s.shape.as_slice()))
@@ -931,7 +938,7 @@ pub fn export(
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::write(&out.join(weights_file), &refs, &meta)?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
-    safetensors::write_atomic(&out.join(config_file), text.as_bytes())?;
+    crate::fs::write_atomic(&out.join(config_file), text.as_bytes())?;
     if f == Format::Hf {
         // The image normalisation the model was trained with, where transformers reads it.
         let size = c.image.image_size();
@@ -953,7 +960,7 @@ pub fn export(
         };
         let text =
             serde_json::to_string_pretty(&processor).map_err(|e| Error::Internal(e.to_string()))?;
-        safetensors::write_atomic(&out.join("preprocessor_config.json"), text.as_bytes())?;
+        crate::fs::write_atomic(&out.join("preprocessor_config.json"), text.as_bytes())?;
     }
     if let Some(t) = tokenizer {
         let dst = out.join("tokenizer.json");

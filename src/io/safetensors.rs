@@ -6,8 +6,7 @@
 //! crash never leaves a half-written file under the real name.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -17,10 +16,10 @@ use crate::error::{Error, Result};
 use crate::model::ParamSpec;
 
 fn bad(path: &Path, problem: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        what: format!("safetensors file `{}`", path.display()),
-        fix: problem.into(),
-    }
+    Error::invalid(
+        format!("safetensors file `{}`", path.display()),
+        problem.into(),
+    )
 }
 
 fn to_dtype(d: Dtype) -> Option<DType> {
@@ -125,30 +124,7 @@ pub fn write(
         .collect();
     let data = safetensors::serialize(views, &Some(meta))
         .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
-    write_atomic(path, &data)
-}
-
-/// Writes bytes to `path` through a temporary file in the same folder, synced before the rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fs::write_atomic(path, &data)
 }
 
 /// A parameter file by the model's names: HF BERT checkpoints (`embeddings.*`, `encoder.*`) are
@@ -161,14 +137,14 @@ pub fn read_params(
         // The architecture the folder's config describes must be the model's.
         let (a, b) = (&f.config, c);
         if a.image != b.image || a.text != b.text || a.embed_dim != b.embed_dim {
-            return Err(Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!(
+            return Err(Error::invalid(
+                format!("checkpoint `{}`", path.display()),
+                format!(
                     "its config describes another architecture than model `{}`: pass --model {}",
                     c.name,
                     path.display()
                 ),
-            });
+            ));
         }
         return super::interop::read_weights(&f);
     }
@@ -182,7 +158,7 @@ pub fn read_params(
     if c.scan_layers {
         // A checkpoint of the unrolled model (`.../blocks/{i}/...`) fits the model with scanned
         // layers: each stacked parameter whose layers are all in the file is built from them.
-        let specs = crate::model::basic::specs(c)?;
+        let specs = crate::model::dual::specs(c)?;
         for s in specs.iter().filter(|s| s.is_stacked()) {
             if file.contains_key(&s.name) {
                 continue;
@@ -194,13 +170,15 @@ pub fn read_params(
                 continue;
             }
             let stacked = crate::model::params::stack_layers(std::slice::from_ref(s), &file)
-                .map_err(|e| Error::InvalidArgument {
-                    what: format!(
-                        "`{}`: stacking its layers into `{}`",
-                        path.display(),
-                        s.name
-                    ),
-                    fix: e.to_string(),
+                .map_err(|e| {
+                    Error::invalid(
+                        format!(
+                            "`{}`: stacking its layers into `{}`",
+                            path.display(),
+                            s.name
+                        ),
+                        e.to_string(),
+                    )
                 })?;
             for n in &names {
                 file.remove(n);

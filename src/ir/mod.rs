@@ -155,33 +155,202 @@ pub struct Scan {
     pub save_carries: bool,
 }
 
+impl Scan {
+    /// How this scan's values are laid out.
+    pub fn layout(&self) -> ScanLayout {
+        ScanLayout {
+            consts: self.num_consts,
+            carry: self.num_carry,
+            xs: self.num_xs,
+            ys: self.body.outputs.len().saturating_sub(self.num_carry),
+            saved: self.save_carries,
+        }
+    }
+}
+
+/// The one layout of a scan's values, shared by its shape rule, its derivative, its lowering and
+/// [`crate::trace::Builder::scan`]: how many constants, carries, per-step inputs (`xs`) and
+/// per-step outputs (`ys`) there are, and whether the carry entering each step is kept. Its
+/// methods cut a flat list into named slices, so no caller does offset arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanLayout {
+    pub consts: usize,
+    pub carry: usize,
+    pub xs: usize,
+    pub ys: usize,
+    pub saved: bool,
+}
+
+/// A scan node's operands, or the body's parameters after the index: `consts ++ carry ++ xs`.
+#[derive(Debug)]
+pub struct ScanIns<'a, T> {
+    pub consts: &'a [T],
+    pub carry: &'a [T],
+    pub xs: &'a [T],
+}
+
+/// A scan node's results: the final carry, the stacked `ys`, then (when kept) the carry that
+/// entered each step, stacked.
+#[derive(Debug)]
+pub struct ScanOuts<'a, T> {
+    pub carry: &'a [T],
+    pub ys: &'a [T],
+    pub saved: &'a [T],
+}
+
+/// The state of the `while` loop a scan lowers to: the step counter, the operands, then one
+/// accumulator per stacked result (`ys`, then the saved carries).
+#[derive(Debug)]
+pub struct ScanLoop<'a, T> {
+    pub index: &'a T,
+    pub ins: ScanIns<'a, T>,
+    pub ys: &'a [T],
+    pub saved: &'a [T],
+}
+
+impl ScanLayout {
+    fn saved_len(&self) -> usize {
+        if self.saved {
+            self.carry
+        } else {
+            0
+        }
+    }
+
+    /// Operands: `consts ++ carry ++ xs`.
+    pub fn operands(&self) -> usize {
+        self.consts + self.carry + self.xs
+    }
+
+    /// Results: `carry ++ ys ++ saved`.
+    pub fn results(&self) -> usize {
+        self.carry + self.ys + self.saved_len()
+    }
+
+    fn cut<'a, T>(v: &'a [T], sizes: &[usize], what: &str) -> crate::error::Result<Vec<&'a [T]>> {
+        if v.len() != sizes.iter().sum::<usize>() {
+            return Err(crate::error::Error::Internal(format!(
+                "a scan's {what}: {} values for a layout of {sizes:?}",
+                v.len()
+            )));
+        }
+        let mut rest = v;
+        Ok(sizes
+            .iter()
+            .map(|&n| {
+                let (a, b) = rest.split_at(n);
+                rest = b;
+                a
+            })
+            .collect())
+    }
+
+    /// Splits a scan's operands (or the body's parameters after its index).
+    pub fn ins<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanIns<'a, T>> {
+        let p = Self::cut(v, &[self.consts, self.carry, self.xs], "operands")?;
+        Ok(ScanIns {
+            consts: p[0],
+            carry: p[1],
+            xs: p[2],
+        })
+    }
+
+    /// Splits a scan's results.
+    pub fn outs<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanOuts<'a, T>> {
+        let p = Self::cut(v, &[self.carry, self.ys, self.saved_len()], "results")?;
+        Ok(ScanOuts {
+            carry: p[0],
+            ys: p[1],
+            saved: p[2],
+        })
+    }
+
+    /// Splits the body's outputs: `(new carry, y slices)`.
+    pub fn body_outs<'a, T>(&self, v: &'a [T]) -> crate::error::Result<(&'a [T], &'a [T])> {
+        let p = Self::cut(v, &[self.carry, self.ys], "body outputs")?;
+        Ok((p[0], p[1]))
+    }
+
+    /// Splits the `while` loop's state.
+    pub fn loop_state<'a, T>(&self, v: &'a [T]) -> crate::error::Result<ScanLoop<'a, T>> {
+        let (index, rest) = v.split_first().ok_or_else(|| {
+            crate::error::Error::Internal("a scan's loop state has no counter".into())
+        })?;
+        let p = Self::cut(
+            rest,
+            &[self.operands(), self.ys, self.saved_len()],
+            "loop state",
+        )?;
+        Ok(ScanLoop {
+            index,
+            ins: self.ins(p[0])?,
+            ys: p[1],
+            saved: p[2],
+        })
+    }
+}
+
 /// Rematerialisation policies: which values of a checkpointed block the backward pass keeps
-/// (the rest it recomputes).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// (the rest it recomputes). Parsed once, at the edges (the config's `train.remat`, `--remat`),
+/// from `none`, `dots_saveable`, `nothing_saveable` or `save_names(a,b)`; JAX's
+/// `everything_saveable` is accepted as another spelling of `none` and `full` of
+/// `nothing_saveable`. Declared from the weakest (no recomputation) to the strongest (the least
+/// memory), which is the order `Ord` follows and the planner searches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RematPolicy {
-    /// Keep nothing: recompute the whole block from its inputs.
-    NothingSaveable,
-    /// Keep the outputs of matrix multiplications (`dot_general`).
-    DotsSaveable,
+    /// No checkpoint: every value is kept.
+    None,
     /// Keep values named with [`crate::trace::Tensor::named`] by one of these names.
     SaveNames(Vec<String>),
-    /// Keep everything: the same as no checkpoint.
-    EverythingSaveable,
+    /// Keep the outputs of matrix multiplications (`dot_general`).
+    DotsSaveable,
+    /// Keep nothing: recompute the whole block from its inputs.
+    NothingSaveable,
 }
 
 impl RematPolicy {
-    /// Parses `nothing_saveable`, `dots_saveable`, `everything_saveable`, `none`, or
-    /// `save_names(a,b)`.
-    pub fn parse(s: &str) -> Option<RematPolicy> {
+    /// The policies a plan searches, weakest first.
+    pub const SEARCHED: [RematPolicy; 3] = [
+        RematPolicy::None,
+        RematPolicy::DotsSaveable,
+        RematPolicy::NothingSaveable,
+    ];
+
+    /// Whether the backward pass keeps the output of `node`.
+    pub fn saves(&self, node: &Node) -> bool {
+        match self {
+            RematPolicy::None => true,
+            RematPolicy::NothingSaveable => false,
+            RematPolicy::DotsSaveable => node.op.is_dot(),
+            RematPolicy::SaveNames(names) => node
+                .name
+                .as_ref()
+                .is_some_and(|n| names.iter().any(|m| m == n)),
+        }
+    }
+}
+
+impl std::str::FromStr for RematPolicy {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<RematPolicy> {
         let s = s.trim();
         match s {
-            "nothing_saveable" | "full" => Some(RematPolicy::NothingSaveable),
-            "dots_saveable" => Some(RematPolicy::DotsSaveable),
-            "everything_saveable" | "none" => Some(RematPolicy::EverythingSaveable),
+            "none" | "everything_saveable" => Ok(RematPolicy::None),
+            "nothing_saveable" | "full" => Ok(RematPolicy::NothingSaveable),
+            "dots_saveable" => Ok(RematPolicy::DotsSaveable),
             _ => {
-                let inner = s.strip_prefix("save_names(")?.strip_suffix(')')?;
-                Some(RematPolicy::SaveNames(
-                    inner
+                let names = s
+                    .strip_prefix("save_names(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| {
+                        crate::error::Error::invalid(
+                            format!("remat policy `{s}`"),
+                            "use none, dots_saveable, nothing_saveable or save_names(a,b)",
+                        )
+                    })?;
+                Ok(RematPolicy::SaveNames(
+                    names
                         .split(',')
                         .map(|n| n.trim().to_string())
                         .filter(|n| !n.is_empty())
@@ -190,18 +359,29 @@ impl RematPolicy {
             }
         }
     }
+}
 
-    /// Whether the backward pass keeps the output of `node`.
-    pub fn saves(&self, node: &Node) -> bool {
+impl fmt::Display for RematPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RematPolicy::NothingSaveable => false,
-            RematPolicy::EverythingSaveable => true,
-            RematPolicy::DotsSaveable => node.op.is_dot(),
-            RematPolicy::SaveNames(names) => node
-                .name
-                .as_ref()
-                .is_some_and(|n| names.iter().any(|m| m == n)),
+            RematPolicy::None => f.write_str("none"),
+            RematPolicy::DotsSaveable => f.write_str("dots_saveable"),
+            RematPolicy::NothingSaveable => f.write_str("nothing_saveable"),
+            RematPolicy::SaveNames(n) => write!(f, "save_names({})", n.join(",")),
         }
+    }
+}
+
+impl serde::Serialize for RematPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RematPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -256,96 +436,7 @@ impl Graph {
     }
 }
 
-fn fmt_ty(t: &TensorType) -> String {
-    format!(
-        "{}[{}]",
-        t.dtype,
-        t.shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
-}
-
-impl fmt::Display for Graph {
-    /// A readable dump: one equation per line, `%node.out` names.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = |x: &Value| {
-            if x.out == 0 {
-                format!("%{}", x.node)
-            } else {
-                format!("%{}.{}", x.node, x.out)
-            }
-        };
-        writeln!(
-            f,
-            "graph {}({}) {{",
-            self.name,
-            self.params
-                .iter()
-                .map(|(n, x)| format!("{n}: {}", fmt_ty(self.ty(*x))))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )?;
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.op.is_parameter() {
-                continue;
-            }
-            let outs = n.outputs.iter().map(fmt_ty).collect::<Vec<_>>().join(", ");
-            let attrs = n.op.dump_attrs();
-            writeln!(
-                f,
-                "  %{i} = {}{}({}) : {outs}{}{}",
-                n.op.name(),
-                attrs,
-                n.inputs.iter().map(v).collect::<Vec<_>>().join(", "),
-                n.name
-                    .as_ref()
-                    .map(|s| format!("  # {s}"))
-                    .unwrap_or_default(),
-                n.region
-                    .map(|r| format!("  [remat {r}]"))
-                    .unwrap_or_default(),
-            )?;
-        }
-        writeln!(
-            f,
-            "  return {}\n}}",
-            self.outputs
-                .iter()
-                .map(|(n, x)| format!("{n}={}", v(x)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    }
-}
-
 /// True for element types that carry gradients.
 pub fn differentiable(d: DType) -> bool {
     d.is_float()
-}
-
-/// Floating-point operations of matrix products and convolutions in `graph` (2 per
-/// multiply–add), loops counted as many times as they run: the analytic FLOPs of a program.
-pub fn flops(graph: &Graph) -> f64 {
-    graph
-        .nodes
-        .iter()
-        .map(|n| match &n.op {
-            Op::Linalg(Linalg::DotGeneral(d)) => {
-                let lhs = graph.ty(n.inputs[0]);
-                let k: i64 = d.lhs_contract.iter().map(|&i| lhs.shape[i]).product();
-                2.0 * n.outputs[0].element_count() as f64 * k as f64
-            }
-            Op::Linalg(Linalg::Conv(a)) => {
-                let k = graph.ty(n.inputs[1]);
-                let window: i64 = a.dims.rhs.2.iter().map(|&i| k.shape[i]).product();
-                let per_out = window * k.shape[a.dims.rhs.1];
-                2.0 * n.outputs[0].element_count() as f64 * per_out as f64
-            }
-            Op::Control(Control::Scan(s)) => s.length as f64 * flops(&s.body),
-            _ => 0.0,
-        })
-        .sum()
 }

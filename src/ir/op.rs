@@ -17,6 +17,17 @@ macro_rules! family {
         pub enum $family {
             $($(#[$vdoc])* $variant($ty)),*
         }
+        impl $family {
+            /// The family's op types, by variant name.
+            pub const TYPES: &'static [&'static str] = &[$(stringify!($variant)),*];
+
+            /// This op's type, by variant name.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $($family::$variant(_) => stringify!($variant)),*
+                }
+            }
+        }
         $(impl From<$ty> for Op {
             fn from(op: $ty) -> Op {
                 Op::$family($family::$variant(op))
@@ -253,52 +264,31 @@ pub struct ShardingConstraint {
 }
 
 impl Op {
-    /// The op's name as it appears in errors and dumps.
-    pub fn name(&self) -> String {
+    /// The op's type (`DotGeneral`, `Scan`, ...): one per op type of the families, for
+    /// coverage checks. Its readable name, for errors and dumps, is its rule's
+    /// (`crate::ops::Rule::name`).
+    pub fn type_name(&self) -> &'static str {
         match self {
-            Op::Source(s) => match s {
-                Source::Parameter(_) => "parameter".into(),
-                Source::Constant(_) => "constant".into(),
-                Source::Iota(_) => "iota".into(),
-            },
-            Op::Elementwise(e) => match e {
-                Elementwise::Unary(u) => format!("{u:?}").to_lowercase(),
-                Elementwise::Binary(b) => format!("{b:?}").to_lowercase(),
-                Elementwise::Compare(c) => format!("compare_{c:?}").to_lowercase(),
-                Elementwise::Select(_) => "select".into(),
-                Elementwise::Convert(_) => "convert".into(),
-                Elementwise::BitcastConvert(_) => "bitcast_convert".into(),
-            },
-            Op::Structural(s) => match s {
-                Structural::BroadcastInDim(_) => "broadcast_in_dim".into(),
-                Structural::Reshape(_) => "reshape".into(),
-                Structural::Transpose(_) => "transpose".into(),
-                Structural::Reverse(_) => "reverse".into(),
-                Structural::Slice(_) => "slice".into(),
-                Structural::DynamicSlice(_) => "dynamic_slice".into(),
-                Structural::DynamicUpdateSlice(_) => "dynamic_update_slice".into(),
-                Structural::Concatenate(_) => "concatenate".into(),
-                Structural::Pad(_) => "pad".into(),
-                Structural::Gather(_) => "gather".into(),
-                Structural::ScatterAdd(_) => "scatter_add".into(),
-            },
-            Op::Linalg(l) => match l {
-                Linalg::DotGeneral(_) => "dot_general".into(),
-                Linalg::Conv(_) => "convolution".into(),
-            },
-            Op::Reduction(r) => match r {
-                Reduction::Reduce(r) => format!("reduce_{:?}", r.kind).to_lowercase(),
-                Reduction::ReduceWindow(r) => format!("reduce_window_{:?}", r.kind).to_lowercase(),
-                Reduction::SelectAndScatterAdd(_) => "select_and_scatter_add".into(),
-            },
-            Op::Control(c) => match c {
-                Control::RngBitGenerator(_) => "rng_bit_generator".into(),
-                Control::OptimizationBarrier(_) => "optimization_barrier".into(),
-                Control::StopGradient(_) => "stop_gradient".into(),
-                Control::Scan(_) => "scan".into(),
-                Control::ShardingConstraint(_) => "sharding_constraint".into(),
-            },
+            Op::Source(f) => f.type_name(),
+            Op::Elementwise(f) => f.type_name(),
+            Op::Structural(f) => f.type_name(),
+            Op::Linalg(f) => f.type_name(),
+            Op::Reduction(f) => f.type_name(),
+            Op::Control(f) => f.type_name(),
         }
+    }
+
+    /// Every op type of every family.
+    pub fn all_types() -> Vec<&'static str> {
+        [
+            Source::TYPES,
+            Elementwise::TYPES,
+            Structural::TYPES,
+            Linalg::TYPES,
+            Reduction::TYPES,
+            Control::TYPES,
+        ]
+        .concat()
     }
 
     /// The parameter this node binds, if it is one.
@@ -327,7 +317,7 @@ impl Op {
     }
 
     /// The attributes shown in a graph dump: the op's fields, or a summary for loops.
-    pub(super) fn dump_attrs(&self) -> String {
+    pub fn dump_attrs(&self) -> String {
         match self {
             Op::Source(Source::Iota(i)) => return format!(" axis={}", i.axis),
             Op::Source(_) => return String::new(),

@@ -256,6 +256,110 @@ impl Emitter {
         names
     }
 
+    /// One op without regions and with one result of type `out`; returns its name.
+    pub fn op1(
+        &mut self,
+        name: &str,
+        operands: &[String],
+        in_tys: &[TensorType],
+        attrs: &str,
+        out: &TensorType,
+    ) -> String {
+        let mut names = self.op(name, operands, in_tys, attrs, std::slice::from_ref(out));
+        names.pop().unwrap_or_default()
+    }
+
+    /// A constant of type `t` whose every element is the literal `lit` (`0.0`, `0x0000`,
+    /// `1.0e0`, `true`).
+    pub fn constant(&mut self, lit: &str, t: &TensorType) -> String {
+        let attr = format!("value = dense<{lit}> : {}", ty(t));
+        self.op1("stablehlo.constant", &[], &[], &attr, t)
+    }
+
+    /// The `i32` scalar `v` (loop counters and dynamic indices).
+    pub fn constant_i32(&mut self, v: i64) -> String {
+        self.constant(&v.to_string(), &TensorType::scalar(DType::S32))
+    }
+
+    /// Zeros of type `t`: a scalar constant, broadcast unless `t` is a scalar.
+    pub fn zeros(&mut self, t: &TensorType) -> String {
+        let s = TensorType::scalar(t.dtype);
+        let lit = match t.dtype {
+            DType::Pred => "false",
+            DType::BF16 => "0x0000",
+            d if d.is_float() => "0.0",
+            _ => "0",
+        };
+        let z = self.constant(lit, &s);
+        if t.rank() == 0 {
+            return z;
+        }
+        let attr = "broadcast_dimensions = array<i64>";
+        self.op1("stablehlo.broadcast_in_dim", &[z], &[s], attr, t)
+    }
+
+    /// `a OP b` on two values of type `t` (`stablehlo.add`, `stablehlo.subtract`, ...).
+    pub fn binary(&mut self, op: &str, a: &str, b: &str, t: &TensorType) -> String {
+        let operands = [a.to_string(), b.to_string()];
+        self.op1(op, &operands, &[t.clone(), t.clone()], "", t)
+    }
+
+    /// `x` of type `from` reshaped to `to`.
+    pub fn reshape(&mut self, x: &str, from: &TensorType, to: &TensorType) -> String {
+        self.op1(
+            "stablehlo.reshape",
+            &[x.to_string()],
+            std::slice::from_ref(from),
+            "",
+            to,
+        )
+    }
+
+    /// Row `index` (an `i32` scalar) of `x : t` along its leading axis, without that axis;
+    /// `zero` is an `i32` zero for the other axes' starts.
+    pub fn dynamic_row(&mut self, x: &str, t: &TensorType, index: &str, zero: &str) -> String {
+        let i32t = TensorType::scalar(DType::S32);
+        let mut sizes = t.shape.clone();
+        sizes[0] = 1;
+        let mut operands = vec![x.to_string(), index.to_string()];
+        operands.extend(std::iter::repeat_n(zero.to_string(), t.rank() - 1));
+        let mut in_tys = vec![t.clone()];
+        in_tys.extend(std::iter::repeat_n(i32t, t.rank()));
+        let slice_t = TensorType::new(t.dtype, &sizes);
+        let attr = format!("slice_sizes = {}", i64_array(&sizes));
+        let row = self.op1(
+            "stablehlo.dynamic_slice",
+            &operands,
+            &in_tys,
+            &attr,
+            &slice_t,
+        );
+        self.reshape(&row, &slice_t, &TensorType::new(t.dtype, &t.shape[1..]))
+    }
+
+    /// `acc : t` with row `index` of its leading axis replaced by `row` (of `t` without that
+    /// axis); `zero` as in [`Emitter::dynamic_row`].
+    pub fn update_row(
+        &mut self,
+        acc: &str,
+        t: &TensorType,
+        row: &str,
+        index: &str,
+        zero: &str,
+    ) -> String {
+        let i32t = TensorType::scalar(DType::S32);
+        let mut one_shape = t.shape.clone();
+        one_shape[0] = 1;
+        let item_t = TensorType::new(t.dtype, &t.shape[1..]);
+        let one_t = TensorType::new(t.dtype, &one_shape);
+        let r = self.reshape(row, &item_t, &one_t);
+        let mut operands = vec![acc.to_string(), r, index.to_string()];
+        operands.extend(std::iter::repeat_n(zero.to_string(), t.rank() - 1));
+        let mut in_tys = vec![t.clone(), one_t];
+        in_tys.extend(std::iter::repeat_n(i32t, t.rank()));
+        self.op1("stablehlo.dynamic_update_slice", &operands, &in_tys, "", t)
+    }
+
     /// One op with regions. `regions` each get fresh block arguments of the given types and return
     /// the names their `stablehlo.return` yields.
     #[allow(clippy::type_complexity)]
@@ -395,23 +499,23 @@ pub fn module_sharded_donating(
     let in_tys = graph.param_types();
     for &(a, r) in donate {
         let (Some(at), Some(rt)) = (in_tys.get(a), out_tys.get(r)) else {
-            return Err(crate::error::Error::InvalidArgument {
-                what: format!("donating argument {a} to result {r} of `{}`", graph.name),
-                fix: format!(
+            return Err(crate::error::Error::invalid(
+                format!("donating argument {a} to result {r} of `{}`", graph.name),
+                format!(
                     "the graph has {} parameters and {} outputs",
                     in_tys.len(),
                     out_tys.len()
                 ),
-            });
+            ));
         };
         if at != rt || args.get(a) != results.get(r) {
-            return Err(crate::error::Error::InvalidArgument {
-                what: format!(
+            return Err(crate::error::Error::invalid(
+                format!(
                     "donating `{}` ({at}) to output `{}` ({rt}) of `{}`",
                     graph.params[a].0, graph.outputs[r].0, graph.name
                 ),
-                fix: "a donated argument and its result need the same type and sharding".into(),
-            });
+                "a donated argument and its result need the same type and sharding",
+            ));
         }
     }
     let alias = |i: usize| {

@@ -134,7 +134,7 @@ pub fn apply(tokens: &Tensor, s: &Scope, c: &TextConfig, t: &Tower) -> Result<Te
             let f = linear(&f, s, &name("output.dense"), d, ["embed", "mlp"])?;
             ln(&x.add(&branch(f, 2)?)?, s, &name("output.LayerNorm"), eps)
         };
-        x = tokens.builder().remat(t.remat, || layer(&x))?;
+        x = tokens.builder().checkpoint(t.remat, || layer(&x))?;
     }
     let n = real.sum_keepdims(&[1])?.max_scalar(1e-9)?;
     x.mul(&real.reshape(&[b, l, 1])?)?.sum(&[1])?.div(&n)

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::trace::Tensor;
 
 use super::config::{CoatnetConfig, CoatnetStage, StageKind};
+use super::names;
 use super::noise::Noise;
 use super::params::Init;
 use super::scope::{Scope, Tower};
@@ -193,16 +194,21 @@ pub fn apply(images: &Tensor, s: &Scope, c: &CoatnetConfig, t: &Tower) -> Result
     )?;
     for (si, st) in c.stages.iter().enumerate() {
         let run = |x: &Tensor, bs: &Scope, down: bool, t: &Tower| {
-            x.builder().remat(t.remat, || match st.kind {
+            x.builder().checkpoint(t.remat, || match st.kind {
                 StageKind::Mbconv => mbconv(x, bs, st.width, c.expansion, down, t.noise),
                 StageKind::Transformer => transformer_block(x, bs, st, c.expansion, down, t.noise),
             })
         };
         // Block `bi` of stage `si` draws from the key folded with 100 + 1000·si + bi.
         let salt = |bi: i64| 100 + 1000 * si as u64 + bi as u64;
-        let ss = s.sub(&format!("stages/{si}"));
+        let ss = s.sub(&names::stage(si));
         let n = t.fold(salt(0))?;
-        x = run(&x, &ss.sub("blocks/0"), true, &t.with_noise(n.as_ref()))?;
+        x = run(
+            &x,
+            &ss.sub(&names::block(0)),
+            true,
+            &t.with_noise(n.as_ref()),
+        )?;
         if t.scan {
             if st.depth > 1 {
                 let n = t.fold(salt(1))?;
@@ -218,7 +224,7 @@ pub fn apply(images: &Tensor, s: &Scope, c: &CoatnetConfig, t: &Tower) -> Result
         } else {
             for bi in 1..st.depth {
                 let n = t.fold(salt(bi))?;
-                let bs = ss.sub(&format!("blocks/{bi}"));
+                let bs = ss.sub(&names::block(bi as usize));
                 x = run(&x, &bs, false, &t.with_noise(n.as_ref()))?;
             }
         }

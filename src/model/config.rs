@@ -5,7 +5,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::ir::RematPolicy;
+
+pub use super::names::Modality;
 
 /// The whole dual encoder and its training defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -300,16 +304,65 @@ pub enum Schedule {
     Constant,
 }
 
+/// The precision a step computes in. Parameters and optimizer state stay f32 either way (the
+/// master weights); `f64` is not a training precision (`basic grad --dtype f64` builds its
+/// parity program in f64 directly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 compute with f32 master weights.
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: [&'static str; 2] = ["f32", "bf16"];
+
+    /// The dtype the towers compute in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Precision> {
+        match s.trim() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::invalid(
+                format!("precision `{s}`"),
+                "use f32, or bf16 (bf16 compute with f32 master weights)",
+            )),
+        }
+    }
+}
+
 /// Training defaults of a preset (flags override them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     pub batch: i64,
     pub microbatches: i64,
-    /// `none`, `nothing_saveable`, `dots_saveable`, `everything_saveable`, `save_names(a,b)`.
-    pub remat: String,
+    /// What each tower block keeps for the backward pass: `none`, `dots_saveable`,
+    /// `nothing_saveable`, `save_names(a,b)`.
+    pub remat: RematPolicy,
     /// `f32`, or `bf16` (bf16 compute, f32 master weights).
-    pub dtype: String,
+    pub dtype: Precision,
     pub optimizer: OptimizerKind,
     pub learning_rate: f64,
     pub warmup_steps: i64,
@@ -326,7 +379,7 @@ pub struct TrainConfig {
     /// AdaFactor: clip each update to this RMS (0: off).
     pub update_clip: f64,
     /// Towers that get no gradient and no optimizer state (`image`, `text`): LiT-style locking.
-    pub lock: Vec<String>,
+    pub lock: Vec<Modality>,
     /// Random-resized-crop augmentation of training images.
     pub random_resized_crop: bool,
     /// Dropout on the transformer blocks' residual branches (ViT and text transformer).
@@ -338,13 +391,20 @@ pub struct TrainConfig {
     pub std: Vec<f64>,
 }
 
+impl TrainConfig {
+    /// Whether tower `m` is locked (no gradient, no optimizer state, no dropout).
+    pub fn locks(&self, m: Modality) -> bool {
+        self.lock.contains(&m)
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             batch: 64,
             microbatches: 1,
-            remat: "none".into(),
-            dtype: "f32".into(),
+            remat: RematPolicy::None,
+            dtype: Precision::F32,
             optimizer: OptimizerKind::Adamw,
             learning_rate: 1e-3,
             warmup_steps: 10,
@@ -367,36 +427,56 @@ impl Default for TrainConfig {
     }
 }
 
+/// The model presets of `graphs/`, built into the binary, by name.
+pub const PRESETS: [(&str, &str); 12] = [
+    ("tiny", include_str!("../../graphs/tiny.toml")),
+    ("small", include_str!("../../graphs/small.toml")),
+    ("tiny-minilm", include_str!("../../graphs/tiny-minilm.toml")),
+    ("tiny-clip", include_str!("../../graphs/tiny-clip.toml")),
+    ("vit-b16", include_str!("../../graphs/vit-b16.toml")),
+    ("basic-s", include_str!("../../graphs/basic-s.toml")),
+    ("basic-m", include_str!("../../graphs/basic-m.toml")),
+    ("basic-l", include_str!("../../graphs/basic-l.toml")),
+    (
+        "clip-vit-b32",
+        include_str!("../../graphs/clip-vit-b32.toml"),
+    ),
+    (
+        "clip-vit-b16",
+        include_str!("../../graphs/clip-vit-b16.toml"),
+    ),
+    (
+        "clip-vit-l14",
+        include_str!("../../graphs/clip-vit-l14.toml"),
+    ),
+    ("siglip-b16", include_str!("../../graphs/siglip-b16.toml")),
+];
+
 impl ModelConfig {
     /// Parses TOML text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<ModelConfig> {
-        let c: ModelConfig = toml::from_str(text).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{source}`"),
-            fix: e.to_string(),
-        })?;
+        let c: ModelConfig = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("model config `{source}`"), e.to_string()))?;
         c.validate(source)?;
         Ok(c)
     }
 
-    /// Reads `graphs/NAME.toml`, a preset name (`tiny`), or any path.
+    /// Reads a config file by path, else a preset built into the binary by name (`tiny`, or
+    /// `tiny.toml`): an installed `basic` needs no source tree.
     pub fn load(name_or_path: &str) -> Result<ModelConfig> {
         let p = Path::new(name_or_path);
-        let path = if p.is_file() {
-            p.to_path_buf()
-        } else {
-            let file = if name_or_path.ends_with(".toml") {
-                name_or_path.to_string()
-            } else {
-                format!("{name_or_path}.toml")
+        if !p.is_file() {
+            let name = name_or_path.strip_suffix(".toml").unwrap_or(name_or_path);
+            let Some((n, text)) = PRESETS.iter().find(|(n, _)| *n == name) else {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                return Err(Error::invalid(
+                    format!("model `{name_or_path}`"),
+                    format!("give a config file path or a preset: {}", names.join(", ")),
+                ));
             };
-            [Path::new("graphs").join(&file), Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs").join(&file)]
-                .into_iter()
-                .find(|c| c.is_file())
-                .ok_or_else(|| Error::InvalidArgument {
-                    what: format!("model `{name_or_path}`"),
-                    fix: "give a config file path or a preset of graphs/ (tiny, vit-b16, basic-s, basic-m, basic-l)".into(),
-                })?
-        };
+            return ModelConfig::parse(text, &format!("graphs/{n}.toml (built in)"));
+        }
+        let path = p.to_path_buf();
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         ModelConfig::parse(&text, &path.display().to_string())
     }
@@ -404,10 +484,10 @@ impl ModelConfig {
     /// Checks sizes that the shape rules would only reject deep inside the model.
     pub fn validate(&self, source: &str) -> Result<()> {
         let bad = |what: String, fix: &str| {
-            Err(Error::InvalidArgument {
-                what: format!("{what} in `{source}`"),
-                fix: fix.to_string(),
-            })
+            Err(Error::invalid(
+                format!("{what} in `{source}`"),
+                fix.to_string(),
+            ))
         };
         if self.embed_dim < 1 {
             return bad(
@@ -493,12 +573,6 @@ impl ModelConfig {
                 "the batch must divide into the micro-batches",
             );
         }
-        if crate::ir::RematPolicy::parse(&tr.remat).is_none() {
-            return bad(
-                format!("train.remat = `{}`", tr.remat),
-                "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)",
-            );
-        }
         if !(0.0..1.0).contains(&tr.dropout) || !(0.0..1.0).contains(&tr.drop_path) {
             return bad(
                 format!(
@@ -508,18 +582,36 @@ impl ModelConfig {
                 "rates are in [0, 1)",
             );
         }
-        if let Some(l) = tr.lock.iter().find(|l| *l != "image" && *l != "text") {
-            return bad(
-                format!("train.lock entry `{l}`"),
-                "lock `image` and/or `text`",
-            );
-        }
-        if tr.dtype != "f32" && tr.dtype != "bf16" && tr.dtype != "f64" {
-            return bad(
-                format!("train.dtype = `{}`", tr.dtype),
-                "use f32, bf16 or f64",
-            );
-        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preset file of `graphs/` is built in, and every built-in preset parses: an
+    /// installed binary finds its models without the source tree.
+    #[test]
+    fn every_preset_of_graphs_is_built_in_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        files.sort();
+        let mut built_in: Vec<String> = PRESETS.iter().map(|(n, _)| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(files, built_in);
+        for (n, _) in PRESETS {
+            let c = ModelConfig::load(n).unwrap();
+            assert_eq!(ModelConfig::load(&format!("{n}.toml")).unwrap(), c);
+        }
+        let e = ModelConfig::load("no-such-model").unwrap_err().to_string();
+        assert!(e.contains("no-such-model") && e.contains("basic-l"), "{e}");
     }
 }

@@ -5,8 +5,8 @@
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ir::Graph;
-use crate::model::basic;
-use crate::model::{ModelConfig, ParamSpec, Params, Scope, Tower};
+use crate::model::names::{self, io};
+use crate::model::{dual, trace_specs, ModelConfig, ParamSpec, Params, Scope, Tower};
 use crate::trace::Builder;
 
 /// Shapes of the batch inputs of `n` pairs: images `[n, H, W, C]`, tokens `[n, L]`.
@@ -25,22 +25,25 @@ pub fn embed_graph(
     compute_dtype: DType,
 ) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed", c.name));
-    let specs = basic::specs(c)?;
+    let specs = dual::specs(c)?;
     let p = Params::declare(&b, &specs, param_dtype)?;
     let (is, ts) = batch_shapes(c, n);
     let images =
-        b.parameter("images", param_dtype, &is)?
+        b.parameter(io::IMAGES, param_dtype, &is)?
             .constrain(&[Some("batch"), None, None, None])?;
     let tokens = b
-        .parameter("tokens", DType::S32, &ts)?
+        .parameter(io::TOKENS, DType::S32, &ts)?
         .constrain(&[Some("batch"), None])?;
-    let cp = basic::cast(&p, compute_dtype)?;
+    let cp = dual::cast(&p, compute_dtype)?;
     let (cs, t) = (Scope::bound(&cp), Tower::of(c, compute_dtype));
-    let img = basic::embed_images(&images.convert(compute_dtype)?, &cs, c, &t)?;
-    let txt = basic::embed_texts(&tokens, &cs, c, &t)?;
-    b.output("image_embeddings", &img.convert(param_dtype)?)?;
-    b.output("text_embeddings", &txt.convert(param_dtype)?)?;
-    b.output("logit_scale", &basic::logit_scale(&Scope::bound(&p), c)?)?;
+    let img = dual::embed_images(&images.convert(compute_dtype)?, &cs, c, &t)?;
+    let txt = dual::embed_texts(&tokens, &cs, c, &t)?;
+    b.output(io::IMAGE_EMBEDDINGS, &img.convert(param_dtype)?)?;
+    b.output(io::TEXT_EMBEDDINGS, &txt.convert(param_dtype)?)?;
+    b.output(
+        names::LOGIT_SCALE,
+        &dual::logit_scale(&Scope::bound(&p), c)?,
+    )?;
     Ok(b.finish())
 }
 
@@ -54,14 +57,14 @@ pub fn image_embed_graph(
     compute_dtype: DType,
 ) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_images", c.name));
-    let specs = basic::specs(c)?;
+    let specs = dual::specs(c)?;
     let p = Params::declare(&b, &specs, param_dtype)?;
     let (is, _) = batch_shapes(c, n);
-    let images = b.parameter("images", param_dtype, &is)?;
-    let cp = basic::cast(&p, compute_dtype)?;
+    let images = b.parameter(io::IMAGES, param_dtype, &is)?;
+    let cp = dual::cast(&p, compute_dtype)?;
     let t = Tower::of(c, compute_dtype);
-    let e = basic::embed_images(&images.convert(compute_dtype)?, &Scope::bound(&cp), c, &t)?;
-    b.output("image_embeddings", &e.convert(param_dtype)?)?;
+    let e = dual::embed_images(&images.convert(compute_dtype)?, &Scope::bound(&cp), c, &t)?;
+    b.output(io::IMAGE_EMBEDDINGS, &e.convert(param_dtype)?)?;
     Ok(b.finish())
 }
 
@@ -74,35 +77,38 @@ pub fn text_embed_graph(
     compute_dtype: DType,
 ) -> Result<Graph> {
     let b = Builder::new(&format!("{}_embed_texts", c.name));
-    let specs = basic::specs(c)?;
+    let specs = dual::specs(c)?;
     let p = Params::declare(&b, &specs, param_dtype)?;
     let (_, ts) = batch_shapes(c, n);
-    let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    let cp = basic::cast(&p, compute_dtype)?;
+    let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
+    let cp = dual::cast(&p, compute_dtype)?;
     let t = Tower::of(c, compute_dtype);
-    let e = basic::embed_texts(&tokens, &Scope::bound(&cp), c, &t)?;
-    b.output("text_embeddings", &e.convert(param_dtype)?)?;
+    let e = dual::embed_texts(&tokens, &Scope::bound(&cp), c, &t)?;
+    b.output(io::TEXT_EMBEDDINGS, &e.convert(param_dtype)?)?;
     Ok(b.finish())
 }
 
 /// `(text-tower params..., tokens) → text_embeddings`: the text tower's pooled features, not
-/// projected or normalised (sentence embeddings of a text-only model).
+/// projected or normalised (sentence embeddings of a text-only model). Its parameters are the
+/// ones the features use, found by tracing them (no projection, whatever its kind).
 pub fn text_features_graph(
     c: &ModelConfig,
     n: i64,
     compute_dtype: DType,
 ) -> Result<(Graph, Vec<ParamSpec>)> {
     let b = Builder::new(&format!("{}_text_features", c.name));
-    let specs: Vec<ParamSpec> = basic::specs(c)?
-        .into_iter()
-        .filter(|s| basic::is_text_param(&s.name) && s.name != "text/proj/kernel")
-        .collect();
+    let specs = trace_specs(&format!("{}_text_specs", c.name), DType::F32, |b, s| {
+        let (_, ts) = batch_shapes(c, 1);
+        let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
+        dual::text_features(&tokens, s, c, &Tower::of(c, DType::F32))?;
+        Ok(())
+    })?;
     let p = Params::declare(&b, &specs, DType::F32)?;
     let (_, ts) = batch_shapes(c, n);
-    let tokens = b.parameter("tokens", DType::S32, &ts)?;
-    let cp = basic::cast(&p, compute_dtype)?;
+    let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
+    let cp = dual::cast(&p, compute_dtype)?;
     let t = Tower::of(c, compute_dtype);
-    let f = basic::text_features(&tokens, &Scope::bound(&cp), c, &t)?;
-    b.output("text_embeddings", &f.convert(DType::F32)?)?;
+    let f = dual::text_features(&tokens, &Scope::bound(&cp), c, &t)?;
+    b.output(io::TEXT_EMBEDDINGS, &f.convert(DType::F32)?)?;
     Ok((b.finish(), specs))
 }

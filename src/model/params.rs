@@ -82,18 +82,7 @@ impl ParamSpec {
     }
 }
 
-/// The logical axis that stacks identical layers for a scan (`image/layers/mlp/in/kernel`
-/// is `[depth, width, mlp]`). Sharding rules leave it whole: each loop step takes one layer.
-pub const LAYERS: &str = "layers";
-
-/// The unrolled name of layer `j` of a stacked parameter: `X/layers/R` holds `X/blocks/{j}/R`
-/// for `j` in `0..depth`, except in CoAtNet stages (`.../stages/S/layers/R`), whose first block
-/// stands apart, where it holds `X/blocks/{j + 1}/R`. `None` for a name without `/layers/`.
-pub fn layer_name(stacked: &str, j: i64) -> Option<String> {
-    let (head, rest) = stacked.rsplit_once("/layers/")?;
-    let first = i64::from(head.rsplit('/').nth(1) == Some("stages"));
-    Some(format!("{head}/blocks/{}/{rest}", j + first))
-}
+pub use super::names::{layer_name, LAYERS};
 
 /// Values for `scanned` specs from values by unrolled names (`values[name]`): each stacked
 /// parameter is the concatenation of its layers ([`layer_name`]). Converts a checkpoint of a
@@ -103,9 +92,11 @@ pub fn stack_layers(
     values: &BTreeMap<String, HostArray>,
 ) -> Result<Vec<HostArray>> {
     let get = |n: &str| {
-        values.get(n).ok_or_else(|| Error::InvalidArgument {
-            what: format!("parameter `{n}`"),
-            fix: "the unrolled values lack it: are they of the same model?".into(),
+        values.get(n).ok_or_else(|| {
+            Error::invalid(
+                format!("parameter `{n}`"),
+                "the unrolled values lack it: are they of the same model?",
+            )
         })
     };
     scanned
@@ -124,10 +115,10 @@ pub fn stack_layers(
                 .collect::<Result<Vec<_>>>()?;
             let v = HostArray::concat(&parts, 0)?;
             if v.shape() != s.shape.as_slice() {
-                return Err(Error::InvalidArgument {
-                    what: format!("stacked `{}` of shape {:?}", s.name, v.shape()),
-                    fix: format!("expected {:?}: the layers differ in shape", s.shape),
-                });
+                return Err(Error::invalid(
+                    format!("stacked `{}` of shape {:?}", s.name, v.shape()),
+                    format!("expected {:?}: the layers differ in shape", s.shape),
+                ));
             }
             Ok(v)
         })
@@ -175,9 +166,11 @@ impl Params {
     }
 
     pub fn get(&self, path: &str) -> Result<&Tensor> {
-        self.map.get(path).ok_or_else(|| Error::InvalidArgument {
-            what: format!("parameter `{path}`"),
-            fix: "it is not declared by the model's parameter specs".into(),
+        self.map.get(path).ok_or_else(|| {
+            Error::invalid(
+                format!("parameter `{path}`"),
+                "it is not declared by the model's parameter specs",
+            )
         })
     }
 

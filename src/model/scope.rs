@@ -102,13 +102,10 @@ impl<'a> Scope<'a> {
     pub fn declare(&self, spec: ParamSpec) -> Result<Tensor> {
         let name = self.path(&spec.name);
         let misshaped = |have: &[i64]| {
-            Error::InvalidArgument {
-            what: format!("parameter `{name}` of shape {have:?}"),
-            fix: format!(
+            Error::invalid(format!("parameter `{name}` of shape {have:?}"), format!(
                 "the model uses it with shape {:?}: declare the parameters from the model's traced specs",
                 spec.shape
-            ),
-        }
+            ))
         };
         match &self.source {
             Source::Bound(p) => {
@@ -166,8 +163,8 @@ pub fn trace_specs(
 /// stochastic depth, blocks as one scan over stacked layers, and the dtype of its masks.
 #[derive(Clone, Copy, Debug)]
 pub struct Tower<'a> {
-    /// Each block checkpointed with this policy; `None`: no checkpoint.
-    pub remat: Option<&'a RematPolicy>,
+    /// Each block checkpointed with this policy.
+    pub remat: &'a RematPolicy,
     /// Dropout and stochastic depth on the blocks' residual branches; `None`: deterministic.
     pub noise: Option<&'a Noise>,
     /// Identical blocks stacked on a leading `layers` axis and run as one loop.
@@ -180,7 +177,7 @@ impl<'a> Tower<'a> {
     /// No remat, no noise, unrolled blocks.
     pub fn new(dtype: DType) -> Tower<'a> {
         Tower {
-            remat: None,
+            remat: &RematPolicy::None,
             noise: None,
             scan: false,
             dtype,
@@ -195,7 +192,7 @@ impl<'a> Tower<'a> {
         }
     }
 
-    pub fn with_remat(self, remat: Option<&'a RematPolicy>) -> Tower<'a> {
+    pub fn with_remat(self, remat: &'a RematPolicy) -> Tower<'a> {
         Tower { remat, ..self }
     }
 

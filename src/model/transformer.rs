@@ -9,6 +9,7 @@ use crate::ir::RematPolicy;
 use crate::trace::Tensor;
 
 use super::config::Activation;
+use super::names;
 use super::noise::Noise;
 use super::params::{Init, ParamSpec, Params};
 use super::scope::{trace_specs, Scope, Tower};
@@ -191,7 +192,7 @@ pub fn block(
         }
     };
     let (d, std) = (c.width, Init::Normal(0.02));
-    x.builder().remat(t.remat, || {
+    x.builder().checkpoint(t.remat, || {
         let h = norm(x, &s.sub("ln1"), "embed", c.eps)?;
         let a = Attention::declare(&s.sub("attn"), d, d, c.heads, std.clone(), "embed")?
             .apply(&h, mask_bias)?
@@ -219,7 +220,7 @@ pub fn stack(
         let n = t.fold(100 + i as u64)?;
         x = block(
             &x,
-            &s.sub(&format!("blocks/{i}")),
+            &s.sub(&names::block(i as usize)),
             c,
             mask_bias,
             &t.with_noise(n.as_ref()),
@@ -357,7 +358,7 @@ pub fn scanned_stack(
     stacked: &[Tensor],
     c: &TransformerConfig,
     mask_bias: Option<&Tensor>,
-    remat: Option<&RematPolicy>,
+    remat: &RematPolicy,
 ) -> Result<Tensor> {
     let layer = block_param_specs(x, c, mask_bias)?;
     if layer.len() != stacked.len() {
@@ -372,7 +373,7 @@ pub fn scanned_stack(
     }
     let mut p = Params::default();
     for (spec, w) in layer.iter().zip(stacked) {
-        p.insert(&format!("layers/{}", spec.name), w.clone());
+        p.insert(&names::join(names::LAYERS, &spec.name), w.clone());
     }
     let t = Tower::new(x.dtype()).with_remat(remat);
     scanned(x, &Scope::bound(&p), c, mask_bias, &t)

@@ -4,35 +4,45 @@
 use crate::dtype::{DType, TensorType};
 use crate::error::{shape_err, Error, Result};
 use crate::ir::{Op, OptimizationBarrier, RngBitGenerator, Scan, ShardingConstraint, StopGradient};
-use crate::lower::{i64_array, ty, Emitter};
+use crate::lower::Emitter;
 use crate::trace::Tensor;
 
 use super::{show, Lowering, Rule, Vjp};
 
-/// Output types of a scan node (see [`Scan`]).
+/// Output types of a scan node (see [`Scan`] and [`ScanLayout`]).
 fn scan_outputs(s: &Scan, ins: &[TensorType]) -> Result<Vec<TensorType>> {
     let name = "scan";
+    let l = s.layout();
     let body_in = s.body.param_types();
     let body_out = s.body.output_types();
-    let (nc, nk, nx) = (s.num_consts, s.num_carry, s.num_xs);
-    if ins.len() != nc + nk + nx || body_in.len() != 1 + nc + nk + nx || body_out.len() < nk {
-        return shape_err(
+    let mismatch = || {
+        shape_err(
             name,
             format!(
                 "operands {} do not match the body `{}`",
                 show(ins),
                 s.body.name
             ),
-        );
+        )
+    };
+    if ins.len() != l.operands() || body_in.len() != 1 + l.operands() || body_out.len() < l.carry {
+        return mismatch();
     }
-    for (i, t) in ins.iter().enumerate() {
-        let want = if i < nc + nk {
-            body_in[1 + i].clone()
-        } else {
-            let mut shape = vec![s.length];
-            shape.extend_from_slice(&body_in[1 + i].shape);
-            TensorType::new(body_in[1 + i].dtype, &shape)
-        };
+    let body_ins = l.ins(&body_in[1..])?;
+    let ops = l.ins(ins)?;
+    let stacked = |t: &TensorType| {
+        let mut shape = vec![s.length];
+        shape.extend_from_slice(&t.shape);
+        TensorType::new(t.dtype, &shape)
+    };
+    let want = body_ins
+        .consts
+        .iter()
+        .chain(body_ins.carry)
+        .cloned()
+        .chain(body_ins.xs.iter().map(stacked));
+    let got = ops.consts.iter().chain(ops.carry).chain(ops.xs);
+    for (i, (t, want)) in got.zip(want).enumerate() {
         if *t != want {
             return shape_err(
                 name,
@@ -40,15 +50,11 @@ fn scan_outputs(s: &Scan, ins: &[TensorType]) -> Result<Vec<TensorType>> {
             );
         }
     }
-    let stacked = |t: &TensorType| {
-        let mut shape = vec![s.length];
-        shape.extend_from_slice(&t.shape);
-        TensorType::new(t.dtype, &shape)
-    };
-    let mut out: Vec<TensorType> = body_out[..nk].to_vec();
-    out.extend(body_out[nk..].iter().map(stacked));
-    if s.save_carries {
-        out.extend(body_in[1 + nc..1 + nc + nk].iter().map(stacked));
+    let (carry, ys) = l.body_outs(&body_out)?;
+    let mut out: Vec<TensorType> = carry.to_vec();
+    out.extend(ys.iter().map(stacked));
+    if l.saved {
+        out.extend(body_ins.carry.iter().map(stacked));
     }
     Ok(out)
 }
@@ -64,136 +70,97 @@ fn or_zeros(c: &Option<Tensor>, like: &Tensor) -> Result<Tensor> {
 /// carry entering each step (the sweep swaps in [`Rule::for_vjp`]'s scan before it reads the
 /// graph); each backward step recomputes its forward step from that carry (so only carries are
 /// stored, never a step's activations) and backpropagates through it.
+///
+/// The backward scan's carry is `(carry cotangent, one accumulator per constant)`; its inputs
+/// are `(xs, saved carries, y cotangents)` and its per-step outputs the xs' cotangents.
 fn scan_vjp(
     s: &Scan,
     ins: &[Tensor],
     outs: &[Tensor],
     cots: &[Option<Tensor>],
 ) -> Result<Vec<Option<Tensor>>> {
-    let (nc, nk, nx) = (s.num_consts, s.num_carry, s.num_xs);
-    let ny = s.body.outputs.len() - nk;
-    if !s.save_carries || outs.len() != nk + ny + nk {
+    let l = s.layout();
+    if !l.saved || outs.len() != l.results() {
         return Err(Error::Internal(format!(
             "the scan over `{}` is differentiated without its per-step carries",
             s.body.name
         )));
     }
     let b = outs[0].builder();
-    let saved: Vec<Tensor> = outs[nk + ny..].to_vec();
-    let consts = &ins[..nc];
-    let xs = &ins[nc + nk..];
-    let carry_cot: Vec<Tensor> = (0..nk)
-        .map(|k| or_zeros(&cots[k], &outs[k]))
+    let fwd_in = l.ins(ins)?;
+    let fwd_out = l.outs(outs)?;
+    let out_cots = l.outs(cots)?;
+    let carry_cot: Vec<Tensor> = out_cots
+        .carry
+        .iter()
+        .zip(fwd_out.carry)
+        .map(|(c, o)| or_zeros(c, o))
         .collect::<Result<_>>()?;
-    let y_cot: Vec<Tensor> = (0..ny)
-        .map(|j| or_zeros(&cots[nk + j], &outs[nk + j]))
+    let y_cot: Vec<Tensor> = out_cots
+        .ys
+        .iter()
+        .zip(fwd_out.ys)
+        .map(|(c, o)| or_zeros(c, o))
         .collect::<Result<_>>()?;
-    let acc0: Vec<Tensor> = consts
+    let acc0: Vec<Tensor> = fwd_in
+        .consts
         .iter()
         .map(|c| c.zeros_like())
         .collect::<Result<_>>()?;
-    let mut carry: Vec<Tensor> = carry_cot;
-    carry.extend(acc0);
-    let mut bxs: Vec<Tensor> = xs.to_vec();
-    bxs.extend(saved);
-    bxs.extend(y_cot);
+    let carry: Vec<Tensor> = carry_cot.into_iter().chain(acc0).collect();
+    let bxs: Vec<Tensor> = [fwd_in.xs, fwd_out.saved, &y_cot].concat();
     let body = s.body.clone();
+    let (nk, nx) = (l.carry, l.xs);
     let (fin, x_cots) = b.scan(
         s.length,
-        consts,
+        fwd_in.consts,
         &carry,
         &bxs,
         !s.reverse,
         |index, c, carry, xsl| {
             let sub = index.builder();
             let (kc, acc) = carry.split_at(nk);
-            let x_i = &xsl[..nx];
-            let saved_i = &xsl[nx..nx + nk];
-            let ycot_i = &xsl[nx + nk..];
-            let mut step_in = vec![index.clone()];
-            step_in.extend_from_slice(c);
-            step_in.extend_from_slice(saved_i);
-            step_in.extend_from_slice(x_i);
+            let (x_i, rest) = xsl.split_at(nx);
+            let (saved_i, ycot_i) = rest.split_at(nk);
+            let step_in = [std::slice::from_ref(index), c, saved_i, x_i].concat();
             let step_out = sub.inline(&body, &step_in)?;
             let out_cots: Vec<Option<Tensor>> =
                 kc.iter().chain(ycot_i).map(|t| Some(t.clone())).collect();
-            let mut wrt: Vec<Tensor> = c.to_vec();
-            wrt.extend_from_slice(saved_i);
-            wrt.extend_from_slice(x_i);
+            let wrt = [c, saved_i, x_i].concat();
             let grads = crate::autodiff::vjp(&step_out, &out_cots, &wrt)?;
-            let mut new_carry = Vec::with_capacity(nk + nc);
-            for k in 0..nk {
-                new_carry.push(or_zeros(&grads[nc + k], &saved_i[k])?);
+            let g = l.ins(&grads)?;
+            let mut new_carry = Vec::with_capacity(nk + c.len());
+            for (gk, saved) in g.carry.iter().zip(saved_i) {
+                new_carry.push(or_zeros(gk, saved)?);
             }
-            for (i, a) in acc.iter().enumerate() {
-                new_carry.push(match &grads[i] {
+            for (a, gc) in acc.iter().zip(g.consts) {
+                new_carry.push(match gc {
                     Some(gc) if a.dtype().is_float() => a.add(gc)?,
                     _ => a.clone(),
                 });
             }
-            let ys = (0..nx)
-                .map(|j| or_zeros(&grads[nc + nk + j], &x_i[j]))
-                .collect::<Result<Vec<_>>>()?;
+            let ys =
+                g.xs.iter()
+                    .zip(x_i)
+                    .map(|(gx, x)| or_zeros(gx, x))
+                    .collect::<Result<Vec<_>>>()?;
             Ok((new_carry, ys))
         },
     )?;
+    let (carry_fin, const_fin) = fin.split_at(nk);
     let float = |t: &Tensor| t.dtype().is_float();
+    let grad = |x: &Tensor, g: &Tensor| float(x).then(|| g.clone());
     let mut res: Vec<Option<Tensor>> = Vec::with_capacity(ins.len());
-    for (i, c) in consts.iter().enumerate() {
-        res.push(float(c).then(|| fin[nk + i].clone()));
-    }
-    for k in 0..nk {
-        res.push(float(&ins[nc + k]).then(|| fin[k].clone()));
-    }
-    for (j, x) in xs.iter().enumerate() {
-        res.push(float(x).then(|| x_cots[j].clone()));
-    }
+    res.extend(fwd_in.consts.iter().zip(const_fin).map(|(x, g)| grad(x, g)));
+    res.extend(fwd_in.carry.iter().zip(carry_fin).map(|(x, g)| grad(x, g)));
+    res.extend(fwd_in.xs.iter().zip(&x_cots).map(|(x, g)| grad(x, g)));
     Ok(res)
 }
 
-fn constant_i32(e: &mut Emitter, v: i64) -> String {
-    let s = TensorType::scalar(DType::S32);
-    e.op(
-        "stablehlo.constant",
-        &[],
-        &[],
-        &format!("value = dense<{v}> : tensor<i32>"),
-        &[s],
-    )
-    .remove(0)
-}
-
-/// Zeros of type `t` as a broadcast scalar.
-fn zeros(e: &mut Emitter, t: &TensorType) -> String {
-    let s = TensorType::scalar(t.dtype);
-    let lit = match t.dtype {
-        DType::Pred => "false",
-        DType::BF16 => "0x0000",
-        d if d.is_float() => "0.0",
-        _ => "0",
-    };
-    let z = e
-        .op(
-            "stablehlo.constant",
-            &[],
-            &[],
-            &format!("value = dense<{lit}> : {}", ty(&s)),
-            std::slice::from_ref(&s),
-        )
-        .remove(0);
-    if t.rank() == 0 {
-        return z;
-    }
-    e.op(
-        "stablehlo.broadcast_in_dim",
-        &[z],
-        &[s],
-        "broadcast_dimensions = array<i64>",
-        std::slice::from_ref(t),
-    )
-    .remove(0)
-}
-
+/// A scan as a `stablehlo.while` over `(counter, operands..., accumulators...)`: each step
+/// slices its row of every `xs` array, runs the body, and writes its `ys` (and, when kept, the
+/// carry it started from) into row `i` of the accumulators. A reverse scan walks the rows from
+/// the last.
 fn lower_scan(
     e: &mut Emitter,
     s: &Scan,
@@ -201,159 +168,34 @@ fn lower_scan(
     in_tys: &[TensorType],
     out_tys: &[TensorType],
 ) -> Result<Vec<String>> {
-    let (nc, nk, nx) = (s.num_consts, s.num_carry, s.num_xs);
-    let ny = s.body.outputs.len() - nk;
-    let i32t = TensorType::scalar(DType::S32);
-    let ys_tys: Vec<TensorType> = out_tys[nk..nk + ny].to_vec();
-    let saved_tys: Vec<TensorType> = if s.save_carries {
-        out_tys[nk + ny..].to_vec()
-    } else {
-        vec![]
-    };
-    let start = constant_i32(e, 0);
-    let mut operands = vec![start];
+    let l = s.layout();
+    let out_t = l.outs(out_tys)?;
+    let acc_tys: Vec<TensorType> = [out_t.ys, out_t.saved].concat();
+    let mut operands = vec![e.constant_i32(0)];
     operands.extend_from_slice(ins);
-    for t in ys_tys.iter().chain(&saved_tys) {
-        operands.push(zeros(e, t));
+    for t in &acc_tys {
+        operands.push(e.zeros(t));
     }
-    let mut loop_tys = vec![i32t.clone()];
-    loop_tys.extend_from_slice(in_tys);
-    loop_tys.extend(ys_tys.iter().cloned());
-    loop_tys.extend(saved_tys.iter().cloned());
+    let i32t = TensorType::scalar(DType::S32);
+    let loop_tys: Vec<TensorType> = [std::slice::from_ref(&i32t), in_tys, &acc_tys].concat();
     let length = s.length;
-    let lt = loop_tys.clone();
     let cond = Box::new(move |e: &mut Emitter, a: &[String]| {
-        let lim = constant_i32(e, length);
+        let lim = e.constant_i32(length);
+        let s32 = TensorType::scalar(DType::S32);
+        let pred = TensorType::scalar(DType::Pred);
+        let attr = "comparison_direction = #stablehlo<comparison_direction LT>";
         let p = e.op(
             "stablehlo.compare",
             &[a[0].clone(), lim],
-            &[
-                TensorType::scalar(DType::S32),
-                TensorType::scalar(DType::S32),
-            ],
-            "comparison_direction = #stablehlo<comparison_direction LT>",
-            &[TensorType::scalar(DType::Pred)],
+            &[s32.clone(), s32],
+            attr,
+            std::slice::from_ref(&pred),
         );
-        Ok((p, vec![TensorType::scalar(DType::Pred)]))
+        Ok((p, vec![pred]))
     });
-    let body_graph = s.body.clone();
-    let reverse = s.reverse;
-    let save = s.save_carries;
+    let (scan, lt) = (s.clone(), loop_tys.clone());
     let body = Box::new(move |e: &mut Emitter, a: &[String]| {
-        let i32t = TensorType::scalar(DType::S32);
-        let i = a[0].clone();
-        let idx = if reverse {
-            let last = constant_i32(e, length - 1);
-            e.op(
-                "stablehlo.subtract",
-                &[last, i.clone()],
-                &[i32t.clone(), i32t.clone()],
-                "",
-                std::slice::from_ref(&i32t),
-            )
-            .remove(0)
-        } else {
-            i.clone()
-        };
-        let zero = constant_i32(e, 0);
-        let consts = &a[1..1 + nc];
-        let carry = &a[1 + nc..1 + nc + nk];
-        let xs = &a[1 + nc + nk..1 + nc + nk + nx];
-        let accs = &a[1 + nc + nk + nx..];
-        let mut params = vec![idx.clone()];
-        params.extend_from_slice(consts);
-        params.extend_from_slice(carry);
-        for (j, x) in xs.iter().enumerate() {
-            let xt = &lt[1 + nc + nk + j];
-            let mut sizes = xt.shape.clone();
-            sizes[0] = 1;
-            let mut operands = vec![x.clone(), idx.clone()];
-            operands.extend(std::iter::repeat_n(zero.clone(), xt.rank() - 1));
-            let mut tys = vec![xt.clone()];
-            tys.extend(std::iter::repeat_n(i32t.clone(), xt.rank()));
-            let slice_t = TensorType::new(xt.dtype, &sizes);
-            let sl = e
-                .op(
-                    "stablehlo.dynamic_slice",
-                    &operands,
-                    &tys,
-                    &format!("slice_sizes = {}", i64_array(&sizes)),
-                    std::slice::from_ref(&slice_t),
-                )
-                .remove(0);
-            let item_t = TensorType::new(xt.dtype, &xt.shape[1..]);
-            params.push(
-                e.op("stablehlo.reshape", &[sl], &[slice_t], "", &[item_t])
-                    .remove(0),
-            );
-        }
-        let outs = e.graph_body(&body_graph, &params)?;
-        let mut rets = vec![];
-        let one = constant_i32(e, 1);
-        rets.push(
-            e.op(
-                "stablehlo.add",
-                &[i, one],
-                &[i32t.clone(), i32t.clone()],
-                "",
-                std::slice::from_ref(&i32t),
-            )
-            .remove(0),
-        );
-        rets.extend_from_slice(consts);
-        rets.extend_from_slice(&outs[..nk]);
-        rets.extend_from_slice(xs);
-        let updates: Vec<(String, String, TensorType)> = outs[nk..]
-            .iter()
-            .zip(accs)
-            .enumerate()
-            .map(|(j, (y, acc))| (y.clone(), acc.clone(), lt[1 + nc + nk + nx + j].clone()))
-            .chain(if save {
-                carry
-                    .iter()
-                    .zip(&accs[ny..])
-                    .enumerate()
-                    .map(|(k, (c, acc))| {
-                        (
-                            c.clone(),
-                            acc.clone(),
-                            lt[1 + nc + nk + nx + ny + k].clone(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            } else {
-                vec![]
-            })
-            .collect();
-        for (val, acc, acc_t) in updates {
-            let mut one_shape = acc_t.shape.clone();
-            one_shape[0] = 1;
-            let item_t = TensorType::new(acc_t.dtype, &acc_t.shape[1..]);
-            let one_t = TensorType::new(acc_t.dtype, &one_shape);
-            let r = e
-                .op(
-                    "stablehlo.reshape",
-                    &[val],
-                    &[item_t],
-                    "",
-                    std::slice::from_ref(&one_t),
-                )
-                .remove(0);
-            let mut operands = vec![acc, r, idx.clone()];
-            operands.extend(std::iter::repeat_n(zero.clone(), acc_t.rank() - 1));
-            let mut tys = vec![acc_t.clone(), one_t];
-            tys.extend(std::iter::repeat_n(i32t.clone(), acc_t.rank()));
-            rets.push(
-                e.op(
-                    "stablehlo.dynamic_update_slice",
-                    &operands,
-                    &tys,
-                    "",
-                    std::slice::from_ref(&acc_t),
-                )
-                .remove(0),
-            );
-        }
+        let rets = scan_step(e, &scan, &lt, a)?;
         Ok((rets, lt.clone()))
     });
     let results = e.op_with_regions(
@@ -364,12 +206,50 @@ fn lower_scan(
         "",
         &loop_tys,
     )?;
-    let mut out: Vec<String> = results[1 + nc..1 + nc + nk].to_vec();
-    out.extend_from_slice(&results[1 + nc + nk + nx..]);
-    Ok(out)
+    let fin = l.loop_state(&results)?;
+    Ok([fin.ins.carry, fin.ys, fin.saved].concat())
+}
+
+/// One step of [`lower_scan`]'s loop: from the loop state `a` (of types `lt`) to the next.
+fn scan_step(e: &mut Emitter, s: &Scan, lt: &[TensorType], a: &[String]) -> Result<Vec<String>> {
+    let l = s.layout();
+    let (st, ty) = (l.loop_state(a)?, l.loop_state(lt)?);
+    let i32t = TensorType::scalar(DType::S32);
+    let i = st.index.clone();
+    let idx = if s.reverse {
+        let last = e.constant_i32(s.length - 1);
+        e.binary("stablehlo.subtract", &last, &i, &i32t)
+    } else {
+        i.clone()
+    };
+    let zero = e.constant_i32(0);
+    let mut params = vec![idx.clone()];
+    params.extend_from_slice(st.ins.consts);
+    params.extend_from_slice(st.ins.carry);
+    for (x, xt) in st.ins.xs.iter().zip(ty.ins.xs) {
+        params.push(e.dynamic_row(x, xt, &idx, &zero));
+    }
+    let outs = e.graph_body(&s.body, &params)?;
+    let (carry, ys) = l.body_outs(&outs)?;
+    let one = e.constant_i32(1);
+    let mut rets = vec![e.binary("stablehlo.add", &i, &one, &i32t)];
+    rets.extend_from_slice(st.ins.consts);
+    rets.extend_from_slice(carry);
+    rets.extend_from_slice(st.ins.xs);
+    // Row `idx` of each accumulator: the step's ys, then the carry it started from.
+    let rows = ys.iter().zip(st.ys).zip(ty.ys);
+    let saved = st.ins.carry.iter().zip(st.saved).zip(ty.saved);
+    for ((row, acc), acc_t) in rows.chain(saved) {
+        rets.push(e.update_row(acc, acc_t, row, &idx, &zero));
+    }
+    Ok(rets)
 }
 
 impl Rule for RngBitGenerator {
+    fn name(&self) -> String {
+        "rng_bit_generator".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 || ins[0] != TensorType::new(DType::U64, &[2]) {
             return shape_err(
@@ -394,6 +274,10 @@ impl Rule for RngBitGenerator {
 }
 
 impl Rule for OptimizationBarrier {
+    fn name(&self) -> String {
+        "optimization_barrier".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         Ok(ins.to_vec())
     }
@@ -409,6 +293,10 @@ impl Rule for OptimizationBarrier {
 }
 
 impl Rule for StopGradient {
+    fn name(&self) -> String {
+        "stop_gradient".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 {
             return shape_err(
@@ -430,6 +318,15 @@ impl Rule for StopGradient {
 }
 
 impl Rule for Scan {
+    fn name(&self) -> String {
+        "scan".into()
+    }
+
+    /// The body's, as many times as the loop runs.
+    fn flops(&self, _ins: &[TensorType], _outs: &[TensorType]) -> f64 {
+        self.length as f64 * super::flops(&self.body)
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         scan_outputs(self, ins)
     }
@@ -454,6 +351,10 @@ impl Rule for Scan {
 }
 
 impl Rule for ShardingConstraint {
+    fn name(&self) -> String {
+        "sharding_constraint".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         if ins.len() != 1 || self.axes.len() != ins[0].rank() {
             return shape_err(

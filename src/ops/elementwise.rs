@@ -13,6 +13,10 @@ fn unary_name(u: Unary) -> String {
 }
 
 impl Rule for Unary {
+    fn name(&self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = unary_name(*self);
         arity(&name, ins, 1)?;
@@ -105,22 +109,14 @@ struct Elementwise<'e> {
 
 impl Elementwise<'_> {
     fn constant(&mut self, v: f64) -> String {
-        let attr = format!("value = dense<{v:.17e}> : {}", crate::lower::ty(&self.t));
-        let tys = std::slice::from_ref(&self.t);
-        self.e
-            .op("stablehlo.constant", &[], &[], &attr, tys)
-            .remove(0)
+        self.e.constant(&format!("{v:.17e}"), &self.t)
     }
     fn unary(&mut self, op: &str, a: &str) -> String {
         let tys = std::slice::from_ref(&self.t);
-        self.e.op(op, &[a.to_string()], tys, "", tys).remove(0)
+        self.e.op1(op, &[a.to_string()], tys, "", &self.t)
     }
     fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
-        let two = [self.t.clone(), self.t.clone()];
-        let tys = std::slice::from_ref(&self.t);
-        self.e
-            .op(op, &[a.to_string(), b.to_string()], &two, "", tys)
-            .remove(0)
+        self.e.binary(op, a, b, &self.t)
     }
     fn mul(&mut self, a: &str, b: &str) -> String {
         self.binary("stablehlo.multiply", a, b)
@@ -246,6 +242,10 @@ pub(crate) fn binary_op(b: Binary) -> &'static str {
 }
 
 impl Rule for Binary {
+    fn name(&self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("{self:?}").to_lowercase();
         arity(&name, ins, 2)?;
@@ -321,6 +321,10 @@ impl Rule for Binary {
 }
 
 impl Rule for Cmp {
+    fn name(&self) -> String {
+        format!("compare_{self:?}").to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("compare_{self:?}").to_lowercase();
         arity(&name, ins, 2)?;
@@ -352,6 +356,10 @@ impl Rule for Cmp {
 }
 
 impl Rule for Select {
+    fn name(&self) -> String {
+        "select".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("select", ins, 3)?;
         if ins[0].dtype != DType::Pred || ins[0].shape != ins[1].shape || ins[1] != ins[2] {
@@ -379,6 +387,10 @@ impl Rule for Select {
 }
 
 impl Rule for Convert {
+    fn name(&self) -> String {
+        "convert".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("convert", ins, 1)?;
         Ok(vec![ins[0].with_dtype(self.to)])
@@ -399,6 +411,10 @@ impl Rule for Convert {
 }
 
 impl Rule for BitcastConvert {
+    fn name(&self) -> String {
+        "bitcast_convert".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("bitcast_convert", ins, 1)?;
         let (from, to) = (ins[0].dtype, self.to);

@@ -177,6 +177,16 @@ fn numeric_pair(name: &str, ins: &[TensorType]) -> Result<()> {
 }
 
 impl Rule for DotDims {
+    fn name(&self) -> String {
+        "dot_general".into()
+    }
+
+    /// Two per output element and contracted element.
+    fn flops(&self, ins: &[TensorType], outs: &[TensorType]) -> f64 {
+        let k: i64 = self.lhs_contract.iter().map(|&i| ins[0].shape[i]).product();
+        2.0 * outs[0].element_count() as f64 * k as f64
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         numeric_pair("dot_general", ins)?;
         let shape = dot_output_shape(&ins[0], &ins[1], self)?;
@@ -212,6 +222,19 @@ impl Rule for DotDims {
 }
 
 impl Rule for ConvAttrs {
+    fn name(&self) -> String {
+        "convolution".into()
+    }
+
+    /// Two per output element and kernel element it reads (the window times the input features
+    /// of its group).
+    fn flops(&self, ins: &[TensorType], outs: &[TensorType]) -> f64 {
+        let k = &ins[1];
+        let window: i64 = self.dims.rhs.2.iter().map(|&i| k.shape[i]).product();
+        let per_out = window * k.shape[self.dims.rhs.1];
+        2.0 * outs[0].element_count() as f64 * per_out as f64
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         numeric_pair("convolution", ins)?;
         let shape = conv_shape(&ins[0], &ins[1], self)?;

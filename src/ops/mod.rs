@@ -5,6 +5,7 @@
 //! compile until it has every rule.
 
 mod control;
+mod dump;
 mod elementwise;
 mod linalg;
 mod reduce;
@@ -17,11 +18,24 @@ use crate::ir::{Control, Elementwise, Linalg, Op, Reduction, Source, Structural}
 use crate::lower::Emitter;
 use crate::trace::Tensor;
 
+pub use dump::flops;
 pub use linalg::{conv_lhs_vjp_padding, dot_output_shape, extents, Extents};
 pub use structural::{slice_cotangent_terms, SlicePiece};
 
 /// What each primitive defines.
 pub trait Rule {
+    /// The op's name in errors and graph dumps (`dot_general`, `reduce_sum`, `exp`).
+    fn name(&self) -> String;
+
+    /// Floating-point operations of one application to operands of types `ins` with results of
+    /// types `outs` (2 per multiply–add), for the analytic FLOPs of a program. Only matrix
+    /// products and convolutions count (and loops, as many times as they run); elementwise and
+    /// data-movement ops are memory-bound and count 0, as JAX's and XLA's FLOP counts of a
+    /// model's step leave them out.
+    fn flops(&self, _ins: &[TensorType], _outs: &[TensorType]) -> f64 {
+        0.0
+    }
+
     /// The output types for operands of types `ins`, or an error naming the op and the types.
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>>;
 

@@ -34,6 +34,10 @@ fn window_shape(name: &str, x: &TensorType, w: &Window) -> Result<Vec<i64>> {
 }
 
 impl Rule for Reduce {
+    fn name(&self) -> String {
+        format!("reduce_{:?}", self.kind).to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("reduce_{:?}", self.kind).to_lowercase();
         arity(&name, ins, 1)?;
@@ -90,6 +94,10 @@ impl Rule for Reduce {
 }
 
 impl Rule for ReduceWindow {
+    fn name(&self) -> String {
+        format!("reduce_window_{:?}", self.kind).to_lowercase()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = format!("reduce_window_{:?}", self.kind).to_lowercase();
         arity(&name, ins, 1)?;
@@ -150,6 +158,10 @@ impl Rule for ReduceWindow {
 }
 
 impl Rule for SelectAndScatterAdd {
+    fn name(&self) -> String {
+        "select_and_scatter_add".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = "select_and_scatter_add";
         arity(name, ins, 2)?;
@@ -253,14 +265,7 @@ fn init_value(e: &mut Emitter, kind: ReduceKind, dtype: DType) -> String {
         (ReduceKind::Min, DType::U32) => u32::MAX.to_string(),
         (ReduceKind::Min, _) => u64::MAX.to_string(),
     };
-    e.op(
-        "stablehlo.constant",
-        &[],
-        &[],
-        &format!("value = dense<{lit}> : {}", crate::lower::ty(&s)),
-        &[s],
-    )
-    .remove(0)
+    e.constant(&lit, &s)
 }
 
 fn combiner(kind: ReduceKind, dtype: DType) -> &'static str {

@@ -9,6 +9,10 @@ use crate::trace::Tensor;
 use super::{arity, Lowering, Rule, Vjp};
 
 impl Rule for Parameter {
+    fn name(&self) -> String {
+        "parameter".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("parameter", ins, 0)?;
         Ok(vec![self.ty.clone()])
@@ -26,6 +30,10 @@ impl Rule for Parameter {
 }
 
 impl Rule for Constant {
+    fn name(&self) -> String {
+        "constant".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("constant", ins, 0)?;
         if self.bytes.len() as i64 != self.ty.size_in_bytes() {
@@ -48,6 +56,10 @@ impl Rule for Constant {
 }
 
 impl Rule for Iota {
+    fn name(&self) -> String {
+        "iota".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("iota", ins, 0)?;
         if self.axis >= self.ty.rank() {

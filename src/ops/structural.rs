@@ -58,6 +58,10 @@ fn index_operands(name: &str, idx: &[TensorType], rank: usize) -> Result<()> {
 }
 
 impl Rule for BroadcastInDim {
+    fn name(&self) -> String {
+        "broadcast_in_dim".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let (name, dims, shape) = ("broadcast_in_dim", &self.dims, &self.shape);
         arity(name, ins, 1)?;
@@ -113,6 +117,10 @@ impl Rule for BroadcastInDim {
 }
 
 impl Rule for Reshape {
+    fn name(&self) -> String {
+        "reshape".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("reshape", ins, 1)?;
         let shape = &self.shape;
@@ -135,6 +143,10 @@ impl Rule for Reshape {
 }
 
 impl Rule for Transpose {
+    fn name(&self) -> String {
+        "transpose".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("transpose", ins, 1)?;
         check_perm("transpose", &self.perm, ins[0].rank())?;
@@ -157,6 +169,10 @@ impl Rule for Transpose {
 }
 
 impl Rule for Reverse {
+    fn name(&self) -> String {
+        "reverse".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("reverse", ins, 1)?;
         if self.dims.iter().any(|&d| d >= ins[0].rank()) {
@@ -179,6 +195,10 @@ impl Rule for Reverse {
 }
 
 impl Rule for Slice {
+    fn name(&self) -> String {
+        "slice".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let (name, start, limit, strides) = ("slice", &self.start, &self.limit, &self.strides);
         arity(name, ins, 1)?;
@@ -297,6 +317,10 @@ pub fn slice_cotangent_terms(shape: &[i64], mut pieces: Vec<SlicePiece>) -> Resu
 }
 
 impl Rule for DynamicSlice {
+    fn name(&self) -> String {
+        "dynamic_slice".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let (name, sizes) = ("dynamic_slice", &self.sizes);
         let x = ins.first().ok_or_else(|| Error::Shape {
@@ -324,6 +348,10 @@ impl Rule for DynamicSlice {
 }
 
 impl Rule for DynamicUpdateSlice {
+    fn name(&self) -> String {
+        "dynamic_update_slice".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let name = "dynamic_update_slice";
         if ins.len() < 2 {
@@ -360,6 +388,10 @@ impl Rule for DynamicUpdateSlice {
 }
 
 impl Rule for Concatenate {
+    fn name(&self) -> String {
+        "concatenate".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let (name, axis) = ("concatenate", self.axis);
         let first = ins.first().ok_or_else(|| Error::Shape {
@@ -407,6 +439,10 @@ impl Rule for Concatenate {
 }
 
 impl Rule for Pad {
+    fn name(&self) -> String {
+        "pad".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         let (name, low, high, interior) = ("pad", &self.low, &self.high, &self.interior);
         arity(name, ins, 2)?;
@@ -466,6 +502,10 @@ impl Rule for Pad {
 }
 
 impl Rule for Gather {
+    fn name(&self) -> String {
+        "gather".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("gather", ins, 2)?;
         let (table, ids) = (&ins[0], &ins[1]);
@@ -511,6 +551,10 @@ impl Rule for Gather {
 }
 
 impl Rule for ScatterAdd {
+    fn name(&self) -> String {
+        "scatter_add".into()
+    }
+
     fn infer(&self, ins: &[TensorType]) -> Result<Vec<TensorType>> {
         arity("scatter_add", ins, 3)?;
         let (target, ids, upd) = (&ins[0], &ins[1], &ins[2]);

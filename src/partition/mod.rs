@@ -140,10 +140,7 @@ impl std::fmt::Display for Mesh {
 }
 
 fn mesh_err(what: String, fix: &str) -> Error {
-    Error::InvalidArgument {
-        what,
-        fix: fix.to_string(),
-    }
+    Error::invalid(what, fix)
 }
 
 /// Per tensor dimension, the mesh axes it is split over (major first; empty = not split).
@@ -321,10 +318,10 @@ impl std::fmt::Display for PartitionSpec {
 }
 
 fn spec_err(tensor: &str, problem: String, fix: &str) -> Error {
-    Error::InvalidArgument {
-        what: format!("sharding of `{tensor}`: {problem}"),
-        fix: fix.to_string(),
-    }
+    Error::invalid(
+        format!("sharding of `{tensor}`: {problem}"),
+        fix.to_string(),
+    )
 }
 
 /// Everything the emitter needs to write shardings: the mesh, the logical-axis rules and the

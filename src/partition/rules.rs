@@ -72,8 +72,25 @@ pub struct TensorAxes<'a> {
     pub stacked: bool,
 }
 
-/// The presets of `partitioning/`.
+/// The presets of `partitioning/`, built into the binary (a file path given instead overrides).
 pub const PRESETS: [&str; 4] = ["data_parallel", "fsdp", "model_parallel", "data_model"];
+
+/// The text of each preset, by name, in [`PRESETS`] order.
+const PRESET_FILES: [(&str, &str); 4] = [
+    (
+        "data_parallel",
+        include_str!("../../partitioning/data_parallel.toml"),
+    ),
+    ("fsdp", include_str!("../../partitioning/fsdp.toml")),
+    (
+        "model_parallel",
+        include_str!("../../partitioning/model_parallel.toml"),
+    ),
+    (
+        "data_model",
+        include_str!("../../partitioning/data_model.toml"),
+    ),
+];
 
 /// A parsed rule file.
 #[derive(Clone, Debug, Default)]
@@ -110,10 +127,7 @@ struct RawRules {
 impl Rules {
     /// Parses rule-file text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Rules> {
-        let bad = |m: String| Error::InvalidArgument {
-            what: format!("partitioning rules `{source}`"),
-            fix: m,
-        };
+        let bad = |m: String| Error::invalid(format!("partitioning rules `{source}`"), m);
         let raw: RawRules = toml::from_str(text).map_err(|e| bad(format!("{e}")))?;
         let default_mesh = raw.mesh.as_deref().map(Mesh::parse).transpose()?;
         let mut params = Vec::new();
@@ -150,34 +164,24 @@ impl Rules {
         Rules::parse(&text, &path.display().to_string())
     }
 
-    /// Loads `NAME` from the `partitioning/` folder of the source tree or the current
-    /// directory, or a path.
+    /// Loads a rule file by path, else a preset built into the binary by name (`fsdp`, or
+    /// `fsdp.toml`): an installed `basic` needs no source tree.
     pub fn find(name_or_path: &str) -> Result<Rules> {
         let p = Path::new(name_or_path);
         if p.is_file() {
             return Rules::load(p);
         }
-        let file = if name_or_path.ends_with(".toml") {
-            name_or_path.to_string()
-        } else {
-            format!("{name_or_path}.toml")
-        };
-        for dir in [
-            Path::new("partitioning"),
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("partitioning"),
-        ] {
-            let c = dir.join(&file);
-            if c.is_file() {
-                return Rules::load(&c);
-            }
+        let name = name_or_path.strip_suffix(".toml").unwrap_or(name_or_path);
+        if let Some((n, text)) = PRESET_FILES.iter().find(|(n, _)| *n == name) {
+            return Rules::parse(text, &format!("partitioning/{n}.toml (built in)"));
         }
-        Err(Error::InvalidArgument {
-            what: format!("partitioning `{name_or_path}`"),
-            fix: format!(
+        Err(Error::invalid(
+            format!("partitioning `{name_or_path}`"),
+            format!(
                 "give a rule file path or a preset of partitioning/: {}",
                 PRESETS.join(", ")
             ),
-        })
+        ))
     }
 
     /// Data parallelism: batch over `data`, weights replicated.
@@ -213,12 +217,10 @@ impl Rules {
         }
         for (a, by) in &mentioned {
             if mesh.axis_size(a).is_none() {
-                return Err(Error::InvalidArgument {
-                    what: format!("mesh axis `{a}` (used by {by})"),
-                    fix: format!(
-                        "mesh {mesh} has no such axis: add it to --mesh or change the rules"
-                    ),
-                });
+                return Err(Error::invalid(
+                    format!("mesh axis `{a}` (used by {by})"),
+                    format!("mesh {mesh} has no such axis: add it to --mesh or change the rules"),
+                ));
             }
         }
         // An axis of more than one device that no rule uses would hold a full copy of
@@ -238,19 +240,16 @@ impl Rules {
                     })
                     .copied()
                     .collect();
-                return Err(Error::InvalidArgument {
-                    what: format!(
+                return Err(Error::invalid(format!(
                         "mesh axis `{axis}` of size {size} in mesh {mesh}: no sharding rule uses it, so every tensor would be replicated over it"
-                    ),
-                    fix: if users.is_empty() {
+                    ), if users.is_empty() {
                         "drop the axis from --mesh, or give rules that shard over it".into()
                     } else {
                         format!(
                             "pick rules that shard over it (--partitioning {}), or drop it from --mesh",
                             users.join(" or ")
                         )
-                    },
-                });
+                    }));
             }
         }
         Ok(())
@@ -299,5 +298,36 @@ impl Rules {
                 Ok(spec)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    /// Every rule file of `partitioning/` is built in, and parses.
+    #[test]
+    fn every_rule_file_of_partitioning_is_built_in() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("partitioning");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        files.sort();
+        let mut built_in: Vec<String> = PRESETS.iter().map(|n| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(files, built_in);
+        assert_eq!(
+            PRESET_FILES.map(|(n, _)| n),
+            PRESETS,
+            "the texts follow PRESETS' order"
+        );
+        for n in PRESETS {
+            Rules::find(n).unwrap();
+        }
     }
 }

@@ -22,15 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::executable::sha256_hex;
+use crate::ir::RematPolicy;
 use crate::model::ModelConfig;
-use crate::partition::{Mesh, Rules};
+use crate::partition::Mesh;
 use crate::runtime::{MemoryStats, Partitioner, Topology};
-use crate::target::{OutOfMemory, Target};
-use crate::train::aot::StepProgram;
-use crate::train::{Layout, StepOptions};
-
-/// Remat policies from the weakest (most memory, least recomputation) to the strongest.
-pub const REMAT_ORDER: [&str; 3] = ["none", "dots_saveable", "nothing_saveable"];
+use crate::target::Target;
+use crate::train::{LayoutChoices, StepChoices, StepSetup};
 
 /// The share of HBM a plan leaves free by default (runtime buffers, fragmentation, the
 /// allocator's own reserve).
@@ -41,7 +38,7 @@ pub const DEFAULT_HEADROOM: f64 = 0.10;
 pub struct Choice {
     pub batch: i64,
     pub microbatches: i64,
-    pub remat: String,
+    pub remat: RematPolicy,
     pub mesh: String,
     pub partitioning: String,
     pub scan_layers: bool,
@@ -154,6 +151,12 @@ struct Figures {
     refused: Option<String>,
 }
 
+impl Figures {
+    fn fits_in(&self, budget: i64) -> bool {
+        crate::train::aot::fits_in(&self.memory, self.refused.as_deref(), budget)
+    }
+}
+
 struct Planner<'a> {
     req: &'a PlanRequest,
     topology: Topology,
@@ -165,23 +168,22 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    fn layout(&self, choice: &Choice) -> Result<Layout> {
-        Ok(Layout {
-            mesh: Mesh::parse(&choice.mesh)?,
-            rules: Rules::find(&choice.partitioning)?,
+    /// The step a point describes, exactly as `basic compile` would set it up from its flags.
+    fn setup(&self, choice: &Choice) -> Result<StepSetup> {
+        let mut base = self.req.config.clone();
+        base.scan_layers = choice.scan_layers;
+        let step = StepChoices {
+            batch: Some(choice.batch),
+            microbatches: Some(choice.microbatches),
+            remat: Some(choice.remat.clone()),
+            ..Default::default()
+        };
+        let layout = LayoutChoices {
+            mesh: Some(choice.mesh.clone()),
+            partitioning: Some(choice.partitioning.clone()),
             partitioner: self.req.partitioner,
-        })
-    }
-
-    fn config(&self, choice: &Choice) -> Result<(ModelConfig, StepOptions)> {
-        let mut c = self.req.config.clone();
-        c.train.batch = choice.batch;
-        c.train.microbatches = choice.microbatches;
-        c.train.remat = choice.remat.clone();
-        c.scan_layers = choice.scan_layers;
-        c.validate(&c.name.clone())?;
-        let o = StepOptions::from_config(&c)?;
-        Ok((c, o))
+        };
+        StepSetup::new(&base, &step, &layout, choice.donate)
     }
 
     fn cache_path(&self, text: &str) -> Option<PathBuf> {
@@ -220,7 +222,7 @@ impl Planner<'_> {
                 t.peak_bytes = Some(f.memory.peak_bytes);
                 t.argument_bytes = Some(f.memory.argument_bytes);
                 t.temp_bytes = Some(f.memory.temp_bytes);
-                t.fits = f.refused.is_none() && f.memory.peak_bytes <= self.budget;
+                t.fits = f.fits_in(self.budget);
                 t.flops = f.flops;
                 t.step_time_lower_bound_seconds =
                     self.req.target.step_time_bound(f.flops, f.devices);
@@ -236,11 +238,10 @@ impl Planner<'_> {
     }
 
     fn figures(&mut self, choice: &Choice) -> Result<Figures> {
-        let layout = self.layout(choice)?;
-        let (c, o) = self.config(choice)?;
-        let sp = StepProgram::build(&c, &o, &layout, choice.donate)?;
-        let flops = crate::ir::flops(&sp.graph);
-        let devices = layout.mesh.size() as usize;
+        let setup = self.setup(choice)?;
+        let sp = setup.build()?;
+        let flops = crate::ops::flops(&sp.graph);
+        let devices = setup.devices();
         let cache = self.cache_path(&sp.text);
         if let Some(p) = &cache {
             if let Ok(text) = std::fs::read_to_string(p) {
@@ -256,15 +257,8 @@ impl Planner<'_> {
                 }
             }
         }
-        let t0 = Instant::now();
-        let (memory, refused) = match sp.compile_for(&self.req.target, &self.topology, &layout) {
-            Ok(compiled) => (compiled.memory_stats()?, None),
-            Err(e) => match OutOfMemory::from_error(&e) {
-                Some(oom) => (oom.memory_stats(), Some(oom.message)),
-                None => return Err(e),
-            },
-        };
-        let seconds = t0.elapsed().as_secs_f64();
+        let m = sp.measure_on_target(&self.req.target, &self.topology, &setup.layout)?;
+        let (memory, refused, seconds) = (m.memory, m.refused, m.seconds);
         self.compiles += 1;
         if let Some(p) = &cache {
             let entry = CacheEntry {
@@ -276,7 +270,7 @@ impl Planner<'_> {
             };
             if let Ok(text) = serde_json::to_string_pretty(&entry) {
                 // A cache that cannot be written only costs a recompile next time.
-                let _ = crate::io::safetensors::write_atomic(p, text.as_bytes());
+                let _ = crate::fs::write_atomic(p, text.as_bytes());
             }
         }
         Ok(Figures {
@@ -375,17 +369,17 @@ impl Planner<'_> {
     fn search_layout(&mut self, batch: i64, mesh: &str, preset: &str) -> Option<Tried> {
         let ms = Self::microbatch_candidates(batch, mesh);
         let &most = ms.last()?;
-        let base = |remat: &str, m: i64, scan: bool| Choice {
+        let base = |remat: &RematPolicy, m: i64, scan: bool| Choice {
             batch,
             microbatches: m,
-            remat: remat.to_string(),
+            remat: remat.clone(),
             mesh: mesh.to_string(),
             partitioning: preset.to_string(),
             scan_layers: scan,
             donate: false,
         };
         let scan = self.req.config.scan_layers || can_scan(&self.req.config);
-        for remat in REMAT_ORDER {
+        for remat in &RematPolicy::SEARCHED {
             let at_most = self.evaluate(&base(remat, most, scan));
             // No figures: the layout itself is invalid (a dimension that does not divide), and no
             // remat helps.
@@ -450,7 +444,7 @@ impl Planner<'_> {
                     .iter()
                     .map(|(mesh, _)| Self::microbatch_candidates(b, mesh).len())
                     .sum::<usize>()
-                    * REMAT_ORDER.len()
+                    * RematPolicy::SEARCHED.len()
                     * scan
                     * 2
             })
@@ -471,10 +465,6 @@ fn can_scan(c: &ModelConfig) -> bool {
     s.validate(&c.name).is_ok()
 }
 
-fn remat_rank(r: &str) -> usize {
-    REMAT_ORDER.iter().position(|x| *x == r).unwrap_or(0)
-}
-
 /// Best first: lower step-time bound (bounds within 0.1% of each other count as equal: scanned and
 /// unrolled towers differ in a few index computations), then less recomputation, then fewer
 /// micro-batches, then lower peak.
@@ -489,7 +479,7 @@ fn rank(a: &Tried, b: &Tried) -> std::cmp::Ordering {
         x.total_cmp(&y)
     };
     bound
-        .then(remat_rank(&a.choice.remat).cmp(&remat_rank(&b.choice.remat)))
+        .then(a.choice.remat.cmp(&b.choice.remat))
         .then(a.choice.microbatches.cmp(&b.choice.microbatches))
         .then(a.peak_bytes.cmp(&b.peak_bytes))
 }
@@ -504,10 +494,10 @@ pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Resul
         .budget
         .unwrap_or((hbm as f64 * (1.0 - DEFAULT_HEADROOM)) as i64);
     if budget <= 0 {
-        return Err(Error::InvalidArgument {
-            what: format!("memory budget {budget} bytes"),
-            fix: "give a positive --budget".into(),
-        });
+        return Err(Error::invalid(
+            format!("memory budget {budget} bytes"),
+            "give a positive --budget",
+        ));
     }
     if let Some(dir) = &req.cache {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -564,7 +554,7 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
         p.evaluate(&Choice {
             batch: b,
             microbatches: b / data,
-            remat: "nothing_saveable".into(),
+            remat: RematPolicy::NothingSaveable,
             mesh: mesh.clone(),
             partitioning: preset.clone(),
             scan_layers: scan,
@@ -630,9 +620,11 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| Error::InvalidArgument {
-        what: format!("byte count `{s}`"),
-        fix: "give bytes, or a number with KB, MB, GB, KiB, MiB or GiB".into(),
+    let v: f64 = num.parse().map_err(|_| {
+        Error::invalid(
+            format!("byte count `{s}`"),
+            "give bytes, or a number with KB, MB, GB, KiB, MiB or GiB",
+        )
     })?;
     let scale: BTreeMap<&str, f64> = [
         ("", 1.0),
@@ -650,9 +642,11 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
     .collect();
     let k = scale
         .get(unit.trim().to_ascii_lowercase().as_str())
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("byte unit `{unit}` in `{s}`"),
-            fix: "use KB, MB, GB, KiB, MiB or GiB".into(),
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("byte unit `{unit}` in `{s}`"),
+                "use KB, MB, GB, KiB, MiB or GiB",
+            )
         })?;
     Ok((v * k) as i64)
 }

@@ -82,6 +82,56 @@ pub(super) fn upload_to(
     Ok(buffer)
 }
 
+/// A buffer's memory held in place by an external reference: while it lives, the plugin neither
+/// frees nor moves the memory, so its bytes can be read directly. Released exactly once, by
+/// [`Pinned::release`] or on drop.
+struct Pinned<'b> {
+    buffer: &'b DeviceBuffer,
+    held: bool,
+}
+
+impl<'b> Pinned<'b> {
+    fn new(buffer: &'b DeviceBuffer) -> Result<Pinned<'b>> {
+        let mut a = args!(PJRT_Buffer_ExternalReference_Args { buffer: buffer.raw });
+        pjrt!(
+            buffer.client.plugin,
+            buffer_increase_external_reference_count,
+            "PJRT_Buffer_IncreaseExternalReferenceCount",
+            &mut a
+        )?;
+        Ok(Pinned { buffer, held: true })
+    }
+
+    /// Drops the reference, reporting a failure.
+    fn release(mut self) -> Result<()> {
+        self.held = false;
+        let mut a = args!(PJRT_Buffer_ExternalReference_Args {
+            buffer: self.buffer.raw
+        });
+        pjrt!(
+            self.buffer.client.plugin,
+            buffer_decrease_external_reference_count,
+            "PJRT_Buffer_DecreaseExternalReferenceCount",
+            &mut a
+        )
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            destroy!(
+                self.buffer.client.plugin,
+                buffer_decrease_external_reference_count,
+                "PJRT_Buffer_DecreaseExternalReferenceCount",
+                PJRT_Buffer_ExternalReference_Args {
+                    buffer: self.buffer.raw
+                }
+            );
+        }
+    }
+}
+
 /// An array on a device. Dropping it frees the device memory.
 pub struct DeviceBuffer {
     pub(super) client: Arc<ClientInner>,
@@ -142,21 +192,13 @@ impl DeviceBuffer {
     /// `rank-1, ..., 0`, no tiles) while an external reference pins the memory; `None` otherwise.
     fn copy_from_cpu_memory(&self, n: usize) -> Result<Option<Vec<u8>>> {
         let plugin = &self.client.plugin;
-        let api = plugin.api();
-        let available = |offset: usize, present: bool| present && offset + 8 <= api.struct_size;
-        if !available(
-            crate::pjrt_api_offset!(buffer_opaque_device_memory_data_pointer),
-            api.buffer_opaque_device_memory_data_pointer.is_some(),
-        ) || !available(
-            crate::pjrt_api_offset!(buffer_is_on_cpu),
-            api.buffer_is_on_cpu.is_some(),
-        ) || !available(
-            crate::pjrt_api_offset!(buffer_get_memory_layout),
-            api.buffer_get_memory_layout.is_some(),
-        ) || !available(
-            crate::pjrt_api_offset!(buffer_ready_event),
-            api.buffer_ready_event.is_some(),
-        ) {
+        if !(has_entry!(plugin, buffer_opaque_device_memory_data_pointer)
+            && has_entry!(plugin, buffer_is_on_cpu)
+            && has_entry!(plugin, buffer_get_memory_layout)
+            && has_entry!(plugin, buffer_ready_event)
+            && has_entry!(plugin, buffer_increase_external_reference_count)
+            && has_entry!(plugin, buffer_decrease_external_reference_count))
+        {
             return Ok(None);
         }
         let mut on_cpu = args!(PJRT_Buffer_IsOnCpu_Args {
@@ -209,13 +251,7 @@ impl DeviceBuffer {
         if !dense {
             return Ok(None);
         }
-        let mut pin = args!(PJRT_Buffer_ExternalReference_Args { buffer: self.raw });
-        pjrt!(
-            plugin,
-            buffer_increase_external_reference_count,
-            "PJRT_Buffer_IncreaseExternalReferenceCount",
-            &mut pin
-        )?;
+        let pin = Pinned::new(self)?;
         let mut ptr = args!(PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args {
             buffer: self.raw,
             device_memory_ptr: null_mut(),
@@ -239,13 +275,7 @@ impl DeviceBuffer {
             }
             _ => None,
         };
-        let mut unpin = args!(PJRT_Buffer_ExternalReference_Args { buffer: self.raw });
-        pjrt!(
-            plugin,
-            buffer_decrease_external_reference_count,
-            "PJRT_Buffer_DecreaseExternalReferenceCount",
-            &mut unpin
-        )?;
+        pin.release()?;
         Ok(data)
     }
 

@@ -6,14 +6,30 @@ use super::ffi;
 use super::plugin::Plugin;
 use crate::error::{Error, Result};
 
-/// Calls a PJRT entry by its `PjrtApi` field, turning the returned error into a `Result`.
+/// Calls a PJRT entry by its `PjrtApi` field, turning the returned error into a `Result`. The
+/// entry is read only after the plugin's table is known to hold it ([`Plugin::entry`]); a table
+/// too short for it is an error naming the entry.
 macro_rules! pjrt {
     ($plugin:expr, $field:ident, $name:literal, $args:expr) => {{
         let plugin: &crate::runtime::plugin::Plugin = &$plugin;
-        let f = plugin.entry(crate::pjrt_api_offset!($field), $name, plugin.api().$field)?;
+        // SAFETY: `entry` calls the closure only once the table is known to hold the field.
+        let f = plugin.entry(crate::pjrt_api_offset!($field), $name, |api| unsafe {
+            std::ptr::addr_of!((*api).$field).read()
+        })?;
         // SAFETY: `$args` is a correctly laid out args struct whose pointers are valid for the
         // duration of the call, as the C API requires.
         plugin.check($name, unsafe { f($args) })
+    }};
+}
+
+/// Whether the plugin's table holds a non-null entry `$field` (for optional fast paths).
+macro_rules! has_entry {
+    ($plugin:expr, $field:ident) => {{
+        let plugin: &crate::runtime::plugin::Plugin = &$plugin;
+        // SAFETY: `has` calls the closure only once the table is known to hold the field.
+        plugin.has(crate::pjrt_api_offset!($field), |api| unsafe {
+            std::ptr::addr_of!((*api).$field).read()
+        })
     }};
 }
 
@@ -40,26 +56,71 @@ macro_rules! destroy {
     }};
 }
 
+/// A PJRT event the plugin handed over: awaited at most once and destroyed exactly once. One
+/// dropped without [`Event::wait`] is awaited first (errors ignored), because the memory it
+/// guards (a host buffer being copied from, a buffer being written) must not be released while
+/// the plugin still uses it.
+pub(crate) struct Event<'p> {
+    plugin: &'p Plugin,
+    raw: *mut ffi::PJRT_Event,
+    /// The call that made it, named in errors.
+    call: &'static str,
+}
+
+impl<'p> Event<'p> {
+    /// Takes ownership of `raw` (null: nothing to wait for).
+    pub(crate) fn new(plugin: &'p Plugin, raw: *mut ffi::PJRT_Event, call: &'static str) -> Self {
+        Event { plugin, raw, call }
+    }
+
+    /// Waits for the event; its error names the call that made it.
+    pub(crate) fn wait(mut self) -> Result<()> {
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        let waited = Self::await_raw(self.plugin, raw);
+        let destroyed = Self::destroy_raw(self.plugin, raw);
+        waited.map_err(|e| match e {
+            Error::Pjrt { code, message, .. } => Error::Pjrt {
+                call: self.call,
+                code,
+                message,
+            },
+            other => other,
+        })?;
+        destroyed
+    }
+
+    fn await_raw(plugin: &Plugin, raw: *mut ffi::PJRT_Event) -> Result<()> {
+        if raw.is_null() {
+            return Ok(());
+        }
+        let mut a = args!(PJRT_Event_Await_Args { event: raw });
+        pjrt!(plugin, event_await, "PJRT_Event_Await", &mut a)
+    }
+
+    fn destroy_raw(plugin: &Plugin, raw: *mut ffi::PJRT_Event) -> Result<()> {
+        if raw.is_null() {
+            return Ok(());
+        }
+        let mut d = args!(PJRT_Event_Destroy_Args { event: raw });
+        pjrt!(plugin, event_destroy, "PJRT_Event_Destroy", &mut d)
+    }
+}
+
+impl Drop for Event<'_> {
+    fn drop(&mut self) {
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        let _ = Self::await_raw(self.plugin, raw);
+        if let Err(e) = Self::destroy_raw(self.plugin, raw) {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
 /// Waits for `event` (null: nothing to wait for) and destroys it; an error names `call`.
 pub(crate) fn await_event(
     plugin: &Plugin,
     event: *mut ffi::PJRT_Event,
     call: &'static str,
 ) -> Result<()> {
-    if event.is_null() {
-        return Ok(());
-    }
-    let mut a = args!(PJRT_Event_Await_Args { event: event });
-    let waited = pjrt!(plugin, event_await, "PJRT_Event_Await", &mut a);
-    let mut d = args!(PJRT_Event_Destroy_Args { event: event });
-    let destroyed = pjrt!(plugin, event_destroy, "PJRT_Event_Destroy", &mut d);
-    waited.map_err(|e| match e {
-        Error::Pjrt { code, message, .. } => Error::Pjrt {
-            call,
-            code,
-            message,
-        },
-        other => other,
-    })?;
-    destroyed
+    Event::new(plugin, event, call).wait()
 }

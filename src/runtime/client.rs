@@ -102,10 +102,10 @@ impl Client {
         let mut entries = Vec::new();
         if let Some(n) = options.cpu_device_count {
             if n < 1 {
-                return Err(Error::InvalidArgument {
-                    what: format!("CPU device count {n}"),
-                    fix: "ask for at least 1 device".into(),
-                });
+                return Err(Error::invalid(
+                    format!("CPU device count {n}"),
+                    "ask for at least 1 device",
+                ));
             }
             entries.push(("cpu_device_count".to_string(), OptionValue::Int64(n)));
         }
@@ -260,17 +260,17 @@ impl Client {
             options.clone(),
         )?;
         if exe.num_devices() != options.num_devices() {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "serialized executable `{}`: it runs on {} device(s)",
                     exe.name(),
                     exe.num_devices()
                 ),
-                fix: format!(
+                format!(
                     "it was saved for {} device(s): load it on a machine with that layout",
                     options.num_devices()
                 ),
-            });
+            ));
         }
         Ok(exe)
     }
@@ -331,10 +331,10 @@ impl Client {
         }
         for id in options.devices() {
             if !self.inner.devices.iter().any(|d| i64::from(d.id) == id) {
-                return Err(Error::InvalidArgument {
-                    what: format!("device assignment: device id {id}"),
-                    fix: "use ids that `basic devices` lists".into(),
-                });
+                return Err(Error::invalid(
+                    format!("device assignment: device id {id}"),
+                    "use ids that `basic devices` lists",
+                ));
             }
         }
         Ok(())

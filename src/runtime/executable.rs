@@ -5,7 +5,7 @@ use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
 use super::buffer::{upload_to, ArgBuffer, DeviceBuffer};
-use super::call::await_event;
+use super::call::Event;
 use super::client::{ClientInner, RawDevice};
 use super::ffi;
 use super::options::CompileOptions;
@@ -266,7 +266,13 @@ impl Executable {
             "PJRT_LoadedExecutable_Execute",
             &mut a
         )?;
-        // Take ownership of every output before anything can fail, so that none leaks.
+        // Own every event and output before anything can fail, so that none leaks and no output
+        // is released while the program may still write it.
+        let call = "PJRT_LoadedExecutable_Execute";
+        let events: Vec<Event<'_>> = events
+            .iter()
+            .map(|&e| Event::new(&self.client.plugin, e, call))
+            .collect();
         let mut wrapped: Vec<Vec<Result<DeviceBuffer>>> = outs
             .iter()
             .enumerate()
@@ -277,8 +283,8 @@ impl Executable {
             })
             .collect();
         let mut first_err = None;
-        for &e in &events {
-            if let Err(err) = await_event(&self.client.plugin, e, "PJRT_LoadedExecutable_Execute") {
+        for e in events {
+            if let Err(err) = e.wait() {
                 first_err.get_or_insert(err);
             }
         }

@@ -113,26 +113,26 @@ impl NamedOptions {
         };
         for (i, (name, value)) in entries.iter().enumerate() {
             let Some((_, kind)) = schema.options.iter().find(|(n, _)| n == name) else {
-                return Err(Error::InvalidArgument {
-                    what: format!("option `{name}` for {}", schema.call),
-                    fix: format!("remove it: {}", known()),
-                });
+                return Err(Error::invalid(
+                    format!("option `{name}` for {}", schema.call),
+                    format!("remove it: {}", known()),
+                ));
             };
             if value.kind() != *kind {
-                return Err(Error::InvalidArgument {
-                    what: format!(
+                return Err(Error::invalid(
+                    format!(
                         "option `{name}` for {}: a {} value",
                         schema.call,
                         value.kind()
                     ),
-                    fix: format!("give it as {kind}"),
-                });
+                    format!("give it as {kind}"),
+                ));
             }
             if entries[..i].iter().any(|(n, _)| n == name) {
-                return Err(Error::InvalidArgument {
-                    what: format!("option `{name}` for {}", schema.call),
-                    fix: "give each option once".into(),
-                });
+                return Err(Error::invalid(
+                    format!("option `{name}` for {}", schema.call),
+                    "give each option once",
+                ));
             }
         }
         Ok(NamedOptions { entries })
@@ -147,15 +147,19 @@ impl NamedOptions {
         let mut strings = Vec::new();
         let mut values = Vec::new();
         for (name, value) in &self.entries {
-            let cname = CString::new(name.as_str()).map_err(|_| Error::InvalidArgument {
-                what: format!("option name {name:?}"),
-                fix: "option names cannot contain NUL bytes".into(),
+            let cname = CString::new(name.as_str()).map_err(|_| {
+                Error::invalid(
+                    format!("option name {name:?}"),
+                    "option names cannot contain NUL bytes",
+                )
             })?;
             let (type_, v, size) = match value {
                 OptionValue::String(s) => {
-                    let c = CString::new(s.as_str()).map_err(|_| Error::InvalidArgument {
-                        what: format!("option `{name}`"),
-                        fix: "option values cannot contain NUL bytes".into(),
+                    let c = CString::new(s.as_str()).map_err(|_| {
+                        Error::invalid(
+                            format!("option `{name}`"),
+                            "option values cannot contain NUL bytes",
+                        )
                     })?;
                     let p = c.as_ptr();
                     strings.push(c);

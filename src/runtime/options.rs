@@ -14,13 +14,42 @@
 use crate::error::{Error, Result};
 
 /// Which SPMD partitioner XLA runs on a program with sharding annotations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Partitioner {
     /// Shardy (`sdy` dialect), what JAX emits by default.
     #[default]
     Shardy,
     /// GSPMD (`mhlo.sharding` attributes).
     Gspmd,
+}
+
+impl Partitioner {
+    pub const NAMES: [&'static str; 2] = ["shardy", "gspmd"];
+}
+
+impl std::fmt::Display for Partitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Partitioner::Shardy => "shardy",
+            Partitioner::Gspmd => "gspmd",
+        })
+    }
+}
+
+impl std::str::FromStr for Partitioner {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Partitioner> {
+        match s.trim() {
+            "shardy" => Ok(Partitioner::Shardy),
+            "gspmd" => Ok(Partitioner::Gspmd),
+            _ => Err(Error::invalid(
+                format!("partitioner `{s}`"),
+                "use shardy (the default) or gspmd",
+            )),
+        }
+    }
 }
 
 /// How a program is laid out over devices.
@@ -95,32 +124,32 @@ impl CompileOptions {
     /// Refuses options that would abort the plugin or cannot be satisfied.
     pub fn validate(&self) -> Result<()> {
         if self.num_replicas == 0 || self.num_partitions == 0 {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "compile options (num_replicas = {}, num_partitions = {})",
                     self.num_replicas, self.num_partitions
                 ),
-                fix: "both counts must be at least 1".into(),
-            });
+                "both counts must be at least 1",
+            ));
         }
         if let Some(d) = &self.device_assignment {
             if d.len() != self.num_devices() {
-                return Err(Error::InvalidArgument {
-                    what: format!("device assignment {d:?}"),
-                    fix: format!(
+                return Err(Error::invalid(
+                    format!("device assignment {d:?}"),
+                    format!(
                         "give exactly num_replicas × num_partitions = {} device ids",
                         self.num_devices()
                     ),
-                });
+                ));
             }
             let mut sorted = d.clone();
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.len() != d.len() {
-                return Err(Error::InvalidArgument {
-                    what: format!("device assignment {d:?}"),
-                    fix: "each device may appear only once".into(),
-                });
+                return Err(Error::invalid(
+                    format!("device assignment {d:?}"),
+                    "each device may appear only once",
+                ));
             }
         }
         Ok(())

@@ -12,16 +12,27 @@ use super::ffi::{self, PjrtApi};
 use crate::error::{Error, Result};
 
 /// A loaded and initialised PJRT plugin.
+///
+/// Its API table is held as a raw pointer with the size the plugin declares, never as a
+/// `&PjrtApi`: an older plugin's table is shorter than [`PjrtApi`], and a reference would claim
+/// bytes that are not there. Every entry is read through [`Plugin::entry`], which checks the
+/// entry's offset against the declared size first.
 pub struct Plugin {
     path: PathBuf,
-    api: &'static PjrtApi,
+    /// The plugin's `PJRT_Api`, valid for the life of the process (the library is never
+    /// unloaded), of which only the first `table_size` bytes may be read.
+    api: std::ptr::NonNull<PjrtApi>,
+    /// `api.struct_size`: the bytes of the table that exist.
+    table_size: usize,
+    /// `(major, minor)` of the C API it implements.
+    version: (i32, i32),
     /// Kept so that the library stays mapped; never dropped before the process ends.
     _lib: &'static libloading::Library,
     attributes: Vec<(String, AttrValue)>,
 }
 
-// SAFETY: the PJRT API table is immutable after `GetPjrtApi`, and the C API is documented as
-// thread-safe for all entries `basic` calls.
+// SAFETY: the PJRT API table is immutable after `GetPjrtApi` (so sharing the pointer is sharing
+// read-only data), and the C API is documented as thread-safe for all entries `basic` calls.
 unsafe impl Send for Plugin {}
 unsafe impl Sync for Plugin {}
 
@@ -108,49 +119,90 @@ impl Plugin {
                     "{e}: the file is a shared library but not a PJRT plugin"
                 ))
             })?;
+        // SAFETY: `GetPjrtApi` takes no arguments and returns the plugin's static table.
         let api_ptr = unsafe { get_api() };
-        if api_ptr.is_null() {
+        let Some(api) = std::ptr::NonNull::new(api_ptr.cast_mut()) else {
             return Err(fail("GetPjrtApi returned null".into()));
-        }
+        };
         // SAFETY: the table lives as long as the (leaked) library.
-        let api: &'static PjrtApi = unsafe { &*api_ptr };
-        let mut plugin = Plugin {
-            path: path.to_path_buf(),
-            api,
-            _lib: lib,
-            attributes: Vec::new(),
-        };
-        let init = plugin.entry(
-            crate::pjrt_api_offset!(plugin_initialize),
+        let mut plugin = unsafe { Plugin::from_table(path, api, lib) }?;
+        let mut args = args!(PJRT_Plugin_Initialize_Args {});
+        pjrt!(
+            plugin,
+            plugin_initialize,
             "PJRT_Plugin_Initialize",
-            api.plugin_initialize,
+            &mut args
         )?;
-        let mut args = ffi::PJRT_Plugin_Initialize_Args {
-            struct_size: std::mem::size_of::<ffi::PJRT_Plugin_Initialize_Args>(),
-            extension_start: std::ptr::null_mut(),
-        };
-        plugin.check("PJRT_Plugin_Initialize", unsafe { init(&mut args) })?;
         plugin.attributes = plugin.read_attributes()?;
         Ok(plugin)
     }
 
-    /// Returns an entry of the API table, refusing entries past the plugin's `struct_size`.
-    pub(crate) fn entry<A>(
+    /// A plugin over the API table at `api`, reading only its header (`struct_size` and the
+    /// version, present in every table since the C API's first version).
+    ///
+    /// # Safety
+    /// `api` must point to a `PJRT_Api` whose first `struct_size` bytes stay readable and
+    /// unchanged for the life of the process, and whose `struct_size` is at least the header's.
+    unsafe fn from_table(
+        path: &Path,
+        api: std::ptr::NonNull<PjrtApi>,
+        lib: &'static libloading::Library,
+    ) -> Result<Plugin> {
+        let p = api.as_ptr();
+        let table_size = std::ptr::addr_of!((*p).struct_size).read();
+        let header = std::mem::offset_of!(PjrtApi, error_destroy);
+        if table_size < header {
+            return Err(Error::PluginLoad {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its API table is {table_size} bytes, shorter than the table's own header"
+                ),
+            });
+        }
+        let v = std::ptr::addr_of!((*p).pjrt_api_version).read();
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            api,
+            table_size,
+            version: (v.major_version, v.minor_version),
+            _lib: lib,
+            attributes: Vec::new(),
+        })
+    }
+
+    /// Whether the table holds a non-null entry at `offset`, read by `read` (see [`has_entry!`]).
+    pub(crate) fn has<F>(
+        &self,
+        offset: usize,
+        read: impl FnOnce(*const PjrtApi) -> Option<F>,
+    ) -> bool {
+        self.fits(offset) && read(self.api.as_ptr()).is_some()
+    }
+
+    fn fits(&self, offset: usize) -> bool {
+        offset + std::mem::size_of::<usize>() <= self.table_size
+    }
+
+    /// Returns entry `name` of the API table, at `offset`: checks that the plugin's table holds
+    /// that offset, and only then calls `read` to load it (`read` gets the table's address and
+    /// may read the one field at `offset`); a missing or null entry is
+    /// [`Error::MissingEntry`], naming the entry and the plugin as too old.
+    pub(crate) fn entry<F>(
         &self,
         offset: usize,
         name: &'static str,
-        f: ffi::Entry<A>,
-    ) -> Result<unsafe extern "C" fn(*mut A) -> *mut ffi::PJRT_Error> {
+        read: impl FnOnce(*const PjrtApi) -> Option<F>,
+    ) -> Result<F> {
         let missing = || Error::MissingEntry {
             path: self.path.clone(),
             entry: name,
-            table_size: self.api.struct_size,
+            table_size: self.table_size,
             version: self.api_version_string(),
         };
-        if offset + std::mem::size_of::<usize>() > self.api.struct_size {
+        if !self.fits(offset) {
             return Err(missing());
         }
-        f.ok_or_else(missing)
+        read(self.api.as_ptr()).ok_or_else(missing)
     }
 
     /// Turns a PJRT error pointer into a `Result`, destroying the error object.
@@ -158,7 +210,23 @@ impl Plugin {
         if err.is_null() {
             return Ok(());
         }
-        let api = self.api;
+        // The three error entries are in every table (checked in `from_table`: they follow the
+        // header directly), so reading them cannot run past it.
+        let header = crate::pjrt_api_offset!(error_get_code);
+        let entries = if self.fits(header) {
+            let p = self.api.as_ptr();
+            // SAFETY: the table holds at least `error_get_code` (checked above).
+            unsafe {
+                (
+                    std::ptr::addr_of!((*p).error_message).read(),
+                    std::ptr::addr_of!((*p).error_get_code).read(),
+                    std::ptr::addr_of!((*p).error_destroy).read(),
+                )
+            }
+        } else {
+            (None, None, None)
+        };
+        let (error_message, error_get_code, error_destroy) = entries;
         let mut msg = ffi::PJRT_Error_Message_Args {
             struct_size: std::mem::size_of::<ffi::PJRT_Error_Message_Args>(),
             extension_start: std::ptr::null_mut(),
@@ -173,12 +241,12 @@ impl Plugin {
             code: 2,
         };
         // SAFETY: `err` is a live error object returned by this plugin; the message is copied
-        // before the error is destroyed. The three error entries are at the start of every table.
+        // before the error is destroyed.
         let message = unsafe {
-            if let Some(f) = api.error_message {
+            if let Some(f) = error_message {
                 f(&mut msg);
             }
-            if let Some(f) = api.error_get_code {
+            if let Some(f) = error_get_code {
                 // A failure to read the code leaves UNKNOWN; nothing to report about it.
                 let e = f(&mut code);
                 if !e.is_null() {
@@ -186,7 +254,7 @@ impl Plugin {
                 }
             }
             let m = plugin_str(msg.message, msg.message_size);
-            if let Some(f) = api.error_destroy {
+            if let Some(f) = error_destroy {
                 let mut d = ffi::PJRT_Error_Destroy_Args {
                     struct_size: std::mem::size_of::<ffi::PJRT_Error_Destroy_Args>(),
                     extension_start: std::ptr::null_mut(),
@@ -203,25 +271,22 @@ impl Plugin {
         })
     }
 
+    /// The plugin's attributes; none from a plugin too old to report them.
     fn read_attributes(&self) -> Result<Vec<(String, AttrValue)>> {
-        let Ok(f) = self.entry(
-            crate::pjrt_api_offset!(plugin_attributes),
-            "PJRT_Plugin_Attributes",
-            self.api.plugin_attributes,
-        ) else {
+        if !has_entry!(self, plugin_attributes) {
             return Ok(Vec::new());
-        };
-        let mut args = ffi::PJRT_Plugin_Attributes_Args {
-            struct_size: std::mem::size_of::<ffi::PJRT_Plugin_Attributes_Args>(),
-            extension_start: std::ptr::null_mut(),
+        }
+        let mut args = args!(PJRT_Plugin_Attributes_Args {
             attributes: std::ptr::null(),
             num_attributes: 0,
-        };
-        self.check("PJRT_Plugin_Attributes", unsafe { f(&mut args) })?;
+        });
+        pjrt!(self, plugin_attributes, "PJRT_Plugin_Attributes", &mut args)?;
         let mut out = Vec::with_capacity(args.num_attributes);
         for i in 0..args.num_attributes {
             // SAFETY: the plugin owns `num_attributes` values that live as long as the plugin.
             let nv = unsafe { &*args.attributes.add(i) };
+            // SAFETY: the name and value are the plugin's, of the sizes it gives, and the value's
+            // union member is the one its type names.
             let name = unsafe { plugin_str(nv.name, nv.name_size) };
             let value = unsafe {
                 match nv.type_ {
@@ -247,16 +312,14 @@ impl Plugin {
         &self.path
     }
 
-    pub(crate) fn api(&self) -> &'static PjrtApi {
-        self.api
-    }
-
     /// `(major, minor)` of the PJRT C API the plugin implements.
     pub fn api_version(&self) -> (i32, i32) {
-        (
-            self.api.pjrt_api_version.major_version,
-            self.api.pjrt_api_version.minor_version,
-        )
+        self.version
+    }
+
+    /// Bytes of the plugin's API table.
+    pub fn table_size(&self) -> usize {
+        self.table_size
     }
 
     pub fn api_version_string(&self) -> String {
@@ -317,5 +380,60 @@ fn error_code_name(code: i32) -> &'static str {
         15 => "DATA_LOSS",
         16 => "UNAUTHENTICATED",
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin whose table is the first `size` bytes of `real`'s: a copy in its own allocation of
+    /// exactly that many bytes (rounded up to whole words), as an older plugin's shorter table
+    /// would be. The copy is leaked, as a plugin's table lives for the process.
+    fn truncated(real: &Plugin, size: usize) -> Arc<Plugin> {
+        let words = size.div_ceil(8);
+        let mut copy = vec![0u64; words].into_boxed_slice();
+        // SAFETY: `real`'s table holds at least `size` bytes (the test asks for fewer than it
+        // has), and `copy` holds `words * 8 >= size`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                real.api.as_ptr().cast::<u8>(),
+                copy.as_mut_ptr().cast::<u8>(),
+                size,
+            );
+        }
+        copy[0] = size as u64;
+        let table = Box::leak(copy);
+        let api = std::ptr::NonNull::new(table.as_mut_ptr().cast::<PjrtApi>()).unwrap();
+        // SAFETY: the leaked copy is readable for `size` bytes for the life of the process.
+        let mut p = unsafe { Plugin::from_table(&real.path, api, real._lib) }.unwrap();
+        p.attributes = real.attributes.clone();
+        Arc::new(p)
+    }
+
+    /// A table that ends before an entry gives an error saying the plugin is too old for it,
+    /// never a read past the table's end (the entry would lie outside the copy's allocation).
+    #[test]
+    fn a_table_that_ends_before_an_entry_is_a_clear_error() {
+        let (_, path) = crate::runtime::find_cpu_plugins()
+            .into_iter()
+            .find(|(k, _)| k.package == "xla-cpu-pjrt")
+            .expect("scripts/test installs xla-cpu-pjrt");
+        let real = Plugin::load(&path).unwrap();
+        let cut = crate::pjrt_api_offset!(client_create);
+        assert!(cut < real.table_size());
+        let short = truncated(&real, cut);
+        assert_eq!(short.table_size(), cut);
+        assert!(!has_entry!(short, client_create));
+        assert!(has_entry!(short, error_destroy));
+        let e = crate::runtime::Client::new(short, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("too old") && e.contains("PJRT_Client_Create"),
+            "{e}"
+        );
+        // The same plugin with its whole table creates clients.
+        crate::runtime::Client::new(real, &Default::default()).unwrap();
     }
 }

@@ -319,13 +319,13 @@ impl Topology {
         }
         for id in options.devices() {
             if !self.devices.iter().any(|d| i64::from(d.id) == id) {
-                return Err(Error::InvalidArgument {
-                    what: format!(
+                return Err(Error::invalid(
+                    format!(
                         "device assignment: device id {id} of target `{}`",
                         self.name
                     ),
-                    fix: "use ids that `basic devices --target` lists".into(),
-                });
+                    "use ids that `basic devices --target` lists",
+                ));
             }
         }
         let signature = Signature::from_program(program)?;

@@ -73,14 +73,13 @@ pub struct TargetSpec {
 
 impl TargetSpec {
     fn parse(file: &str, text: &str) -> Result<TargetSpec> {
-        let s: TargetSpec = toml::from_str(text).map_err(|e| Error::InvalidArgument {
-            what: format!("target file `{file}`: {e}"),
-            fix: "fix the file (fields: see targets/ in the source tree)".into(),
+        let s: TargetSpec = toml::from_str(text).map_err(|e| {
+            Error::invalid(
+                format!("target file `{file}`: {e}"),
+                "fix the file (fields: see targets/ in the source tree)",
+            )
         })?;
-        let bad = |why: &str| Error::InvalidArgument {
-            what: format!("target file `{file}`"),
-            fix: why.to_string(),
-        };
+        let bad = |why: &str| Error::invalid(format!("target file `{file}`"), why.to_string());
         match s.plugin {
             TargetPlugin::Tpu if s.topology_prefix.is_none() => {
                 return Err(bad("a TPU target needs `topology_prefix`"))
@@ -130,33 +129,37 @@ fn names() -> String {
 impl Target {
     /// Parses `NAME:TOPOLOGY`. An unknown name or topology is one error listing the valid ones.
     pub fn parse(s: &str) -> Result<Target> {
-        let (name, topo) = s.split_once(':').ok_or_else(|| Error::InvalidArgument {
-            what: format!("target `{s}`"),
-            fix: format!(
-                "write NAME:TOPOLOGY, e.g. tpu-v5e:2x2, tpu-v4:2x2x1, h100:8; targets: {}",
-                names()
-            ),
+        let (name, topo) = s.split_once(':').ok_or_else(|| {
+            Error::invalid(
+                format!("target `{s}`"),
+                format!(
+                    "write NAME:TOPOLOGY, e.g. tpu-v5e:2x2, tpu-v4:2x2x1, h100:8; targets: {}",
+                    names()
+                ),
+            )
         })?;
         let name = name.trim().to_ascii_lowercase();
         let Some((_, text)) = BUILT_IN.iter().find(|(n, _)| *n == name) else {
-            return Err(Error::InvalidArgument {
-                what: format!("target `{name}`"),
-                fix: format!("use one of: {}", names()),
-            });
+            return Err(Error::invalid(
+                format!("target `{name}`"),
+                format!("use one of: {}", names()),
+            ));
         };
         let spec = TargetSpec::parse(&format!("targets/{name}.toml"), text)?;
         let topo = topo.trim().to_ascii_lowercase();
-        let bad_topology = || Error::InvalidArgument {
-            what: format!("topology `{topo}` of target `{name}`"),
-            fix: if spec.topologies.is_empty() {
-                format!("give {}", spec.topology_syntax)
-            } else {
-                format!(
-                    "give {}; for example {}",
-                    spec.topology_syntax,
-                    spec.topologies.join(", ")
-                )
-            },
+        let bad_topology = || {
+            Error::invalid(
+                format!("topology `{topo}` of target `{name}`"),
+                if spec.topologies.is_empty() {
+                    format!("give {}", spec.topology_syntax)
+                } else {
+                    format!(
+                        "give {}; for example {}",
+                        spec.topology_syntax,
+                        spec.topologies.join(", ")
+                    )
+                },
+            )
         };
         let shape = match spec.plugin {
             TargetPlugin::Tpu => {
@@ -287,15 +290,15 @@ impl Target {
             }
         };
         if topology.devices().len() as i64 != self.devices() {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "target `{}`: the plugin describes {} device(s), the target file {}",
                     self.name(),
                     topology.devices().len(),
                     self.devices()
                 ),
-                fix: "correct devices_per_chip in the target file".into(),
-            });
+                "correct devices_per_chip in the target file",
+            ));
         }
         Ok(topology)
     }

@@ -75,7 +75,7 @@ impl Builder {
         for t in inputs {
             if !self.same(&t.b) {
                 return Err(Error::Shape {
-                    op: op.name(),
+                    op: crate::ops::rule(&op).name(),
                     message: "operands come from different graphs (builders)".into(),
                 });
             }
@@ -198,7 +198,7 @@ impl Builder {
         if !outputs.starts_with(&g.nodes[node].outputs) {
             return Err(Error::Internal(format!(
                 "{} cannot stand in for node %{node}: its outputs differ",
-                op.name()
+                crate::ops::rule(&op).name()
             )));
         }
         g.nodes[node].op = op;
@@ -274,8 +274,8 @@ impl Builder {
     /// Traces `f` as a checkpointed block: in the backward pass its values are recomputed from its
     /// inputs, except those the policy saves. The recomputation reads its inputs through an
     /// `optimization_barrier` so that XLA cannot merge it back into the forward pass.
-    pub fn checkpoint<T>(&self, policy: RematPolicy, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        if self.state.borrow().open_region.is_some() || policy == RematPolicy::EverythingSaveable {
+    pub fn checkpoint<T>(&self, policy: &RematPolicy, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.state.borrow().open_region.is_some() || *policy == RematPolicy::None {
             // Nested in an open region (which already recomputes it), or nothing to recompute.
             return f();
         }
@@ -283,7 +283,7 @@ impl Builder {
             let mut st = self.state.borrow_mut();
             let start = st.graph.nodes.len();
             st.graph.regions.push(Region {
-                policy,
+                policy: policy.clone(),
                 start,
                 end: start,
             });
@@ -297,18 +297,6 @@ impl Builder {
         let end = st.graph.nodes.len();
         st.graph.regions[idx].end = end;
         r
-    }
-
-    /// [`Builder::checkpoint`] under `policy`, or `f` traced as it is when there is none.
-    pub fn remat<T>(
-        &self,
-        policy: Option<&RematPolicy>,
-        f: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
-        match policy {
-            Some(p) => self.checkpoint(p.clone(), f),
-            None => f(),
-        }
     }
 
     /// Runs `body` `length` times over a carry, slicing each `xs` array along its leading axis and
@@ -330,11 +318,12 @@ impl Builder {
             &[Tensor],
         ) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
     ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let scan_err = |message: String| Error::Shape {
+            op: "scan".into(),
+            message,
+        };
         if length < 1 {
-            return Err(Error::Shape {
-                op: "scan".into(),
-                message: format!("length must be at least 1, got {length}"),
-            });
+            return Err(scan_err(format!("length must be at least 1, got {length}")));
         }
         let sub = Builder::new(&format!(
             "{}_body{}",
@@ -342,55 +331,54 @@ impl Builder {
             self.state.borrow().graph.nodes.len()
         ));
         let index = sub.parameter("index", DType::S32, &[])?;
-        let mut p = 0;
-        let mut param = |t: &TensorType| {
-            p += 1;
-            sub.parameter_typed(&format!("p{p}"), t)
-        };
-        let c: Vec<Tensor> = consts.iter().map(|t| param(&t.ty)).collect::<Result<_>>()?;
-        let k: Vec<Tensor> = carry.iter().map(|t| param(&t.ty)).collect::<Result<_>>()?;
-        let x: Vec<Tensor> = xs
+        // The body's parameters after the index, in the scan's operand order: one row of each xs.
+        let mut row_types: Vec<TensorType> =
+            consts.iter().chain(carry).map(|t| t.ty.clone()).collect();
+        for t in xs {
+            if t.ty.shape.first() != Some(&length) {
+                return Err(scan_err(format!(
+                    "every xs array needs a leading axis of the scan length {length}, got {}",
+                    t.ty
+                )));
+            }
+            row_types.push(TensorType::new(t.ty.dtype, &t.ty.shape[1..]));
+        }
+        let params: Vec<Tensor> = row_types
             .iter()
-            .map(|t| {
-                if t.ty.shape.first() != Some(&length) {
-                    return Err(Error::Shape {
-                        op: "scan".into(),
-                        message: format!(
-                            "every xs array needs a leading axis of the scan length {length}, got {}",
-                            t.ty
-                        ),
-                    });
-                }
-                param(&TensorType::new(t.ty.dtype, &t.ty.shape[1..]))
-            })
+            .enumerate()
+            .map(|(p, t)| sub.parameter_typed(&format!("p{}", p + 1), t))
             .collect::<Result<_>>()?;
-        let (new_carry, ys) = body(&index, &c, &k, &x)?;
+        let layout = crate::ir::ScanLayout {
+            consts: consts.len(),
+            carry: carry.len(),
+            xs: xs.len(),
+            ys: 0,
+            saved: false,
+        };
+        let p = layout.ins(&params)?;
+        let (new_carry, ys) = body(&index, p.consts, p.carry, p.xs)?;
         if new_carry.len() != carry.len() {
-            return Err(Error::Shape {
-                op: "scan".into(),
-                message: format!(
-                    "the body returned {} carries for {} inputs",
-                    new_carry.len(),
-                    carry.len()
-                ),
-            });
+            return Err(scan_err(format!(
+                "the body returned {} carries for {} inputs",
+                new_carry.len(),
+                carry.len()
+            )));
         }
         for (i, (a, b)) in new_carry.iter().zip(carry).enumerate() {
             if a.ty != b.ty {
-                return Err(Error::Shape {
-                    op: "scan".into(),
-                    message: format!("carry {i} enters as {} but the body returns {}", b.ty, a.ty),
-                });
+                return Err(scan_err(format!(
+                    "carry {i} enters as {} but the body returns {}",
+                    b.ty, a.ty
+                )));
             }
         }
         for (i, t) in new_carry.iter().chain(&ys).enumerate() {
             sub.output(&format!("o{i}"), t)?;
         }
-        let body_graph = sub.finish();
         let inputs: Vec<&Tensor> = consts.iter().chain(carry).chain(xs).collect();
         let outs = self.push(
             crate::ir::Scan {
-                body: Arc::new(body_graph),
+                body: Arc::new(sub.finish()),
                 length,
                 num_consts: consts.len(),
                 num_carry: carry.len(),

@@ -159,7 +159,7 @@ impl Tensor {
     }
 
     fn binary(&self, other: &Tensor, op: Binary) -> Result<Tensor> {
-        let name = Op::from(op).name();
+        let name = crate::ops::rule(&Op::from(op)).name();
         let (a, b) = self.broadcast_pair(other, &name)?;
         self.b.push1(op, &[&a, &b])
     }
@@ -254,7 +254,7 @@ impl Tensor {
     }
 
     fn compare(&self, o: &Tensor, c: Cmp) -> Result<Tensor> {
-        let name = Op::from(c).name();
+        let name = crate::ops::rule(&Op::from(c)).name();
         let (a, b) = self.broadcast_pair(o, &name)?;
         self.b.push1(c, &[&a, &b])
     }

@@ -1,9 +1,14 @@
 //! The training step as a program compiled ahead of time: emitted once, compiled for a described
-//! target (or the local client), saved with its manifest, and loaded back by `basic train
-//! --executable` instead of compiling.
+//! target (or the local client) and measured, saved with its manifest, and loaded back by `basic
+//! train --executable` instead of compiling. `basic compile` and `basic plan` both measure
+//! through [`compile_step`] / [`StepProgram::measure_on_target`], so they agree on what fits.
 
 use std::path::Path;
+use std::time::Instant;
 
+use serde_json::json;
+
+use super::setup::StepSetup;
 use super::step::{train_donations, train_graph, StepOptions};
 use super::Layout;
 use crate::error::{Error, Result};
@@ -12,8 +17,8 @@ use crate::io::executable::{sha256_hex, Manifest, SavedExecutable, FORMAT};
 use crate::ir::Graph;
 use crate::model::{ModelConfig, ParamSpec};
 use crate::partition::PartitionSpec;
-use crate::runtime::{Client, CompiledProgram, Signature, Topology};
-use crate::target::Target;
+use crate::runtime::{Client, CompiledProgram, MemoryStats, Signature, Topology};
+use crate::target::{OutOfMemory, Target};
 
 /// The emitted training step and what describes it.
 pub struct StepProgram {
@@ -81,6 +86,29 @@ impl StepProgram {
         self.params.iter().map(|s| s.element_count()).sum()
     }
 
+    /// Writes the compiled program `executable` with its manifest for `machine` to `path`.
+    pub fn save(
+        &self,
+        path: &Path,
+        setup: &StepSetup,
+        machine: &Machine,
+        executable: Vec<u8>,
+    ) -> Result<()> {
+        let manifest = self.manifest(
+            &setup.config,
+            &setup.options,
+            &setup.layout,
+            &setup.partitioning,
+            machine,
+        )?;
+        SavedExecutable {
+            manifest,
+            program: self.text.clone(),
+            executable,
+        }
+        .write(path)
+    }
+
     /// The manifest of this program compiled for `machine`.
     pub fn manifest(
         &self,
@@ -91,9 +119,11 @@ impl StepProgram {
         machine: &Machine,
     ) -> Result<Manifest> {
         let sig = Signature::from_program(&self.text)?;
-        let config = toml::to_string(c).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{}`", c.name),
-            fix: format!("cannot serialize it: {e}"),
+        let config = toml::to_string(c).map_err(|e| {
+            Error::invalid(
+                format!("model config `{}`", c.name),
+                format!("cannot serialize it: {e}"),
+            )
         })?;
         Ok(Manifest {
             format: FORMAT,
@@ -108,16 +138,45 @@ impl StepProgram {
             batch: o.batch,
             microbatches: o.microbatches,
             remat: c.train.remat.clone(),
-            dtype: c.train.dtype.clone(),
+            dtype: c.train.dtype,
             mesh: layout.mesh.to_string(),
             partitioning: partitioning.to_string(),
-            partitioner: format!("{:?}", layout.partitioner).to_lowercase(),
+            partitioner: layout.partitioner,
             donate: !self.donations.is_empty(),
             program_sha256: sha256_hex(self.text.as_bytes()),
             arguments: sig.args.iter().map(|p| p.ty.to_string()).collect(),
             results: sig.results.iter().map(|p| p.ty.to_string()).collect(),
             device_assignment: machine.device_assignment.clone(),
         })
+    }
+
+    /// Compiles the program for a described target and measures it. A compiler that refuses the
+    /// program as too large for the target (libtpu stops with RESOURCE_EXHAUSTED instead of
+    /// sizing it) gives what it said it needs as the figures, and its message.
+    pub fn measure_on_target(
+        &self,
+        target: &Target,
+        topology: &Topology,
+        layout: &Layout,
+    ) -> Result<TargetCompile> {
+        let t0 = Instant::now();
+        match self.compile_for(target, topology, layout) {
+            Ok(compiled) => Ok(TargetCompile {
+                memory: compiled.memory_stats()?,
+                seconds: t0.elapsed().as_secs_f64(),
+                refused: None,
+                compiled: Some(compiled),
+            }),
+            Err(e) => match OutOfMemory::from_error(&e) {
+                Some(oom) => Ok(TargetCompile {
+                    memory: oom.memory_stats(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    refused: Some(oom.message),
+                    compiled: None,
+                }),
+                None => Err(e),
+            },
+        }
     }
 
     /// Compiles the program for a described target with its own compiler; nothing runs.
@@ -220,4 +279,201 @@ impl Machine {
             device_assignment: ids,
         }
     }
+}
+
+/// A step compiled for a described target, or refused by its compiler as too large.
+pub struct TargetCompile {
+    /// Per device; for a refused program, what the compiler said it needs (a lower bound).
+    pub memory: MemoryStats,
+    pub seconds: f64,
+    /// The compiler's out-of-memory message, when it refused the program.
+    pub refused: Option<String>,
+    pub compiled: Option<CompiledProgram>,
+}
+
+impl TargetCompile {
+    /// Whether the program fits `budget` bytes per device ([`fits_in`]).
+    pub fn fits_in(&self, budget: i64) -> bool {
+        fits_in(&self.memory, self.refused.as_deref(), budget)
+    }
+}
+
+/// The one test of what fits, for `basic compile` and `basic plan` alike: the target's compiler
+/// accepted the program (`refused` is `None`) and its peak per device is within `budget` bytes.
+pub fn fits_in(memory: &MemoryStats, refused: Option<&str>, budget: i64) -> bool {
+    refused.is_none() && memory.peak_bytes <= budget
+}
+
+/// What compiles a step: a described target's own compiler (nothing runs), or a local client.
+#[derive(Clone, Copy)]
+pub enum CompileOn<'a> {
+    Target(&'a Target),
+    Client(&'a Client),
+}
+
+/// What one compile of the step reports.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub target: Option<Target>,
+    pub params: i64,
+    pub flops: f64,
+    pub build_seconds: f64,
+    pub compile_seconds: f64,
+    pub mem: MemoryStats,
+    /// Each device's process (host) index.
+    pub process_index: Vec<i32>,
+    /// The target's compiler refused the program as too large, with this message; `mem` then
+    /// holds only what it said it needs (a lower bound on the peak).
+    pub refused: Option<String>,
+}
+
+impl StepReport {
+    /// Whether the peak fits the target's HBM per device (`None` on a local client).
+    pub fn fits(&self) -> Option<bool> {
+        self.target
+            .as_ref()
+            .map(|t| fits_in(&self.mem, self.refused.as_deref(), t.spec.hbm_bytes))
+    }
+
+    /// The distinct processes (hosts) the program spans.
+    pub fn hosts(&self) -> usize {
+        let mut h = self.process_index.clone();
+        h.sort_unstable();
+        h.dedup();
+        h.len()
+    }
+
+    /// The analytic FLOPs over the devices' peak bf16 rate, on a target.
+    pub fn step_time_bound(&self) -> Option<f64> {
+        let n = self.process_index.len();
+        self.target
+            .as_ref()
+            .map(|t| t.step_time_bound(self.flops, n))
+    }
+
+    /// `basic compile --json`'s object.
+    pub fn to_json(&self, setup: &StepSetup) -> serde_json::Value {
+        let (c, o, layout, mem) = (&setup.config, &setup.options, &setup.layout, &self.mem);
+        let fits = self.fits();
+        let devices: Vec<_> = (0..setup.devices())
+            .map(|d| {
+                let mut v = json!({"id": d, "argument_bytes": mem.argument_bytes, "output_bytes": mem.output_bytes,
+                       "temp_bytes": mem.temp_bytes, "alias_bytes": mem.alias_bytes, "peak_bytes": mem.peak_bytes,
+                       "generated_code_bytes": mem.generated_code_bytes,
+                       "process_index": self.process_index.get(d).copied().unwrap_or(0)});
+                if let (Some(t), Some(f)) = (&self.target, fits) {
+                    v["hbm_bytes"] = json!(t.spec.hbm_bytes);
+                    v["fits"] = json!(f);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({
+            "model": c.name, "params": self.params, "flops_per_step": self.flops,
+            "compile_seconds": self.compile_seconds, "build_seconds": self.build_seconds,
+            "batch": o.batch, "microbatches": o.microbatches, "remat": c.train.remat,
+            "dtype": c.train.dtype, "mesh": layout.mesh.to_string(),
+            "partitioner": layout.partitioner, "devices": devices,
+            "generated_code_bytes": mem.generated_code_bytes, "hosts": self.hosts(),
+        });
+        if let Some(t) = &self.target {
+            out["target"] = json!(t.name());
+            out["fits"] = json!(fits);
+            out["hbm_bytes"] = json!(t.spec.hbm_bytes);
+            out["step_time_lower_bound_seconds"] = json!(self.step_time_bound());
+            if let Some(m) = &self.refused {
+                out["compiler_refused"] = json!(m);
+                out["peak_bytes_is_lower_bound"] = json!(true);
+            }
+            out["step_time_lower_bound_is"] = json!(
+                "analytic FLOPs / (devices × peak dense bf16 FLOP/s): a bound, not a prediction"
+            );
+        }
+        out
+    }
+}
+
+/// Where [`compile_step`] writes what it made, besides reporting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompileOutputs<'a> {
+    /// The partitioned StableHLO text.
+    pub emit: Option<&'a Path>,
+    /// The compiled step and its manifest, for `basic train --executable`.
+    pub save_executable: Option<&'a Path>,
+}
+
+/// Builds the step of `setup`, compiles it on `on` and measures it; writes what `out` asks for.
+/// A program a target's compiler refuses as too large is reported (`fits` false), not an error,
+/// unless an executable was to be saved.
+pub fn compile_step(
+    setup: &StepSetup,
+    on: CompileOn<'_>,
+    out: CompileOutputs<'_>,
+) -> Result<StepReport> {
+    let t0 = Instant::now();
+    let sp = setup.build()?;
+    let build_seconds = t0.elapsed().as_secs_f64();
+    if let Some(p) = out.emit {
+        crate::fs::write_atomic(p, sp.text.as_bytes())?;
+    }
+    let n = setup.devices();
+    let (target, compile_seconds, mem, process_index, refused) = match on {
+        CompileOn::Target(t) => {
+            let topo = t.topology()?;
+            // The program runs on the topology's first `n` devices (its default assignment).
+            let process_index: Vec<i32> = topo
+                .devices()
+                .iter()
+                .take(n)
+                .map(|d| d.process_index)
+                .collect();
+            let m = sp.measure_on_target(t, &topo, &setup.layout)?;
+            if let Some(path) = out.save_executable {
+                let compiled = m.compiled.as_ref().ok_or_else(|| {
+                    Error::invalid(
+                        format!("--save-executable `{}`", path.display()),
+                        format!(
+                            "nothing saved: the program does not fit the target ({})",
+                            m.refused.clone().unwrap_or_default()
+                        ),
+                    )
+                })?;
+                let machine = Machine::of_target(t, &topo, compiled);
+                sp.save(path, setup, &machine, compiled.serialize()?)?;
+            }
+            (
+                Some(t.clone()),
+                m.seconds,
+                m.memory,
+                process_index,
+                m.refused,
+            )
+        }
+        CompileOn::Client(client) => {
+            let t1 = Instant::now();
+            let prog = ShardedProgram::compile_text(
+                client,
+                &setup.layout.context(),
+                sp.args.clone(),
+                sp.results.clone(),
+                sp.text.clone(),
+            )?;
+            let seconds = t1.elapsed().as_secs_f64();
+            if let Some(path) = out.save_executable {
+                let machine = Machine::of_client(client, n);
+                sp.save(path, setup, &machine, prog.exe.serialize()?)?;
+            }
+            (None, seconds, prog.memory_stats()?, vec![0; n], None)
+        }
+    };
+    Ok(StepReport {
+        target,
+        params: sp.param_count(),
+        flops: crate::ops::flops(&sp.graph),
+        build_seconds,
+        compile_seconds,
+        mem,
+        process_index,
+        refused,
+    })
 }

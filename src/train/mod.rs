@@ -5,8 +5,10 @@ pub mod init;
 pub mod optim;
 pub mod plot;
 pub mod run;
+pub mod setup;
 pub mod sharding;
 pub mod step;
 
+pub use setup::{LayoutChoices, StepChoices, StepSetup};
 pub use sharding::Layout;
 pub use step::{grad_graph, train_graph, StepOptions};

@@ -89,6 +89,6 @@ pub fn plot(path: &Path, points: &[(f64, f64)]) -> Result<(f64, f64)> {
         }
     }
     let png = crate::data::image::encode_png(W as u32, H as u32, 3, &img)?;
-    crate::io::safetensors::write_atomic(path, &png)?;
+    crate::fs::write_atomic(path, &png)?;
     Ok((ymin, ymax))
 }

@@ -15,20 +15,19 @@ use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::exec::{Sharded, ShardedArg, ShardedProgram};
 use crate::io::safetensors;
-use crate::model::{basic as dual, ModelConfig};
+use crate::model::names::{self, io};
+use crate::model::{dual, ModelConfig};
 use crate::runtime::{HostArray, Runtime};
 
 use super::aot::{Machine, StepProgram};
 use super::init;
-use super::step::StepOptions;
-use super::Layout;
+use super::setup::StepSetup;
 
 /// What `basic train` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub config: ModelConfig,
-    pub step: StepOptions,
-    pub layout: Layout,
+    /// The step: the config with the flags applied, its options and layout, donation.
+    pub setup: StepSetup,
     pub data: PathBuf,
     pub out: PathBuf,
     pub steps: u64,
@@ -47,11 +46,6 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// The tokenizer to use instead of the data folder's (e.g. a pretrained text tower's).
     pub tokenizer: Option<PathBuf>,
-    /// Donate parameters and optimizer state to the step's outputs (written in place).
-    pub donate: bool,
-    /// The partitioning preset or file the layout's rules came from (recorded in and checked
-    /// against a saved executable's manifest).
-    pub partitioning: String,
     /// Load the step from this saved executable instead of compiling it.
     pub executable: Option<PathBuf>,
 }
@@ -119,10 +113,7 @@ pub fn data_tokenizer(
     }
     let corpus = data.join("captions.txt");
     if !corpus.is_file() {
-        return Err(Error::InvalidArgument {
-            what: format!("data folder `{}`", data.display()),
-            fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`".into(),
-        });
+        return Err(Error::invalid(format!("data folder `{}`", data.display()), "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`"));
     }
     Tokenizer::train(
         &corpus,
@@ -195,12 +186,12 @@ fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<Path
 fn load_checkpoint(path: &Path) -> Result<Ckpt> {
     let (values, meta) = safetensors::read_with_metadata(path)?;
     let num = |k: &str| -> Result<u64> {
-        meta.get(k)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!("its metadata has no `{k}`; it was not written by basic train"),
-            })
+        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::invalid(
+                format!("checkpoint `{}`", path.display()),
+                format!("its metadata has no `{k}`; it was not written by basic train"),
+            )
+        })
     };
     Ok(Ckpt {
         step: num("step")?,
@@ -284,20 +275,21 @@ impl StepIo {
     fn of(sp: &StepProgram, c: &ModelConfig) -> Result<StepIo> {
         let input = |name: &str| sp.input_index(name);
         let output = |name: &str| sp.output_index(name);
+        let [loss, grad_norm, lr, temperature] = io::REPORTED;
         Ok(StepIo {
-            step: input("step")?,
-            images: input("images")?,
-            tokens: input("tokens")?,
+            step: input(io::STEP)?,
+            images: input(io::IMAGES)?,
+            tokens: input(io::TOKENS)?,
             rng: if crate::train::step::has_rng(c) {
-                Some(input("rng")?)
+                Some(input(io::RNG)?)
             } else {
                 None
             },
             scalars: [
-                output("loss")?,
-                output("grad_norm")?,
-                output("learning_rate")?,
-                output("temperature")?,
+                output(loss)?,
+                output(grad_norm)?,
+                output(lr)?,
+                output(temperature)?,
             ],
         })
     }
@@ -343,7 +335,7 @@ impl<'a> Trainer<'a> {
     /// the starting parameters and state on the devices: fresh, pretrained, or the newest
     /// checkpoint's.
     fn start(rt: &'a Runtime, o: &'a RunOptions) -> Result<Trainer<'a>> {
-        let c = &o.config;
+        let c = &o.setup.config;
         std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
         let tok = Arc::new(data_tokenizer(
             &o.data,
@@ -352,19 +344,21 @@ impl<'a> Trainer<'a> {
             o.tokenizer.as_deref(),
         )?);
         if tok.vocab_size() > c.text.vocab as usize {
-            return Err(Error::InvalidArgument {
-                what: format!("tokenizer with {} tokens", tok.vocab_size()),
-                fix: format!(
+            return Err(Error::invalid(
+                format!("tokenizer with {} tokens", tok.vocab_size()),
+                format!(
                     "model `{}` has a vocabulary of {}: raise text.vocab",
                     c.name, c.text.vocab
                 ),
-            });
+            ));
         }
-        let cfg_text = toml::to_string(c).map_err(|e| Error::InvalidArgument {
-            what: format!("model config `{}`", c.name),
-            fix: format!("it cannot be written as TOML: {e}"),
+        let cfg_text = toml::to_string(c).map_err(|e| {
+            Error::invalid(
+                format!("model config `{}`", c.name),
+                format!("it cannot be written as TOML: {e}"),
+            )
         })?;
-        safetensors::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
+        crate::fs::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
         let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
         if skipped.samples > 0 && o.progress {
             eprintln!(
@@ -376,16 +370,22 @@ impl<'a> Trainer<'a> {
             .map(|(t, _)| t)
             .unwrap_or_default();
 
-        let sp = StepProgram::build(c, &o.step, &o.layout, o.donate)?;
+        let sp = o.setup.build()?;
         let io = StepIo::of(&sp, c)?;
         let pnames: Vec<String> = sp.params.iter().map(|s| s.name.clone()).collect();
         let snames: Vec<String> = sp.state.iter().map(|s| s.name.clone()).collect();
         let (step, start, host) = initial_state(o, &sp)?;
         let prog = match &o.executable {
             Some(path) => {
-                let machine = Machine::of_client(rt.client(), o.layout.mesh.size() as usize);
-                let expected = sp.manifest(c, &o.step, &o.layout, &o.partitioning, &machine)?;
-                let prog = sp.load(rt.client(), path, &expected, &o.layout)?;
+                let machine = Machine::of_client(rt.client(), o.setup.layout.mesh.size() as usize);
+                let expected = sp.manifest(
+                    c,
+                    &o.setup.options,
+                    &o.setup.layout,
+                    &o.setup.partitioning,
+                    &machine,
+                )?;
+                let prog = sp.load(rt.client(), path, &expected, &o.setup.layout)?;
                 if o.progress {
                     eprintln!("loaded the step from {}", path.display());
                 }
@@ -393,7 +393,7 @@ impl<'a> Trainer<'a> {
             }
             None => ShardedProgram::compile_text(
                 rt.client(),
-                &o.layout.context(),
+                &o.setup.layout.context(),
                 sp.args,
                 sp.results,
                 sp.text,
@@ -410,7 +410,7 @@ impl<'a> Trainer<'a> {
         let loader = Loader::new(
             Arc::new(train),
             tok.clone(),
-            loader_options(c, o.step.batch as usize, o.seed, o.workers),
+            loader_options(c, o.setup.options.batch as usize, o.seed, o.workers),
             start,
         )?;
         let (metrics, metrics_path) = open_metrics(&o.out, step)?;
@@ -438,7 +438,7 @@ impl<'a> Trainer<'a> {
     /// Runs one step on the next batch; the parameters and state are replaced by the step's.
     fn step(&mut self) -> Result<StepDone> {
         let (o, prog, io) = (self.o, &self.prog, &self.io);
-        let dtype = o.step.param_dtype;
+        let dtype = o.setup.options.param_dtype;
         let batch = self.loader.next_batch()?;
         let step_arg = prog.upload(io.step, &HostArray::scalar(self.step as i32))?;
         let img = prog.upload(io.images, &safetensors::convert(&batch.images, dtype)?)?;
@@ -516,7 +516,7 @@ impl<'a> Trainer<'a> {
                 "step {step}/{} | {:.2} steps/s | {:.0} img/s | loss {:.4} | lr {:.2e} | τ {:.4} | ETA {:.0}s",
                 o.steps,
                 rate,
-                rate * o.step.batch as f64,
+                rate * o.setup.options.batch as f64,
                 d.loss,
                 d.learning_rate,
                 d.temperature,
@@ -542,7 +542,7 @@ impl<'a> Trainer<'a> {
         let o = self.o;
         quick_zero_shot(
             self.rt,
-            &o.config,
+            &o.setup.config,
             params,
             &o.data,
             &self.tok,
@@ -607,49 +607,48 @@ fn initial_state(
     o: &RunOptions,
     sp: &StepProgram,
 ) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
-    let dtype = o.step.param_dtype;
+    let dtype = o.setup.options.param_dtype;
     let (specs, sspecs) = (&sp.params, &sp.state);
-    let (step, start, mut host) = match checkpoints(&o.out).last() {
-        Some((_, p)) if o.resume => {
-            let ck = load_checkpoint(p)?;
-            if o.progress {
-                eprintln!("resuming from {} (step {})", p.display(), ck.step);
+    let (step, start, mut host) =
+        match checkpoints(&o.out).last() {
+            Some((_, p)) if o.resume => {
+                let ck = load_checkpoint(p)?;
+                if o.progress {
+                    eprintln!("resuming from {} (step {})", p.display(), ck.step);
+                }
+                (ck.step, ck.position, ck.values)
             }
-            (ck.step, ck.position, ck.values)
-        }
-        Some(_) => return Err(Error::InvalidArgument {
-            what: format!("run folder `{}`", o.out.display()),
-            fix:
-                "it already has checkpoints: pass --resume to continue it, or choose another --out"
-                    .into(),
-        }),
-        None => {
-            if o.resume {
-                // Said even with --quiet: a restart loop that always passes --resume must not
-                // mistake a fresh start for a continued run.
-                eprintln!(
-                    "--resume: `{}` has no checkpoint yet; starting from step 0",
-                    o.out.display()
-                );
+            Some(_) => return Err(Error::invalid(
+                format!("run folder `{}`", o.out.display()),
+                "it already has checkpoints: pass --resume to continue it, or choose another --out",
+            )),
+            None => {
+                if o.resume {
+                    // Said even with --quiet: a restart loop that always passes --resume must not
+                    // mistake a fresh start for a continued run.
+                    eprintln!(
+                        "--resume: `{}` has no checkpoint yet; starting from step 0",
+                        o.out.display()
+                    );
+                }
+                let mut m = BTreeMap::new();
+                let fresh = init::init_params(specs, o.seed, dtype)?;
+                for (s, a) in specs.iter().zip(fresh) {
+                    m.insert(s.name.clone(), a);
+                }
+                if let Some(p) = &o.init_from {
+                    init_from(o, p, specs, &mut m)?;
+                }
+                for s in sspecs {
+                    m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
+                }
+                (0, Position::default(), m)
             }
-            let mut m = BTreeMap::new();
-            let fresh = init::init_params(specs, o.seed, dtype)?;
-            for (s, a) in specs.iter().zip(fresh) {
-                m.insert(s.name.clone(), a);
-            }
-            if let Some(p) = &o.init_from {
-                init_from(o, p, specs, &mut m)?;
-            }
-            for s in sspecs {
-                m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
-            }
-            (0, Position::default(), m)
-        }
-    };
+        };
     // A tower locked when the checkpoint was written and unlocked now has no optimizer state
     // yet: it starts from zeros, as on the first step.
     for s in sspecs {
-        let param = s.name.splitn(3, '/').nth(2).unwrap_or("");
+        let param = names::slot_param(&s.name).unwrap_or("");
         if !host.contains_key(&s.name) && host.contains_key(param) {
             if o.progress {
                 eprintln!(
@@ -667,10 +666,7 @@ fn initial_state(
         .filter(|n| !host.contains_key(*n))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: "checkpoint".into(),
-            fix: format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0]),
-        });
+        return Err(Error::invalid("checkpoint", format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0])));
     }
     Ok((step, start, host))
 }
@@ -683,17 +679,17 @@ fn init_from(
     specs: &[crate::model::ParamSpec],
     m: &mut BTreeMap<String, HostArray>,
 ) -> Result<()> {
-    let (c, dtype) = (&o.config, o.step.param_dtype);
+    let (c, dtype) = (&o.setup.config, o.setup.options.param_dtype);
     let file = safetensors::read_params(p, c)?;
     let mut matched = 0usize;
     let mut unmatched = Vec::new();
     for (k, v) in file {
         if let Some(s) = specs.iter().find(|s| s.name == k) {
             if v.shape() != s.shape.as_slice() {
-                return Err(Error::InvalidArgument {
-                    what: format!("`{k}` in `{}`", p.display()),
-                    fix: format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
-                });
+                return Err(Error::invalid(
+                    format!("`{k}` in `{}`", p.display()),
+                    format!("it is {:?}; the model needs {:?}", v.shape(), s.shape),
+                ));
             }
             m.insert(k, safetensors::convert(&v, dtype)?);
             matched += 1;
@@ -703,17 +699,14 @@ fn init_from(
     }
     if matched == 0 {
         // Training from random weights while the user asked for pretrained ones.
-        return Err(Error::InvalidArgument {
-            what: format!(
+        return Err(Error::invalid(format!(
                 "--init-from `{}`: none of its {} tensors is a parameter of model `{}` (it has {}, e.g. `{}`)",
                 p.display(),
                 unmatched.len(),
                 c.name,
                 unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
                 specs.first().map_or("", |s| s.name.as_str())
-            ),
-            fix: "give a checkpoint written for this model (its parameter names), or the matching --model".into(),
-        });
+            ), "give a checkpoint written for this model (its parameter names), or the matching --model"));
     }
     if o.progress {
         let rest = if unmatched.is_empty() {
@@ -758,20 +751,22 @@ fn open_metrics(out: &Path, step: u64) -> Result<(std::fs::File, PathBuf)> {
 
 /// The parameters of a run's newest checkpoint, by name, as f32.
 pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
-    let (_, path) = checkpoints(run)
-        .pop()
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("run `{}`", run.display()),
-            fix: "it has no checkpoints; train it first with `basic train`".into(),
-        })?;
+    let (_, path) = checkpoints(run).pop().ok_or_else(|| {
+        Error::invalid(
+            format!("run `{}`", run.display()),
+            "it has no checkpoints; train it first with `basic train`",
+        )
+    })?;
     let file = safetensors::read(&path)?;
     let specs = dual::specs(c)?;
     specs
         .iter()
         .map(|s| {
-            let a = file.get(&s.name).ok_or_else(|| Error::InvalidArgument {
-                what: format!("checkpoint `{}`", path.display()),
-                fix: format!("it has no parameter `{}`", s.name),
+            let a = file.get(&s.name).ok_or_else(|| {
+                Error::invalid(
+                    format!("checkpoint `{}`", path.display()),
+                    format!("it has no parameter `{}`", s.name),
+                )
             })?;
             safetensors::convert(a, DType::F32)
         })

@@ -3,6 +3,7 @@
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ir::Graph;
+use crate::model::names::io;
 use crate::model::ParamSpec;
 use crate::partition::{LogicalRules, Mesh, PartitionSpec, Rules, ShardingContext, TensorAxes};
 use crate::runtime::Partitioner;
@@ -63,7 +64,7 @@ impl Layout {
                 return Ok(resolved[i].clone());
             }
             match name {
-                "images" | "tokens" | "image_embeddings" | "text_embeddings" => {
+                io::IMAGES | io::TOKENS | io::IMAGE_EMBEDDINGS | io::TEXT_EMBEDDINGS => {
                     self.batch_spec(rank)
                 }
                 _ => Ok(PartitionSpec::replicated(rank)),

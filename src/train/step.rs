@@ -15,8 +15,9 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, RematPolicy};
-use crate::model::basic::{self, logit_scale};
 use crate::model::config::{LossKind, ModelConfig};
+use crate::model::dual::{self, logit_scale};
+use crate::model::names::{io, Modality};
 use crate::model::noise::Noise;
 use crate::model::{ParamSpec, Params, Scope, Tower};
 use crate::trace::{Builder, Tensor};
@@ -30,7 +31,7 @@ pub struct StepOptions {
     /// Global batch (pairs per step).
     pub batch: i64,
     pub microbatches: i64,
-    pub remat: Option<RematPolicy>,
+    pub remat: RematPolicy,
     /// Dtype of parameters and optimizer state (f32, or f64 for parity checks).
     pub param_dtype: DType,
     /// Dtype the towers compute in (bf16 for mixed precision).
@@ -42,46 +43,31 @@ pub struct StepOptions {
 impl StepOptions {
     pub fn from_config(c: &ModelConfig) -> Result<StepOptions> {
         let t = &c.train;
-        let remat = match RematPolicy::parse(&t.remat) {
-            Some(RematPolicy::EverythingSaveable) => None,
-            Some(p) => Some(p),
-            None => {
-                return Err(Error::InvalidArgument {
-                    what: format!("remat policy `{}`", t.remat),
-                    fix: "use none, nothing_saveable, dots_saveable, everything_saveable or save_names(a,b)".into(),
-                })
-            }
-        };
-        let (param_dtype, compute_dtype) = match t.dtype.as_str() {
-            "bf16" => (DType::F32, DType::BF16),
-            "f64" => (DType::F64, DType::F64),
-            _ => (DType::F32, DType::F32),
-        };
         Ok(StepOptions {
             batch: t.batch,
             microbatches: t.microbatches,
-            remat,
-            param_dtype,
-            compute_dtype,
-            frozen: basic::locked(&basic::specs(c)?, &t.lock),
+            remat: t.remat.clone(),
+            param_dtype: DType::F32,
+            compute_dtype: t.dtype.compute_dtype(),
+            frozen: dual::locked(&dual::specs(c)?, &t.lock),
         })
     }
 
     fn check(&self, c: &ModelConfig) -> Result<()> {
         if self.batch < 1 || self.microbatches < 1 || self.batch % self.microbatches != 0 {
-            return Err(Error::InvalidArgument {
-                what: format!(
+            return Err(Error::invalid(
+                format!(
                     "batch {} with {} micro-batches",
                     self.batch, self.microbatches
                 ),
-                fix: "the batch must divide evenly into micro-batches".into(),
-            });
+                "the batch must divide evenly into micro-batches",
+            ));
         }
         if self.batch < 2 && c.loss == LossKind::Softmax {
-            return Err(Error::InvalidArgument {
-                what: format!("batch {}", self.batch),
-                fix: "a contrastive batch needs at least 2 pairs".into(),
-            });
+            return Err(Error::invalid(
+                format!("batch {}", self.batch),
+                "a contrastive batch needs at least 2 pairs",
+            ));
         }
         Ok(())
     }
@@ -109,10 +95,10 @@ fn batch_inputs(
     o: &StepOptions,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let (is, ts) = batch_shapes(c, o.batch);
-    let images = b.parameter("images", o.param_dtype, &is)?;
-    let tokens = b.parameter("tokens", DType::S32, &ts)?;
+    let images = b.parameter(io::IMAGES, o.param_dtype, &is)?;
+    let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
     let rng = if has_rng(c) {
-        Some(b.parameter("rng", DType::U64, &[2])?)
+        Some(b.parameter(io::RNG, DType::U64, &[2])?)
     } else {
         None
     };
@@ -139,22 +125,21 @@ fn embed_pair(
     o: &StepOptions,
     noise: Option<&Noise>,
 ) -> Result<(Tensor, Tensor)> {
-    let cp = basic::cast(p, o.compute_dtype)?;
+    let cp = dual::cast(p, o.compute_dtype)?;
     let s = Scope::bound(&cp);
     // A locked tower (LiT) is a fixed feature extractor: it runs without dropout.
-    let locked = |tower: &str| c.train.lock.iter().any(|t| t == tower);
-    let t = Tower::of(c, o.compute_dtype).with_remat(o.remat.as_ref());
-    let img = basic::embed_images(
+    let t = Tower::of(c, o.compute_dtype).with_remat(&o.remat);
+    let img = dual::embed_images(
         &images.convert(o.compute_dtype)?,
         &s,
         c,
-        &t.with_noise(noise.filter(|_| !locked("image"))),
+        &t.with_noise(noise.filter(|_| !c.train.locks(Modality::Image))),
     )?;
-    let txt = basic::embed_texts(
+    let txt = dual::embed_texts(
         tokens,
         &s,
         c,
-        &t.with_noise(noise.filter(|_| !locked("text"))),
+        &t.with_noise(noise.filter(|_| !c.train.locks(Modality::Text))),
     )?;
     Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
 }
@@ -162,8 +147,8 @@ fn embed_pair(
 fn head_loss(img: &Tensor, txt: &Tensor, p: &Params, c: &ModelConfig) -> Result<Tensor> {
     let s = Scope::bound(p);
     let scale = logit_scale(&s, c)?;
-    let bias = basic::logit_bias(&s, c)?;
-    basic::loss(img, txt, &scale, bias.as_ref(), c.loss)
+    let bias = dual::logit_bias(&s, c)?;
+    dual::loss(img, txt, &scale, bias.as_ref(), c.loss)
 }
 
 /// The loop constants of BASIC's accumulation: the tower parameters by name, the dropout key and
@@ -356,7 +341,7 @@ pub fn loss_and_grads(
     let names: Vec<String> = p
         .iter()
         .map(|(k, _)| k.clone())
-        .filter(|k| basic::is_image_param(k) || basic::is_text_param(k))
+        .filter(|k| Modality::of_param(k).is_some())
         .collect();
     let mut consts: Vec<Tensor> = names
         .iter()
@@ -384,9 +369,7 @@ pub fn loss_and_grads(
     let heads: Vec<(usize, Tensor)> = wrt
         .iter()
         .enumerate()
-        .filter(|(i, _)| {
-            !basic::is_image_param(&train[*i].name) && !basic::is_text_param(&train[*i].name)
-        })
+        .filter(|(i, _)| Modality::of_param(&train[*i].name).is_none())
         .map(|(i, t)| (i, t.clone()))
         .collect();
     let head_params: Vec<Tensor> = heads.iter().map(|(_, t)| t.clone()).collect();
@@ -428,12 +411,12 @@ pub fn loss_and_grads(
 pub fn grad_graph(c: &ModelConfig, o: &StepOptions) -> Result<(Graph, Vec<ParamSpec>)> {
     o.check(c)?;
     let b = Builder::new(&format!("{}_grad", c.name));
-    let specs = basic::specs(c)?;
+    let specs = dual::specs(c)?;
     let p = Params::declare(&b, &specs, o.param_dtype)?;
     let (images, tokens, rng) = batch_inputs(&b, c, o)?;
     let train = trainable(&specs, o);
     let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, rng.as_ref(), c, o)?;
-    b.output("loss", &loss)?;
+    b.output(io::LOSS, &loss)?;
     for (s, g) in train.iter().zip(&grads) {
         b.output(&s.name, g)?;
     }
@@ -449,12 +432,12 @@ pub fn train_graph(
 ) -> Result<(Graph, Vec<ParamSpec>, Vec<ParamSpec>)> {
     o.check(c)?;
     let b = Builder::new(&format!("{}_train", c.name));
-    let specs = basic::specs(c)?;
+    let specs = dual::specs(c)?;
     let train = trainable(&specs, o);
     let sspecs = optim::state_specs(&train, &c.train);
     let p = Params::declare(&b, &specs, o.param_dtype)?;
     let state = Params::declare(&b, &sspecs, o.param_dtype)?;
-    let step = b.parameter("step", DType::S32, &[])?;
+    let step = b.parameter(io::STEP, DType::S32, &[])?;
     let (images, tokens, rng) = batch_inputs(&b, c, o)?;
     let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, rng.as_ref(), c, o)?;
     let ps: Vec<Tensor> = train
@@ -481,12 +464,12 @@ pub fn train_graph(
     for (s, t) in sspecs.iter().zip(new_s) {
         b.output(&s.name, &t)?;
     }
-    b.output("loss", &loss)?;
-    b.output("grad_norm", &norm)?;
-    b.output("learning_rate", &lr)?;
+    b.output(io::LOSS, &loss)?;
+    b.output(io::GRAD_NORM, &norm)?;
+    b.output(io::LEARNING_RATE, &lr)?;
     let temperature = logit_scale(&Scope::bound(&p), c)?.convert(DType::F32)?;
     b.output(
-        "temperature",
+        io::TEMPERATURE,
         &temperature.scalar_like(1.0)?.div(&temperature)?,
     )?;
     Ok((b.finish(), specs, sspecs))

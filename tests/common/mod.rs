@@ -69,7 +69,7 @@ pub fn f64_step(n: i64, m: i64) -> basic::train::StepOptions {
     basic::train::StepOptions {
         batch: n,
         microbatches: m,
-        remat: None,
+        remat: basic::ir::RematPolicy::None,
         param_dtype: basic::dtype::DType::F64,
         compute_dtype: basic::dtype::DType::F64,
         frozen: vec![],

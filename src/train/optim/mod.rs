@@ -5,7 +5,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::config::{OptimizerKind, Schedule, TrainConfig};
-use crate::model::{Init, ParamSpec};
+use crate::model::{names, Init, ParamSpec};
 use crate::trace::Tensor;
 
 mod adafactor;
@@ -43,7 +43,7 @@ pub fn state_specs(specs: &[ParamSpec], t: &TrainConfig) -> Vec<ParamSpec> {
         .iter()
         .flat_map(|s| {
             slots(s, t).into_iter().map(move |slot| ParamSpec {
-                name: format!("opt/{}/{}", slot.name, s.name),
+                name: names::slot(slot.name, &s.name),
                 shape: slot.shape,
                 init: Init::Zeros,
                 axes: slot.axes,
@@ -110,10 +110,10 @@ pub fn global_norm(grads: &[Tensor]) -> Result<Tensor> {
     }
     match acc {
         Some(a) => a.sqrt(),
-        None => Err(crate::Error::InvalidArgument {
-            what: "global norm of no gradients".into(),
-            fix: "the model has no trainable parameters".into(),
-        }),
+        None => Err(crate::Error::invalid(
+            "global norm of no gradients",
+            "the model has no trainable parameters",
+        )),
     }
 }
 
@@ -154,15 +154,15 @@ pub fn update(
             None => g.clone(),
         };
         let n = slots(s, t).len();
-        let mine = state
-            .get(at..at + n)
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("optimizer state for `{}`", s.name),
-                fix: format!(
+        let mine = state.get(at..at + n).ok_or_else(|| {
+            Error::invalid(
+                format!("optimizer state for `{}`", s.name),
+                format!(
                     "give the state `state_specs` lays out: {} slot(s) for this parameter",
                     n
                 ),
-            })?;
+            )
+        })?;
         at += n;
         let (upd, slots) = match t.optimizer {
             OptimizerKind::Adamw => adamw::direction(p, &g, mine, &count, t)?,

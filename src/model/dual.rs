@@ -15,6 +15,7 @@ use crate::trace::Tensor;
 
 use super::config::{ImageConfig, LossKind, ModelConfig, Projection, TextKind};
 use super::inference::batch_shapes;
+use super::names::{self, io, Modality};
 use super::params::{Init, ParamSpec, Params};
 use super::scope::{trace_specs, Scope, Tower};
 use super::{bert, coatnet, text, vit};
@@ -33,8 +34,8 @@ pub fn image_width(c: &ModelConfig) -> i64 {
 pub fn specs(c: &ModelConfig) -> Result<Vec<ParamSpec>> {
     trace_specs(&format!("{}_specs", c.name), DType::F32, |b, s| {
         let (is, ts) = batch_shapes(c, 1);
-        let images = b.parameter("images", DType::F32, &is)?;
-        let tokens = b.parameter("tokens", DType::S32, &ts)?;
+        let images = b.parameter(io::IMAGES, DType::F32, &is)?;
+        let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
         let t = Tower::of(c, DType::F32);
         embed_images(&images, s, c, &t)?;
         embed_texts(&tokens, s, c, &t)?;
@@ -44,25 +45,11 @@ pub fn specs(c: &ModelConfig) -> Result<Vec<ParamSpec>> {
     })
 }
 
-/// Parameters that belong to the image tower (including its projection).
-pub fn is_image_param(name: &str) -> bool {
-    name.starts_with("image/")
-}
-
-/// Parameters that belong to the text tower (including its projection).
-pub fn is_text_param(name: &str) -> bool {
-    name.starts_with("text/")
-}
-
-/// The parameters of the towers named in `lock` (`image`, `text`).
-pub fn locked(specs: &[ParamSpec], lock: &[String]) -> Vec<String> {
+/// The parameters of the towers in `lock`.
+pub fn locked(specs: &[ParamSpec], lock: &[Modality]) -> Vec<String> {
     specs
         .iter()
-        .filter(|s| {
-            lock.iter().any(|t| {
-                (t == "image" && is_image_param(&s.name)) || (t == "text" && is_text_param(&s.name))
-            })
-        })
+        .filter(|s| Modality::of_param(&s.name).is_some_and(|m| lock.contains(&m)))
         .map(|s| s.name.clone())
         .collect()
 }
@@ -86,14 +73,19 @@ pub fn cast(p: &Params, dtype: DType) -> Result<Params> {
 /// Normalised image embeddings `[B, embed_dim]` of `images [B, H, W, C]`, parameters under
 /// `s/image`. The tower's noise (folded with 1) drives dropout and stochastic depth in its blocks.
 pub fn embed_images(images: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
-    let s = s.sub("image");
+    let s = s.sub(Modality::Image.scope());
     let noise = t.fold(1)?;
     let t = t.with_noise(noise.as_ref());
     let f = match &c.image {
         ImageConfig::Vit(vc) => vit::apply(images, &s, vc, &t)?,
         ImageConfig::Coatnet(cc) => coatnet::apply(images, &s, cc, &t)?,
     };
-    let e = project(&f, &s.sub("proj"), c.image_projection, c.embed_dim)?;
+    let e = project(
+        &f,
+        &s.sub(names::PROJECTION),
+        c.image_projection,
+        c.embed_dim,
+    )?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 
@@ -126,26 +118,31 @@ fn project(f: &Tensor, s: &Scope, kind: Projection, embed_dim: i64) -> Result<Te
 /// The text tower's pooled features `[B, text width]` (before projection), parameters under
 /// `s/text` (`s/text/bert` for BERT). The tower's noise is folded with 2.
 pub fn text_features(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
-    let s = s.sub("text");
+    let s = s.sub(Modality::Text.scope());
     let noise = t.fold(2)?;
     let t = t.with_noise(noise.as_ref());
     match c.text.kind {
         TextKind::Transformer => text::apply(tokens, &s, &c.text, &t),
-        TextKind::Bert => bert::apply(tokens, &s.sub("bert"), &c.text, &t),
+        TextKind::Bert => bert::apply(tokens, &s.sub(names::BERT), &c.text, &t),
     }
 }
 
 /// Normalised text embeddings `[B, embed_dim]` of `tokens [B, L]`.
 pub fn embed_texts(tokens: &Tensor, s: &Scope, c: &ModelConfig, t: &Tower) -> Result<Tensor> {
     let f = text_features(tokens, s, c, t)?;
-    let e = project(&f, &s.sub("text/proj"), c.text_projection, c.embed_dim)?;
+    let e = project(
+        &f,
+        &s.sub(&names::join(Modality::Text.scope(), names::PROJECTION)),
+        c.text_projection,
+        c.embed_dim,
+    )?;
     e.l2_normalize(-1, 1e-12)?.constrain(&[Some("batch"), None])
 }
 
 /// `s = min(exp(logit_scale), 1/τ_min)`; constant `1/τ_init` when the temperature is not learned.
 pub fn logit_scale(s: &Scope, c: &ModelConfig) -> Result<Tensor> {
     let ls = s.param(
-        "logit_scale",
+        names::LOGIT_SCALE,
         &[],
         Init::Constant((1.0 / c.temperature.init).ln()),
         &[],
@@ -160,7 +157,7 @@ pub fn logit_scale(s: &Scope, c: &ModelConfig) -> Result<Tensor> {
 pub fn logit_bias(s: &Scope, c: &ModelConfig) -> Result<Option<Tensor>> {
     match c.loss {
         LossKind::Sigmoid => Ok(Some(s.param(
-            "logit_bias",
+            names::LOGIT_BIAS,
             &[],
             Init::Constant(-10.0),
             &[],
