@@ -18,7 +18,7 @@ use super::wire::{
     clip, write_frame, Answer, Call, FrameReader, Hello, Polled, ToClient, ToServer, MAX_FRAME,
     MAX_KEY, MAX_TEXT, MAX_VALUE,
 };
-use super::{after, secs, SHUTDOWN_BARRIER};
+use super::{after, secs, spawn_failed, SHUTDOWN_BARRIER};
 use crate::error::{Error, Result, StatusCode};
 
 /// Extra time a call waits past its own deadline for the coordinator's answer before calling
@@ -193,7 +193,7 @@ impl Client {
             .name(format!("coord-client-{process_id}"))
             .stack_size(256 * 1024)
             .spawn(move || background(s, reader, frames))
-            .map_err(|e| Error::Internal(format!("cannot start the coordinator client: {e}")))?;
+            .map_err(|e| spawn_failed("the coordinator client", e))?;
         Ok(Client {
             inner: Arc::new(Handle {
                 shared,

@@ -61,6 +61,17 @@ pub(crate) fn after(now: std::time::Instant, d: Duration) -> std::time::Instant 
     now.checked_add(d.min(cap)).unwrap_or(now)
 }
 
+/// A thread that could not be started: the process is at a limit.
+fn spawn_failed(what: &str, e: std::io::Error) -> crate::Error {
+    crate::Error::coord(
+        crate::StatusCode::Unavailable,
+        format!(
+            "cannot start a thread of {what}: {e}; the process is out of threads or memory \
+             (raise `ulimit -u` or free memory)"
+        ),
+    )
+}
+
 /// `1.5 s`.
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())

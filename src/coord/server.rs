@@ -123,7 +123,7 @@ impl Server {
                         tick_loop(s)
                     }
                 })
-                .map_err(|e| Error::Internal(format!("cannot start a coordinator thread: {e}")))?;
+                .map_err(|e| super::spawn_failed("the coordinator", e))?;
             threads.push(h);
         }
         Ok(Server {
