@@ -88,6 +88,12 @@ pub enum Error {
     #[error("invalid {what}: {fix}")]
     InvalidArgument { what: String, fix: String },
 
+    /// The multi-process coordinator, one of its processes, or a key-value store failed. `code`
+    /// says which kind of failure (the PJRT key-value callbacks report it to the plugin); the
+    /// message names the key, barrier, process or address and the fix.
+    #[error("{message}")]
+    Coordination { code: StatusCode, message: String },
+
     /// A file could not be read or written. The OS error is part of the message, not a
     /// separate source, so a report of the whole chain says it once.
     #[error("{}: {cause}", .path.display())]
@@ -97,7 +103,81 @@ pub enum Error {
     },
 }
 
+/// What kind of failure a [`Error::Coordination`] is: the subset of the status codes of
+/// `pjrt_c_api.h` (`PJRT_Error_Code`, after absl) that coordination produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusCode {
+    /// A request that can never succeed as written (a key too long, an id out of range).
+    InvalidArgument,
+    /// A wait ran past its deadline.
+    DeadlineExceeded,
+    /// A key that is not set (try-get).
+    NotFound,
+    /// A write-once key written again, or a process id taken twice.
+    AlreadyExists,
+    /// A peer without the job's token.
+    PermissionDenied,
+    /// The job has failed: a process died, got stuck or reported an error.
+    Aborted,
+    /// The coordinator cannot be reached, or was lost.
+    Unavailable,
+    /// A malformed message, or a bug.
+    Internal,
+}
+
+impl StatusCode {
+    /// The `PJRT_Error_Code` value of the 0.81 header.
+    pub fn pjrt_code(self) -> i32 {
+        match self {
+            StatusCode::InvalidArgument => 3,
+            StatusCode::DeadlineExceeded => 4,
+            StatusCode::NotFound => 5,
+            StatusCode::AlreadyExists => 6,
+            StatusCode::PermissionDenied => 7,
+            StatusCode::Aborted => 10,
+            StatusCode::Internal => 13,
+            StatusCode::Unavailable => 14,
+        }
+    }
+
+    /// The absl name, e.g. `DEADLINE_EXCEEDED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusCode::InvalidArgument => "INVALID_ARGUMENT",
+            StatusCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            StatusCode::NotFound => "NOT_FOUND",
+            StatusCode::AlreadyExists => "ALREADY_EXISTS",
+            StatusCode::PermissionDenied => "PERMISSION_DENIED",
+            StatusCode::Aborted => "ABORTED",
+            StatusCode::Internal => "INTERNAL",
+            StatusCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Error {
+    /// A coordination failure of kind `code`; `message` names the thing and the fix.
+    pub fn coord(code: StatusCode, message: impl Into<String>) -> Error {
+        Error::Coordination {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status code of a coordination error; `None` for every other kind.
+    pub fn status_code(&self) -> Option<StatusCode> {
+        match self {
+            Error::Coordination { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
     /// Bad input: `what` names it (with its value), `fix` says what to do instead.
     pub fn invalid(what: impl Into<String>, fix: impl Into<String>) -> Error {
         Error::InvalidArgument {

@@ -25,6 +25,7 @@
 
 pub mod array;
 pub mod autodiff;
+pub mod coord;
 pub mod data;
 pub mod dtype;
 pub mod error;
@@ -45,4 +46,4 @@ pub mod trace;
 pub mod train;
 
 pub use dtype::{DType, Element, TensorType};
-pub use error::{Error, Result};
+pub use error::{Error, Result, StatusCode};

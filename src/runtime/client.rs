@@ -4,12 +4,14 @@
 //! [`Executable`] holds an `Arc` of the client's inner state, so the client is destroyed after the
 //! last object made from it. Each PJRT object is destroyed exactly once, in `Drop`.
 
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
 use super::buffer::{upload_to, DeviceBuffer};
 use super::executable::{program_name, Executable};
 use super::ffi;
+use super::kv::{self, KeyValueStore, KvCallbacks};
 use super::named::{NamedOptions, OptionValue};
 use super::options::CompileOptions;
 use super::plugin::{plugin_str, Plugin};
@@ -20,10 +22,23 @@ use crate::error::{Error, Result};
 
 /// Typed client-creation options. `cpu_device_count` is always sent as an int64: the CPU plugin
 /// aborts the process when it arrives with any other type.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     /// Number of virtual CPU devices (CPU plugins only).
     pub cpu_device_count: Option<i64>,
+    /// The store shared by the job's processes, handed to the plugin as all three key-value
+    /// callbacks (see [`super::kv`]). Keys arrive as the plugin writes them: wrap the store in a
+    /// [`super::kv::Prefixed`] per platform. The client keeps it until it is destroyed.
+    pub kv_store: Option<Arc<dyn KeyValueStore>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("cpu_device_count", &self.cpu_device_count)
+            .field("kv_store", &self.kv_store.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 pub(super) struct ClientInner {
@@ -32,6 +47,9 @@ pub(super) struct ClientInner {
     pub(super) platform: String,
     platform_version: String,
     devices: Vec<DeviceInfo>,
+    /// The key-value callbacks' user argument. Dropped after `drop` destroys the client (fields
+    /// drop after `Drop::drop`), so the plugin never calls into a freed store.
+    _kv: Option<KvCallbacks>,
 }
 
 // SAFETY: PJRT clients, buffers and executables are thread-safe per the C API's contract; the raw
@@ -94,16 +112,28 @@ impl Client {
         let named = NamedOptions::new(&super::named::CPU_CLIENT, entries)?;
         let raw_opts = named.raw()?;
         let named = &raw_opts.values;
+        let kv = options.kv_store.clone().map(KvCallbacks::new);
+        // The plugin uses a store only when all three callbacks are set: all or none.
+        let (get, try_get, put, user_arg): (*mut c_void, *mut c_void, *mut c_void, *mut c_void) =
+            match &kv {
+                Some(k) => (
+                    kv::kv_get_callback as ffi::PJRT_KeyValueGetCallback as *mut c_void,
+                    kv::kv_try_get_callback as ffi::PJRT_KeyValueTryGetCallback as *mut c_void,
+                    kv::kv_put_callback as ffi::PJRT_KeyValuePutCallback as *mut c_void,
+                    k.user_arg(),
+                ),
+                None => (null_mut(), null_mut(), null_mut(), null_mut()),
+            };
         let mut a = args!(PJRT_Client_Create_Args {
             create_options: named.as_ptr(),
             num_options: named.len(),
-            kv_get_callback: null_mut(),
-            kv_get_user_arg: null_mut(),
-            kv_put_callback: null_mut(),
-            kv_put_user_arg: null_mut(),
+            kv_get_callback: get,
+            kv_get_user_arg: user_arg,
+            kv_put_callback: put,
+            kv_put_user_arg: user_arg,
             client: null_mut(),
-            kv_try_get_callback: null_mut(),
-            kv_try_get_user_arg: null_mut(),
+            kv_try_get_callback: try_get,
+            kv_try_get_user_arg: user_arg,
         });
         pjrt!(plugin, client_create, "PJRT_Client_Create", &mut a)?;
         let mut inner = ClientInner {
@@ -112,6 +142,7 @@ impl Client {
             platform: String::new(),
             platform_version: String::new(),
             devices: Vec::new(),
+            _kv: kv,
         };
         // From here on `inner` owns the client and destroys it on any error below.
         inner.platform = client_string(&inner, false)?;

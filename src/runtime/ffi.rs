@@ -724,6 +724,72 @@ macro_rules! pjrt_api_offset {
     };
 }
 
+// ---- Key-value store callbacks (`PJRT_Client_Create_Args.kv_*`), implemented by `basic` and
+// called by the plugin. The plugin builds these args on its stack and fills only the inputs
+// (never `struct_size`); sizes and offsets below were printed by a C program against the 0.81
+// header (get 80 bytes, `timeout_in_ms` at 32; try-get 72; put 64), checked by
+// tests/kv_callbacks.rs.
+
+/// `PJRT_CallbackError`: made by the plugin; a callback calls it to build the error it returns.
+/// The message only needs to live for the call (the plugin copies it).
+pub type PJRT_CallbackError = Option<
+    unsafe extern "C" fn(
+        code: c_int,
+        message: *const c_char,
+        message_size: usize,
+    ) -> *mut PJRT_Error,
+>;
+
+/// `PJRT_KeyValueGetCallback_ValueDeleter` (and the try-get one, the same type): frees a value
+/// a callback returned. The plugin calls it after every successful get, so it is never null.
+pub type PJRT_KeyValue_ValueDeleter = Option<unsafe extern "C" fn(value: *mut c_char)>;
+
+#[repr(C)]
+pub struct PJRT_KeyValueGetCallback_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub key: *const c_char,
+    pub key_size: usize,
+    pub timeout_in_ms: c_int,
+    pub callback_error: *mut PJRT_CallbackError,
+    pub user_arg: *mut c_void,
+    pub value: *mut c_char,
+    pub value_size: usize,
+    pub value_deleter_callback: PJRT_KeyValue_ValueDeleter,
+}
+
+#[repr(C)]
+pub struct PJRT_KeyValueTryGetCallback_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub key: *const c_char,
+    pub key_size: usize,
+    pub callback_error: *mut PJRT_CallbackError,
+    pub user_arg: *mut c_void,
+    pub value: *mut c_char,
+    pub value_size: usize,
+    pub value_deleter_callback: PJRT_KeyValue_ValueDeleter,
+}
+
+#[repr(C)]
+pub struct PJRT_KeyValuePutCallback_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub key: *const c_char,
+    pub key_size: usize,
+    pub value: *const c_char,
+    pub value_size: usize,
+    pub callback_error: *mut PJRT_CallbackError,
+    pub user_arg: *mut c_void,
+}
+
+pub type PJRT_KeyValueGetCallback =
+    unsafe extern "C" fn(args: *mut PJRT_KeyValueGetCallback_Args) -> *mut PJRT_Error;
+pub type PJRT_KeyValueTryGetCallback =
+    unsafe extern "C" fn(args: *mut PJRT_KeyValueTryGetCallback_Args) -> *mut PJRT_Error;
+pub type PJRT_KeyValuePutCallback =
+    unsafe extern "C" fn(args: *mut PJRT_KeyValuePutCallback_Args) -> *mut PJRT_Error;
+
 #[cfg(test)]
 mod tests {
     use super::*;

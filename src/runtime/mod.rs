@@ -23,6 +23,7 @@ mod discovery;
 mod executable;
 pub mod ffi;
 pub mod host;
+pub mod kv;
 mod named;
 mod options;
 mod plugin;
@@ -40,6 +41,7 @@ pub use discovery::{
     LOCAL_DIR, PLUGIN_ENV,
 };
 pub use executable::{CompiledProgram, Executable, MemoryStats};
+pub use kv::{KeyValueStore, LocalStore, Prefixed};
 pub use named::{
     NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_TOPOLOGY, TPU_TOPOLOGY,
 };
@@ -72,6 +74,7 @@ impl Runtime {
             plugin.clone(),
             &ClientOptions {
                 cpu_device_count: cpu_devices.map(|n| n as i64),
+                ..Default::default()
             },
         )?;
         Ok(Runtime { plugin, client })
