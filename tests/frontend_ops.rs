@@ -5,7 +5,8 @@
 mod common;
 
 use basic::ir::{ConvAttrs, ConvDims, DotDims, ReduceKind, Window};
-use basic::runtime::{CompileOptions, HostArray, Runtime};
+use basic::partition::{Mesh, PartitionSpec, ShardingContext};
+use basic::runtime::{CompileOptions, HostArray, Partitioner, Runtime};
 use basic::trace::{Builder, Tensor};
 use basic::Result;
 use common::{check_grads_step, cpu_plugins, Rng};
@@ -16,10 +17,14 @@ struct Case {
     name: &'static str,
     inputs: Vec<HostArray>,
     f: F,
-    /// Finite-difference tolerance; `None` for ops without a gradient to check.
+    /// Finite-difference tolerance; `None` for ops without a gradient to check (or, for manual
+    /// regions, checked over devices in tests/manual_regions.rs).
     tol: Option<f64>,
     /// Finite-difference step.
     h: f64,
+    /// The mesh and partitioner a manual region's case is emitted over (inputs and outputs
+    /// replicated); `None`: one device.
+    mesh: Option<(&'static str, Partitioner)>,
 }
 
 fn case(
@@ -33,6 +38,7 @@ fn case(
         f: Box::new(f),
         tol: Some(1e-6),
         h: 1e-6,
+        mesh: None,
     }
 }
 
@@ -384,6 +390,8 @@ fn cases() -> Vec<Case> {
             |_, x| Ok(x[0].random_bits(&[4])?.1),
         )
     });
+    v.extend(collective_cases(Partitioner::Shardy, "shardy"));
+    v.extend(collective_cases(Partitioner::Gspmd, "gspmd"));
     v
 }
 
@@ -401,8 +409,100 @@ fn graph(c: &Case) -> basic::ir::Graph {
     b.finish()
 }
 
+/// A manual region's case: `f` over blocks of `x0` split along its first dimension over `data`
+/// (the one mesh axis), returning replicated results.
+fn region(
+    name: &'static str,
+    inputs: Vec<HostArray>,
+    partitioner: Partitioner,
+    body: impl Fn(&Builder, &[Tensor]) -> Result<Tensor> + 'static,
+) -> Case {
+    Case {
+        tol: None,
+        mesh: Some(("data=4", partitioner)),
+        ..case(name, inputs, move |b, x| {
+            let mesh = Mesh::parse("data=4")?;
+            let rank = x[0].rank();
+            let mut split = vec![vec!["data".to_string()]];
+            split.extend(vec![vec![]; rank - 1]);
+            let out = b.shard_map(
+                name,
+                &mesh,
+                &["data"],
+                &x[..1],
+                &[PartitionSpec(split)],
+                &[PartitionSpec::replicated(rank)],
+                |sb, blocks| Ok(vec![body(sb, blocks)?]),
+            )?;
+            Ok(out[0].clone())
+        })
+    }
+}
+
+/// The collectives, each in a region over `data=4`, for one partitioner: `psum`, `all_gather`,
+/// `psum_scatter`, `ppermute`, `all_to_all` and `axis_index` (all results made replicated).
+fn collective_cases(p: Partitioner, tag: &'static str) -> Vec<Case> {
+    let x = || Rng(9).array(&[8, 4], -1.0, 1.0);
+    let names: [&'static str; 6] = match tag {
+        "shardy" => [
+            "psum_shardy",
+            "all_gather_shardy",
+            "psum_scatter_shardy",
+            "ppermute_shardy",
+            "all_to_all_shardy",
+            "axis_index_shardy",
+        ],
+        _ => [
+            "psum_gspmd",
+            "all_gather_gspmd",
+            "psum_scatter_gspmd",
+            "ppermute_gspmd",
+            "all_to_all_gspmd",
+            "axis_index_gspmd",
+        ],
+    };
+    vec![
+        region(names[0], vec![x()], p, |_, b| {
+            b[0].psum(&["data"])?.all_gather(&["data"], 0)
+        }),
+        region(names[1], vec![x()], p, |_, b| b[0].all_gather(&["data"], 0)),
+        region(names[2], vec![x()], p, |_, b| {
+            b[0].psum_scatter(&["data"], 1)?.all_gather(&["data"], 0)
+        }),
+        region(names[3], vec![x()], p, |_, b| {
+            b[0].ppermute("data", &[(0, 1), (1, 2), (2, 3), (3, 0)])?
+                .all_gather(&["data"], 0)
+        }),
+        region(names[4], vec![x()], p, |_, b| {
+            b[0].all_to_all("data", 1, 0)?.all_gather(&["data"], 1)
+        }),
+        region(names[5], vec![x()], p, |sb, b| {
+            let i = sb.axis_index("data")?.convert(basic::DType::F64)?;
+            b[0].add(&i.broadcast_to(b[0].shape())?)?
+                .all_gather(&["data"], 0)
+        }),
+    ]
+}
+
 fn emit(c: &Case) -> String {
-    basic::lower::module(&graph(c), &Default::default()).unwrap()
+    let g = graph(c);
+    match c.mesh {
+        None => basic::lower::module(&g, &Default::default()).unwrap(),
+        Some((mesh, partitioner)) => {
+            let ctx = ShardingContext {
+                mesh: Mesh::parse(mesh).unwrap(),
+                logical: Default::default(),
+                partitioner,
+            };
+            let rep = |ts: Vec<basic::TensorType>| -> Vec<PartitionSpec> {
+                ts.iter()
+                    .map(|t| PartitionSpec::replicated(t.rank()))
+                    .collect()
+            };
+            let (args, results) = (rep(g.param_types()), rep(g.output_types()));
+            basic::lower::module_sharded(&g, &ctx, &args, &results).unwrap()
+        }
+    }
 }
 
 #[test]
@@ -438,6 +538,9 @@ fn op_types(g: &basic::ir::Graph, out: &mut std::collections::BTreeSet<&'static 
         if let Some(s) = n.op.as_scan() {
             op_types(&s.body, out);
         }
+        if let Some(r) = n.op.as_manual() {
+            op_types(&r.body, out);
+        }
     }
 }
 
@@ -462,11 +565,17 @@ fn every_op_type_has_a_golden_case() {
 fn golden_snippets_compile_on_every_cpu_plugin() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/golden");
     for (name, path) in cpu_plugins() {
-        let rt = Runtime::open_path(&path, Some(1)).unwrap();
+        let rt = Runtime::open_path(&path, Some(4)).unwrap();
         for c in cases() {
             let text = std::fs::read_to_string(dir.join(format!("{}.mlir", c.name))).unwrap();
+            let options = match c.mesh {
+                None => CompileOptions::single(),
+                Some((mesh, p)) => {
+                    CompileOptions::spmd(Mesh::parse(mesh).unwrap().size() as usize, p)
+                }
+            };
             rt.client()
-                .compile(&text, &CompileOptions::single())
+                .compile(&text, &options)
                 .unwrap_or_else(|e| panic!("{name}: {}: {e}", c.name));
         }
     }

@@ -11,6 +11,9 @@ use crate::dtype::{DType, TensorType};
 mod op;
 pub use op::*;
 
+mod manual;
+pub use manual::*;
+
 /// One output of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Value {

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use crate::dtype::{DType, TensorType};
 
-use super::{Binary, Cmp, ConvAttrs, DotDims, ReduceKind, Scan, Unary, Window};
+use super::{
+    AllGather, AllToAll, AxisIndex, Binary, Cmp, ConvAttrs, DotDims, ManualRegion, Ppermute, Psum,
+    ReduceKind, ReduceScatter, Scan, Unary, Window,
+};
 
 /// Declares a family enum whose variants each hold one op type, and `From<op> for Op`.
 macro_rules! family {
@@ -45,6 +48,7 @@ pub enum Op {
     Linalg(Linalg),
     Reduction(Reduction),
     Control(Control),
+    Collective(Collective),
 }
 
 family! {
@@ -110,6 +114,25 @@ family! {
         StopGradient(StopGradient),
         Scan(Box<Scan>),
         ShardingConstraint(ShardingConstraint),
+        Manual(Box<ManualRegion>),
+    }
+}
+
+family! {
+    /// Communication between the devices of a manual region, over named mesh axes.
+    Collective {
+        Psum(Psum),
+        AllGather(AllGather),
+        ReduceScatter(ReduceScatter),
+        Ppermute(Ppermute),
+        AllToAll(AllToAll),
+        AxisIndex(AxisIndex),
+    }
+}
+
+impl From<ManualRegion> for Op {
+    fn from(r: ManualRegion) -> Op {
+        Op::Control(Control::Manual(Box::new(r)))
     }
 }
 
@@ -275,6 +298,7 @@ impl Op {
             Op::Linalg(f) => f.type_name(),
             Op::Reduction(f) => f.type_name(),
             Op::Control(f) => f.type_name(),
+            Op::Collective(f) => f.type_name(),
         }
     }
 
@@ -287,6 +311,7 @@ impl Op {
             Linalg::TYPES,
             Reduction::TYPES,
             Control::TYPES,
+            Collective::TYPES,
         ]
         .concat()
     }
@@ -311,6 +336,14 @@ impl Op {
         }
     }
 
+    /// The manual region this node runs, if it is one.
+    pub fn as_manual(&self) -> Option<&ManualRegion> {
+        match self {
+            Op::Control(Control::Manual(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Whether the node is a matrix product (what `dots_saveable` keeps).
     pub fn is_dot(&self) -> bool {
         matches!(self, Op::Linalg(Linalg::DotGeneral(_)))
@@ -322,6 +355,12 @@ impl Op {
             Op::Source(Source::Iota(i)) => return format!(" axis={}", i.axis),
             Op::Source(_) => return String::new(),
             Op::Structural(Structural::BroadcastInDim(b)) => return format!(" dims={:?}", b.dims),
+            Op::Control(Control::Manual(r)) => {
+                return format!(
+                    " name={} manual={:?} body={}",
+                    r.name, r.manual, r.body.name
+                )
+            }
             Op::Control(Control::Scan(s)) => {
                 return format!(
                     " length={} reverse={} body={}",

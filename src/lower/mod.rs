@@ -138,6 +138,10 @@ pub struct Emitter {
     next: usize,
     indent: usize,
     sharding: Option<ShardingContext>,
+    /// The manual axes of the regions being written (innermost last).
+    manual: Vec<Vec<String>>,
+    /// The last channel handle given to a collective (handles are unique in a module).
+    channels: u64,
 }
 
 impl Emitter {
@@ -147,6 +151,8 @@ impl Emitter {
             next: 0,
             indent: 2,
             sharding: None,
+            manual: Vec::new(),
+            channels: 0,
         }
     }
 
@@ -158,7 +164,53 @@ impl Emitter {
         }
     }
 
-    /// A sharding constraint on `x`, or `x` itself when the program is not partitioned.
+    /// The mesh and partitioner the program is written for, if it is partitioned.
+    pub fn sharding(&self) -> Option<&ShardingContext> {
+        self.sharding.as_ref()
+    }
+
+    /// A fresh channel handle for a collective.
+    pub fn next_channel(&mut self) -> u64 {
+        self.channels += 1;
+        self.channels
+    }
+
+    /// Writes the body of a manual region over `manual` axes on `params`: inside, sharding
+    /// constraints leave the manual axes out.
+    pub fn manual_body(
+        &mut self,
+        manual: &[String],
+        body: &Graph,
+        params: &[String],
+    ) -> Result<Vec<String>> {
+        self.manual.push(manual.to_vec());
+        let r = self.graph_body(body, params);
+        self.manual.pop();
+        r
+    }
+
+    /// `stablehlo.custom_call @target(x)` with `attrs`, from `in_t` to `out_t`.
+    pub fn custom_call(
+        &mut self,
+        target: &str,
+        x: &str,
+        in_t: &TensorType,
+        attrs: &str,
+        out_t: &TensorType,
+    ) -> String {
+        let attrs = format!("call_target_name = \"{target}\", {attrs}");
+        self.op1(
+            "stablehlo.custom_call",
+            &[x.to_string()],
+            std::slice::from_ref(in_t),
+            &attrs,
+            out_t,
+        )
+    }
+
+    /// A sharding constraint on `x`, or `x` itself when the program is not partitioned. Inside a
+    /// manual region the region's manual axes are left out (the block is already the device's);
+    /// GSPMD writes none there.
     pub fn sharding_constraint(
         &mut self,
         x: &str,
@@ -168,14 +220,19 @@ impl Emitter {
         let Some(ctx) = self.sharding.clone() else {
             return Ok(vec![x.to_string()]);
         };
-        if ctx.mesh.size() == 1 {
+        let manual: Vec<String> = self.manual.concat();
+        if ctx.mesh.size() == 1 || (!manual.is_empty() && ctx.partitioner == Partitioner::Gspmd) {
             return Ok(vec![x.to_string()]);
         }
-        let spec = ctx.spec_for(
-            &format!("activation {t} with axes {axes:?}"),
-            axes,
-            &t.shape,
-        )?;
+        let what = format!("activation {t} with axes {axes:?}");
+        let mut spec = ctx.logical.spec(&what, axes)?;
+        for d in &mut spec.0 {
+            d.retain(|a| !manual.contains(a));
+        }
+        if !manual.is_empty() && spec.is_replicated() {
+            return Ok(vec![x.to_string()]);
+        }
+        spec.validate(&what, &t.shape, &ctx.mesh)?;
         Ok(match ctx.partitioner {
             Partitioner::Shardy => self.op(
                 "sdy.sharding_constraint",
@@ -372,6 +429,29 @@ impl Emitter {
         attrs: &str,
         out_tys: &[TensorType],
     ) -> Result<Vec<String>> {
+        self.op_with_regions_ending(
+            name,
+            operands,
+            in_tys,
+            regions,
+            attrs,
+            out_tys,
+            "stablehlo.return",
+        )
+    }
+
+    /// [`Emitter::op_with_regions`] whose regions end with `terminator` (`sdy.return`).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    pub fn op_with_regions_ending(
+        &mut self,
+        name: &str,
+        operands: &[String],
+        in_tys: &[TensorType],
+        regions: Vec<(Vec<TensorType>, Region<'_>)>,
+        attrs: &str,
+        out_tys: &[TensorType],
+        terminator: &str,
+    ) -> Result<Vec<String>> {
         let (lhs, names) = self.results(out_tys.len());
         self.line(&format!("{lhs} = \"{name}\"({}) ({{", operands.join(", ")));
         let n = regions.len();
@@ -387,7 +467,7 @@ impl Emitter {
             self.indent += 1;
             let (rets, ret_tys) = body(self, &args)?;
             self.line(&format!(
-                "\"stablehlo.return\"({}) : ({}) -> ()",
+                "\"{terminator}\"({}) : ({}) -> ()",
                 rets.join(", "),
                 tys(&ret_tys)
             ));

@@ -4,6 +4,7 @@
 //! rule with one exhaustive match per family, written once for all three, so a new op does not
 //! compile until it has every rule.
 
+mod collective;
 mod control;
 mod dump;
 mod elementwise;
@@ -14,7 +15,7 @@ mod structural;
 
 use crate::dtype::TensorType;
 use crate::error::{Error, Result};
-use crate::ir::{Control, Elementwise, Linalg, Op, Reduction, Source, Structural};
+use crate::ir::{Collective, Control, Elementwise, Linalg, Op, Reduction, Source, Structural};
 use crate::lower::Emitter;
 use crate::trace::Tensor;
 
@@ -127,6 +128,15 @@ pub fn rule(op: &Op) -> &dyn Rule {
             Control::StopGradient(r) => r,
             Control::Scan(r) => &**r,
             Control::ShardingConstraint(r) => r,
+            Control::Manual(r) => &**r,
+        },
+        Op::Collective(f) => match f {
+            Collective::Psum(r) => r,
+            Collective::AllGather(r) => r,
+            Collective::ReduceScatter(r) => r,
+            Collective::Ppermute(r) => r,
+            Collective::AllToAll(r) => r,
+            Collective::AxisIndex(r) => r,
         },
     }
 }

@@ -16,6 +16,8 @@
 
 mod composite;
 pub use composite::stop_gradient;
+mod manual;
+pub(crate) use manual::replicated_axes;
 mod tensor;
 
 use std::cell::RefCell;
@@ -33,6 +35,9 @@ struct State {
     /// Index of the open checkpoint region, if any (regions do not nest: an inner checkpoint
     /// inside an outer one joins the outer).
     open_region: Option<usize>,
+    /// Set while tracing the body of a manual region (and the loops inside it): the mesh and the
+    /// axes the collectives may name.
+    manual: Option<manual::ManualContext>,
 }
 
 /// Records a function as a [`Graph`]. Cheap to clone; clones record into the same graph.
@@ -60,9 +65,18 @@ impl Builder {
                     ..Graph::default()
                 },
                 open_region: None,
+                manual: None,
             })),
             id,
         }
+    }
+
+    /// A builder for a body traced inside this one (a loop's, a region's): it sees the same
+    /// manual region, if any.
+    pub(crate) fn child(&self, name: &str) -> Builder {
+        let b = Builder::new(name);
+        b.state.borrow_mut().manual = self.state.borrow().manual.clone();
+        b
     }
 
     pub(crate) fn same(&self, other: &Builder) -> bool {
@@ -325,7 +339,7 @@ impl Builder {
         if length < 1 {
             return Err(scan_err(format!("length must be at least 1, got {length}")));
         }
-        let sub = Builder::new(&format!(
+        let sub = self.child(&format!(
             "{}_body{}",
             self.graph_name(),
             self.state.borrow().graph.nodes.len()
