@@ -606,7 +606,7 @@ fn the_readme_ring_of_partial_sums_sums_every_block() {
                     let mine = blocks[0].sum(&[0])?;
                     let (done, _) = sb.scan(
                         4,
-                        &[mine.clone()],
+                        std::slice::from_ref(&mine),
                         &[mine.zeros_like()?],
                         &[],
                         false,
