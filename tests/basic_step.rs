@@ -208,6 +208,8 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
             param_dtype: DType::F32,
             compute_dtype: DType::F32,
             frozen: vec![],
+            loss_block: 0,
+            ring: None,
         };
         let (g, _) = grad_graph(&c, &o).unwrap();
         compile_graph(&g).memory_stats().unwrap().temp_bytes

@@ -52,6 +52,8 @@ fn opts(dtype: DType, m: i64) -> StepOptions {
         param_dtype: dtype,
         compute_dtype: dtype,
         frozen: vec![],
+        loss_block: 0,
+        ring: None,
     }
 }
 

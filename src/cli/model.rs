@@ -59,6 +59,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub donate: bool,
 
+    /// Rows and columns of one tile of the contrastive loss, which then never builds the N × N
+    /// logits (0: the whole-batch loss) [default: the preset's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    pub loss_block: Option<i64>,
+
     /// Lock the image tower: no gradient, no optimizer state (LiT)
     #[arg(long)]
     pub lock_image: bool,
@@ -111,6 +116,7 @@ impl ModelArgs {
                 .map(|(_, m)| m)
                 .collect(),
             steps,
+            loss_block: self.loss_block,
         }
     }
 
@@ -477,11 +483,14 @@ pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
     let (images, tokens) =
         load_or_random_batch(&c, &a.batch, a.random_batch, &a.save_batch, dtype)?;
     c.train.batch = images.shape()[0];
-    let o = StepOptions {
+    let mut o = StepOptions {
         param_dtype: dtype,
         compute_dtype: dtype,
         ..StepOptions::from_config(&c)?
     };
+    if o.loss_block > 0 {
+        o.ring = a.model.layout_choices().layout()?.ring()?;
+    }
     let (g, specs) = grad_graph(&c, &o)?;
     let prog = a.model.compile_sharded(&g, &specs)?;
     let mut args = params;

@@ -142,6 +142,8 @@ pub struct Emitter {
     manual: Vec<Vec<String>>,
     /// The last channel handle given to a collective (handles are unique in a module).
     channels: u64,
+    /// Private functions written beside `@main` (GSPMD manual regions' bodies).
+    functions: Vec<String>,
 }
 
 impl Emitter {
@@ -153,6 +155,7 @@ impl Emitter {
             sharding: None,
             manual: Vec::new(),
             channels: 0,
+            functions: Vec::new(),
         }
     }
 
@@ -187,6 +190,53 @@ impl Emitter {
         let r = self.graph_body(body, params);
         self.manual.pop();
         r
+    }
+
+    /// Writes `body` over manual `axes` as a private function of the module and calls it on
+    /// `args` (of types `arg_tys`). A function of its own keeps the compiler from merging the
+    /// body's constants with equal ones outside (MLIR uniques constants per function), which would
+    /// carry the body's manual sharding out of it: GSPMD then fails a CHECK, aborting the process.
+    pub fn call_manual_body(
+        &mut self,
+        axes: &[String],
+        body: &Graph,
+        args: &[String],
+        arg_tys: &[TensorType],
+    ) -> Result<Vec<String>> {
+        let name = format!("manual_body_{}", self.functions.len());
+        let saved = (std::mem::take(&mut self.out), self.indent);
+        self.indent = 2;
+        let params: Vec<String> = arg_tys.iter().map(|_| self.fresh()).collect();
+        let outs = self.manual_body(axes, body, &params);
+        let text = std::mem::replace(&mut self.out, saved.0);
+        self.indent = saved.1;
+        let outs = outs?;
+        let out_tys = body.output_types();
+        let header = params
+            .iter()
+            .zip(arg_tys)
+            .map(|(p, t)| format!("{p}: {}", ty(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut f = format!(
+            "  func.func private @{name}({header}) -> ({}) {{\n",
+            tys(&out_tys)
+        );
+        f.push_str(&text);
+        let _ = writeln!(
+            f,
+            "    \"func.return\"({}) : ({}) -> ()\n  }}",
+            outs.join(", "),
+            tys(&out_tys)
+        );
+        self.functions.push(f);
+        Ok(self.op(
+            "func.call",
+            args,
+            arg_tys,
+            &format!("callee = @{name}"),
+            &out_tys,
+        ))
     }
 
     /// `stablehlo.custom_call @target(x)` with `attrs`, from `in_t` to `out_t`.
@@ -706,7 +756,11 @@ fn module_with(
         outs.join(", "),
         tys(&out_tys)
     );
-    text.push_str("  }\n}\n");
+    text.push_str("  }\n");
+    for f in &e.functions {
+        text.push_str(f);
+    }
+    text.push_str("}\n");
     Ok(text)
 }
 

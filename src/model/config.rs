@@ -386,6 +386,9 @@ pub struct TrainConfig {
     pub dropout: f64,
     /// Stochastic depth: probability of dropping a block's residual branch per example.
     pub drop_path: f64,
+    /// Rows and columns of one tile of the tiled contrastive loss, which never builds the
+    /// `N × N` logits; 0 keeps the whole-batch loss (right for small batches).
+    pub loss_block: i64,
     /// Image normalisation.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
@@ -421,6 +424,7 @@ impl Default for TrainConfig {
             random_resized_crop: false,
             dropout: 0.0,
             drop_path: 0.0,
+            loss_block: 0,
             mean: vec![0.5],
             std: vec![0.5],
         }
@@ -585,6 +589,12 @@ impl TrainConfig {
                     self.batch, self.microbatches
                 ),
                 "the batch must divide into the micro-batches",
+            ));
+        }
+        if self.loss_block < 0 {
+            return Some((
+                format!("train.loss_block = {}", self.loss_block),
+                "a block of rows and columns is positive; 0 keeps the whole-batch loss",
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_path) {

@@ -11,6 +11,7 @@ pub mod noise;
 pub mod params;
 pub mod scope;
 pub mod text;
+pub mod tiled;
 pub mod transformer;
 pub mod vit;
 

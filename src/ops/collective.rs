@@ -568,7 +568,7 @@ fn lower_region(r: &ManualRegion, e: &mut Emitter, l: &Lowering) -> Result<Vec<S
                     lt,
                 ));
             }
-            let outs = e.manual_body(&r.manual, &r.body, &blocks)?;
+            let outs = e.call_manual_body(&r.manual, &r.body, &blocks, &local_tys)?;
             let body_tys = r.body.output_types();
             let mut res = Vec::with_capacity(outs.len());
             for ((y, lt), (s, t)) in outs

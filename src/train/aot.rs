@@ -42,7 +42,11 @@ impl StepProgram {
         layout: &Layout,
         donate: bool,
     ) -> Result<StepProgram> {
-        let (graph, params, state) = train_graph(c, o)?;
+        let mut o = o.clone();
+        if o.loss_block > 0 {
+            o.ring = layout.ring()?;
+        }
+        let (graph, params, state) = train_graph(c, &o)?;
         let mut all = params.clone();
         all.extend(state.iter().cloned());
         let (args, results) = layout.specs(&graph, &all)?;

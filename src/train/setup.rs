@@ -27,6 +27,8 @@ pub struct StepChoices {
     pub lock: Vec<Modality>,
     /// Length of the learning-rate schedule (the schedule is part of the program).
     pub steps: Option<i64>,
+    /// The tiled loss's block (0: the whole-batch loss).
+    pub loss_block: Option<i64>,
 }
 
 impl StepChoices {
@@ -41,6 +43,7 @@ impl StepChoices {
         }
         t.dtype = self.precision.unwrap_or(t.dtype);
         t.total_steps = self.steps.unwrap_or(t.total_steps);
+        t.loss_block = self.loss_block.unwrap_or(t.loss_block);
         for m in &self.lock {
             if !t.locks(*m) {
                 t.lock.push(*m);

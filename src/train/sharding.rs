@@ -4,6 +4,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::model::names::io;
+use crate::model::tiled::Ring;
 use crate::model::ParamSpec;
 use crate::partition::{LogicalRules, Mesh, PartitionSpec, Rules, ShardingContext, TensorAxes};
 use crate::runtime::Partitioner;
@@ -31,6 +32,27 @@ impl Layout {
             mesh: self.mesh.clone(),
             logical: self.rules.logical.clone(),
             partitioner: self.partitioner,
+        }
+    }
+
+    /// The mesh axis the batch is split over, as the tiled loss's ring: `None` when the batch is
+    /// not split; an error when it is split over more than one axis (the ring runs over one).
+    pub fn ring(&self) -> Result<Option<Ring>> {
+        let spec = self.batch_spec(1)?;
+        let axes: Vec<&String> = spec.0[0]
+            .iter()
+            .filter(|a| self.mesh.axis_size(a).unwrap_or(1) > 1)
+            .collect();
+        match axes[..] {
+            [] => Ok(None),
+            [a] => Ok(Some(Ring {
+                mesh: self.mesh.clone(),
+                axis: a.clone(),
+            })),
+            _ => Err(crate::error::Error::invalid(
+                format!("the batch split over {axes:?} of mesh {}", self.mesh),
+                "the tiled loss's ring runs over one mesh axis: split the batch over one",
+            )),
         }
     }
 

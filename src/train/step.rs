@@ -19,6 +19,7 @@ use crate::model::config::{LossKind, ModelConfig};
 use crate::model::dual::{self, logit_scale};
 use crate::model::names::{io, Modality};
 use crate::model::noise::Noise;
+use crate::model::tiled::{self, Ring};
 use crate::model::{ParamSpec, Params, Scope, Tower};
 use crate::trace::{Builder, Tensor};
 
@@ -38,6 +39,12 @@ pub struct StepOptions {
     pub compute_dtype: DType,
     /// Parameters that get no gradient and no optimizer state (locked towers).
     pub frozen: Vec<String>,
+    /// Rows and columns of a tile of the tiled contrastive loss; 0: the loss over the whole
+    /// `N × N` logits (split by rows over the batch axes).
+    pub loss_block: i64,
+    /// The batch axis the tiled loss runs its ring over, when the batch is split over one
+    /// ([`crate::train::Layout::ring`]).
+    pub ring: Option<Ring>,
 }
 
 impl StepOptions {
@@ -50,6 +57,8 @@ impl StepOptions {
             param_dtype: DType::F32,
             compute_dtype: t.dtype.compute_dtype(),
             frozen: dual::locked(&dual::specs(c)?, &t.lock),
+            loss_block: t.loss_block,
+            ring: None,
         })
     }
 
@@ -231,6 +240,52 @@ fn pass1_embeddings(b: &Builder, mbs: &MicroBatches<'_>) -> Result<(Tensor, Tens
     Ok((gather(&embs[0])?, gather(&embs[1])?))
 }
 
+/// The loss over the global batch of embeddings `img`, `txt` and its gradient with respect to
+/// both and to the head parameters `heads`: by differentiating the whole-batch loss, or, with
+/// `o.loss_block > 0`, by the tiled loss's own sweeps (which build no `N × N` array), the heads'
+/// gradients then flowing from the scale's and bias's through their definitions.
+fn loss_grads(
+    img: &Tensor,
+    txt: &Tensor,
+    heads: &[Tensor],
+    p: &Params,
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Tensor, Tensor, Tensor, Vec<Tensor>)> {
+    if o.loss_block == 0 {
+        let loss = head_loss(img, txt, p, c)?;
+        let mut targets = vec![img.clone(), txt.clone()];
+        targets.extend(heads.iter().cloned());
+        let mut g = crate::autodiff::grad(&loss, &targets)?;
+        let head_grads = g.split_off(2);
+        return Ok((loss, g[0].clone(), g[1].clone(), head_grads));
+    }
+    let s = Scope::bound(p);
+    let scale = logit_scale(&s, c)?;
+    let bias = dual::logit_bias(&s, c)?;
+    let r = tiled::loss_and_grads(
+        img,
+        txt,
+        &scale,
+        bias.as_ref(),
+        c.loss,
+        o.loss_block,
+        o.ring.as_ref(),
+    )?;
+    let mut outs = vec![scale];
+    let mut cots = vec![Some(r.d_scale)];
+    if let (Some(b), Some(db)) = (bias, r.d_bias) {
+        outs.push(b);
+        cots.push(Some(db));
+    }
+    let head_grads = crate::autodiff::vjp(&outs, &cots, heads)?
+        .into_iter()
+        .zip(heads)
+        .map(|(g, h)| g.map_or_else(|| h.zeros_like(), Ok))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((r.loss, r.d_img, r.d_txt, head_grads))
+}
+
 /// Pass 2: the loss over the global batch and its gradient with respect to every embedding and
 /// to the head parameters `heads`. Returns the loss, dL/d(image, text embeddings) as
 /// `[M, N/M, E]` in micro-batch order, and the heads' gradients.
@@ -241,10 +296,7 @@ fn pass2_loss(
     p: &Params,
     mbs: &MicroBatches<'_>,
 ) -> Result<(Tensor, Tensor, Tensor, Vec<Tensor>)> {
-    let loss = head_loss(img, txt, p, mbs.c)?;
-    let mut targets = vec![img.clone(), txt.clone()];
-    targets.extend(heads.iter().cloned());
-    let mut g = crate::autodiff::grad(&loss, &targets)?;
+    let (loss, d_img, d_txt, head_grads) = loss_grads(img, txt, heads, p, mbs.c, mbs.o)?;
     let (mb, m, e) = (mbs.o.batch / mbs.m, mbs.m, mbs.c.embed_dim);
     // And back: row j·M + k of the batch to micro-batch k, row j.
     let split = |t: &Tensor| -> Result<Tensor> {
@@ -253,8 +305,7 @@ fn pass2_loss(
             .transpose(&[1, 0, 2])?
             .constrain(&[None, Some("batch"), None])
     };
-    let head_grads = g.split_off(2);
-    Ok((loss, split(&g[0])?, split(&g[1])?, head_grads))
+    Ok((loss, split(&d_img)?, split(&d_txt)?, head_grads))
 }
 
 /// Pass 3: re-run each micro-batch with activations and backpropagate its slice of the embedding
@@ -374,9 +425,12 @@ pub fn loss_and_grads(
     if o.microbatches == 1 {
         let n = rng.map(|k| noise(k, c).fold(0)).transpose()?;
         let (img, txt) = embed_pair(images, tokens, p, c, o, n.as_ref())?;
-        let loss = head_loss(&img, &txt, p, c)?;
-        let grads = crate::autodiff::grad(&loss, &wrt)?;
-        return Ok((loss, grads));
+        if o.loss_block == 0 {
+            let loss = head_loss(&img, &txt, p, c)?;
+            let grads = crate::autodiff::grad(&loss, &wrt)?;
+            return Ok((loss, grads));
+        }
+        return whole_batch_tiled(&img, &txt, p, train, &wrt, c, o);
     }
     let mbs = MicroBatches::new(p, images, tokens, rng, c, o)?;
     let (img_all, txt_all) = pass1_embeddings(&b, &mbs)?;
@@ -407,6 +461,49 @@ pub fn loss_and_grads(
             by_name
                 .remove(s.name.as_str())
                 .map_or_else(|| w.zeros_like(), Ok)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss, grads))
+}
+
+/// One micro-batch with the tiled loss: the loss's gradient with respect to the embeddings
+/// backpropagated through the towers (a vector–Jacobian product), the heads' from the loss.
+fn whole_batch_tiled(
+    img: &Tensor,
+    txt: &Tensor,
+    p: &Params,
+    train: &[ParamSpec],
+    wrt: &[Tensor],
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let is_head = |s: &ParamSpec| Modality::of_param(&s.name).is_none();
+    let pick = |head: bool| -> Vec<Tensor> {
+        train
+            .iter()
+            .zip(wrt)
+            .filter(|(s, _)| is_head(s) == head)
+            .map(|(_, w)| w.clone())
+            .collect()
+    };
+    let (heads, towers) = (pick(true), pick(false));
+    let (loss, d_img, d_txt, head_grads) = loss_grads(img, txt, &heads, p, c, o)?;
+    let tower_grads = crate::autodiff::vjp(
+        &[img.clone(), txt.clone()],
+        &[Some(d_img), Some(d_txt)],
+        &towers,
+    )?;
+    let (mut hg, mut tg) = (head_grads.into_iter(), tower_grads.into_iter());
+    let grads = train
+        .iter()
+        .zip(wrt)
+        .map(|(s, w)| {
+            let g = if is_head(s) {
+                hg.next()
+            } else {
+                tg.next().flatten()
+            };
+            g.map_or_else(|| w.zeros_like(), Ok)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((loss, grads))

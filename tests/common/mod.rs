@@ -73,6 +73,8 @@ pub fn f64_step(n: i64, m: i64) -> basic::train::StepOptions {
         param_dtype: basic::dtype::DType::F64,
         compute_dtype: basic::dtype::DType::F64,
         frozen: vec![],
+        loss_block: 0,
+        ring: None,
     }
 }
 
