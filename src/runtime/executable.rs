@@ -8,6 +8,7 @@ use super::buffer::{upload_to, ArgBuffer, DeviceBuffer};
 use super::call::Event;
 use super::client::{ClientInner, RawDevice};
 use super::ffi;
+use super::named::OptionValue;
 use super::options::CompileOptions;
 use super::plugin::Plugin;
 use super::program::Signature;
@@ -26,6 +27,20 @@ pub struct MemoryStats {
     pub generated_code_bytes: i64,
     /// The larger of the plugin's peak figure and `argument + output - alias + temp`.
     pub peak_bytes: i64,
+}
+
+/// A compiler's cost analysis of a compiled program, per device, as the plugin reports it:
+/// properties differ between plugins, and none follows loops (a `while` body counts once).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Costs {
+    /// `flops`: floating-point operations.
+    pub flops: Option<f64>,
+    /// `bytes accessed`: bytes read and written from memory.
+    pub bytes_accessed: Option<f64>,
+    /// `optimal_seconds`: the compiler's own time estimate (libtpu gives one).
+    pub optimal_seconds: Option<f64>,
+    /// Every numeric property.
+    pub all: std::collections::BTreeMap<String, f64>,
 }
 
 /// A compiled program, loaded on its devices.
@@ -350,6 +365,11 @@ impl Executable {
         self.compiled()?.memory_stats()
     }
 
+    /// XLA's cost analysis of the compiled program ([`Costs`]).
+    pub fn cost_analysis(&self) -> Result<Costs> {
+        self.compiled()?.cost_analysis()
+    }
+
     /// The serialized executable, for [`Client::load_serialized`](super::Client::load_serialized)
     /// on a client of the same plugin.
     pub fn serialize(&self) -> Result<Vec<u8>> {
@@ -412,6 +432,39 @@ impl Drop for RawExecutable {
 impl RawExecutable {
     pub(crate) fn own(plugin: Arc<Plugin>, raw: *mut ffi::PJRT_Executable) -> RawExecutable {
         RawExecutable { plugin, raw }
+    }
+
+    fn cost_analysis(&self) -> Result<Costs> {
+        let mut a = args!(PJRT_Executable_GetCostAnalysis_Args {
+            executable: self.raw,
+            num_properties: 0,
+            properties: null(),
+        });
+        pjrt!(
+            self.plugin,
+            executable_get_cost_analysis,
+            "PJRT_Executable_GetCostAnalysis",
+            &mut a
+        )?;
+        // SAFETY: the executable owns `num_properties` named values for its lifetime.
+        let named = unsafe { super::topology::read_named(a.properties, a.num_properties) };
+        let all: std::collections::BTreeMap<String, f64> = named
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let x = match v {
+                    OptionValue::Float(f) => f64::from(f),
+                    OptionValue::Int64(i) => i as f64,
+                    _ => return None,
+                };
+                Some((k, x))
+            })
+            .collect();
+        Ok(Costs {
+            flops: all.get("flops").copied(),
+            bytes_accessed: all.get("bytes accessed").copied(),
+            optimal_seconds: all.get("optimal_seconds").copied(),
+            all,
+        })
     }
 
     fn memory_stats(&self) -> Result<MemoryStats> {
@@ -588,6 +641,11 @@ impl CompiledProgram {
     /// The target compiler's memory figures per device.
     pub fn memory_stats(&self) -> Result<MemoryStats> {
         self.raw.memory_stats()
+    }
+
+    /// The target compiler's cost analysis of the program ([`Costs`]).
+    pub fn cost_analysis(&self) -> Result<Costs> {
+        self.raw.cost_analysis()
     }
 
     /// The serialized executable.

@@ -285,6 +285,15 @@ pub struct PJRT_Executable_NumOutputs_Args {
 }
 
 #[repr(C)]
+pub struct PJRT_Executable_GetCostAnalysis_Args {
+    pub struct_size: usize,
+    pub extension_start: Ext,
+    pub executable: *mut PJRT_Executable,
+    pub num_properties: usize,
+    pub properties: *const PJRT_NamedValue,
+}
+
+#[repr(C)]
 #[derive(Default)]
 pub struct PJRT_Executable_GetCompiledMemoryStats_Args {
     pub struct_size: usize,
@@ -649,7 +658,7 @@ pub struct PjrtApi {
     pub executable_num_outputs: Entry<PJRT_Executable_NumOutputs_Args>,
     pub executable_size_of_generated_code_in_bytes:
         Entry<PJRT_Executable_SizeOfGeneratedCodeInBytes_Args>,
-    pub executable_get_cost_analysis: Unused,
+    pub executable_get_cost_analysis: Entry<PJRT_Executable_GetCostAnalysis_Args>,
     pub executable_output_memory_kinds: Unused,
     pub executable_optimized_program: Entry<PJRT_Executable_OptimizedProgram_Args>,
     pub executable_serialize: Entry<PJRT_Executable_Serialize_Args>,

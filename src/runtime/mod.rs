@@ -40,7 +40,7 @@ pub use discovery::{
     find_cpu_plugins, find_cuda_data_dir, find_plugin, Backend, KnownPlugin, CPU_PLUGINS,
     LOCAL_DIR, PLUGIN_ENV,
 };
-pub use executable::{CompiledProgram, Executable, MemoryStats};
+pub use executable::{CompiledProgram, Costs, Executable, MemoryStats};
 pub use kv::{KeyValueStore, LocalStore, Prefixed};
 pub use named::{
     NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_TOPOLOGY, TPU_TOPOLOGY,

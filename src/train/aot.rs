@@ -17,7 +17,7 @@ use crate::io::executable::{sha256_hex, Manifest, SavedExecutable, FORMAT};
 use crate::ir::Graph;
 use crate::model::{ModelConfig, ParamSpec};
 use crate::partition::PartitionSpec;
-use crate::runtime::{Client, CompiledProgram, MemoryStats, Signature, Topology};
+use crate::runtime::{Client, CompiledProgram, Costs, MemoryStats, Signature, Topology};
 use crate::target::{OutOfMemory, Target};
 
 /// The emitted training step and what describes it.
@@ -329,6 +329,8 @@ pub struct StepReport {
     /// The target's compiler refused the program as too large, with this message; `mem` then
     /// holds only what it said it needs (a lower bound on the peak).
     pub refused: Option<String>,
+    /// The compiler's cost analysis, where the plugin gives one.
+    pub costs: Option<Costs>,
 }
 
 impl StepReport {
@@ -380,6 +382,10 @@ impl StepReport {
             "partitioner": layout.partitioner, "devices": devices,
             "generated_code_bytes": mem.generated_code_bytes, "hosts": self.hosts(),
         });
+        if let Some(c) = &self.costs {
+            out["cost_analysis"] = json!({"flops": c.flops, "bytes_accessed": c.bytes_accessed,
+                "optimal_seconds": c.optimal_seconds, "loops_counted_once": true});
+        }
         if let Some(t) = &self.target {
             out["target"] = json!(t.name());
             out["fits"] = json!(fits);
@@ -421,7 +427,7 @@ pub fn compile_step(
         crate::fs::write_atomic(p, sp.text.as_bytes())?;
     }
     let n = setup.devices();
-    let (target, compile_seconds, mem, process_index, refused) = match on {
+    let (target, compile_seconds, mem, process_index, refused, costs) = match on {
         CompileOn::Target(t) => {
             let topo = t.topology()?;
             // The program runs on the topology's first `n` devices (its default assignment).
@@ -445,12 +451,14 @@ pub fn compile_step(
                 let machine = Machine::of_target(t, &topo, compiled);
                 sp.save(path, setup, &machine, compiled.serialize()?)?;
             }
+            let costs = m.compiled.as_ref().and_then(|c| c.cost_analysis().ok());
             (
                 Some(t.clone()),
                 m.seconds,
                 m.memory,
                 process_index,
                 m.refused,
+                costs,
             )
         }
         CompileOn::Client(client) => {
@@ -467,7 +475,8 @@ pub fn compile_step(
                 let machine = Machine::of_client(client, n);
                 sp.save(path, setup, &machine, prog.exe.serialize()?)?;
             }
-            (None, seconds, prog.memory_stats()?, vec![0; n], None)
+            let costs = prog.exe.cost_analysis().ok();
+            (None, seconds, prog.memory_stats()?, vec![0; n], None, costs)
         }
     };
     Ok(StepReport {
@@ -479,5 +488,6 @@ pub fn compile_step(
         mem,
         process_index,
         refused,
+        costs,
     })
 }
