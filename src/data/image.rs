@@ -1,4 +1,4 @@
-//! Image decoding (PNG, JPEG) and preprocessing: channels, resize of the short side, centre
+//! Image decoding (PNG, JPEG, WebP) and preprocessing: channels, resize of the short side, centre
 //! crop, normalisation. Every error names the image.
 
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ pub struct Image {
 fn bad(name: &str, why: impl std::fmt::Display) -> Error {
     Error::InvalidArgument {
         what: format!("image `{name}`"),
-        fix: format!("{why}; it is not a readable PNG or JPEG"),
+        fix: format!("{why}; it is not a readable PNG, JPEG or WebP"),
     }
 }
 
@@ -54,7 +54,7 @@ static GREY: [f32; 256] = {
     t
 };
 
-/// Decodes PNG or JPEG bytes (by their signature) to 8-bit samples; `name` appears in errors.
+/// Decodes PNG, JPEG or WebP bytes (by their signature) to 8-bit samples; `name` appears in errors.
 pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
     if bytes.starts_with(b"\x89PNG") {
         let mut dec = png::Decoder::new(bytes);
@@ -98,9 +98,31 @@ pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
         let mut data = data;
         data.truncate(w * h * c);
         Ok(Pixels { h, w, c, data })
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        decode_webp(bytes, name)
     } else {
         Err(bad(name, "unknown file signature"))
     }
+}
+
+/// WebP (img2dataset's `--output_format webdataset --encode_format webp`) through `image-webp`,
+/// the pure-Rust decoder of the image-rs project; an animation gives its first frame.
+fn decode_webp(bytes: &[u8], name: &str) -> Result<Pixels> {
+    let mut dec =
+        image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(|e| bad(name, e))?;
+    let (w, h) = dec.dimensions();
+    let c = if dec.has_alpha() { 4 } else { 3 };
+    let n = dec
+        .output_buffer_size()
+        .ok_or_else(|| bad(name, "the WebP image is too large"))?;
+    let mut data = vec![0; n];
+    dec.read_image(&mut data).map_err(|e| bad(name, e))?;
+    let (w, h) = (w as usize, h as usize);
+    if data.len() < w * h * c {
+        return Err(bad(name, "the WebP data is truncated"));
+    }
+    data.truncate(w * h * c);
+    Ok(Pixels { h, w, c, data })
 }
 
 /// Decodes PNG or JPEG bytes (by their signature) to floats in [0, 1]; `name` appears in errors.

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod emulators;
+
 use basic::runtime::{find_cpu_plugins, Runtime};
 
 /// Every CPU plugin found, as (package, path). Fails loudly when the main CPU plugin is missing:
@@ -221,6 +223,49 @@ pub fn basic_cmd(args: &[&str]) -> std::process::Command {
         .env("TF_CPP_MIN_LOG_LEVEL", "2")
         .stdin(std::process::Stdio::null());
     c
+}
+
+/// A child process killed (by its pid) and reaped when dropped, whatever happened.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Waits at most `limit` for the child to exit by itself (then kills it and fails), and
+    /// returns its output.
+    pub fn wait_with_deadline(mut self, limit: std::time::Duration) -> std::process::Output {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut read = |r: Option<&mut dyn std::io::Read>| {
+            let mut v = Vec::new();
+            if let Some(r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        };
+        let stdout = read(self.0.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
+        let stderr = read(self.0.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+        let status = self.0.wait().expect("the child's status");
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs `basic ARGS`, asserts it succeeds (showing its stderr when not), and returns its stdout.
