@@ -243,7 +243,7 @@ impl KillOnDrop {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let mut read = |r: Option<&mut dyn std::io::Read>| {
+        let read = |r: Option<&mut dyn std::io::Read>| {
             let mut v = Vec::new();
             if let Some(r) = r {
                 let _ = r.read_to_end(&mut v);
