@@ -478,7 +478,7 @@ fn run_epoch(
         let end = if last { (0, 0) } else { input.position()? };
         let own = input.counts;
         // A window begun before a resume was counted in the state already.
-        let resumed_mid = win == first_window && emitted % w > 0 && state.is_some();
+        let resumed_mid = win == first_window && !emitted.is_multiple_of(w) && state.is_some();
         let before = if resumed_mid {
             running.sub(own)
         } else {
@@ -528,7 +528,7 @@ pub fn default_streams(shards: usize, batch: usize, processes: usize) -> usize {
     let p = processes.max(1);
     (1..=8usize.max(p))
         .rev()
-        .find(|&s| s % p == 0 && batch % s == 0 && s <= shards.max(1))
+        .find(|&s| s.is_multiple_of(p) && batch.is_multiple_of(s) && s <= shards.max(1))
         .unwrap_or(p)
 }
 

@@ -278,10 +278,16 @@ pub fn named_or_file(spec: &str) -> Result<Vec<String>> {
     }
 }
 
+/// An image file and its label.
+pub type LabelledFile = (std::path::PathBuf, i64);
+
+/// Hands every sample to its argument until that returns `false`.
+pub type SampleSource<'a> = dyn FnMut(&mut dyn FnMut(Sample) -> Result<bool>) -> Result<()> + 'a;
+
 /// An image-folder dataset: one sub-folder per class (sorted by name: label order), its PNG, JPEG
 /// and WebP files the images. Returns each image's path and label, and the class (folder)
 /// names; the images are read as they are used ([`folder_sample`]).
-pub fn image_folder(dir: &Path) -> Result<(Vec<(std::path::PathBuf, i64)>, Vec<String>)> {
+pub fn image_folder(dir: &Path) -> Result<(Vec<LabelledFile>, Vec<String>)> {
     let entries = |d: &Path| -> Result<Vec<std::path::PathBuf>> {
         let mut v: Vec<_> = std::fs::read_dir(d)
             .map_err(|e| Error::io(d, e))?
@@ -342,7 +348,7 @@ pub fn embed_streamed(
     emb: &Embedder,
     limit: usize,
     keep: &dyn Fn(&Sample) -> bool,
-    each: &mut dyn FnMut(&mut dyn FnMut(Sample) -> Result<bool>) -> Result<()>,
+    each: &mut SampleSource,
 ) -> Result<Embedded> {
     let mut out = Embedded::default();
     let mut chunk: Vec<Sample> = Vec::new();
