@@ -18,12 +18,12 @@ fn process_cpu_s() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
     let ticks = 100.0; // USER_HZ on Linux
-    f.get(11).zip(f.get(12)).map_or(f64::NAN, |(u, s)| (u + s) / ticks)
+    field(11)
+        .zip(field(12))
+        .map_or(f64::NAN, |(u, s)| (u + s) / ticks)
 }
 
 fn main() {

@@ -4,7 +4,9 @@
 # 1,024 JPEGs) to batches of 32 at 224 px, from local disk and from fake-gcs-server on
 # 127.0.0.1 (basic through object_store, gs://; webdataset through curl, its http reader), each
 # with 2 decoding workers. ROUNDS rounds (default 5) interleave the four, so that a noisy stretch
-# of the shared machine hits all; figures are medians, and the ratios are what to read.
+# of the shared machine hits all; figures are medians, ratios the median of each round's ratio.
+# Per CPU-second counts every thread of the reader (basic: readers, storage runtime, decoders;
+# torch: the main process, its DataLoader workers and curl), not the server.
 # PY names a Python with pillow, scikit-image, torch, torchvision and webdataset, else
 # .venv-pipeline is made; the emulator comes from scripts/lib.sh's install_emulators.
 set -euo pipefail
@@ -56,8 +58,8 @@ for f in "$data"/*; do
 done
 export STORAGE_EMULATOR_HOST="http://127.0.0.1:$port"
 cargo bench --quiet --bench stream --no-run 2>/dev/null
-local_urls=$(ls "$data"/train-*.tar | tr '\n' ' ' | sed 's/ $//')
-http_urls=$(for i in $(seq 0 15); do printf "pipe:curl -s http://127.0.0.1:%s/photos/d/train-%05d.tar " "$port" "$i"; done | sed 's/ $//')
+local_urls=$(ls "$data"/train-*.tar | tr '\n' '|' | sed 's/|$//')
+http_urls=$(for i in $(seq 0 15); do printf "pipe:curl -s http://127.0.0.1:%s/photos/d/train-%05d.tar|" "$port" "$i"; done | sed 's/|$//')
 runs=""
 for _ in $(seq "${ROUNDS:-5}"); do
   runs+=$(cargo bench --quiet --bench stream -- "$data" local 2 2>/dev/null)$'\n'
@@ -66,9 +68,10 @@ for _ in $(seq "${ROUNDS:-5}"); do
   runs+=$("$PY" benches/stream_torch.py "$local_urls" local 2)$'\n'
 done
 echo "$runs"
-echo "$runs" | python3 - <<'PY'
+echo "$runs" > runs/stream-rounds.jsonl
+python3 - runs/stream-rounds.jsonl <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def med(impl, source, key):
     v = [r[key] for r in rows if r["impl"] == impl and r["source"] == source]
     return statistics.median(v) if v else float("nan")
@@ -76,9 +79,14 @@ for impl in ["basic", "webdataset+torch"]:
     for source in ["local", "gcs"]:
         print(f"{impl:<17} {source:<5} {med(impl, source, 'images_per_s'):8.1f} images/s "
               f"{med(impl, source, 'images_per_cpu_s'):8.1f} per CPU-second")
-b = lambda s, k: med("basic", s, k)
-t = lambda s, k: med("webdataset+torch", s, k)
-print(f"basic gcs / basic local, images/s: {b('gcs', 'images_per_s') / b('local', 'images_per_s'):.2f}x")
-print(f"basic / webdataset+torch from gcs, per core: {b('gcs', 'images_per_cpu_s') / t('gcs', 'images_per_cpu_s'):.2f}x; "
-      f"wall: {b('gcs', 'images_per_s') / t('gcs', 'images_per_s'):.2f}x")
+def per_round(impl_a, src_a, impl_b, src_b, key):
+    """The median over rounds of each round's ratio (the rounds interleave, so a ratio compares
+    runs made moments apart)."""
+    a = [r[key] for r in rows if r["impl"] == impl_a and r["source"] == src_a]
+    b = [r[key] for r in rows if r["impl"] == impl_b and r["source"] == src_b]
+    return statistics.median(x / y for x, y in zip(a, b))
+print(f"basic gcs / basic local: images/s {per_round('basic', 'gcs', 'basic', 'local', 'images_per_s'):.2f}x, "
+      f"per CPU-second {per_round('basic', 'gcs', 'basic', 'local', 'images_per_cpu_s'):.2f}x")
+print(f"basic / webdataset+torch, both from gcs: per CPU-second {per_round('basic', 'gcs', 'webdataset+torch', 'gcs', 'images_per_cpu_s'):.2f}x, "
+      f"images/s {per_round('basic', 'gcs', 'webdataset+torch', 'gcs', 'images_per_s'):.2f}x")
 PY

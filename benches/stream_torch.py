@@ -1,6 +1,6 @@
 """What a PyTorch user writes to stream webdataset shards: webdataset 1.0 + a DataLoader with
 2 workers, PIL decoding and torchvision's eval transform to 224 px, batches of 32, one pass over
-the shards given (local paths, or http URLs that webdataset reads through curl, as it reads any
+the shards given (`|`-separated: local paths, or http URLs that webdataset reads through curl, as it reads any
 http(s) object). One JSON line: images per second of wall time and per CPU-second of this
 process and its DataLoader workers (benches/stream.sh compares it with basic's loader)."""
 
@@ -29,7 +29,7 @@ def cpu_s():
 
 
 def main():
-    urls, label = sys.argv[1].split(" "), sys.argv[2]
+    urls, label = sys.argv[1].split("|"), sys.argv[2]
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     torch.set_num_threads(1)
     ds = (wds.WebDataset(urls, shardshuffle=False, empty_check=False)

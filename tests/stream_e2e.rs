@@ -218,8 +218,10 @@ fn a_server_stopped_mid_run_is_retried_then_named_and_the_checkpoints_stay_intac
         "the run went on without its server: {err}"
     );
     assert!(
-        err.contains("gs://dying/fm/train-") && !err.contains("panicked"),
-        "the error names the shard's URL: {err}"
+        err.contains("gs://dying/fm/train-")
+            && err.contains("kept failing for")
+            && !err.contains("panicked"),
+        "the error names the shard's URL after retrying: {err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one error: {err}");
     for (_, p) in basic::train::run::checkpoints(&run) {

@@ -323,7 +323,7 @@ fn shape(data: &Dataset, o: &LoaderOptions, start: &Position) -> Result<(usize, 
     let (b, p) = (o.batch, o.processes.max(1));
     let total = match o.samples_per_epoch {
         Some(n) => n,
-        None => super::source::count(data)?,
+        None => super::source::count(data, o.skip_bad)?,
     };
     let s = match (start.data_streams, o.data_streams) {
         (0, 0) => stream::default_streams(data.shards.len(), b, p),

@@ -248,6 +248,8 @@ pub struct PipeReader {
     /// Closed by the thread that reads standard error when it is done.
     errs_done: std::sync::mpsc::Receiver<()>,
     finished: bool,
+    /// The command's failure, repeated by every later read.
+    failure: Option<String>,
 }
 
 impl PipeReader {
@@ -298,6 +300,7 @@ impl PipeReader {
             stderr,
             errs_done,
             finished: false,
+            failure: None,
         })
     }
 
@@ -333,6 +336,9 @@ impl PipeReader {
 
 impl Read for PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(f) = &self.failure {
+            return Err(std::io::Error::other(f.clone()));
+        }
         if self.finished {
             return Ok(0);
         }
@@ -341,7 +347,10 @@ impl Read for PipeReader {
             None => 0,
         };
         if n == 0 && !buf.is_empty() {
-            self.finish()?;
+            if let Err(e) = self.finish() {
+                self.failure = Some(e.to_string());
+                return Err(e);
+            }
         }
         Ok(n)
     }
@@ -372,7 +381,7 @@ pub fn open(url: &str) -> Result<Box<dyn Read + Send>> {
 /// data` writes one), else img2dataset's `NAME_stats.json` (`successes`), else, for local
 /// shards, their tar headers. A shard of unknown size (`pipe:`, a remote one without those
 /// files) is an error that says to pass `--samples-per-epoch`.
-pub fn count(d: &Dataset) -> Result<u64> {
+pub fn count(d: &Dataset, skip_bad: bool) -> Result<u64> {
     let mut sizes: std::collections::HashMap<String, Option<serde_json::Value>> =
         Default::default();
     let mut total = 0;
@@ -384,7 +393,7 @@ pub fn count(d: &Dataset) -> Result<u64> {
             }
             Shard::Url(u) => u,
         };
-        total += count_one(url, &mut sizes)?;
+        total += count_one(url, &mut sizes, skip_bad)?;
     }
     Ok(total)
 }
@@ -392,6 +401,7 @@ pub fn count(d: &Dataset) -> Result<u64> {
 fn count_one(
     url: &str,
     sizes: &mut std::collections::HashMap<String, Option<serde_json::Value>>,
+    skip_bad: bool,
 ) -> Result<u64> {
     let unknown = || {
         Error::invalid(
@@ -436,8 +446,18 @@ fn count_one(
     if storage::is_remote(url) {
         return Err(unknown());
     }
-    webdataset::count_samples(open(url)?)
-        .map_err(|d| Error::invalid(format!("shard `{url}`"), format!("{d}")))
+    match webdataset::count_samples(open(url)?) {
+        Ok(n) => Ok(n),
+        // Its samples before the damage still stream; the epoch counts none of them.
+        Err(d) if skip_bad => {
+            eprintln!("counting the samples of damaged shard `{url}`: {d}; counted as 0 (--skip-bad)");
+            Ok(0)
+        }
+        Err(d) => Err(Error::invalid(
+            format!("shard `{url}`"),
+            format!("{d}; pass --skip-bad to skip shards that are damaged or cannot be read (they are counted)"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -348,7 +348,7 @@ impl<'a> Input<'a> {
                     if !self.plan.skip_bad {
                         return Err(Error::invalid(
                             format!("shard `{url}`"),
-                            format!("{damage}; pass --skip-bad to skip damaged shards (they are counted)"),
+                            format!("{damage}; pass --skip-bad to skip shards that are damaged or cannot be read (they are counted)"),
                         ));
                     }
                     self.counts.bad_shards += 1;
@@ -570,7 +570,7 @@ pub fn for_each_sample(
                     return Err(Error::invalid(
                         format!("shard `{}`", shard.name()),
                         format!(
-                            "{damage}; pass --skip-bad to skip damaged shards (they are counted)"
+                            "{damage}; pass --skip-bad to skip shards that are damaged or cannot be read (they are counted)"
                         ),
                     ))
                 }

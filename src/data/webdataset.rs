@@ -27,10 +27,10 @@ impl std::fmt::Display for Damage {
         match self.file_offset {
             Some(fo) => write!(
                 f,
-                "{} at byte {} of the decompressed tar stream (byte {fo} of the gzip file)",
+                "{} (at byte {} of the decompressed tar stream, byte {fo} of the gzip file)",
                 self.what, self.offset
             ),
-            None => write!(f, "{} at byte {}", self.what, self.offset),
+            None => write!(f, "{} (at byte {})", self.what, self.offset),
         }
     }
 }
@@ -63,15 +63,18 @@ pub struct TarReader {
     /// Bytes of the underlying file consumed, where the stream is decompressed.
     compressed: Option<Arc<AtomicU64>>,
     done: bool,
+    /// A read error met while looking for gzip's signature, reported by the first read.
+    failed: Option<std::io::Error>,
 }
 
 impl TarReader {
     /// Reads `r`, decompressing it when it starts with gzip's signature.
     pub fn new(r: Box<dyn Read + Send>) -> TarReader {
         let mut r = std::io::BufReader::with_capacity(1 << 16, r);
-        let gz = std::io::BufRead::fill_buf(&mut r)
-            .map(|b| b.starts_with(&[0x1f, 0x8b]))
-            .unwrap_or(false);
+        let (gz, failed) = match std::io::BufRead::fill_buf(&mut r) {
+            Ok(b) => (b.starts_with(&[0x1f, 0x8b]), None),
+            Err(e) => (false, Some(e)),
+        };
         if gz {
             let count = Arc::new(AtomicU64::new(0));
             let counted = Counting {
@@ -84,6 +87,7 @@ impl TarReader {
                 offset: 0,
                 compressed: Some(count),
                 done: false,
+                failed,
             }
         } else {
             TarReader {
@@ -91,6 +95,7 @@ impl TarReader {
                 offset: 0,
                 compressed: None,
                 done: false,
+                failed,
             }
         }
     }
@@ -105,6 +110,9 @@ impl TarReader {
 
     /// Fills `buf` whole; `Ok(false)` at a clean end of input before its first byte.
     fn fill(&mut self, buf: &mut [u8]) -> Result<bool, Damage> {
+        if let Some(e) = self.failed.take() {
+            return Err(self.damage(format!("reading failed: {e}")));
+        }
         let mut got = 0;
         while got < buf.len() {
             match self.r.read(&mut buf[got..]) {

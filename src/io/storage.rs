@@ -456,6 +456,8 @@ pub struct ObjectReader {
     rx: tokio::sync::mpsc::Receiver<Chunk>,
     current: Bytes,
     task: tokio::task::JoinHandle<()>,
+    /// The fetch's final error, repeated by every later read.
+    failure: Option<String>,
 }
 
 /// Chunks fetched ahead of the reader (each as the connection delivers it, typically 8–64 KiB;
@@ -470,6 +472,7 @@ impl ObjectReader {
             rx,
             current: Bytes::new(),
             task,
+            failure: None,
         }
     }
 }
@@ -545,9 +548,12 @@ async fn fetch(
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
+            if let Some(f) = &self.failure {
+                return Err(std::io::Error::other(f.clone()));
+            }
             match self.rx.blocking_recv() {
                 Some(Ok(b)) => self.current = b,
-                Some(Err(msg)) => return Err(std::io::Error::other(msg)),
+                Some(Err(msg)) => self.failure = Some(msg),
                 None => return Ok(0),
             }
         }
