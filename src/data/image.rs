@@ -635,6 +635,23 @@ mod tests {
     }
 
     #[test]
+    fn webp_decodes_to_its_pixels() {
+        let (w, h) = (7u32, 5u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let mut webp = Vec::new();
+        image_webp::WebPEncoder::new(&mut webp)
+            .encode(&px, w, h, image_webp::ColorType::Rgb8)
+            .unwrap();
+        let got = decode_pixels(&webp, "k.webp").unwrap();
+        assert_eq!((got.w, got.h, got.c), (7, 5, 3));
+        assert_eq!(got.data, px, "lossless WebP gives its pixels back");
+        let e = decode_pixels(&webp[..webp.len() / 2], "cut.webp")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut.webp"), "{e}");
+    }
+
+    #[test]
     fn decode_resize_and_crop() {
         let png = gradient_png(8, 4);
         let img = decode(&png, "g").unwrap();

@@ -579,3 +579,104 @@ pub fn for_each_sample(
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resampling_draws_shards_by_their_weight() {
+        // Source A: 2 shards of weight 1; source B: 2 shards of weight 3.
+        let d = Dataset {
+            shards: (0..4).map(|i| Shard::Url(format!("s{i}.tar"))).collect(),
+            weights: vec![1.0, 1.0, 3.0, 3.0],
+            root: None,
+        };
+        let plan = Plan::new(&d, 7, 2, 100, 10, true, false);
+        let mut n = [0usize; 4];
+        for ordinal in 0..4000 {
+            n[plan.shard_at(0, ordinal as usize % 2, &[], ordinal)] += 1;
+        }
+        let b_share = (n[2] + n[3]) as f64 / 4000.0;
+        assert!((b_share - 0.75).abs() < 0.03, "{n:?}");
+        // The same draws every time; another epoch draws others.
+        let again: Vec<usize> = (0..20).map(|o| plan.shard_at(0, 0, &[], o)).collect();
+        assert_eq!(
+            again,
+            (0..20)
+                .map(|o| plan.shard_at(0, 0, &[], o))
+                .collect::<Vec<_>>()
+        );
+        assert_ne!(
+            again,
+            (0..20)
+                .map(|o| plan.shard_at(1, 0, &[], o))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_resumed_stream_does_not_reopen_the_shards_it_finished() {
+        // 8 shards of 10 samples, read by commands that log which shard they are.
+        let dir = std::env::temp_dir().join(format!("basic-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let samples: Vec<Sample> = (0..80)
+            .map(|i| Sample {
+                key: format!("k{i:03}"),
+                image: Arc::new(vec![0xFF, 0xD8, i as u8]),
+                caption: format!("c{i}"),
+                label: Some(i),
+            })
+            .collect();
+        super::super::shards::write_shards(&dir, "train", &samples, 10).unwrap();
+        let log = dir.join("opened.log");
+        let d = Dataset {
+            shards: (0..8)
+                .map(|i| {
+                    Shard::Url(format!(
+                        "pipe:echo {i} >> {log} && cat {dir}/train-{i:05}.tar",
+                        log = log.display(),
+                        dir = dir.display()
+                    ))
+                })
+                .collect(),
+            weights: vec![1.0; 8],
+            root: None,
+        };
+        // 2 streams of 40 samples an epoch, windows of 4.
+        let plan = Plan::new(&d, 3, 2, 40, 4, false, false);
+        let take = |s: usize, from: Option<StreamState>, emitted: u64, n: usize| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let plan = &plan;
+            std::thread::scope(|sc| {
+                sc.spawn(move || run(plan, s, 0, emitted, from, &tx, &|_| {}));
+                let got: Vec<Emitted> = (0..n).map(|_| rx.recv().unwrap().unwrap()).collect();
+                drop(rx);
+                got
+            })
+        };
+        // Twelve samples in: each stream is 2 samples into its second shard's window.
+        let first: Vec<Vec<Emitted>> = (0..2).map(|s| take(s, None, 0, 16)).collect();
+        std::fs::remove_file(&log).unwrap();
+        for (s, got) in first.iter().enumerate() {
+            let state = got[11].after;
+            assert_eq!((state.shard, state.skip), (1, 2), "stream {s}");
+            let resumed = take(s, Some(state), 12, 4);
+            let keys: Vec<&str> = resumed.iter().map(|e| e.sample.key.as_str()).collect();
+            let want: Vec<&str> = first[s][12..16]
+                .iter()
+                .map(|e| e.sample.key.as_str())
+                .collect();
+            assert_eq!(keys, want, "stream {s} resumed");
+        }
+        let opened = std::fs::read_to_string(&log).unwrap();
+        for s in 0..2 {
+            let finished = plan.stream_shards(0, s)[0].to_string();
+            assert!(
+                !opened.lines().any(|l| l == finished),
+                "stream {s} reopened shard {finished}: {opened}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
