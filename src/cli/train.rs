@@ -114,8 +114,9 @@ pub struct TrainArgs {
     data_weights: Option<Vec<f64>>,
 
     /// Deterministic data streams S: each global batch takes batch/S rows from each (must
-    /// divide the batch, and each stream needs a shard) [default: the largest divisor of the
-    /// batch up to 8 that the shards fill; a resumed run keeps its own]
+    /// divide the batch, and each stream needs a shard) [default: a divisor of the batch up to
+    /// 8 that the shards fill, preferring one that divides the shard count; a resumed run
+    /// keeps its own]
     #[arg(long)]
     data_streams: Option<usize>,
 

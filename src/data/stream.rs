@@ -522,13 +522,19 @@ fn samples_missing(i: usize) -> Sample {
     }
 }
 
-/// The default number of streams: the largest divisor of the batch (and multiple of the
-/// processes) up to 8 that the shards can fill.
+/// The default number of streams: a divisor of the batch and multiple of the processes, up to 8
+/// (or the processes), at most the shards; the largest that also divides the shard count (every
+/// stream then gets as many shards, and none is padded by re-reading), else the largest.
 pub fn default_streams(shards: usize, batch: usize, processes: usize) -> usize {
     let p = processes.max(1);
-    (1..=8usize.max(p))
+    let fits: Vec<usize> = (1..=8usize.max(p))
+        .filter(|&s| s.is_multiple_of(p) && batch.is_multiple_of(s) && s <= shards.max(1))
+        .collect();
+    fits.iter()
         .rev()
-        .find(|&s| s.is_multiple_of(p) && batch.is_multiple_of(s) && s <= shards.max(1))
+        .find(|&&s| shards.is_multiple_of(s))
+        .or(fits.last())
+        .copied()
         .unwrap_or(p)
 }
 
@@ -583,6 +589,17 @@ pub fn for_each_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_streams_divide_the_batch_and_prefer_dividing_the_shards() {
+        assert_eq!(default_streams(6, 128, 1), 2);
+        assert_eq!(default_streams(41456, 32768, 1), 8);
+        assert_eq!(default_streams(7, 128, 1), 1);
+        assert_eq!(default_streams(12, 128, 1), 4);
+        assert_eq!(default_streams(1, 16, 1), 1);
+        assert_eq!(default_streams(64, 96, 16), 16);
+        assert_eq!(default_streams(64, 48, 4), 8);
+    }
 
     #[test]
     fn resampling_draws_shards_by_their_weight() {
