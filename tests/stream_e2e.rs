@@ -83,7 +83,12 @@ fn train(
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::KillOnDrop(child).wait_with_deadline(std::time::Duration::from_secs(600))
 }
 
 fn ok(o: &std::process::Output) {

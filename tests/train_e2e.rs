@@ -164,11 +164,12 @@ fn train_args<'a>(d: &'a str, r: &'a str, steps: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// `train_args` over the 12 shards, streamed through 4 data streams shuffled in windows of 20,
-/// so a resume restores each stream's window mid-shard.
+/// `train_args` over the 12 shards, streamed through 4 data streams shuffled in windows of 24:
+/// the checkpoint of step 10 (40 samples a stream) lies inside a window that starts inside a
+/// shard, so a resume rebuilds the window from the middle of the shard.
 fn streamed_args<'a>(d: &'a str, r: &'a str, steps: &'a str) -> Vec<&'a str> {
     let mut a = train_args(d, r, steps);
-    a.extend(["--data-streams", "4", "--shuffle-buffer", "20"]);
+    a.extend(["--data-streams", "4", "--shuffle-buffer", "24"]);
     a
 }
 

@@ -375,6 +375,15 @@ impl Loader {
         start: Position,
     ) -> Result<Loader> {
         let (s, per_stream, per_epoch) = shape(data, &o, &start)?;
+        // A position at an epoch's end (an older checkpoint's) is the next epoch's start.
+        let mut start = start;
+        if start.batch >= per_epoch {
+            start.epoch += 1;
+            start.batch = 0;
+            for st in start.streams.values_mut() {
+                (st.shard, st.skip) = (0, 0);
+            }
+        }
         let plan = Arc::new(Plan::new(
             data,
             o.seed,

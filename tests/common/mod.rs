@@ -230,33 +230,36 @@ pub struct KillOnDrop(pub std::process::Child);
 
 impl KillOnDrop {
     /// Waits at most `limit` for the child to exit by itself (then kills it and fails), and
-    /// returns its output.
+    /// returns its output (its pipes are drained meanwhile, so a chatty child cannot block).
     pub fn wait_with_deadline(mut self, limit: std::time::Duration) -> std::process::Output {
+        fn drain(
+            r: Option<impl std::io::Read + Send + 'static>,
+        ) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut v);
+                }
+                v
+            })
+        }
+        let out = drain(self.0.stdout.take());
+        let err = drain(self.0.stderr.take());
         let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                break;
+        let status = loop {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                break s;
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "the child did not exit within {limit:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let read = |r: Option<&mut dyn std::io::Read>| {
-            let mut v = Vec::new();
-            if let Some(r) = r {
-                let _ = r.read_to_end(&mut v);
-            }
-            v
         };
-        let stdout = read(self.0.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
-        let stderr = read(self.0.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
-        let status = self.0.wait().expect("the child's status");
         std::process::Output {
             status,
-            stdout,
-            stderr,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
         }
     }
 }
