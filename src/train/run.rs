@@ -158,14 +158,25 @@ pub fn data_tokenizer(
         safetensors::write_atomic(&saved, &t)?;
         return Tokenizer::load(&saved);
     }
-    let Some(corpus) = aux("captions.txt")? else {
-        return Err(Error::InvalidArgument {
-            what: format!("data folder `{root}`"),
-            fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`, or pass --tokenizer".into(),
-        });
+    let missing = || {
+        Error::InvalidArgument {
+        what: format!("data folder `{root}`"),
+        fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`, or pass --tokenizer".into(),
+    }
     };
-    let local = out.join("captions.txt");
-    safetensors::write_atomic(&local, &corpus)?;
+    // A bucket's corpus is copied next to the run; a local one is read where it is.
+    let local = if crate::io::storage::is_remote(root) {
+        let corpus = aux("captions.txt")?.ok_or_else(missing)?;
+        let local = out.join("captions.txt");
+        safetensors::write_atomic(&local, &corpus)?;
+        local
+    } else {
+        let p = PathBuf::from(format!("{root}captions.txt"));
+        if !p.is_file() {
+            return Err(missing());
+        }
+        p
+    };
     Tokenizer::train(
         &local,
         crate::data::tokenizer::Kind::WordLevel,
