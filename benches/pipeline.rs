@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basic::data::image::{decode_pixels, preprocess_pixels_into, preprocess_reference, Pixels};
-use basic::data::{read_dataset, Loader, LoaderOptions, Position, Sample, Tokenizer};
+use basic::data::{Dataset, Loader, LoaderOptions, Position, Sample, Tokenizer};
 
 const SIZE: usize = 224;
 const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -189,20 +189,16 @@ fn loader_rate(samples: &[Sample], tok: &Arc<Tokenizer>, workers: usize, augment
         })
         .collect();
     let o = LoaderOptions {
-        batch: 32,
         seed: 1,
-        image_size: SIZE,
-        channels: 3,
         mean: MEAN.to_vec(),
         std: STD.to_vec(),
-        text_length: 16,
         workers,
         prefetch: 2,
-        rank: 0,
-        ranks: 1,
         augment,
+        ..LoaderOptions::new(32, SIZE, 3, 16)
     };
-    let mut l = Loader::new(Arc::new(many), tok.clone(), o, Position::default()).expect("a loader");
+    let data = Dataset::in_memory(many, 64);
+    let mut l = Loader::new(&data, tok.clone(), o, Position::default()).expect("a loader");
     l.next_batch().expect("a batch");
     let t = Instant::now();
     let mut n = 0;
@@ -279,8 +275,14 @@ fn single_thread(samples: &[Sample], out: &mut [f32], sink: &mut usize) {
 
 fn main() {
     let dir = std::env::var("PIPELINE_DATA").unwrap_or_else(|_| "runs/photos".into());
-    let (samples, _) = read_dataset(Path::new(&dir), "train", false)
+    let mut samples = Vec::new();
+    let data = basic::data::source::parse(&dir, "train", None)
         .expect("the photos: make them with benches/photos.sh");
+    basic::data::stream::for_each_sample(&data, false, &mut |s| {
+        samples.push(s);
+        Ok(true)
+    })
+    .expect("the photos");
     if std::env::var("PIPELINE_WHAT").as_deref() == Ok("pixels") {
         pixels(&samples, Path::new(&dir));
         return;

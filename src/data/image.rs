@@ -1,4 +1,4 @@
-//! Image decoding (PNG, JPEG) and preprocessing: channels, resize of the short side, centre
+//! Image decoding (PNG, JPEG, WebP) and preprocessing: channels, resize of the short side, centre
 //! crop, normalisation. Every error names the image.
 
 use crate::error::{Error, Result};
@@ -13,10 +13,10 @@ pub struct Image {
 }
 
 fn bad(name: &str, why: impl std::fmt::Display) -> Error {
-    Error::invalid(
-        format!("image `{name}`"),
-        format!("{why}; it is not a readable PNG or JPEG"),
-    )
+    Error::InvalidArgument {
+        what: format!("image `{name}`"),
+        fix: format!("{why}; it is not a readable PNG, JPEG or WebP"),
+    }
 }
 
 /// Decoded 8-bit samples as the file stores them: `h × w × c`, `c` being 1 (grey), 2 (grey and
@@ -54,7 +54,7 @@ static GREY: [f32; 256] = {
     t
 };
 
-/// Decodes PNG or JPEG bytes (by their signature) to 8-bit samples; `name` appears in errors.
+/// Decodes PNG, JPEG or WebP bytes (by their signature) to 8-bit samples; `name` appears in errors.
 pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
     if bytes.starts_with(b"\x89PNG") {
         let mut dec = png::Decoder::new(bytes);
@@ -98,9 +98,31 @@ pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
         let mut data = data;
         data.truncate(w * h * c);
         Ok(Pixels { h, w, c, data })
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        decode_webp(bytes, name)
     } else {
         Err(bad(name, "unknown file signature"))
     }
+}
+
+/// WebP (img2dataset's `--output_format webdataset --encode_format webp`) through `image-webp`,
+/// the pure-Rust decoder of the image-rs project; an animation gives its first frame.
+fn decode_webp(bytes: &[u8], name: &str) -> Result<Pixels> {
+    let mut dec =
+        image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(|e| bad(name, e))?;
+    let (w, h) = dec.dimensions();
+    let c = if dec.has_alpha() { 4 } else { 3 };
+    let n = dec
+        .output_buffer_size()
+        .ok_or_else(|| bad(name, "the WebP image is too large"))?;
+    let mut data = vec![0; n];
+    dec.read_image(&mut data).map_err(|e| bad(name, e))?;
+    let (w, h) = (w as usize, h as usize);
+    if data.len() < w * h * c {
+        return Err(bad(name, "the WebP data is truncated"));
+    }
+    data.truncate(w * h * c);
+    Ok(Pixels { h, w, c, data })
 }
 
 /// Decodes PNG or JPEG bytes (by their signature) to floats in [0, 1]; `name` appears in errors.
@@ -610,6 +632,23 @@ mod tests {
             .map(|i| ((i % w) * 255 / (w - 1)) as u8)
             .collect();
         encode_png(w, h, 1, &px).unwrap()
+    }
+
+    #[test]
+    fn webp_decodes_to_its_pixels() {
+        let (w, h) = (7u32, 5u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let mut webp = Vec::new();
+        image_webp::WebPEncoder::new(&mut webp)
+            .encode(&px, w, h, image_webp::ColorType::Rgb8)
+            .unwrap();
+        let got = decode_pixels(&webp, "k.webp").unwrap();
+        assert_eq!((got.w, got.h, got.c), (7, 5, 3));
+        assert_eq!(got.data, px, "lossless WebP gives its pixels back");
+        let e = decode_pixels(&webp[..webp.len() / 2], "cut.webp")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut.webp"), "{e}");
     }
 
     #[test]

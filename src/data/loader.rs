@@ -1,7 +1,12 @@
-//! Batches for training: a deterministic order (a fresh permutation per epoch from the seed),
-//! decoding and tokenizing on worker threads, prefetched ahead of the device. The position of
-//! each batch travels with it, so a checkpoint can restore the stream exactly.
+//! Batches for training from the data streams (`stream.rs`): each global batch takes a block of
+//! `batch / S` consecutive rows from each of the `S` streams, in stream order, so its content
+//! and every row's augmentation seed depend on the seed and `S` only — not on how many
+//! processes read the streams (process `p` of `P` reads streams `[p·S/P, (p+1)·S/P)` and makes
+//! rows `[p·B/P, (p+1)·B/P)`) nor on the decoding threads. Decoding and tokenizing run on
+//! worker threads, batches are prefetched ahead of the device, and the position after each
+//! batch travels with it, so a checkpoint can restore the streams exactly.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -13,17 +18,36 @@ use crate::error::{Error, Result};
 
 use super::image::{preprocess_augmented_into, preprocess_into};
 use super::shards::Sample;
+use super::source::Dataset;
+use super::stream::{self, Counts, Emitted, Plan, StreamState};
 use super::tokenizer::Tokenizer;
 
-/// Where the stream stands: the next batch is batch `batch` of epoch `epoch`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Where the stream stands: the next batch is batch `batch` of epoch `epoch`, and each data
+/// stream this process reads is at its state. Serialised as JSON into checkpoints; a
+/// checkpoint of an older basic has `epoch` and `batch` only (`data_streams` 0), and resumes
+/// by passing over the epoch's first batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub epoch: u64,
     pub batch: u64,
+    /// The number of data streams S (0: not recorded).
+    #[serde(default)]
+    pub data_streams: usize,
+    /// The state of each stream (by index) this position covers.
+    #[serde(default)]
+    pub streams: BTreeMap<usize, StreamState>,
+}
+
+impl Position {
+    /// What the streams skipped, padded and left, summed.
+    pub fn counts(&self) -> Counts {
+        Counts::total(self.streams.values())
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct LoaderOptions {
+    /// The global batch (over all processes).
     pub batch: usize,
     pub seed: u64,
     pub image_size: usize,
@@ -33,15 +57,51 @@ pub struct LoaderOptions {
     pub text_length: usize,
     pub workers: usize,
     pub prefetch: usize,
-    /// Data-parallel rank and count (this process reads every `ranks`-th batch).
-    pub rank: usize,
-    pub ranks: usize,
+    /// The number of data streams S (0: [`stream::default_streams`]; a resumed position's
+    /// wins).
+    pub data_streams: usize,
+    /// Samples each stream shuffles together.
+    pub shuffle_buffer: usize,
+    /// This process and the process count: process `p` makes rows `[p·B/P, (p+1)·B/P)`.
+    pub process: usize,
+    pub processes: usize,
+    /// Samples an epoch (all streams); `None`: counted from the data.
+    pub samples_per_epoch: Option<u64>,
+    /// Draw shards with replacement, weighted by their source's weight.
+    pub resampled: bool,
+    /// Leave damaged shards (counted) instead of stopping.
+    pub skip_bad: bool,
     /// Random-resized-crop augmentation, seeded per sample by (seed, epoch, position), so a
     /// resumed run sees the same crops.
     pub augment: bool,
 }
 
-/// One batch on the host.
+impl LoaderOptions {
+    /// Options with the defaults for everything but the batch, image and text shapes.
+    pub fn new(batch: usize, image_size: usize, channels: usize, text_length: usize) -> Self {
+        LoaderOptions {
+            batch,
+            seed: 0,
+            image_size,
+            channels,
+            mean: vec![0.5; channels],
+            std: vec![0.5; channels],
+            text_length,
+            workers: 2,
+            prefetch: 4,
+            data_streams: 0,
+            shuffle_buffer: 1000,
+            process: 0,
+            processes: 1,
+            samples_per_epoch: None,
+            resampled: false,
+            skip_bad: false,
+            augment: false,
+        }
+    }
+}
+
+/// One batch on the host: this process's rows of a global batch.
 pub struct Batch {
     pub images: HostArray,
     pub tokens: HostArray,
@@ -225,67 +285,164 @@ enum Note {
         row: usize,
         prepared: Result<Row>,
     },
+    /// The streams failed: the stream of batches ends with this error.
+    Failed(Error),
 }
 
-/// One sample for a worker: row `row` of batch `seq` is `samples[sample]`, augmented with `seed`.
+/// One sample for a worker: row `row` of batch `seq`, augmented with `seed`.
 struct Job {
     seq: u64,
     row: usize,
-    sample: usize,
+    sample: Sample,
     seed: u64,
 }
 
-/// An endless stream of batches from background threads: one thread walks the epochs' order
-/// and hands out samples, `workers` threads prepare them, one thread puts the batches together
-/// in order. The workers take samples across batch boundaries, so that no worker waits for the
-/// slowest image of a batch before starting on the next.
+/// What the streams reported (skipped samples, damaged shards), for the caller to show.
+pub type Reports = Arc<Mutex<Vec<String>>>;
+
+/// An endless stream of batches from background threads: one thread per data stream reads its
+/// shards, one thread takes each batch's rows from the streams and hands them out, `workers`
+/// threads prepare them, one thread puts the batches together in order. The workers take
+/// samples across batch boundaries, so that no worker waits for the slowest image of a batch
+/// before starting on the next. Memory: each stream's shuffle window and read-ahead, and about
+/// two batches of samples between the threads, whatever the dataset's size.
 pub struct Loader {
     rx: Receiver<Result<Batch>>,
     /// Time the consumer spent waiting for data.
     pub waited: Duration,
     pub batches_per_epoch: u64,
+    /// The number of data streams S.
+    pub data_streams: usize,
+    /// Samples an epoch over all streams (counted or given).
+    pub samples_per_epoch: u64,
+    reports: Reports,
+}
+
+/// The streams' shape: S, samples per stream and epoch, batches per epoch.
+fn shape(data: &Dataset, o: &LoaderOptions, start: &Position) -> Result<(usize, u64, u64)> {
+    let (b, p) = (o.batch, o.processes.max(1));
+    let total = match o.samples_per_epoch {
+        Some(n) => n,
+        None => super::source::count(data, o.skip_bad)?,
+    };
+    let s = match (start.data_streams, o.data_streams) {
+        (0, 0) => stream::default_streams(data.shards.len(), b, p),
+        (0, s) => s,
+        (r, 0) => r,
+        (r, s) if r == s => s,
+        (r, s) => {
+            return Err(Error::invalid(
+                format!("--data-streams {s}"),
+                format!("the run being resumed has {r} data streams, which fix its order: drop the flag or give {r}"),
+            ))
+        }
+    };
+    if s == 0 || b % s != 0 {
+        return Err(Error::invalid(
+            format!("{s} data streams for a batch of {b}"),
+            "each stream fills an equal block of every batch: choose --data-streams dividing the batch",
+        ));
+    }
+    if s % p != 0 || o.process >= p {
+        return Err(Error::invalid(
+            format!("process {} of {p} with {s} data streams", o.process),
+            "every process reads an equal share of the streams: the process count must divide --data-streams",
+        ));
+    }
+    if !o.resampled && data.shards.len() < s {
+        return Err(Error::invalid(
+            format!("{s} data streams over {} shards", data.shards.len()),
+            "every stream needs a shard of its own: lower --data-streams, use more shards, or pass --dataset-resampled",
+        ));
+    }
+    let per_epoch = total / b as u64;
+    if per_epoch == 0 {
+        return Err(Error::invalid(
+            format!("a dataset of {total} pairs"),
+            format!("it needs at least one batch of {b}; use a smaller --batch or more data"),
+        ));
+    }
+    Ok((s, per_epoch * (b / s) as u64, per_epoch))
 }
 
 impl Loader {
-    /// Starts at `start`. Fails if the dataset is smaller than one batch.
+    /// Starts at `start`. Fails if the dataset is smaller than one batch, or the streams do not
+    /// fit the batch and processes.
     pub fn new(
-        samples: Arc<Vec<Sample>>,
+        data: &Dataset,
         tok: Arc<Tokenizer>,
         o: LoaderOptions,
         start: Position,
     ) -> Result<Loader> {
-        let global = o.batch * o.ranks.max(1);
-        let per_epoch = (samples.len() / global) as u64;
-        if per_epoch == 0 {
-            return Err(Error::invalid(
-                format!("a dataset of {} pairs", samples.len()),
-                format!(
-                    "it needs at least one batch of {global}; use a smaller --batch or more data"
-                ),
-            ));
+        let (s, per_stream, per_epoch) = shape(data, &o, &start)?;
+        // A position at an epoch's end (an older checkpoint's) is the next epoch's start.
+        let mut start = start;
+        if start.batch >= per_epoch {
+            start.epoch += 1;
+            start.batch = 0;
+            for st in start.streams.values_mut() {
+                (st.shard, st.skip) = (0, 0);
+            }
         }
+        let plan = Arc::new(Plan::new(
+            data,
+            o.seed,
+            s,
+            per_stream,
+            o.shuffle_buffer,
+            o.resampled,
+            o.skip_bad,
+        ));
+        let (rows, global) = (o.batch / s, o.batch);
+        let mine = o.process * s / o.processes.max(1)..(o.process + 1) * s / o.processes.max(1);
+        let reports: Reports = Default::default();
+        let mut inputs = Vec::new();
+        for st in mine.clone() {
+            let (tx, rx) = sync_channel::<Result<Emitted>>(2 * rows);
+            let (plan, reports) = (plan.clone(), reports.clone());
+            let state = start.streams.get(&st).copied();
+            let (epoch, emitted) = (start.epoch, start.batch * rows as u64);
+            std::thread::spawn(move || {
+                let report = |m: String| {
+                    if let Ok(mut r) = reports.lock() {
+                        r.push(m);
+                    }
+                };
+                stream::run(&plan, st, epoch, emitted, state, &tx, &report);
+            });
+            inputs.push((st, rx));
+        }
+        let local = rows * inputs.len();
         let (tx, rx) = sync_channel(o.prefetch.max(1));
         // Bounded queues hold the stream to about one batch ahead of the assembled ones.
-        let (job_tx, job_rx) = sync_channel::<Job>(o.batch);
-        let (note_tx, note_rx) = sync_channel::<Note>(o.batch);
+        let (job_tx, job_rx) = sync_channel::<Job>(local);
+        let (note_tx, note_rx) = sync_channel::<Note>(local);
         let job_rx = Arc::new(Mutex::new(job_rx));
         for _ in 0..o.workers.max(1) {
             let (job_rx, note_tx) = (job_rx.clone(), note_tx.clone());
-            let (samples, tok, o) = (samples.clone(), tok.clone(), o.clone());
+            let (tok, o) = (tok.clone(), o.clone());
             std::thread::spawn(move || {
-                on_own_thread(|| work(&job_rx, &note_tx, &samples, &tok, &o));
+                on_own_thread(|| work(&job_rx, &note_tx, &tok, &o));
             });
         }
-        let order = {
-            let (o, samples) = (o.clone(), samples.clone());
-            move || walk(&samples, &o, start, per_epoch, &job_tx, &note_tx)
+        let walker = Walk {
+            inputs,
+            rows,
+            first_row: o.process * (o.batch / o.processes.max(1)),
+            global: o.batch,
+            seed: o.seed,
+            streams: s,
+            per_epoch,
         };
-        std::thread::spawn(order);
+        std::thread::spawn(move || walker.run(start, &job_tx, &note_tx));
         std::thread::spawn(move || put_together(&note_rx, &tx, &o));
         Ok(Loader {
             rx,
             waited: Duration::ZERO,
             batches_per_epoch: per_epoch,
+            data_streams: s,
+            samples_per_epoch: per_epoch * global as u64,
+            reports,
         })
     }
 
@@ -298,67 +455,115 @@ impl Loader {
         self.waited += t.elapsed();
         b
     }
+
+    /// What the streams reported since the last call (skipped samples, damaged shards).
+    pub fn take_reports(&self) -> Vec<String> {
+        self.reports
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
 }
 
-/// The epochs' order from `start` on: announces each batch, then hands its samples to the
-/// workers. Returns when the workers or the assembling thread are gone.
-fn walk(
-    samples: &[Sample],
-    o: &LoaderOptions,
-    start: Position,
+/// The thread that takes each batch's rows from this process's streams, announces the batch,
+/// and hands its samples to the workers.
+struct Walk {
+    inputs: Vec<(usize, Receiver<Result<Emitted>>)>,
+    /// Rows per stream in a batch.
+    rows: usize,
+    /// The global row of this process's first row.
+    first_row: usize,
+    global: usize,
+    seed: u64,
+    streams: usize,
     per_epoch: u64,
-    jobs: &SyncSender<Job>,
-    notes: &SyncSender<Note>,
-) {
-    let n = samples.len();
-    let mut pos = start;
-    let mut perm = permutation(n, o.seed, pos.epoch);
-    for seq in 0.. {
-        if pos.batch >= per_epoch {
-            pos = Position {
-                epoch: pos.epoch + 1,
-                batch: 0,
-            };
-            perm = permutation(n, o.seed, pos.epoch);
+}
+
+impl Walk {
+    /// Returns when the workers or the assembling thread are gone, or a stream failed.
+    fn run(self, start: Position, jobs: &SyncSender<Job>, notes: &SyncSender<Note>) {
+        let mut pos = Position {
+            data_streams: self.streams,
+            ..start
+        };
+        // This process's streams only: the others' states are other processes' to report.
+        pos.streams
+            .retain(|s, _| self.inputs.iter().any(|(mine, _)| mine == s));
+        if pos.batch >= self.per_epoch {
+            pos.epoch += 1;
+            pos.batch = 0;
         }
-        let (picked, seeds) = plan(&perm, pos, o);
-        pos.batch += 1;
-        let labels = picked.iter().map(|&i| samples[i].label).collect();
-        if notes
-            .send(Note::Batch {
-                seq,
-                labels,
-                next: pos,
-            })
-            .is_err()
-        {
-            return;
-        }
-        for (row, (sample, seed)) in picked.into_iter().zip(seeds).enumerate() {
-            if jobs
-                .send(Job {
-                    seq,
-                    row,
-                    sample,
-                    seed,
-                })
-                .is_err()
-            {
+        for seq in 0.. {
+            let mut samples = Vec::with_capacity(self.rows * self.inputs.len());
+            let mut epoch_end = false;
+            for (st, rx) in &self.inputs {
+                for _ in 0..self.rows {
+                    let e = match rx.recv() {
+                        Ok(Ok(e)) => e,
+                        Ok(Err(e)) => {
+                            let _ = notes.send(Note::Failed(e));
+                            return;
+                        }
+                        Err(_) => {
+                            let e = Error::Internal(format!("data stream {st} stopped"));
+                            let _ = notes.send(Note::Failed(e));
+                            return;
+                        }
+                    };
+                    pos.streams.insert(*st, e.after);
+                    epoch_end |= e.epoch_end;
+                    samples.push(e.sample);
+                }
+            }
+            let seeds = row_seeds(
+                self.seed,
+                pos.epoch,
+                pos.batch,
+                self.global,
+                self.first_row,
+                samples.len(),
+            );
+            pos.batch += 1;
+            if epoch_end || pos.batch == self.per_epoch {
+                pos.epoch += 1;
+                pos.batch = 0;
+            }
+            let labels = samples.iter().map(|s| s.label).collect();
+            let next = pos.clone();
+            if notes.send(Note::Batch { seq, labels, next }).is_err() {
                 return;
+            }
+            for (row, (sample, seed)) in samples.into_iter().zip(seeds).enumerate() {
+                if jobs
+                    .send(Job {
+                        seq,
+                        row,
+                        sample,
+                        seed,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
     }
 }
 
-/// The samples of the batch at `pos` (indices into the dataset) and their augmentation seeds:
-/// each sample's crop depends on the seed, the epoch and its place in the epoch.
-fn plan(perm: &[usize], pos: Position, o: &LoaderOptions) -> (Vec<usize>, Vec<u64>) {
-    let at = (pos.batch as usize * o.ranks.max(1) + o.rank) * o.batch;
-    let picked = perm[at..at + o.batch].to_vec();
-    let seeds = (0..o.batch as u64)
-        .map(|i| o.seed ^ pos.epoch.wrapping_mul(crate::seed::GOLDEN) ^ ((at as u64 + i) << 20))
-        .collect();
-    (picked, seeds)
+/// The augmentation seeds of `n` rows from global row `first` of batch `batch` of `epoch`: each
+/// sample's crop depends on the seed, the epoch and its place in the epoch.
+pub fn row_seeds(
+    seed: u64,
+    epoch: u64,
+    batch: u64,
+    global: usize,
+    first: usize,
+    n: usize,
+) -> Vec<u64> {
+    let at = batch * global as u64 + first as u64;
+    (0..n as u64)
+        .map(|i| seed ^ epoch.wrapping_mul(crate::seed::GOLDEN) ^ ((at + i) << 20))
+        .collect()
 }
 
 /// Runs `f` on this thread as the only thread of its own rayon pool, so that the work the JPEG
@@ -374,20 +579,14 @@ pub fn on_own_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// A worker: prepares samples until the queue closes or nobody listens.
-fn work(
-    jobs: &Mutex<Receiver<Job>>,
-    notes: &SyncSender<Note>,
-    samples: &[Sample],
-    tok: &Tokenizer,
-    o: &LoaderOptions,
-) {
+fn work(jobs: &Mutex<Receiver<Job>>, notes: &SyncSender<Note>, tok: &Tokenizer, o: &LoaderOptions) {
     loop {
         let job = match jobs.lock() {
             Ok(q) => q.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let smp = &samples[job.sample];
+        let smp = &job.sample;
         let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Row::prepare(smp, job.seed, tok, o)
         }))
@@ -413,6 +612,7 @@ fn work(
 fn put_together(notes: &Receiver<Note>, out: &SyncSender<Result<Batch>>, o: &LoaderOptions) {
     let mut pending: std::collections::BTreeMap<u64, Pending> = Default::default();
     let mut next_out = 0u64;
+    let mut failure = None;
     while let Ok(note) = notes.recv() {
         match note {
             Note::Batch { seq, labels, next } => {
@@ -423,6 +623,8 @@ fn put_together(notes: &Receiver<Note>, out: &SyncSender<Result<Batch>>, o: &Loa
                     b.fill(row, prepared);
                 }
             }
+            // The batches announced before the failure go first, then the error.
+            Note::Failed(e) => failure = Some(e),
         }
         while pending.get(&next_out).is_some_and(|b| b.left == 0) {
             let Some(b) = pending.remove(&next_out) else {
@@ -435,6 +637,12 @@ fn put_together(notes: &Receiver<Note>, out: &SyncSender<Result<Batch>>, o: &Loa
                 return;
             }
         }
+        if failure.is_some() && pending.is_empty() {
+            break;
+        }
+    }
+    if let Some(e) = failure {
+        let _ = out.send(Err(e));
     }
 }
 
@@ -443,6 +651,7 @@ mod tests {
     use super::*;
     use crate::data::image::encode_png;
     use crate::data::tokenizer::Kind;
+    use crate::data::Shard;
 
     const CAPTIONS: [&str; 3] = ["a red square", "a blue circle", "the green one"];
 
@@ -456,9 +665,9 @@ mod tests {
         Arc::new(tok)
     }
 
-    /// Ten PNGs of unequal sizes (so that workers finish them out of order).
-    fn samples() -> Vec<Sample> {
-        (0..10)
+    /// PNGs of unequal sizes (so that workers finish them out of order), labelled by index.
+    fn samples(n: usize) -> Vec<Sample> {
+        (0..n)
             .map(|i| {
                 let (w, h) = (8 + (i % 5) as u32 * 9, 6 + (i % 3) as u32 * 11);
                 let px: Vec<u8> = (0..(w * h * 3) as usize)
@@ -474,75 +683,203 @@ mod tests {
             .collect()
     }
 
-    fn options(workers: usize) -> LoaderOptions {
+    /// Shards of the given sizes over consecutive samples.
+    fn dataset(sizes: &[usize]) -> Dataset {
+        let all = samples(sizes.iter().sum());
+        let mut at = 0;
+        let shards: Vec<Shard> = sizes
+            .iter()
+            .map(|&n| {
+                at += n;
+                Shard::Memory(Arc::new(all[at - n..at].to_vec()))
+            })
+            .collect();
+        Dataset {
+            weights: vec![1.0; shards.len()],
+            shards,
+            root: None,
+        }
+    }
+
+    fn options(workers: usize, process: usize, processes: usize) -> LoaderOptions {
         LoaderOptions {
-            batch: 4,
             seed: 5,
-            image_size: 6,
-            channels: 3,
             mean: vec![0.5; 3],
             std: vec![0.25; 3],
-            text_length: 5,
             workers,
             prefetch: 2,
-            rank: 0,
-            ranks: 1,
+            data_streams: 4,
+            shuffle_buffer: 3,
+            process,
+            processes,
             augment: true,
+            ..LoaderOptions::new(8, 6, 3, 5)
+        }
+    }
+
+    /// A global batch: images, tokens, labels, and the merged position after it.
+    type Global = (Vec<u8>, Vec<u8>, Vec<Option<i64>>, Position);
+
+    /// `n` global batches read by `processes` loaders (their rows concatenated in process
+    /// order), each with `workers` workers, from `start`.
+    fn read(
+        d: &Dataset,
+        workers: usize,
+        processes: usize,
+        start: &Position,
+        n: usize,
+    ) -> Vec<Global> {
+        let tok = tokenizer(&format!("p{processes}w{workers}"));
+        let mut loaders: Vec<Loader> = (0..processes)
+            .map(|p| {
+                Loader::new(
+                    d,
+                    tok.clone(),
+                    options(workers, p, processes),
+                    start.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        (0..n)
+            .map(|_| {
+                let mut g: Global = Default::default();
+                for l in &mut loaders {
+                    let b = l.next_batch().unwrap();
+                    g.0.extend_from_slice(b.images.bytes());
+                    g.1.extend_from_slice(b.tokens.bytes());
+                    g.2.extend(b.labels);
+                    g.3.epoch = b.next.epoch;
+                    g.3.batch = b.next.batch;
+                    g.3.data_streams = b.next.data_streams;
+                    g.3.streams.extend(b.next.streams);
+                }
+                g
+            })
+            .collect()
+    }
+
+    #[test]
+    fn global_batches_are_the_same_whatever_the_processes_and_workers_and_resume_across_them() {
+        // 41 samples in unequal shards: the streams are padded or cut to 40 / 4 = 10 each.
+        let d = dataset(&[3, 7, 4, 5, 2, 6, 4, 5, 5]);
+        let start = Position::default();
+        let want = read(&d, 1, 1, &start, 16);
+        assert_eq!(want[0].2.len(), 8);
+        assert!(want.iter().any(|g| g.3.counts().padded_samples > 0));
+        for (workers, processes) in [(3, 1), (1, 2), (2, 4)] {
+            let got = read(&d, workers, processes, &start, 16);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g == w,
+                    "batch {i} differs with {workers} workers, {processes} processes"
+                );
+            }
+        }
+        // Every epoch has 5 batches; positions count them.
+        assert_eq!((want[4].3.epoch, want[4].3.batch), (1, 0));
+        assert_eq!((want[6].3.epoch, want[6].3.batch), (1, 2));
+        // Resumed after batch k (mid-window, at an epoch's end, in a later epoch), by one, two
+        // or four processes: the same batches as the run that went on.
+        for (k, processes) in [(0, 2), (1, 1), (4, 4), (6, 2), (8, 1)] {
+            let got = read(&d, 2, processes, &want[k].3, 16 - k - 1);
+            for (i, g) in got.iter().enumerate() {
+                let w = &want[k + 1 + i];
+                let at = format!(
+                    "resumed after batch {k} by {processes}: batch {}",
+                    k + 1 + i
+                );
+                assert_eq!(g.2, w.2, "{at}: labels");
+                assert!(g.0 == w.0, "{at}: images");
+                assert_eq!(g.3, w.3, "{at}: position");
+            }
+        }
+        // A position of an older basic (epoch and batch only) resumes to the same batches.
+        let legacy = Position {
+            epoch: 1,
+            batch: 2,
+            ..Default::default()
+        };
+        let got = read(&d, 2, 1, &legacy, 3);
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g.0, want[7 + i].0, "legacy resume, batch {}", 7 + i);
         }
     }
 
     #[test]
-    fn batches_are_the_same_whatever_the_workers_and_in_order_across_epochs() {
-        let (data, tok) = (Arc::new(samples()), tokenizer("order"));
-        let start = Position { epoch: 0, batch: 1 };
-        for workers in [1, 3] {
-            let mut l = Loader::new(data.clone(), tok.clone(), options(workers), start).unwrap();
-            assert_eq!(l.batches_per_epoch, 2);
-            let mut pos = start;
-            // Five batches from the second one on cross two epoch boundaries.
-            for _ in 0..5 {
-                if pos.batch == 2 {
-                    pos = Position {
-                        epoch: pos.epoch + 1,
-                        batch: 0,
-                    };
-                }
-                let perm = permutation(data.len(), 5, pos.epoch);
-                let (picked, seeds) = plan(&perm, pos, &options(1));
-                let rows: Vec<&Sample> = picked.iter().map(|&i| &data[i]).collect();
-                let next = Position {
-                    batch: pos.batch + 1,
-                    ..pos
-                };
-                let want = assemble(&rows, &seeds, &tok, &options(1), next).unwrap();
-                let got = l.next_batch().unwrap();
-                assert_eq!(
-                    got.images.bytes(),
-                    want.images.bytes(),
-                    "{workers} workers, {pos:?}"
-                );
-                assert_eq!(got.tokens.bytes(), want.tokens.bytes());
-                assert_eq!(got.labels, want.labels);
-                assert_eq!(got.next, next);
-                pos = next;
-            }
-        }
+    fn each_epoch_is_a_fresh_shuffle_of_every_sample() {
+        // 48 samples in 8 equal shards over 4 streams: no padding, every sample once an epoch.
+        let d = dataset(&[6; 8]);
+        let got = read(&d, 2, 1, &Position::default(), 12);
+        let epoch = |e: usize| -> Vec<i64> {
+            got[e * 6..(e + 1) * 6]
+                .iter()
+                .flat_map(|g| g.2.iter().map(|l| l.unwrap()))
+                .collect()
+        };
+        let (a, b) = (epoch(0), epoch(1));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..48).collect::<Vec<_>>());
+        let mut sb = b.clone();
+        sb.sort();
+        assert_eq!(sb, sorted);
+        assert_ne!(a, b, "the second epoch is shuffled anew");
+        assert_eq!(got[11].3.counts(), Counts::default());
+    }
+
+    #[test]
+    fn streams_that_do_not_fit_say_what_to_change() {
+        let d = dataset(&[4; 3]);
+        let tok = tokenizer("fit");
+        let e = |o: LoaderOptions| {
+            Loader::new(&d, tok.clone(), o, Position::default())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(e(options(1, 0, 1)).contains("every stream needs a shard"));
+        let o = LoaderOptions {
+            data_streams: 3,
+            ..options(1, 0, 1)
+        };
+        assert!(e(o).contains("dividing the batch"));
+        let o = LoaderOptions {
+            data_streams: 2,
+            ..options(1, 0, 4)
+        };
+        assert!(e(o).contains("must divide --data-streams"));
+        let resumed = Position {
+            data_streams: 2,
+            ..Default::default()
+        };
+        let x = Loader::new(&d, tok.clone(), options(1, 0, 1), resumed)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(x.contains("has 2 data streams"), "{x}");
     }
 
     #[test]
     fn a_bad_image_fails_its_batch_after_the_good_batches_before_it() {
-        let mut data = samples();
-        // Row 1 of the second batch of the first epoch.
-        let bad = permutation(data.len(), 5, 0)[5];
-        data[bad].image = Arc::new(b"not an image".to_vec());
-        let mut l = Loader::new(
-            Arc::new(data),
-            tokenizer("bad"),
-            options(3),
-            Position::default(),
-        )
-        .unwrap();
-        assert_eq!(l.next_batch().unwrap().labels.len(), 4);
+        let mut d = dataset(&[3, 7, 4, 5, 2, 6, 4, 5, 5]);
+        let want = read(&d, 1, 1, &Position::default(), 2);
+        // Spoil one sample of the second batch.
+        let bad = want[1].2[3].unwrap();
+        for s in &mut d.shards {
+            if let Shard::Memory(m) = s {
+                let mut v = m.to_vec();
+                for x in &mut v {
+                    if x.label == Some(bad) {
+                        x.image = Arc::new(b"not an image".to_vec());
+                    }
+                }
+                *m = Arc::new(v);
+            }
+        }
+        let mut l =
+            Loader::new(&d, tokenizer("bad"), options(3, 0, 1), Position::default()).unwrap();
+        assert_eq!(l.next_batch().unwrap().labels.len(), 8);
         let e = l
             .next_batch()
             .err()

@@ -144,7 +144,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The non-empty lines of `text`, trimmed.
-fn entries(text: &str) -> Vec<String> {
+pub fn entries(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -275,9 +275,16 @@ pub fn named_or_file(spec: &str) -> Result<Vec<String>> {
     }
 }
 
-/// An image-folder dataset: one sub-folder per class (sorted by name: label order), its PNG and
-/// JPEG files the images. Returns the samples and the class (folder) names.
-pub fn image_folder(dir: &Path) -> Result<(Vec<crate::data::Sample>, Vec<String>)> {
+/// An image file and its label.
+pub type LabelledFile = (std::path::PathBuf, i64);
+
+/// Hands every sample to its argument until that returns `false`.
+pub type SampleSource<'a> = dyn FnMut(&mut dyn FnMut(Sample) -> Result<bool>) -> Result<()> + 'a;
+
+/// An image-folder dataset: one sub-folder per class (sorted by name: label order), its PNG, JPEG
+/// and WebP files the images. Returns each image's path and label, and the class (folder)
+/// names; the images are read as they are used ([`folder_sample`]).
+pub fn image_folder(dir: &Path) -> Result<(Vec<LabelledFile>, Vec<String>)> {
     let entries = |d: &Path| -> Result<Vec<std::path::PathBuf>> {
         let mut v: Vec<_> = std::fs::read_dir(d)
             .map_err(|e| Error::io(d, e))?
@@ -295,7 +302,7 @@ pub fn image_folder(dir: &Path) -> Result<(Vec<crate::data::Sample>, Vec<String>
             "it has no class sub-folders; give one folder per class holding its images",
         ));
     }
-    let mut samples = Vec::new();
+    let mut files = Vec::new();
     let mut names = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let name = class
@@ -303,18 +310,77 @@ pub fn image_folder(dir: &Path) -> Result<(Vec<crate::data::Sample>, Vec<String>
             .map_or(String::new(), |n| n.to_string_lossy().into_owned());
         for f in entries(class)? {
             let ext = f.extension().map(|e| e.to_string_lossy().to_lowercase());
-            if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
-                continue;
+            if matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg" | "webp")) {
+                files.push((f, label as i64));
             }
-            let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
-            samples.push(crate::data::Sample {
-                key: f.display().to_string(),
-                image: std::sync::Arc::new(bytes),
-                caption: name.replace('_', " "),
-                label: Some(label as i64),
-            });
         }
         names.push(name.replace('_', " "));
     }
-    Ok((samples, names))
+    Ok((files, names))
+}
+
+/// One image of an image folder as a sample, captioned by its class name.
+pub fn folder_sample(path: &Path, label: i64, names: &[String]) -> Result<Sample> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(Sample {
+        key: path.display().to_string(),
+        image: std::sync::Arc::new(bytes),
+        caption: names.get(label as usize).cloned().unwrap_or_default(),
+        label: Some(label),
+    })
+}
+
+/// Embeddings of streamed samples, with their labels and captions.
+#[derive(Default)]
+pub struct Embedded {
+    pub images: Vec<Vec<f32>>,
+    pub labels: Vec<Option<i64>>,
+    pub captions: Vec<String>,
+}
+
+/// Embeds the images of the samples `each` produces (it calls its argument with every sample
+/// until that returns `false`), keeping at most `limit` of those `keep` accepts; only one
+/// batch of encoded images is held at a time.
+pub fn embed_streamed(
+    emb: &Embedder,
+    limit: usize,
+    keep: &dyn Fn(&Sample) -> bool,
+    each: &mut SampleSource,
+) -> Result<Embedded> {
+    let mut out = Embedded::default();
+    let mut chunk: Vec<Sample> = Vec::new();
+    let mut kept = 0usize;
+    let chunk_size = emb.batch.max(1) as usize;
+    let flush = |chunk: &mut Vec<Sample>, out: &mut Embedded| -> Result<()> {
+        if !chunk.is_empty() {
+            out.images.extend(emb.embed_images(chunk, 2)?);
+            for s in chunk.drain(..) {
+                out.labels.push(s.label);
+                out.captions.push(s.caption);
+            }
+        }
+        Ok(())
+    };
+    let mut err = None;
+    each(&mut |s| {
+        if kept >= limit {
+            return Ok(false);
+        }
+        if keep(&s) {
+            chunk.push(s);
+            kept += 1;
+            if chunk.len() == chunk_size {
+                if let Err(e) = flush(&mut chunk, &mut out) {
+                    err = Some(e);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(kept < limit)
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    flush(&mut chunk, &mut out)?;
+    Ok(out)
 }

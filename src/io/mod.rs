@@ -1,5 +1,6 @@
-//! Files: safetensors reading and atomic writing.
+//! Files and objects: safetensors reading and atomic writing, executables, interop, and storage by URL.
 
 pub mod executable;
 pub mod interop;
 pub mod safetensors;
+pub mod storage;

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::data::stream::Counts;
 use crate::data::{Loader, LoaderOptions, Position, Sample, Tokenizer};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::eval::{class_embeddings, zero_shot_scores, Embedder};
 use crate::exec::{Sharded, ShardedArg, ShardedProgram};
 use crate::io::safetensors;
+use crate::io::storage::Location;
 use crate::model::names::{self, io};
 use crate::model::{dual, ModelConfig};
 use crate::runtime::{HostArray, Runtime};
@@ -28,7 +30,10 @@ use super::setup::StepSetup;
 pub struct RunOptions {
     /// The step: the config with the flags applied, its options and layout, donation.
     pub setup: StepSetup,
-    pub data: PathBuf,
+    /// `--data`: a folder, shards, a list, URLs, `pipe:` commands, joined by `::`
+    /// (`data::source`).
+    pub data: String,
+    pub stream: StreamOptions,
     pub out: PathBuf,
     pub steps: u64,
     pub resume: bool,
@@ -50,6 +55,33 @@ pub struct RunOptions {
     pub executable: Option<PathBuf>,
 }
 
+/// How the training data streams (`data::stream`).
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// One weight per `::`-joined source (with `resampled`).
+    pub weights: Option<Vec<f64>>,
+    /// Data streams S (0: the default for the shards and batch).
+    pub data_streams: usize,
+    /// Samples each stream shuffles together.
+    pub shuffle_buffer: usize,
+    /// Samples an epoch, where the data's size is not known up front.
+    pub samples_per_epoch: Option<u64>,
+    /// Draw shards with replacement (weighted).
+    pub resampled: bool,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            weights: None,
+            data_streams: 0,
+            shuffle_buffer: 1000,
+            samples_per_epoch: None,
+            resampled: false,
+        }
+    }
+}
+
 /// What a run ended with.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
@@ -60,6 +92,9 @@ pub struct Summary {
     pub input_fraction: f64,
     /// Captions of the run's batches whose tokens were cut to the text length.
     pub truncated_captions: usize,
+    /// What the data streams skipped, left and padded (the whole run's, resumed runs included).
+    pub data: Counts,
+    pub data_streams: usize,
 }
 
 fn ckpt_dir(out: &Path) -> PathBuf {
@@ -88,9 +123,9 @@ pub fn checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
 }
 
 /// The run's tokenizer: the one given, else the data folder's `tokenizer.json`, else one trained
-/// on its `captions.txt`. It is saved in the run folder.
+/// on its `captions.txt` (the folder local or in a bucket). It is saved in the run folder.
 pub fn data_tokenizer(
-    data: &Path,
+    root: Option<&str>,
     out: &Path,
     vocab: usize,
     given: Option<&Path>,
@@ -105,37 +140,64 @@ pub fn data_tokenizer(
     if saved.is_file() {
         return Tokenizer::load(&saved);
     }
-    let given = data.join("tokenizer.json");
-    if given.is_file() {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        std::fs::copy(&given, &saved).map_err(|e| Error::io(&saved, e))?;
+    let Some(root) = root else {
+        return Err(Error::invalid(
+            "--data without a folder",
+            "shard lists carry no tokenizer: pass --tokenizer FILE (or a data folder with tokenizer.json or captions.txt)",
+        ));
+    };
+    let aux = |name: &str| Location::parse(&format!("{root}{name}"))?.get_if_exists();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if let Some(t) = aux("tokenizer.json")? {
+        crate::fs::write_atomic(&saved, &t)?;
         return Tokenizer::load(&saved);
     }
-    let corpus = data.join("captions.txt");
-    if !corpus.is_file() {
-        return Err(Error::invalid(format!("data folder `{}`", data.display()), "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`"));
+    let missing = || {
+        Error::InvalidArgument {
+        what: format!("data folder `{root}`"),
+        fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`, or pass --tokenizer".into(),
     }
+    };
+    // A bucket's corpus is copied next to the run; a local one is read where it is.
+    let local = if crate::io::storage::is_remote(root) {
+        let corpus = aux("captions.txt")?.ok_or_else(missing)?;
+        let local = out.join("captions.txt");
+        crate::fs::write_atomic(&local, &corpus)?;
+        local
+    } else {
+        let p = PathBuf::from(format!("{root}captions.txt"));
+        if !p.is_file() {
+            return Err(missing());
+        }
+        p
+    };
     Tokenizer::train(
-        &corpus,
+        &local,
         crate::data::tokenizer::Kind::WordLevel,
         vocab,
         &saved,
     )
 }
 
-fn loader_options(c: &ModelConfig, batch: usize, seed: u64, workers: usize) -> LoaderOptions {
+fn loader_options(o: &RunOptions) -> LoaderOptions {
+    let c = &o.setup.config;
     LoaderOptions {
-        batch,
-        seed,
+        batch: o.setup.options.batch as usize,
+        seed: o.seed,
         image_size: c.image.image_size() as usize,
         channels: c.image.channels() as usize,
         mean: c.train.mean.clone(),
         std: c.train.std.clone(),
         text_length: c.text.length as usize,
-        workers,
+        workers: o.workers,
         prefetch: 4,
-        rank: 0,
-        ranks: 1,
+        data_streams: o.stream.data_streams,
+        shuffle_buffer: o.stream.shuffle_buffer,
+        process: 0,
+        processes: 1,
+        samples_per_epoch: o.stream.samples_per_epoch,
+        resampled: o.stream.resampled,
+        skip_bad: o.skip_bad,
         augment: c.train.random_resized_crop,
     }
 }
@@ -157,6 +219,9 @@ fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<Path
     meta.insert("step".into(), ck.step.to_string());
     meta.insert("epoch".into(), ck.position.epoch.to_string());
     meta.insert("batch".into(), ck.position.batch.to_string());
+    let position =
+        serde_json::to_string(&ck.position).map_err(|e| Error::Internal(e.to_string()))?;
+    meta.insert("data_position".into(), position);
     meta.insert("seed".into(), seed.to_string());
     // Fault injection for the crash tests: abort in the middle of this step's checkpoint write,
     // after the temporary file exists and before it is renamed into place.
@@ -193,12 +258,23 @@ fn load_checkpoint(path: &Path) -> Result<Ckpt> {
             )
         })
     };
-    Ok(Ckpt {
-        step: num("step")?,
-        position: Position {
+    // The streams' state as JSON; a checkpoint of an older basic has the epoch and batch only.
+    let position = match meta.get("data_position") {
+        Some(j) => serde_json::from_str(j).map_err(|e| Error::InvalidArgument {
+            what: format!("checkpoint `{}`", path.display()),
+            fix: format!(
+                "its data_position is not readable ({e}); it was not written by basic train"
+            ),
+        })?,
+        None => Position {
             epoch: num("epoch")?,
             batch: num("batch")?,
+            ..Default::default()
         },
+    };
+    Ok(Ckpt {
+        step: num("step")?,
+        position,
         values,
     })
 }
@@ -218,23 +294,35 @@ fn gather_named(
     Ok(m)
 }
 
+/// The data folder's class names and prompt templates, where it has both.
+fn class_lists(root: Option<&str>) -> Result<Option<(Vec<String>, Vec<String>)>> {
+    let Some(root) = root else { return Ok(None) };
+    let get = |name: &str| -> Result<Option<Vec<String>>> {
+        let bytes = Location::parse(&format!("{root}{name}"))?.get_if_exists()?;
+        Ok(bytes.map(|b| crate::eval::entries(&String::from_utf8_lossy(&b))))
+    };
+    Ok(match (get("classes.txt")?, get("templates.txt")?) {
+        (Some(c), Some(t)) if !c.is_empty() && !t.is_empty() => Some((c, t)),
+        _ => None,
+    })
+}
+
 /// Zero-shot top-1 on up to `n` test images of the data folder.
 pub fn quick_zero_shot(
     rt: &Runtime,
     c: &ModelConfig,
     params: Vec<HostArray>,
-    data: &Path,
+    lists: Option<&(Vec<String>, Vec<String>)>,
     tok: &Tokenizer,
     test: &[Sample],
     n: usize,
 ) -> Result<Option<f64>> {
-    let classes = data.join("classes.txt");
-    let templates = data.join("templates.txt");
-    if !classes.is_file() || !templates.is_file() || test.is_empty() {
+    let Some((names, temps)) = lists else {
+        return Ok(None);
+    };
+    if test.is_empty() {
         return Ok(None);
     }
-    let names = crate::eval::read_lines(&classes)?;
-    let temps = crate::eval::read_lines(&templates)?;
     let subset: Vec<Sample> = test
         .iter()
         .filter(|s| s.label.is_some())
@@ -243,9 +331,25 @@ pub fn quick_zero_shot(
         .collect();
     let labels: Vec<i64> = subset.iter().map(|s| s.label.unwrap_or(0)).collect();
     let emb = Embedder::new(rt.client(), c, params, 250, DType::F32)?;
-    let ce = class_embeddings(&emb, tok, &names, &temps)?;
+    let ce = class_embeddings(&emb, tok, names, temps)?;
     let ie = emb.embed_images(&subset, 2)?;
-    Ok(Some(zero_shot_scores(&ie, &labels, &ce, &names)?.top1))
+    Ok(Some(zero_shot_scores(&ie, &labels, &ce, names)?.top1))
+}
+
+/// Up to `n` labelled samples of the data folder's test split, read in order (streamed: only
+/// those kept are held).
+fn test_samples(root: &str, n: usize, skip_bad: bool) -> Result<Vec<Sample>> {
+    let Ok(test) = crate::data::source::parse(root, "test", None) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    crate::data::stream::for_each_sample(&test, skip_bad, &mut |s| {
+        if s.label.is_some() {
+            out.push(s);
+        }
+        Ok(out.len() < n)
+    })?;
+    Ok(out)
 }
 
 /// Trains; returns the summary. Resumes from the newest checkpoint when asked.
@@ -255,7 +359,7 @@ pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
         let done = t.step()?;
         t.log(&done)?;
         if o.checkpoint_every > 0 && (t.step % o.checkpoint_every == 0 || t.step == o.steps) {
-            t.checkpoint(done.position)?;
+            t.checkpoint(done.position.clone())?;
         }
     }
     t.finish()
@@ -312,6 +416,8 @@ struct Trainer<'a> {
     o: &'a RunOptions,
     tok: Arc<Tokenizer>,
     test: Vec<Sample>,
+    /// The data folder's classes and templates (periodic zero-shot).
+    lists: Option<(Vec<String>, Vec<String>)>,
     prog: ShardedProgram,
     io: StepIo,
     pnames: Vec<String>,
@@ -337,8 +443,16 @@ impl<'a> Trainer<'a> {
     fn start(rt: &'a Runtime, o: &'a RunOptions) -> Result<Trainer<'a>> {
         let c = &o.setup.config;
         std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+        let train_data = crate::data::source::parse(&o.data, "train", o.stream.weights.as_deref())?;
+        if o.stream.weights.is_some() && !o.stream.resampled {
+            return Err(Error::invalid(
+                "--data-weights without --dataset-resampled",
+                "weights set how often shards are drawn, which needs drawing with replacement: add --dataset-resampled (as open_clip)",
+            ));
+        }
+        let root = train_data.root.clone();
         let tok = Arc::new(data_tokenizer(
-            &o.data,
+            root.as_deref(),
             &o.out,
             c.text.vocab as usize,
             o.tokenizer.as_deref(),
@@ -359,16 +473,11 @@ impl<'a> Trainer<'a> {
             )
         })?;
         crate::fs::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
-        let (train, skipped) = crate::data::read_dataset(&o.data, "train", o.skip_bad)?;
-        if skipped.samples > 0 && o.progress {
-            eprintln!(
-                "skipped {} bad samples (first: {})",
-                skipped.samples, skipped.reasons[0]
-            );
-        }
-        let test = crate::data::read_dataset(&o.data, "test", o.skip_bad)
-            .map(|(t, _)| t)
-            .unwrap_or_default();
+        let lists = class_lists(root.as_deref())?;
+        let test = match (&lists, &root) {
+            (Some(_), Some(r)) if o.eval_every > 0 => test_samples(r, o.eval_images, o.skip_bad)?,
+            _ => Vec::new(),
+        };
 
         let sp = o.setup.build()?;
         let io = StepIo::of(&sp, c)?;
@@ -407,18 +516,22 @@ impl<'a> Trainer<'a> {
             .map(|(i, n)| prog.upload(i, &host[n]))
             .collect::<Result<_>>()?;
         drop(host);
-        let loader = Loader::new(
-            Arc::new(train),
-            tok.clone(),
-            loader_options(c, o.setup.options.batch as usize, o.seed, o.workers),
-            start,
-        )?;
+        let loader = Loader::new(&train_data, tok.clone(), loader_options(o), start)?;
+        if o.progress {
+            eprintln!(
+                "data: {} shards, {} samples an epoch, {} data streams",
+                train_data.shards.len(),
+                loader.samples_per_epoch,
+                loader.data_streams
+            );
+        }
         let (metrics, metrics_path) = open_metrics(&o.out, step)?;
         Ok(Trainer {
             rt,
             o,
             tok,
             test,
+            lists,
             prog,
             io,
             pnames,
@@ -478,6 +591,13 @@ impl<'a> Trainer<'a> {
         self.step += 1;
         self.summary.losses.push((self.step, loss));
         self.summary.truncated_captions += batch.truncated;
+        self.summary.data = batch.next.counts();
+        self.summary.data_streams = batch.next.data_streams;
+        for r in self.loader.take_reports() {
+            if o.progress {
+                eprintln!("{r}");
+            }
+        }
         Ok(StepDone {
             loss,
             grad_norm: scalars[1],
@@ -498,6 +618,9 @@ impl<'a> Trainer<'a> {
             "epoch": d.position.epoch, "seconds": elapsed,
             "input_seconds": self.loader.waited.as_secs_f64(),
             "truncated_captions": self.summary.truncated_captions,
+            "skipped_samples": self.summary.data.skipped_samples,
+            "bad_shards": self.summary.data.bad_shards,
+            "padded_samples": self.summary.data.padded_samples,
         });
         if o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps) {
             if let Some(acc) = self.zero_shot()? {
@@ -544,7 +667,7 @@ impl<'a> Trainer<'a> {
             self.rt,
             &o.setup.config,
             params,
-            &o.data,
+            self.lists.as_ref(),
             &self.tok,
             &self.test,
             o.eval_images,

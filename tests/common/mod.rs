@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod emulators;
+
 use basic::runtime::{find_cpu_plugins, Runtime};
 
 /// Every CPU plugin found, as (package, path). Fails loudly when the main CPU plugin is missing:
@@ -223,6 +225,52 @@ pub fn basic_cmd(args: &[&str]) -> std::process::Command {
         .env("TF_CPP_MIN_LOG_LEVEL", "2")
         .stdin(std::process::Stdio::null());
     c
+}
+
+/// A child process killed (by its pid) and reaped when dropped, whatever happened.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Waits at most `limit` for the child to exit by itself (then kills it and fails), and
+    /// returns its output (its pipes are drained meanwhile, so a chatty child cannot block).
+    pub fn wait_with_deadline(mut self, limit: std::time::Duration) -> std::process::Output {
+        fn drain(
+            r: Option<impl std::io::Read + Send + 'static>,
+        ) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut v);
+                }
+                v
+            })
+        }
+        let out = drain(self.0.stdout.take());
+        let err = drain(self.0.stderr.take());
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::process::Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs `basic ARGS`, asserts it succeeds (showing its stderr when not), and returns its stdout.
