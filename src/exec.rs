@@ -63,6 +63,9 @@ pub struct ShardedProgram {
     pub args: Vec<PartitionSpec>,
     pub results: Vec<PartitionSpec>,
     pub text: String,
+    /// The mesh position (SPMD partition) of each addressable device, in execute order: all of
+    /// them, `0..n`, on one process; a host's share in a multi-process job.
+    positions: Vec<i64>,
 }
 
 impl ShardedProgram {
@@ -104,12 +107,14 @@ impl ShardedProgram {
     ) -> Result<ShardedProgram> {
         ctx.mesh.check_devices(client.devices().len())?;
         let exe = client.compile(&text, &ctx.compile_options())?;
+        let positions = (0..exe.num_devices() as i64).collect();
         Ok(ShardedProgram {
             exe,
             ctx: ctx.clone(),
             args,
             results,
             text,
+            positions,
         })
     }
 
@@ -123,12 +128,14 @@ impl ShardedProgram {
         results: Vec<PartitionSpec>,
         text: String,
     ) -> ShardedProgram {
+        let positions = (0..exe.num_devices() as i64).collect();
         ShardedProgram {
             exe,
             ctx: ctx.clone(),
             args,
             results,
             text,
+            positions,
         }
     }
 
@@ -140,23 +147,63 @@ impl ShardedProgram {
         self.exe.num_devices() as i64
     }
 
-    /// Splits argument `i`'s global value into shards and uploads them.
-    pub fn upload(&self, i: usize, global: &HostArray) -> Result<Sharded> {
-        let spec = self.args.get(i).ok_or_else(|| {
+    /// Sets the mesh position of each addressable device (a host's share of a multi-process
+    /// job's mesh); one per device.
+    pub fn set_positions(&mut self, positions: Vec<i64>) -> Result<()> {
+        if positions.len() != self.devices() as usize {
+            return Err(Error::Internal(format!(
+                "{} mesh positions for a program on {} devices",
+                positions.len(),
+                self.devices()
+            )));
+        }
+        self.positions = positions;
+        Ok(())
+    }
+
+    /// The mesh position of each addressable device, in execute order.
+    pub fn positions(&self) -> &[i64] {
+        &self.positions
+    }
+
+    fn arg_spec(&self, i: usize) -> Result<&PartitionSpec> {
+        self.args.get(i).ok_or_else(|| {
             Error::invalid(
                 format!("argument {i}"),
                 format!("the program takes {} arguments", self.args.len()),
             )
-        })?;
-        let bufs = (0..self.devices())
-            .map(|d| {
-                let piece = if self.devices() == 1 {
-                    global.clone()
-                } else {
-                    shard(global, spec, self.mesh(), d)?
-                };
-                self.exe.upload(&piece, d as usize)
-            })
+        })
+    }
+
+    /// The spec of argument `i`.
+    pub fn arg(&self, i: usize) -> Result<&PartitionSpec> {
+        self.arg_spec(i)
+    }
+
+    /// Splits argument `i`'s global value into shards and uploads them.
+    pub fn upload(&self, i: usize, global: &HostArray) -> Result<Sharded> {
+        let spec = self.arg_spec(i)?.clone();
+        let whole = self.mesh().size() == 1;
+        self.upload_with(|_, position| {
+            if whole {
+                Ok(global.clone())
+            } else {
+                shard(global, &spec, self.mesh(), position)
+            }
+        })
+    }
+
+    /// Uploads to each addressable device the piece `piece(device, mesh position)` gives (a
+    /// process's own rows of a batch, a checkpoint's pieces): nothing global passes through.
+    pub fn upload_with(
+        &self,
+        mut piece: impl FnMut(usize, i64) -> Result<HostArray>,
+    ) -> Result<Sharded> {
+        let bufs = self
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(d, &p)| self.exe.upload(&piece(d, p)?, d))
             .collect::<Result<Vec<_>>>()?;
         Ok(Sharded { bufs })
     }
@@ -213,8 +260,16 @@ impl ShardedProgram {
         Ok(out)
     }
 
-    /// Brings result `i` back to the host as one global array.
+    /// Brings result `i` back to the host as one global array (every device of the mesh must be
+    /// addressable: one process, or processes simulated in one).
     pub fn gather(&self, i: usize, value: &Sharded) -> Result<HostArray> {
+        if self.positions.len() as i64 != self.mesh().size() {
+            return Err(Error::Internal(format!(
+                "gathering result {i} on a host with {} of the mesh's {} devices",
+                self.positions.len(),
+                self.mesh().size()
+            )));
+        }
         let mut shards = value
             .bufs
             .iter()

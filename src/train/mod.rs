@@ -1,8 +1,11 @@
 //! Training: BASIC's step as one program, optimizers, parameter initialisation.
 
 pub mod aot;
+pub mod checkpoint;
+pub mod hosts;
 pub mod init;
 pub mod optim;
+pub mod persist;
 pub mod plot;
 pub mod run;
 pub mod setup;
