@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use basic::dtype::DType;
-use basic::model::config::{CoatnetConfig, CoatnetStage, ImageConfig, OptimizerKind, StageKind};
+use basic::model::config::{
+    CoatnetConfig, CoatnetStage, ConvNorm, ImageConfig, OptimizerKind, StageKind,
+};
 use basic::model::inference::batch_shapes;
 use basic::model::params::{layer_name, stack_layers, unstack_layers};
 use basic::model::{dual, ModelConfig, ParamSpec, Params, Scope, Tower};
@@ -36,28 +38,28 @@ fn vit() -> ModelConfig {
     c
 }
 
-/// A CoAtNet of every stage kind on 16×16 images: stem 8×8, an MBConv stage of 2 blocks (4×4)
-/// and a transformer stage of 3 blocks (2×2).
+/// A CoAtNet of every stage kind on 16×16 images: stem 8×8, an MBConv stage of 2 blocks (4×4),
+/// a transformer stage of 3 blocks (2×2), and one of 2 blocks that keeps the resolution and
+/// widens (a stage of mixed block types, as CoAtNet-6/7's S3), with the inner norms.
 fn coatnet() -> ModelConfig {
     let mut c = vit();
+    let stage = |kind, depth, width, heads, downsample| CoatnetStage {
+        kind,
+        depth,
+        width,
+        heads,
+        downsample,
+    };
     c.image = ImageConfig::Coatnet(CoatnetConfig {
         image_size: 16,
         channels: 3,
         stem_width: 4,
         expansion: 2,
+        conv_norm: ConvNorm::Layer,
         stages: vec![
-            CoatnetStage {
-                kind: StageKind::Mbconv,
-                depth: 2,
-                width: 8,
-                heads: 0,
-            },
-            CoatnetStage {
-                kind: StageKind::Transformer,
-                depth: 3,
-                width: 8,
-                heads: 2,
-            },
+            stage(StageKind::Mbconv, 2, 8, 0, true),
+            stage(StageKind::Transformer, 3, 8, 2, true),
+            stage(StageKind::Transformer, 2, 12, 2, false),
         ],
     });
     c.validate("coatnet test config").unwrap();
@@ -108,6 +110,24 @@ fn stacked_names_map_to_their_layers() {
         .unwrap();
     assert_eq!(qkv.shape, vec![2, 8, 24]);
     assert!(qkv.is_stacked() && !qkv.no_decay);
+    // The widening stage keeps its first block apart ([8, 36]: from the previous width) and
+    // stacks the second; the inner norms stack with their MBConv blocks and are not decayed.
+    let shape = |n: &str| specs.iter().find(|s| s.name == n).unwrap().clone();
+    assert_eq!(
+        shape("image/stages/2/blocks/0/attn/qkv/kernel").shape,
+        vec![8, 36]
+    );
+    assert_eq!(
+        shape("image/stages/2/layers/attn/qkv/kernel").shape,
+        vec![1, 12, 36]
+    );
+    let n = shape("image/stages/0/layers/depthwise_norm/scale");
+    assert_eq!(n.shape, vec![1, 16]);
+    assert!(n.no_decay);
+    assert_eq!(
+        layer_name(&n.name, 0).as_deref(),
+        Some("image/stages/0/blocks/1/depthwise_norm/scale")
+    );
     let bias = specs
         .iter()
         .find(|s| s.name == "text/layers/mlp/in/bias")

@@ -217,13 +217,20 @@ pub fn match_params(
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
         .collect();
-    match mismatch_summary(&missing, &misshaped, &unexpected) {
-        None => Ok(out),
-        Some(msg) => Err(bad(
-            path,
-            format!("it does not match the model's parameters ({msg})"),
-        )),
-    }
+    let Some(msg) = mismatch_summary(&missing, &misshaped, &unexpected) else {
+        return Ok(out);
+    };
+    let hint = crate::model::coatnet::layout_hint(
+        missing.iter().map(String::as_str),
+        unexpected.iter().map(|s| s.as_str()),
+    );
+    Err(bad(
+        path,
+        match hint {
+            Some(h) => format!("it does not match the model's parameters ({msg}); {h}"),
+            None => format!("it does not match the model's parameters ({msg})"),
+        },
+    ))
 }
 
 /// `missing N: a, b; misshaped N: …; unexpected N: …` for the lists that are not empty; `None`

@@ -142,6 +142,7 @@ fn vit_eps() -> f64 {
     1e-6
 }
 
+/// One stage of a CoAtNet tower: `depth` blocks of one kind and width.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoatnetStage {
@@ -152,6 +153,12 @@ pub struct CoatnetStage {
     /// Attention heads (transformer stages).
     #[serde(default)]
     pub heads: i64,
+    /// The stage's first block halves the resolution (the default). `false` keeps the previous
+    /// stage's resolution, which is how a paper stage of mixed block types is written: CoAtNet-6/7's
+    /// S3 is an MBConv stage followed by a transformer stage with `downsample = false`. Its first
+    /// block then projects its shortcut only when the width changes.
+    #[serde(default = "yes")]
+    pub downsample: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +180,26 @@ pub struct CoatnetConfig {
     /// MBConv expansion ratio (4 in the paper) and MLP ratio of transformer stages.
     #[serde(default = "four")]
     pub expansion: i64,
+    /// The normalisation after the stem's first convolution and after each MBConv block's
+    /// expansion and depthwise convolutions: `layer` (the default) or `none` (the layout of
+    /// checkpoints written before basic had it).
+    #[serde(default)]
+    pub conv_norm: ConvNorm,
+}
+
+/// The normalisation inside CoAtNet's convolutions (the stem and MBConv blocks), besides each
+/// block's pre-norm. The paper uses BatchNorm there; basic uses no batch statistics (they would
+/// couple the micro-batches of BASIC's gradient accumulation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvNorm {
+    /// LayerNorm over the channels at each position, with a learned scale and bias (timm's
+    /// `layernorm2d`, ConvNeXt's choice): each example is normalised on its own.
+    #[default]
+    Layer,
+    /// None: the convolutions feed their activations directly. Parameter names and shapes are
+    /// those of basic's CoAtNet before `conv_norm` existed, so its checkpoints load.
+    None,
 }
 
 fn four() -> i64 {
@@ -432,8 +459,12 @@ impl Default for TrainConfig {
 }
 
 /// The model presets of `graphs/`, built into the binary, by name.
-pub const PRESETS: [(&str, &str); 12] = [
+pub const PRESETS: [(&str, &str); 13] = [
     ("tiny", include_str!("../../graphs/tiny.toml")),
+    (
+        "tiny-coatnet",
+        include_str!("../../graphs/tiny-coatnet.toml"),
+    ),
     ("small", include_str!("../../graphs/small.toml")),
     ("tiny-minilm", include_str!("../../graphs/tiny-minilm.toml")),
     ("tiny-clip", include_str!("../../graphs/tiny-clip.toml")),
@@ -553,26 +584,52 @@ impl ImageConfig {
                     ));
                 }
             }
-            ImageConfig::Coatnet(c) => {
-                let downs = 1 + c.stages.len() as u32;
-                if c.stages.is_empty() || c.image_size % (1 << downs) != 0 {
-                    return Some((
-                        format!(
-                            "image.image_size = {} with {} stages",
-                            c.image_size,
-                            c.stages.len()
-                        ),
-                        "each stage halves the resolution: the size must divide by 2^(stages+1)",
-                    ));
-                }
-                for (i, s) in c.stages.iter().enumerate() {
-                    if s.kind == StageKind::Transformer && (s.heads < 1 || s.width % s.heads != 0) {
-                        return Some((
-                            format!("image.stages[{i}] width {} with {} heads", s.width, s.heads),
-                            "transformer stages need heads dividing the width",
-                        ));
-                    }
-                }
+            ImageConfig::Coatnet(c) => return c.problem(),
+        }
+        None
+    }
+}
+
+impl CoatnetConfig {
+    /// How many times the tower halves the resolution: the stem and each downsampling stage.
+    pub fn downsamplings(&self) -> usize {
+        1 + self.stages.iter().filter(|s| s.downsample).count()
+    }
+
+    /// The first problem of a CoAtNet tower, as (field and value, fix).
+    fn problem(&self) -> Option<(String, &'static str)> {
+        let downs = self.downsamplings();
+        if self.stages.is_empty() || downs > 30 || self.image_size % (1 << downs) != 0 {
+            return Some((
+                format!(
+                    "image.image_size = {} with {} downsampling stages",
+                    self.image_size,
+                    downs - 1
+                ),
+                "the stem and each stage with downsample = true halve the resolution: the size must divide by 2^(downsampling stages + 1)",
+            ));
+        }
+        if self.stem_width < 1 || self.expansion < 1 {
+            return Some((
+                format!(
+                    "image.stem_width = {}, image.expansion = {}",
+                    self.stem_width, self.expansion
+                ),
+                "widths and the expansion ratio must be positive",
+            ));
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if s.depth < 1 || s.width < 1 {
+                return Some((
+                    format!("image.stages[{i}] depth {} width {}", s.depth, s.width),
+                    "every stage needs at least one block and a positive width",
+                ));
+            }
+            if s.kind == StageKind::Transformer && (s.heads < 1 || s.width % s.heads != 0) {
+                return Some((
+                    format!("image.stages[{i}] width {} with {} heads", s.width, s.heads),
+                    "transformer stages need heads dividing the width",
+                ));
             }
         }
         None

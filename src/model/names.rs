@@ -97,6 +97,17 @@ pub fn stage(s: usize) -> String {
     format!("stages/{s}")
 }
 
+/// The scopes of CoAtNet's normalisation inside its convolutions (`conv_norm = "layer"`), each
+/// named after the convolution whose output it normalises: `stem/conv1_norm` and, in MBConv
+/// blocks, `.../expand_norm` and `.../depthwise_norm` (each with `scale` and `bias`).
+pub const CONV_NORMS: [&str; 3] = ["conv1_norm", "expand_norm", "depthwise_norm"];
+
+/// Whether parameter `name` belongs to CoAtNet's normalisation inside its convolutions (a path
+/// segment of [`CONV_NORMS`] in the image tower), stacked or not.
+pub fn is_conv_norm(name: &str) -> bool {
+    Modality::Image.owns(name) && name.split('/').any(|p| CONV_NORMS.contains(&p))
+}
+
 /// The scope that stacks identical blocks for a scan, and the logical axis that stacks them
 /// (`image/layers/mlp/in/kernel` is `[depth, width, mlp]`). Sharding rules leave it whole.
 pub const LAYERS: &str = "layers";
@@ -176,6 +187,16 @@ mod tests {
             "image/stages/2/blocks/1/attn/qkv/kernel"
         );
         assert_eq!(layer_name("text/proj/kernel", 0), None);
+    }
+
+    #[test]
+    fn conv_norms_are_recognised_in_the_image_tower_only() {
+        assert!(is_conv_norm("image/stem/conv1_norm/scale"));
+        assert!(is_conv_norm("image/stages/0/blocks/1/expand_norm/bias"));
+        assert!(is_conv_norm("image/stages/1/layers/depthwise_norm/scale"));
+        assert!(!is_conv_norm("image/stages/1/layers/ln/scale"));
+        assert!(!is_conv_norm("image/stages/1/blocks/0/depthwise/kernel"));
+        assert!(!is_conv_norm("text/expand_norm/scale"));
     }
 
     #[test]

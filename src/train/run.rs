@@ -789,7 +789,16 @@ fn initial_state(
         .filter(|n| !host.contains_key(*n))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::invalid("checkpoint", format!("it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?", missing.len(), missing[0])));
+        let fix = crate::model::coatnet::layout_hint(missing.iter().map(|n| n.as_str()), [])
+            .unwrap_or("was it written for another model or optimizer?");
+        return Err(Error::invalid(
+            "checkpoint",
+            format!(
+                "it lacks {} entries the step needs (first: {}); {fix}",
+                missing.len(),
+                missing[0]
+            ),
+        ));
     }
     Ok((step, start, host))
 }
@@ -886,9 +895,11 @@ pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
         .iter()
         .map(|s| {
             let a = file.get(&s.name).ok_or_else(|| {
+                let hint = crate::model::coatnet::layout_hint([s.name.as_str()], [])
+                    .map_or(String::new(), |h| format!("; {h}"));
                 Error::invalid(
                     format!("checkpoint `{}`", path.display()),
-                    format!("it has no parameter `{}`", s.name),
+                    format!("it has no parameter `{}`{hint}", s.name),
                 )
             })?;
             safetensors::convert(a, DType::F32)
