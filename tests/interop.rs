@@ -266,7 +266,7 @@ fn lit_from_an_imported_clip_then_export_and_zero_shot_on_the_folder() {
     let f = interop::open(Format::Hf, &fixture("hf-clip")).unwrap();
     let imported = interop::read_weights(&f).unwrap();
     let ck = basic::train::run::checkpoints(&run);
-    let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    let last = common::read_checkpoint(&ck[ck.len() - 1].1);
     let mut moved = 0;
     for (k, v) in &imported {
         if k.starts_with("text/") {

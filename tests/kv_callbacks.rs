@@ -244,6 +244,7 @@ fn cpu_clients_accept_a_store() {
             &PjrtOptions {
                 cpu_device_count: Some(2),
                 kv_store: Some(store),
+                ..Default::default()
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -115,8 +115,8 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
         "--quiet",
     ]);
     let ck = basic::train::run::checkpoints(&run);
-    let first = basic::io::safetensors::read(&ck[0].1).unwrap();
-    let last = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    let first = common::read_checkpoint(&ck[0].1);
+    let last = common::read_checkpoint(&ck[ck.len() - 1].1);
     let c = basic::model::ModelConfig::load("tiny").unwrap();
     let init = basic::train::init::init_params(
         &basic::model::dual::specs(&c).unwrap(),
@@ -164,7 +164,7 @@ fn a_locked_tower_stays_identical_and_has_no_optimizer_state() {
         "--resume",
     ]);
     let ck = basic::train::run::checkpoints(&run);
-    let resumed = basic::io::safetensors::read(&ck[ck.len() - 1].1).unwrap();
+    let resumed = common::read_checkpoint(&ck[ck.len() - 1].1);
     assert_eq!(ck[ck.len() - 1].0, 9);
     assert_ne!(
         resumed["text/blocks/0/attn/qkv/kernel"],

@@ -230,7 +230,7 @@ fn a_server_stopped_mid_run_is_retried_then_named_and_the_checkpoints_stay_intac
     );
     assert_eq!(err.trim().lines().count(), 1, "one error: {err}");
     for (_, p) in basic::train::run::checkpoints(&run) {
-        basic::io::safetensors::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        common::read_checkpoint(&p);
     }
 }
 

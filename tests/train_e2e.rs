@@ -7,54 +7,19 @@ mod common;
 
 use common::{basic_cmd, tmp};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
 
-use basic::data::import::{fashion_mnist, FASHION_DIR};
-
-/// 600 training and 600 test pairs, imported once per test process.
 fn data() -> &'static Path {
-    static DATA: OnceLock<PathBuf> = OnceLock::new();
-    DATA.get_or_init(|| {
-        assert!(
-            Path::new(FASHION_DIR).join("train-images-idx3-ubyte.gz").is_file(),
-            "Fashion-MNIST is not installed in {FASHION_DIR}; run scripts/test (it installs dataset-fashion-mnist)"
-        );
-        let d = tmp("data");
-        fashion_mnist(Path::new(FASHION_DIR), &d, Some(600)).unwrap();
-        d
-    })
+    common::fashion_data()
 }
 
-/// The same 600 training pairs in 12 shards of 50, for shuffled streams.
 fn sharded() -> &'static Path {
-    static DATA: OnceLock<PathBuf> = OnceLock::new();
-    DATA.get_or_init(|| {
-        let d = tmp("sharded");
-        let train = basic::data::source::parse(data().to_str().unwrap(), "train", None).unwrap();
-        let mut samples = Vec::new();
-        basic::data::stream::for_each_sample(&train, false, &mut |s| {
-            samples.push(s);
-            Ok(true)
-        })
-        .unwrap();
-        basic::data::shards::write_shards(&d, "train", &samples, 50).unwrap();
-        std::fs::copy(data().join("captions.txt"), d.join("captions.txt")).unwrap();
-        d
-    })
+    common::fashion_shards()
 }
 
 fn losses(run: &Path) -> Vec<(u64, String)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            // The loss as written: JSON keeps the shortest exact decimal of the f64.
-            (v["step"].as_u64().unwrap(), v["loss"].to_string())
-        })
-        .collect()
+    common::run_losses(run)
 }
 
 #[test]
@@ -383,14 +348,14 @@ fn a_failed_run_leaves_the_checkpoints_intact() {
         .unwrap()
         .success());
     let (_, ck) = basic::train::run::checkpoints(&run).pop().unwrap();
-    let before = std::fs::read(&ck).unwrap();
+    let before = common::checkpoint_bytes(&ck);
     // Resuming against data that fails (no shards) must not touch the checkpoint.
     let empty = tmp("empty");
     let mut args = train_args(empty.to_str().unwrap(), &r, "10");
     args.push("--resume");
     let out = basic_cmd(&args).output().unwrap();
     assert!(!out.status.success());
-    assert_eq!(std::fs::read(&ck).unwrap(), before);
+    assert_eq!(common::checkpoint_bytes(&ck), before);
 }
 
 #[test]
@@ -458,7 +423,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     );
     // Every checkpoint left behind is complete and finite.
     for (_, p) in basic::train::run::checkpoints(&run) {
-        let f = basic::io::safetensors::read(&p).unwrap();
+        let f = common::read_checkpoint(&p);
         assert!(
             f.values()
                 .all(|a| a.to_f64_vec().iter().all(|v| v.is_finite())),
@@ -545,6 +510,9 @@ fn keep_zero_keeps_the_newest_checkpoint() {
         init_from: None,
         tokenizer: None,
         executable: None,
+        checkpoint_dir: None,
+        job: None,
+        simulated_processes: 1,
     };
     let rt = common::cpu_runtime(1);
     train(&rt, &opts).unwrap();

@@ -39,6 +39,44 @@ impl BackendArgs {
     }
 }
 
+/// The process layout of a job over several hosts (the same command on every host).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProcessArgs {
+    /// Process 0's coordinator, HOST:PORT [default: $BASIC_COORDINATOR, else discovered on Cloud
+    /// TPU VMs, GKE and SLURM; none: one process]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+
+    /// Processes in the job [default: $BASIC_NUM_PROCESSES, else discovered]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub num_processes: Option<u32>,
+
+    /// This process's index, 0 to N-1 [default: $BASIC_PROCESS_ID, else discovered]
+    #[arg(long, value_name = "I")]
+    pub process_id: Option<u32>,
+}
+
+impl ProcessArgs {
+    /// The job this process belongs to: from the flags, the environment (`BASIC_*`, SLURM, GKE,
+    /// JobSets) or, on TPUs, the VM's metadata server; `None` for one process.
+    pub fn discover(
+        &self,
+        backend: &basic::runtime::Backend,
+    ) -> anyhow::Result<Option<basic::coord::ProcessSpec>> {
+        let explicit = basic::coord::Explicit {
+            coordinator: self.coordinator.clone(),
+            num_processes: self.num_processes.map(|n| n as usize),
+            process_id: self.process_id.map(|n| n as usize),
+        };
+        let tpu = *backend == basic::runtime::Backend::Tpu;
+        Ok(basic::coord::discover(
+            &explicit,
+            &basic::coord::env_map(),
+            tpu,
+        )?)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show the plugin, its versions and its devices
@@ -92,7 +130,11 @@ pub fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // In a job of several processes every one logs its own errors, with its index.
+            match std::env::var("BASIC_PROCESS_LABEL") {
+                Ok(label) => eprintln!("error ({label}): {e:#}"),
+                Err(_) => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@ use basic::model::ModelConfig;
 use basic::train::run::{load_run_params, train, RunOptions};
 
 use super::model::{ComputeDtype, ModelArgs};
-use super::BackendArgs;
+use super::{BackendArgs, ProcessArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
@@ -198,13 +198,49 @@ pub struct TrainArgs {
     /// machine and these flags, instead of compiling it (a mismatch is refused)
     #[arg(long, value_name = "FILE")]
     executable: Option<PathBuf>,
+
+    /// Where checkpoints go: a folder, or a bucket prefix (gs://B/run/ckpt, s3://...)
+    /// [default: RUN/checkpoints]
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint_dir: Option<String>,
+
+    #[command(flatten)]
+    processes: ProcessArgs,
+
+    /// Treat the devices as this many processes in one (each its own loader, uploads and
+    /// checkpoint file): the multi-process code paths on one CPU client, for tests
+    #[arg(long, value_name = "P", hide = true, default_value_t = 1)]
+    simulate_processes: usize,
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     // The schedule spans the requested run.
     let steps = a.steps.map(|s| s as i64);
     let setup = a.model.setup(&a.model.choices(a.batch, a.dtype, steps))?;
-    let rt = a.model.open(&setup.layout)?;
+    let backend = basic::runtime::Backend::from_flag_or_env(a.model.backend.backend.as_deref());
+    let job = match a.processes.discover(&backend)? {
+        Some(spec) => {
+            basic::coord::job::refuse_cpu(&spec, &backend)?;
+            // Every later error of this process names it.
+            std::env::set_var(
+                "BASIC_PROCESS_LABEL",
+                format!("process {} of {}", spec.process_id, spec.num_processes),
+            );
+            Some(basic::coord::Job::start(spec, Default::default())?)
+        }
+        None => None,
+    };
+    let rt = match &job {
+        Some(j) => {
+            let cpu = a.model.backend.cpu_devices.map(|n| n as usize);
+            let on_cpu = backend == basic::runtime::Backend::Cpu;
+            j.runtime(
+                &backend,
+                cpu.or(on_cpu.then(|| setup.layout.mesh.size() as usize)),
+            )?
+        }
+        None => a.model.open(&setup.layout)?,
+    };
     let steps = setup.config.train.total_steps as u64;
     let opts = RunOptions {
         setup,
@@ -230,8 +266,24 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         init_from: a.init_from.clone(),
         tokenizer: a.tokenizer.clone(),
         executable: a.executable.clone(),
+        checkpoint_dir: a.checkpoint_dir.clone(),
+        job: job.as_ref().map(|j| j.client.clone()),
+        simulated_processes: a.simulate_processes,
     };
-    let s = train(&rt, &opts)?;
+    let s = match train(&rt, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            // Fail the whole job at once instead of leaving the others to time out.
+            if let Some(j) = &job {
+                let _ = j.client.abort(&e.to_string());
+            }
+            return Err(e.into());
+        }
+    };
+    drop(rt);
+    if let Some(j) = job {
+        j.finish()?;
+    }
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);
     println!(
         "trained to step {} in {:.1} s; last loss {last:.4}; input pipeline {:.1}% of the time{}{}",
@@ -251,6 +303,11 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if let Some(at) = s.preempted {
+        println!(
+            "stopped at step {at} on a stop request (SIGTERM): checkpoint written; continue with --resume"
+        );
+    }
     let d = s.data;
     if d.skipped_samples + d.bad_shards + d.padded_samples > 0 {
         println!(

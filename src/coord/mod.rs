@@ -38,6 +38,7 @@
 
 mod client;
 mod discovery;
+pub mod job;
 mod server;
 mod state;
 mod wire;
@@ -46,6 +47,7 @@ use std::time::Duration;
 
 pub use client::{Client, ClientOptions, FailureCallback, StopNotice};
 pub use discovery::{discover, env_map, Explicit, ProcessSpec, DEFAULT_PORT};
+pub use job::Job;
 pub use server::{Server, ServerOptions};
 pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
 

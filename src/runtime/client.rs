@@ -30,6 +30,12 @@ pub struct ClientOptions {
     /// callbacks (see [`super::kv`]). Keys arrive as the plugin writes them: wrap the store in a
     /// [`super::kv::Prefixed`] per platform. The client keeps it until it is destroyed.
     pub kv_store: Option<Arc<dyn KeyValueStore>>,
+    /// This host's index and the hosts of a multi-host job (the CUDA plugin's `node_id` and
+    /// `num_nodes`; the GPU client refuses more than one node without a store).
+    pub node: Option<(i64, i64)>,
+    /// The CUDA plugin's mock multi-host mode on one GPU: `enable_mock_nccl` with this
+    /// `mock_gpu_topology` (e.g. `"2x1x1"`: two mock hosts).
+    pub mock_gpu_topology: Option<String>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -37,6 +43,8 @@ impl std::fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("cpu_device_count", &self.cpu_device_count)
             .field("kv_store", &self.kv_store.as_ref().map(|_| "set"))
+            .field("node", &self.node)
+            .field("mock_gpu_topology", &self.mock_gpu_topology)
             .finish()
     }
 }
@@ -109,7 +117,29 @@ impl Client {
             }
             entries.push(("cpu_device_count".to_string(), OptionValue::Int64(n)));
         }
-        let named = NamedOptions::new(&super::named::CPU_CLIENT, entries)?;
+        if let Some((id, n)) = options.node {
+            if !(0..n).contains(&id) {
+                return Err(Error::invalid(
+                    format!("node {id} of {n}"),
+                    "node ids run from 0 to the node count less one",
+                ));
+            }
+            entries.push(("node_id".to_string(), OptionValue::Int64(id)));
+            entries.push(("num_nodes".to_string(), OptionValue::Int64(n)));
+        }
+        if let Some(t) = &options.mock_gpu_topology {
+            entries.push(("enable_mock_nccl".to_string(), OptionValue::Bool(true)));
+            entries.push((
+                "mock_gpu_topology".to_string(),
+                OptionValue::String(t.clone()),
+            ));
+        }
+        let schema = if entries.iter().any(|(n, _)| n != "cpu_device_count") {
+            &super::named::CUDA_CLIENT
+        } else {
+            &super::named::CPU_CLIENT
+        };
+        let named = NamedOptions::new(schema, entries)?;
         let raw_opts = named.raw()?;
         let named = &raw_opts.values;
         let kv = options.kv_store.clone().map(KvCallbacks::new);

@@ -43,7 +43,8 @@ pub use discovery::{
 pub use executable::{CompiledProgram, Costs, Executable, MemoryStats};
 pub use kv::{KeyValueStore, LocalStore, Prefixed};
 pub use named::{
-    NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_TOPOLOGY, TPU_TOPOLOGY,
+    NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_CLIENT, CUDA_TOPOLOGY,
+    TPU_TOPOLOGY,
 };
 pub use options::{CompileOptions, DebugValue, Partitioner};
 pub use plugin::{AttrValue, Plugin};
@@ -65,6 +66,14 @@ impl Runtime {
     pub fn open(backend: &Backend, cpu_devices: Option<usize>) -> Result<Runtime> {
         let path = find_plugin(backend)?;
         Runtime::open_path(&path, cpu_devices)
+    }
+
+    /// Finds the backend's plugin, loads it and creates a client with `options`.
+    pub fn open_with(backend: &Backend, options: &ClientOptions) -> Result<Runtime> {
+        let path = find_plugin(backend)?;
+        let plugin = Plugin::load(&path)?;
+        let client = Client::new(plugin.clone(), options)?;
+        Ok(Runtime { plugin, client })
     }
 
     /// Loads the plugin at `path` and creates a client.

@@ -71,6 +71,18 @@ pub const CPU_CLIENT: OptionSchema = OptionSchema {
     options: &[("cpu_device_count", OptionKind::Int64)],
 };
 
+/// `PJRT_Client_Create` on the CUDA plugin, the options `basic` sets: the multi-host layout and
+/// the mock multi-host mode (the plugin refuses names it does not know).
+pub const CUDA_CLIENT: OptionSchema = OptionSchema {
+    call: "CUDA client creation",
+    options: &[
+        ("node_id", OptionKind::Int64),
+        ("num_nodes", OptionKind::Int64),
+        ("enable_mock_nccl", OptionKind::Bool),
+        ("mock_gpu_topology", OptionKind::String),
+    ],
+};
+
 /// `PJRT_TopologyDescription_Create` on the CUDA plugin: the target's `GpuTargetConfigProto` in
 /// protobuf text format and the topology (`"1x1x8"`: slices × hosts × devices per host).
 pub const CUDA_TOPOLOGY: OptionSchema = OptionSchema {

@@ -34,7 +34,10 @@ pub fn step_folder(step: u64) -> String {
 
 /// The step of a checkpoint folder's name (`step-0000100` → 100).
 pub fn folder_step(name: &str) -> Option<u64> {
-    name.trim_end_matches('/').strip_prefix("step-")?.parse().ok()
+    name.trim_end_matches('/')
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
 }
 
 /// One block of a tensor in a process's data file.
@@ -161,16 +164,27 @@ impl Reader {
 
     /// The global shape of `tensor`.
     pub fn shape(&self, tensor: &str) -> Option<&[i64]> {
-        self.manifest.tensors.get(tensor).map(|t| t.shape.as_slice())
+        self.manifest
+            .tensors
+            .get(tensor)
+            .map(|t| t.shape.as_slice())
     }
 
     /// The block of `tensor` starting at `start` of `shape`, in `dtype`: assembled from the
     /// pieces that overlap it, each read alone and checked against its SHA-256.
-    pub fn read(&self, tensor: &str, start: &[i64], shape: &[i64], dtype: DType) -> Result<HostArray> {
+    pub fn read(
+        &self,
+        tensor: &str,
+        start: &[i64],
+        shape: &[i64],
+        dtype: DType,
+    ) -> Result<HostArray> {
         let t = self.manifest.tensors.get(tensor).ok_or_else(|| {
             Error::invalid(
                 format!("checkpoint `{}`", self.dir),
-                format!("it has no tensor `{tensor}`; was it written for another model or optimizer?"),
+                format!(
+                    "it has no tensor `{tensor}`; was it written for another model or optimizer?"
+                ),
             )
         })?;
         let stored: DType = t.dtype.parse().map_err(|_| {
@@ -188,7 +202,9 @@ impl Reader {
                 continue;
             };
             let bytes = self.piece(tensor, p)?;
-            copy_box(&bytes, &p.start, &p.shape, &mut out, start, shape, &overlap, w);
+            copy_box(
+                &bytes, &p.start, &p.shape, &mut out, start, shape, &overlap, w,
+            );
             covered += overlap.1.iter().product::<i64>();
         }
         if covered != n {
@@ -308,10 +324,7 @@ pub fn list(dir: &str) -> Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for (url, _) in listed {
         let rel = url.strip_prefix(&prefix).unwrap_or(&url);
-        if let Some(step) = rel
-            .strip_suffix("/manifest.json")
-            .and_then(folder_step)
-        {
+        if let Some(step) = rel.strip_suffix("/manifest.json").and_then(folder_step) {
             out.push((step, join(dir, &step_folder(step))));
         } else if let Some(step) = rel
             .strip_suffix(".safetensors")
@@ -381,7 +394,12 @@ mod tests {
                 start: vec![2 * p as i64, 0],
                 value: h,
             };
-            pieces.extend(write_process(&d, p, &[b]).unwrap().into_iter().map(|(_, x)| x));
+            pieces.extend(
+                write_process(&d, p, &[b])
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, x)| x),
+            );
         }
         tensors.insert(
             "w".to_string(),
@@ -404,15 +422,23 @@ mod tests {
         let r = Reader::open(&d).unwrap();
         // Read as column blocks: columns 2..5 of all rows cross both pieces.
         let got = r.read("w", &[0, 2], &[4, 3], DType::F32).unwrap();
-        let want: Vec<f32> = (0..4).flat_map(|r| (2..5).map(move |c| (r * 6 + c) as f32)).collect();
+        let want: Vec<f32> = (0..4)
+            .flat_map(|r| (2..5).map(move |c| (r * 6 + c) as f32))
+            .collect();
         assert_eq!(got.to_vec::<f32>().unwrap(), want);
         // A flipped byte is named.
         let f = dir.join("process-00001.bin");
         let mut bytes = std::fs::read(&f).unwrap();
         bytes[5] ^= 0x40;
         std::fs::write(&f, &bytes).unwrap();
-        let e = r.read("w", &[0, 0], &[4, 6], DType::F32).unwrap_err().to_string();
-        assert!(e.contains("process-00001.bin") && e.contains("SHA-256"), "{e}");
+        let e = r
+            .read("w", &[0, 0], &[4, 6], DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("process-00001.bin") && e.contains("SHA-256"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

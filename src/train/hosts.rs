@@ -36,7 +36,7 @@ impl Hosts {
     /// `devices` devices of one client treated as `processes` processes of `devices /
     /// processes` contiguous devices each.
     pub fn simulated(devices: usize, processes: usize) -> Result<Hosts> {
-        if processes == 0 || devices % processes != 0 {
+        if processes == 0 || !devices.is_multiple_of(processes) {
             return Err(Error::invalid(
                 format!("{processes} simulated processes over {devices} devices"),
                 "the processes must divide the devices evenly",
@@ -72,7 +72,9 @@ impl Hosts {
 
     /// The addressable devices (indices in execute order) of process `p`.
     pub fn devices_of(&self, p: usize) -> Vec<usize> {
-        (0..self.owner.len()).filter(|&d| self.owner[d] == p).collect()
+        (0..self.owner.len())
+            .filter(|&d| self.owner[d] == p)
+            .collect()
     }
 
     /// Whether this OS process acts as process 0 (it writes metrics and manifests).
@@ -143,10 +145,16 @@ mod tests {
         assert!(h.leads());
         let mesh = Mesh::parse("data=8").unwrap();
         let spec = PartitionSpec::of(&[&["data"], &[]]);
-        assert_eq!(rows_held("images", 64, &spec, &mesh, &[4, 5]).unwrap(), (32, 48));
+        assert_eq!(
+            rows_held("images", 64, &spec, &mesh, &[4, 5]).unwrap(),
+            (32, 48)
+        );
         // On data=2,model=4 the first four devices all hold rows 0..32.
         let mesh = Mesh::parse("data=2,model=4").unwrap();
-        assert_eq!(rows_held("images", 64, &spec, &mesh, &[0, 1, 2, 3]).unwrap(), (0, 32));
+        assert_eq!(
+            rows_held("images", 64, &spec, &mesh, &[0, 1, 2, 3]).unwrap(),
+            (0, 32)
+        );
         assert!(Hosts::simulated(8, 3).is_err());
     }
 }

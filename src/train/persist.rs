@@ -1,8 +1,8 @@
 //! A run's parameters and optimizer state to and from checkpoints, process by process: each
-//! process writes the blocks its devices hold (the first device of each block) and reads the
+//! process writes the blocks its devices hold (one replica of each block) and reads the
 //! blocks its devices need, whatever layout wrote them ([`super::checkpoint`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::array::HostArray;
@@ -22,19 +22,35 @@ use super::hosts::Hosts;
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(1800);
 
 /// Where device `position`'s block of a tensor of `shape` lies under `spec`: start and shape.
-pub fn region(shape: &[i64], spec: &PartitionSpec, mesh: &Mesh, position: i64) -> (Vec<i64>, Vec<i64>) {
+pub fn region(
+    shape: &[i64],
+    spec: &PartitionSpec,
+    mesh: &Mesh,
+    position: i64,
+) -> (Vec<i64>, Vec<i64>) {
     let tiles = spec.tiles(mesh);
     let idx = shard_index(spec, mesh, position);
-    let block: Vec<i64> = shape.iter().zip(&tiles).map(|(n, t)| n / t.max(&1)).collect();
+    let block: Vec<i64> = shape
+        .iter()
+        .zip(&tiles)
+        .map(|(n, t)| n / t.max(&1))
+        .collect();
     let start = idx.iter().zip(&block).map(|(i, b)| i * b).collect();
     (start, block)
 }
 
-/// Whether `position` is the first mesh position holding its block of a tensor under `spec`
-/// (its replicas at later positions do not write it).
-fn writes(spec: &PartitionSpec, mesh: &Mesh, position: i64) -> bool {
-    let mine = shard_index(spec, mesh, position);
-    (0..position).all(|q| shard_index(spec, mesh, q) != mine)
+/// The mesh positions that write tensor `k` (split by `spec`): one replica of each block. The
+/// replica is chosen by the tensor's index, so that replicated tensors (all of them under data
+/// parallelism) spread their writes over every process instead of all falling to process 0.
+fn writers(spec: &PartitionSpec, mesh: &Mesh, k: usize) -> BTreeSet<i64> {
+    let mut holders: BTreeMap<Vec<i64>, Vec<i64>> = BTreeMap::new();
+    for q in 0..mesh.size() {
+        holders
+            .entry(shard_index(spec, mesh, q))
+            .or_default()
+            .push(q);
+    }
+    holders.values().map(|h| h[k % h.len()]).collect()
 }
 
 /// What a checkpoint records besides the tensors.
@@ -68,7 +84,10 @@ pub fn save(
         let key = format!("checkpoint/{}/pieces/{}", saved.step, c.process_id());
         let json = serde_json::to_vec(&pieces).map_err(|e| Error::Internal(e.to_string()))?;
         c.put(&key, &json)?;
-        c.barrier(&format!("checkpoint-{}-written", saved.step), CHECKPOINT_WAIT)?;
+        c.barrier(
+            &format!("checkpoint-{}-written", saved.step),
+            CHECKPOINT_WAIT,
+        )?;
         if hosts.leads() {
             pieces.clear();
             for q in 0..c.num_processes() {
@@ -81,12 +100,24 @@ pub fn save(
             }
         }
     }
+    // Fault injection for the crash tests: die after this step's data files are written and
+    // before the manifest that makes the step folder a checkpoint.
+    if std::env::var("BASIC_FAULT_CHECKPOINT_STEP")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(saved.step)
+    {
+        std::process::abort();
+    }
     if hosts.leads() {
         let manifest = manifest(prog, specs, pieces, saved, hosts)?;
         checkpoint::write_manifest(&folder, &manifest)?;
     }
     if let Some(c) = job {
-        c.barrier(&format!("checkpoint-{}-committed", saved.step), CHECKPOINT_WAIT)?;
+        c.barrier(
+            &format!("checkpoint-{}-committed", saved.step),
+            CHECKPOINT_WAIT,
+        )?;
     }
     Ok(folder)
 }
@@ -103,9 +134,10 @@ fn process_blocks(
     let mut blocks = Vec::new();
     for (i, (s, v)) in specs.iter().zip(values).enumerate() {
         let spec = prog.arg(i)?;
+        let writers = writers(spec, mesh, i);
         for d in hosts.devices_of(p) {
             let position = hosts.positions[d];
-            if !writes(spec, mesh, position) {
+            if !writers.contains(&position) {
                 continue;
             }
             let (start, _) = region(&s.shape, spec, mesh, position);
@@ -132,9 +164,15 @@ fn manifest(
     }
     let mut tensors = BTreeMap::new();
     for (i, s) in specs.iter().enumerate() {
-        let dtype = prog.exe.signature().args.get(i).map(|a| a.ty.dtype).ok_or_else(|| {
-            Error::Internal(format!("the step has no argument {i} for `{}`", s.name))
-        })?;
+        let dtype = prog
+            .exe
+            .signature()
+            .args
+            .get(i)
+            .map(|a| a.ty.dtype)
+            .ok_or_else(|| {
+                Error::Internal(format!("the step has no argument {i} for `{}`", s.name))
+            })?;
         tensors.insert(
             s.name.clone(),
             TensorEntry {
@@ -156,13 +194,14 @@ fn manifest(
     })
 }
 
-/// A checkpoint as a run reads it: a step folder, or a single file of an earlier version.
+/// A checkpoint as a run reads it: a step folder, or a single file of an earlier version (its
+/// step and data position read when asked: `basic eval` and `export` need only the values).
 pub enum Opened {
     Folder(Reader),
     File {
         values: BTreeMap<String, HostArray>,
-        step: u64,
-        position: Position,
+        meta: BTreeMap<String, String>,
+        path: String,
     },
 }
 
@@ -170,34 +209,72 @@ impl Opened {
     /// Opens the checkpoint at `at` (a step folder or a `.safetensors` file).
     pub fn open(at: &str) -> Result<Opened> {
         if at.ends_with(".safetensors") {
-            let (step, position, values) = read_single_file(std::path::Path::new(at))?;
+            let (values, meta) =
+                crate::io::safetensors::read_with_metadata(std::path::Path::new(at))?;
             return Ok(Opened::File {
                 values,
-                step,
-                position,
+                meta,
+                path: at.to_string(),
             });
         }
         Ok(Opened::Folder(Reader::open(at)?))
     }
 
-    pub fn step(&self) -> u64 {
+    /// The step the checkpoint was written at.
+    pub fn step(&self) -> Result<u64> {
         match self {
-            Opened::Folder(r) => r.manifest.step,
-            Opened::File { step, .. } => *step,
+            Opened::Folder(r) => Ok(r.manifest.step),
+            Opened::File { meta, path, .. } => meta_number(meta, path, "step"),
         }
     }
 
     /// The data position the checkpoint recorded.
     pub fn position(&self) -> Result<Position> {
         match self {
-            Opened::Folder(r) => serde_json::from_value(r.manifest.data_position.clone())
-                .map_err(|e| {
+            Opened::Folder(r) => {
+                serde_json::from_value(r.manifest.data_position.clone()).map_err(|e| {
                     Error::invalid(
                         format!("checkpoint `{}`", r.dir),
                         format!("its data_position does not parse ({e})"),
                     )
-                }),
-            Opened::File { position, .. } => Ok(position.clone()),
+                })
+            }
+            Opened::File { meta, path, .. } => file_position(meta, path),
+        }
+    }
+
+    /// The whole of `tensor` in `dtype`, if the checkpoint has it.
+    pub fn whole(&self, tensor: &str, dtype: DType) -> Result<Option<HostArray>> {
+        match self {
+            Opened::Folder(r) => match r.shape(tensor) {
+                Some(shape) => {
+                    let shape = shape.to_vec();
+                    let start = vec![0; shape.len()];
+                    r.read(tensor, &start, &shape, dtype).map(Some)
+                }
+                None => Ok(None),
+            },
+            Opened::File { values, .. } => values
+                .get(tensor)
+                .map(|v| crate::io::safetensors::convert(v, dtype))
+                .transpose(),
+        }
+    }
+
+    /// Every tensor of the checkpoint, whole, in its stored dtype.
+    pub fn all(&self) -> Result<BTreeMap<String, HostArray>> {
+        match self {
+            Opened::Folder(r) => r
+                .manifest
+                .tensors
+                .iter()
+                .map(|(name, t)| {
+                    let dtype: DType = t.dtype.parse()?;
+                    let start = vec![0; t.shape.len()];
+                    Ok((name.clone(), r.read(name, &start, &t.shape, dtype)?))
+                })
+                .collect(),
+            Opened::File { values, .. } => Ok(values.clone()),
         }
     }
 
@@ -210,7 +287,13 @@ impl Opened {
 
     /// Uploads tensor `i` of `prog` (`spec`) onto this process's devices: each device reads the
     /// block it holds.
-    pub fn upload(&self, prog: &ShardedProgram, i: usize, spec: &ParamSpec, dtype: DType) -> Result<Sharded> {
+    pub fn upload(
+        &self,
+        prog: &ShardedProgram,
+        i: usize,
+        spec: &ParamSpec,
+        dtype: DType,
+    ) -> Result<Sharded> {
         let arg = prog.arg(i)?.clone();
         let mesh = prog.mesh().clone();
         match self {
@@ -232,7 +315,10 @@ impl Opened {
                 let v = values.get(&spec.name).ok_or_else(|| {
                     Error::invalid(
                         "checkpoint",
-                        format!("it lacks `{}`; was it written for another model or optimizer?", spec.name),
+                        format!(
+                            "it lacks `{}`; was it written for another model or optimizer?",
+                            spec.name
+                        ),
                     )
                 })?;
                 prog.upload(i, &crate::io::safetensors::convert(v, dtype)?)
@@ -241,32 +327,31 @@ impl Opened {
     }
 }
 
-/// A single-file checkpoint of an earlier version: its values, step and data position.
-pub fn read_single_file(
-    path: &std::path::Path,
-) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
-    let (values, meta) = crate::io::safetensors::read_with_metadata(path)?;
-    let num = |k: &str| -> Result<u64> {
-        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
-            Error::invalid(
-                format!("checkpoint `{}`", path.display()),
-                format!("its metadata has no `{k}`; it was not written by basic train"),
-            )
-        })
-    };
-    // The streams' state as JSON; a checkpoint of an older basic has the epoch and batch only.
-    let position = match meta.get("data_position") {
+fn meta_number(meta: &BTreeMap<String, String>, path: &str, k: &str) -> Result<u64> {
+    meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Error::invalid(
+            format!("checkpoint `{path}`"),
+            format!("its metadata has no `{k}`; it was not written by basic train"),
+        )
+    })
+}
+
+/// The data position of a single-file checkpoint: the streams' state as JSON, or (an older
+/// basic's) the epoch and batch only.
+fn file_position(meta: &BTreeMap<String, String>, path: &str) -> Result<Position> {
+    match meta.get("data_position") {
         Some(j) => serde_json::from_str(j).map_err(|e| {
             Error::invalid(
-                format!("checkpoint `{}`", path.display()),
-                format!("its data_position is not readable ({e}); it was not written by basic train"),
+                format!("checkpoint `{path}`"),
+                format!(
+                    "its data_position is not readable ({e}); it was not written by basic train"
+                ),
             )
-        })?,
-        None => Position {
-            epoch: num("epoch")?,
-            batch: num("batch")?,
+        }),
+        None => Ok(Position {
+            epoch: meta_number(meta, path, "epoch")?,
+            batch: meta_number(meta, path, "batch")?,
             ..Default::default()
-        },
-    };
-    Ok((num("step")?, position, values))
+        }),
+    }
 }

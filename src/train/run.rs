@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,8 +23,11 @@ use crate::model::{dual, ModelConfig};
 use crate::runtime::{HostArray, Runtime};
 
 use super::aot::{Machine, StepProgram};
+use super::hosts::{rows_held, Hosts};
 use super::init;
+use super::persist;
 use super::setup::StepSetup;
+use crate::model::ParamSpec;
 
 /// What `basic train` was asked to do.
 #[derive(Clone, Debug)]
@@ -53,6 +57,22 @@ pub struct RunOptions {
     pub tokenizer: Option<PathBuf>,
     /// Load the step from this saved executable instead of compiling it.
     pub executable: Option<PathBuf>,
+    /// Where checkpoints go: a folder or a bucket prefix (`gs://b/run/checkpoints`)
+    /// [default: RUN/checkpoints].
+    pub checkpoint_dir: Option<String>,
+    /// This process's client of a multi-process job's coordinator (none: one process).
+    pub job: Option<crate::coord::Client>,
+    /// Processes simulated in this one (tests of the multi-process code paths on one client).
+    pub simulated_processes: usize,
+}
+
+impl RunOptions {
+    /// Where this run's checkpoints go.
+    pub fn checkpoint_dir(&self) -> String {
+        self.checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| ckpt_dir(&self.out).display().to_string())
+    }
 }
 
 /// How the training data streams (`data::stream`).
@@ -95,31 +115,22 @@ pub struct Summary {
     /// What the data streams skipped, left and padded (the whole run's, resumed runs included).
     pub data: Counts,
     pub data_streams: usize,
+    /// The step a stop request (SIGTERM) ended the run at, after checkpointing it.
+    pub preempted: Option<u64>,
 }
 
 fn ckpt_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
-/// Checkpoints in `RUN/checkpoints`, oldest first (temporary files of interrupted writes are
-/// not checkpoints).
+/// Checkpoints in `RUN/checkpoints`, oldest first: step folders with a manifest, and the
+/// single files of earlier versions (interrupted writes are not checkpoints).
 pub fn checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_dir(out))
+    super::checkpoint::list(&ckpt_dir(out).display().to_string())
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let s = n
-                .strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
-            Some((s, e.path()))
-        })
-        .collect();
-    v.sort();
-    v
+        .map(|(s, p)| (s, PathBuf::from(p)))
+        .collect()
 }
 
 /// The run's tokenizer: the one given, else the data folder's `tokenizer.json`, else one trained
@@ -179,7 +190,7 @@ pub fn data_tokenizer(
     )
 }
 
-fn loader_options(o: &RunOptions) -> LoaderOptions {
+fn loader_options(o: &RunOptions, process: usize, processes: usize) -> LoaderOptions {
     let c = &o.setup.config;
     LoaderOptions {
         batch: o.setup.options.batch as usize,
@@ -193,105 +204,13 @@ fn loader_options(o: &RunOptions) -> LoaderOptions {
         prefetch: 4,
         data_streams: o.stream.data_streams,
         shuffle_buffer: o.stream.shuffle_buffer,
-        process: 0,
-        processes: 1,
+        process,
+        processes,
         samples_per_epoch: o.stream.samples_per_epoch,
         resampled: o.stream.resampled,
         skip_bad: o.skip_bad,
         augment: c.train.random_resized_crop,
     }
-}
-
-/// The state written into a checkpoint.
-struct Ckpt {
-    step: u64,
-    position: Position,
-    values: BTreeMap<String, HostArray>,
-}
-
-/// Writes the checkpoint of `ck` atomically, then removes all but the newest `keep` (at least 1:
-/// the one just written is never removed).
-fn save_checkpoint(out: &Path, keep: usize, ck: &Ckpt, seed: u64) -> Result<PathBuf> {
-    let keep = keep.max(1);
-    let path = ckpt_dir(out).join(format!("step-{:07}.safetensors", ck.step));
-    let named: Vec<(String, &HostArray)> = ck.values.iter().map(|(k, v)| (k.clone(), v)).collect();
-    let mut meta = BTreeMap::new();
-    meta.insert("step".into(), ck.step.to_string());
-    meta.insert("epoch".into(), ck.position.epoch.to_string());
-    meta.insert("batch".into(), ck.position.batch.to_string());
-    let position =
-        serde_json::to_string(&ck.position).map_err(|e| Error::Internal(e.to_string()))?;
-    meta.insert("data_position".into(), position);
-    meta.insert("seed".into(), seed.to_string());
-    // Fault injection for the crash tests: abort in the middle of this step's checkpoint write,
-    // after the temporary file exists and before it is renamed into place.
-    if std::env::var("BASIC_FAULT_CHECKPOINT_STEP")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        == Some(ck.step)
-    {
-        let tmp = ckpt_dir(out).join(format!(
-            ".step-{:07}.safetensors.tmp{}",
-            ck.step,
-            std::process::id()
-        ));
-        let _ = std::fs::write(&tmp, b"partial");
-        std::process::abort();
-    }
-    safetensors::write(&path, &named, &meta)?;
-    let all = checkpoints(out);
-    if all.len() > keep {
-        for (_, p) in &all[..all.len() - keep] {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    Ok(path)
-}
-
-fn load_checkpoint(path: &Path) -> Result<Ckpt> {
-    let (values, meta) = safetensors::read_with_metadata(path)?;
-    let num = |k: &str| -> Result<u64> {
-        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
-            Error::invalid(
-                format!("checkpoint `{}`", path.display()),
-                format!("its metadata has no `{k}`; it was not written by basic train"),
-            )
-        })
-    };
-    // The streams' state as JSON; a checkpoint of an older basic has the epoch and batch only.
-    let position = match meta.get("data_position") {
-        Some(j) => serde_json::from_str(j).map_err(|e| Error::InvalidArgument {
-            what: format!("checkpoint `{}`", path.display()),
-            fix: format!(
-                "its data_position is not readable ({e}); it was not written by basic train"
-            ),
-        })?,
-        None => Position {
-            epoch: num("epoch")?,
-            batch: num("batch")?,
-            ..Default::default()
-        },
-    };
-    Ok(Ckpt {
-        step: num("step")?,
-        position,
-        values,
-    })
-}
-
-/// Pulls arguments `range` of the step back to the host, named.
-fn gather_named(
-    prog: &ShardedProgram,
-    names: &[String],
-    values: &[Sharded],
-    offset: usize,
-) -> Result<BTreeMap<String, HostArray>> {
-    let mut m = BTreeMap::new();
-    for (i, (n, v)) in names.iter().zip(values).enumerate() {
-        // Result i + offset has the same spec as argument i + offset.
-        m.insert(n.clone(), prog.gather(i + offset, v)?);
-    }
-    Ok(m)
 }
 
 /// The data folder's class names and prompt templates, where it has both.
@@ -352,17 +271,36 @@ fn test_samples(root: &str, n: usize, skip_bad: bool) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
-/// Trains; returns the summary. Resumes from the newest checkpoint when asked.
+/// Trains; returns the summary. Resumes from the newest checkpoint when asked. A stop request
+/// (SIGTERM, or another process's through the coordinator) checkpoints the step reached and
+/// ends the run early, saying so in the summary.
 pub fn train(rt: &Runtime, o: &RunOptions) -> Result<Summary> {
     let mut t = Trainer::start(rt, o)?;
+    let stop = stop_flag()?;
     while t.step < o.steps {
+        if t.stopping(&stop)? {
+            if t.last_checkpointed != Some(t.step) {
+                t.checkpoint()?;
+            }
+            t.summary.preempted = Some(t.step);
+            break;
+        }
         let done = t.step()?;
         t.log(&done)?;
         if o.checkpoint_every > 0 && (t.step % o.checkpoint_every == 0 || t.step == o.steps) {
-            t.checkpoint(done.position.clone())?;
+            t.checkpoint()?;
         }
     }
     t.finish()
+}
+
+/// A flag SIGTERM sets (a TPU maintenance event, a spot reclaim, `scancel`): the run checkpoints
+/// and stops at the next step boundary instead of dying mid-step.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone())
+        .map_err(|e| Error::Internal(format!("cannot watch for SIGTERM: {e}")))?;
+    Ok(flag)
 }
 
 /// Where the step's inputs and outputs sit, found by name.
@@ -405,12 +343,10 @@ struct StepDone {
     grad_norm: f64,
     learning_rate: f64,
     temperature: f64,
-    /// The data position after the step's batch.
-    position: Position,
 }
 
 /// A run in progress: the compiled step, parameters and optimizer state on the devices, the
-/// data, and the run folder's metrics and checkpoints.
+/// data of each process acting here, and (as process 0) the run folder's metrics.
 struct Trainer<'a> {
     rt: &'a Runtime,
     o: &'a RunOptions,
@@ -420,24 +356,34 @@ struct Trainer<'a> {
     lists: Option<(Vec<String>, Vec<String>)>,
     prog: ShardedProgram,
     io: StepIo,
-    pnames: Vec<String>,
-    snames: Vec<String>,
     /// Parameters, then optimizer state, in the step's argument order.
+    specs: Vec<ParamSpec>,
+    /// How many of `specs` are parameters.
+    np: usize,
     values: Vec<Sharded>,
-    loader: Loader,
-    metrics: std::fs::File,
-    metrics_path: PathBuf,
+    hosts: Hosts,
+    /// One loader per process acting here, in `hosts.local` order.
+    loaders: Vec<Loader>,
+    /// Each local process's rows `[start, end)` of the global batch.
+    rows: Vec<(i64, i64)>,
+    /// Process 0's metrics file.
+    metrics: Option<(std::fs::File, PathBuf)>,
     /// Steps done (the next step's number).
     step: u64,
     /// The step the run (re)started at.
     first: u64,
+    /// The data position after the last step (every local process's streams).
+    position: Position,
     t0: Instant,
-    last_good: Option<PathBuf>,
+    last_good: Option<String>,
+    last_checkpointed: Option<u64>,
+    /// Whether this process has asked the job to stop.
+    stop_asked: bool,
     summary: Summary,
 }
 
 impl<'a> Trainer<'a> {
-    /// Writes the run folder's config, reads the data, compiles (or loads) the step, and puts
+    /// Writes the run folder's config, opens the data, compiles (or loads) the step, and puts
     /// the starting parameters and state on the devices: fresh, pretrained, or the newest
     /// checkpoint's.
     fn start(rt: &'a Runtime, o: &'a RunOptions) -> Result<Trainer<'a>> {
@@ -474,19 +420,100 @@ impl<'a> Trainer<'a> {
         })?;
         crate::fs::write_atomic(&o.out.join("config.toml"), cfg_text.as_bytes())?;
         let lists = class_lists(root.as_deref())?;
+        // Periodic zero-shot reads the whole parameters, which one host of a multi-process job
+        // does not hold.
         let test = match (&lists, &root) {
-            (Some(_), Some(r)) if o.eval_every > 0 => test_samples(r, o.eval_images, o.skip_bad)?,
+            (Some(_), Some(r)) if o.eval_every > 0 && o.job.is_none() => {
+                test_samples(r, o.eval_images, o.skip_bad)?
+            }
             _ => Vec::new(),
         };
-
         let sp = o.setup.build()?;
         let io = StepIo::of(&sp, c)?;
-        let pnames: Vec<String> = sp.params.iter().map(|s| s.name.clone()).collect();
-        let snames: Vec<String> = sp.state.iter().map(|s| s.name.clone()).collect();
-        let (step, start, host) = initial_state(o, &sp)?;
-        let prog = match &o.executable {
+        let specs: Vec<ParamSpec> = sp.params.iter().chain(&sp.state).cloned().collect();
+        let np = sp.params.len();
+        let (prog, hosts) = Self::program(rt, o, sp)?;
+        let (step, start, values) = initial_state(o, &prog, &specs, np)?;
+        let rows = hosts
+            .local
+            .iter()
+            .map(|&p| {
+                let positions: Vec<i64> = hosts.devices_of(p).iter().map(|&d| hosts.positions[d]).collect();
+                let held = rows_held(io::IMAGES, o.setup.options.batch, prog.arg(io.images)?, prog.mesh(), &positions)?;
+                // The loader of process p makes rows [p·B/P, (p+1)·B/P).
+                let per = o.setup.options.batch / hosts.processes as i64;
+                let loads = (p as i64 * per, (p as i64 + 1) * per);
+                if held != loads {
+                    return Err(Error::invalid(
+                        format!(
+                            "process {p} of {}: its devices hold rows {}..{} of the batch, not its share {}..{}",
+                            hosts.processes, held.0, held.1, loads.0, loads.1
+                        ),
+                        "split the batch over at least as many devices as processes, the data axis first in the mesh (e.g. --mesh data=P*k,model=m)",
+                    ));
+                }
+                Ok(held)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let loaders = hosts
+            .local
+            .iter()
+            .map(|&p| {
+                let opts = loader_options(o, p, hosts.processes);
+                Loader::new(&train_data, tok.clone(), opts, start.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let leads = hosts.leads();
+        if o.progress && leads {
+            eprintln!(
+                "data: {} shards, {} samples an epoch, {} data streams",
+                train_data.shards.len(),
+                loaders[0].samples_per_epoch,
+                loaders[0].data_streams
+            );
+        }
+        let metrics = if leads {
+            Some(open_metrics(&o.out, step)?)
+        } else {
+            None
+        };
+        let last_good = super::checkpoint::list(&o.checkpoint_dir())?
+            .last()
+            .map(|(_, p)| p.clone());
+        Ok(Trainer {
+            rt,
+            o,
+            tok,
+            test,
+            lists,
+            prog,
+            io,
+            specs,
+            np,
+            values,
+            hosts,
+            loaders,
+            rows,
+            metrics,
+            step,
+            first: step,
+            position: start,
+            t0: Instant::now(),
+            last_good,
+            last_checkpointed: Some(step).filter(|&s| s > 0),
+            stop_asked: false,
+            summary: Summary::default(),
+        })
+    }
+
+    /// The step compiled (or loaded from a saved executable) for this process's devices, and
+    /// which process each device belongs to.
+    fn program(rt: &Runtime, o: &RunOptions, sp: StepProgram) -> Result<(ShardedProgram, Hosts)> {
+        let c = &o.setup.config;
+        let n = o.setup.devices();
+        let mut prog = match &o.executable {
             Some(path) => {
-                let machine = Machine::of_client(rt.client(), o.setup.layout.mesh.size() as usize);
+                let machine = Machine::of_client(rt.client(), n);
                 let expected = sp.manifest(
                     c,
                     &o.setup.options,
@@ -508,54 +535,57 @@ impl<'a> Trainer<'a> {
                 sp.text,
             )?,
         };
-        // Upload parameters and state once; they stay on the devices.
-        let values: Vec<Sharded> = pnames
-            .iter()
-            .chain(&snames)
-            .enumerate()
-            .map(|(i, n)| prog.upload(i, &host[n]))
-            .collect::<Result<_>>()?;
-        drop(host);
-        let loader = Loader::new(&train_data, tok.clone(), loader_options(o), start)?;
-        if o.progress {
-            eprintln!(
-                "data: {} shards, {} samples an epoch, {} data streams",
-                train_data.shards.len(),
-                loader.samples_per_epoch,
-                loader.data_streams
-            );
-        }
-        let (metrics, metrics_path) = open_metrics(&o.out, step)?;
-        Ok(Trainer {
-            rt,
-            o,
-            tok,
-            test,
-            lists,
-            prog,
-            io,
-            pnames,
-            snames,
-            values,
-            loader,
-            metrics,
-            metrics_path,
-            step,
-            first: step,
-            t0: Instant::now(),
-            last_good: checkpoints(&o.out).last().map(|(_, p)| p.clone()),
-            summary: Summary::default(),
+        let hosts = match &o.job {
+            Some(job) => Hosts::of_client(rt.client(), n, job.process_id(), job.num_processes())?,
+            None => Hosts::simulated(prog.positions().len(), o.simulated_processes.max(1))?,
+        };
+        prog.set_positions(hosts.positions.clone())?;
+        Ok((prog, hosts))
+    }
+
+    /// Uploads a batch argument from each local process's rows: each device gets its block of
+    /// the rows its process loaded.
+    fn upload_rows(&self, arg: usize, local: &[&HostArray]) -> Result<Sharded> {
+        let spec = self.prog.arg(arg)?.clone();
+        let mesh = self.prog.mesh().clone();
+        self.prog.upload_with(|d, position| {
+            let owner = self.hosts.owner[d];
+            let k = self
+                .hosts
+                .local
+                .iter()
+                .position(|&p| p == owner)
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "device {d} belongs to process {owner}, not acting here"
+                    ))
+                })?;
+            let a = local[k];
+            let mut shape = a.shape().to_vec();
+            shape[0] = self.o.setup.options.batch;
+            let (start, block) = persist::region(&shape, &spec, &mesh, position);
+            slice_rows(a, start[0] - self.rows[k].0, block[0])
         })
     }
 
     /// Runs one step on the next batch; the parameters and state are replaced by the step's.
     fn step(&mut self) -> Result<StepDone> {
+        let dtype = self.o.setup.options.param_dtype;
+        let mut batches = Vec::with_capacity(self.loaders.len());
+        for l in &mut self.loaders {
+            batches.push(l.next_batch()?);
+        }
         let (o, prog, io) = (self.o, &self.prog, &self.io);
-        let dtype = o.setup.options.param_dtype;
-        let batch = self.loader.next_batch()?;
+        let images: Vec<HostArray> = batches
+            .iter()
+            .map(|b| safetensors::convert(&b.images, dtype))
+            .collect::<Result<_>>()?;
+        let img = self.upload_rows(io.images, &images.iter().collect::<Vec<_>>())?;
+        let tks = self.upload_rows(
+            io.tokens,
+            &batches.iter().map(|b| &b.tokens).collect::<Vec<_>>(),
+        )?;
         let step_arg = prog.upload(io.step, &HostArray::scalar(self.step as i32))?;
-        let img = prog.upload(io.images, &safetensors::convert(&batch.images, dtype)?)?;
-        let tks = prog.upload(io.tokens, &batch.tokens)?;
         // Dropout and stochastic depth draw from a key made of the seed and the step, so a
         // resumed run draws the same masks.
         let rng = match io.rng {
@@ -570,32 +600,37 @@ impl<'a> Trainer<'a> {
         args.extend([step_arg, img, tks].map(ShardedArg::Owned));
         args.extend(rng.map(ShardedArg::Owned));
         let mut out = prog.run_owned(args)?;
+        // The reported scalars are replicated: any device's copy is the value.
         let scalars: Vec<f64> = io
             .scalars
             .iter()
-            .map(|&i| prog.gather(i, &out[i]).map(|a| a.to_f64_vec()[0]))
+            .map(|&i| Ok(out[i].bufs[0].to_host()?.to_f64_vec()[0]))
             .collect::<Result<_>>()?;
         let loss = scalars[0];
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 step: self.step,
                 loss,
-                checkpoint: self
-                    .last_good
-                    .as_ref()
-                    .map_or("none".to_string(), |p| p.display().to_string()),
+                checkpoint: self.last_good.clone().unwrap_or_else(|| "none".to_string()),
             });
         }
-        out.truncate(self.pnames.len() + self.snames.len());
+        out.truncate(self.specs.len());
         self.values = out;
         self.step += 1;
         self.summary.losses.push((self.step, loss));
-        self.summary.truncated_captions += batch.truncated;
-        self.summary.data = batch.next.counts();
-        self.summary.data_streams = batch.next.data_streams;
-        for r in self.loader.take_reports() {
-            if o.progress {
-                eprintln!("{r}");
+        self.summary.truncated_captions += batches.iter().map(|b| b.truncated).sum::<usize>();
+        let parts: Vec<_> = batches.iter().map(|b| b.next.streams.clone()).collect();
+        self.position = Position {
+            streams: crate::data::stream::merge(&parts),
+            ..batches[0].next.clone()
+        };
+        self.summary.data = self.position.counts();
+        self.summary.data_streams = self.position.data_streams;
+        for l in &self.loaders {
+            for r in l.take_reports() {
+                if o.progress {
+                    eprintln!("{r}");
+                }
             }
         }
         Ok(StepDone {
@@ -603,20 +638,35 @@ impl<'a> Trainer<'a> {
             grad_norm: scalars[1],
             learning_rate: scalars[2],
             temperature: scalars[3],
-            position: batch.next,
         })
     }
 
+    /// Whether the run stops before the next step: this process was sent SIGTERM, or (in a
+    /// multi-process job) any process was, and every process agrees on this step through the
+    /// coordinator.
+    fn stopping(&mut self, flag: &AtomicBool) -> Result<bool> {
+        let term = flag.load(Ordering::SeqCst);
+        let Some(job) = &self.o.job else {
+            return Ok(term);
+        };
+        if term && !self.stop_asked {
+            self.stop_asked = true;
+            job.request_stop(&format!("SIGTERM on process {}", job.process_id()))?;
+        }
+        job.begin_step(self.step)
+    }
+
     /// Appends the step's metrics line (with a zero-shot evaluation when one is due) and shows
-    /// progress.
+    /// progress (process 0).
     fn log(&mut self, d: &StepDone) -> Result<()> {
         let (o, step) = (self.o, self.step);
         let elapsed = self.t0.elapsed().as_secs_f64();
+        let waited: f64 = self.loaders.iter().map(|l| l.waited.as_secs_f64()).sum();
         let mut line = serde_json::json!({
             "step": step, "loss": d.loss, "grad_norm": d.grad_norm,
             "learning_rate": d.learning_rate, "temperature": d.temperature,
-            "epoch": d.position.epoch, "seconds": elapsed,
-            "input_seconds": self.loader.waited.as_secs_f64(),
+            "epoch": self.position.epoch, "seconds": elapsed,
+            "input_seconds": waited,
             "truncated_captions": self.summary.truncated_captions,
             "skipped_samples": self.summary.data.skipped_samples,
             "bad_shards": self.summary.data.bad_shards,
@@ -628,7 +678,10 @@ impl<'a> Trainer<'a> {
                 self.summary.last_zero_shot = Some(acc);
             }
         }
-        writeln!(self.metrics, "{line}").map_err(|e| Error::io(&self.metrics_path, e))?;
+        let Some((metrics, path)) = &mut self.metrics else {
+            return Ok(());
+        };
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&*path, e))?;
         // A live line on a terminal; a line every 10% of the run in logs.
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let every = ((o.steps - self.first) / 10).max(1);
@@ -654,9 +707,13 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Zero-shot top-1 of the current parameters on the data folder's test images.
+    /// Zero-shot top-1 of the current parameters on the data folder's test images (one
+    /// process, or processes simulated in one: it gathers the parameters).
     fn zero_shot(&self) -> Result<Option<f64>> {
-        let params = (0..self.pnames.len())
+        if self.o.job.is_some() || self.test.is_empty() {
+            return Ok(None);
+        }
+        let params = (0..self.np)
             .map(|i| {
                 let p = self.prog.gather(i, &self.values[i])?;
                 safetensors::convert(&p, DType::F32)
@@ -674,27 +731,41 @@ impl<'a> Trainer<'a> {
         )
     }
 
-    /// Writes a checkpoint of the parameters, state and data `position`, keeping the newest
-    /// `keep`.
-    fn checkpoint(&mut self, position: Position) -> Result<()> {
-        let np = self.pnames.len();
-        let mut values = gather_named(&self.prog, &self.pnames, &self.values[..np], 0)?;
-        values.extend(gather_named(
-            &self.prog,
-            &self.snames,
-            &self.values[np..],
-            np,
-        )?);
-        let ck = Ckpt {
+    /// Writes a checkpoint of the parameters, state and data position (each process its
+    /// blocks, process 0 the manifest), then keeps the newest `keep`.
+    fn checkpoint(&mut self) -> Result<()> {
+        let o = self.o;
+        let dir = o.checkpoint_dir();
+        let saved = persist::Saved {
             step: self.step,
-            position,
-            values,
+            seed: o.seed,
+            position: self.position.clone(),
         };
-        self.last_good = Some(save_checkpoint(&self.o.out, self.o.keep, &ck, self.o.seed)?);
+        let folder = persist::save(
+            &self.prog,
+            &self.hosts,
+            &self.specs,
+            &self.values,
+            &dir,
+            &saved,
+            o.job.as_ref(),
+        )?;
+        if self.hosts.leads() {
+            let all = super::checkpoint::list(&dir)?;
+            let keep = o.keep.max(1);
+            if all.len() > keep {
+                for (_, at) in &all[..all.len() - keep] {
+                    super::checkpoint::remove(at)?;
+                }
+            }
+        }
+        self.last_good = Some(folder);
+        self.last_checkpointed = Some(self.step);
         Ok(())
     }
 
-    /// Ends the run: the summary, and plots from the whole metrics file (resumed runs included).
+    /// Ends the run: the summary, and (process 0) plots from the whole metrics file, resumed
+    /// runs included.
     fn finish(mut self) -> Result<Summary> {
         let o = self.o;
         if o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -702,9 +773,12 @@ impl<'a> Trainer<'a> {
         }
         self.summary.steps = self.step;
         self.summary.seconds = self.t0.elapsed().as_secs_f64();
-        self.summary.input_fraction =
-            self.loader.waited.as_secs_f64() / self.summary.seconds.max(1e-9);
-        let text = std::fs::read_to_string(&self.metrics_path).unwrap_or_default();
+        let waited: f64 = self.loaders.iter().map(|l| l.waited.as_secs_f64()).sum();
+        self.summary.input_fraction = waited / self.summary.seconds.max(1e-9);
+        let Some((_, metrics_path)) = &self.metrics else {
+            return Ok(self.summary);
+        };
+        let text = std::fs::read_to_string(metrics_path).unwrap_or_default();
         let rows: Vec<serde_json::Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -723,84 +797,115 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The step, data position and host values (parameters and optimizer state by name) a run
-/// starts from: the newest checkpoint with `--resume`, else fresh or `--init-from` weights and
-/// zero state.
+/// Rows `[from, from + n)` of `a` (along its first dimension).
+fn slice_rows(a: &HostArray, from: i64, n: i64) -> Result<HostArray> {
+    let rows = a.shape().first().copied().unwrap_or(0);
+    if from < 0 || from + n > rows {
+        return Err(Error::Internal(format!(
+            "rows {from}..{} of a batch of {rows} rows",
+            from + n
+        )));
+    }
+    let per: usize = a.shape()[1..].iter().product::<i64>() as usize * a.dtype().size_in_bytes();
+    let bytes = a.bytes()[from as usize * per..(from + n) as usize * per].to_vec();
+    let mut shape = a.shape().to_vec();
+    shape[0] = n;
+    HostArray::from_bytes(a.dtype(), &shape, bytes)
+}
+
+/// The step, data position and the state on the devices a run starts from: the newest
+/// checkpoint with `--resume` (each device reading its own blocks), else fresh or `--init-from`
+/// weights and zero optimizer state.
 fn initial_state(
     o: &RunOptions,
-    sp: &StepProgram,
-) -> Result<(u64, Position, BTreeMap<String, HostArray>)> {
+    prog: &ShardedProgram,
+    specs: &[ParamSpec],
+    np: usize,
+) -> Result<(u64, Position, Vec<Sharded>)> {
     let dtype = o.setup.options.param_dtype;
-    let (specs, sspecs) = (&sp.params, &sp.state);
-    let (step, start, mut host) =
-        match checkpoints(&o.out).last() {
-            Some((_, p)) if o.resume => {
-                let ck = load_checkpoint(p)?;
-                if o.progress {
-                    eprintln!("resuming from {} (step {})", p.display(), ck.step);
-                }
-                (ck.step, ck.position, ck.values)
-            }
-            Some(_) => return Err(Error::invalid(
-                format!("run folder `{}`", o.out.display()),
-                "it already has checkpoints: pass --resume to continue it, or choose another --out",
-            )),
-            None => {
-                if o.resume {
-                    // Said even with --quiet: a restart loop that always passes --resume must not
-                    // mistake a fresh start for a continued run.
-                    eprintln!(
-                        "--resume: `{}` has no checkpoint yet; starting from step 0",
-                        o.out.display()
-                    );
-                }
-                let mut m = BTreeMap::new();
-                let fresh = init::init_params(specs, o.seed, dtype)?;
-                for (s, a) in specs.iter().zip(fresh) {
-                    m.insert(s.name.clone(), a);
-                }
-                if let Some(p) = &o.init_from {
-                    init_from(o, p, specs, &mut m)?;
-                }
-                for s in sspecs {
-                    m.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
-                }
-                (0, Position::default(), m)
-            }
-        };
-    // A tower locked when the checkpoint was written and unlocked now has no optimizer state
-    // yet: it starts from zeros, as on the first step.
-    for s in sspecs {
-        let param = names::slot_param(&s.name).unwrap_or("");
-        if !host.contains_key(&s.name) && host.contains_key(param) {
+    let dir = o.checkpoint_dir();
+    let latest = super::checkpoint::list(&dir)?.pop();
+    match latest {
+        Some((_, at)) if o.resume => {
+            let ck = persist::Opened::open(&at)?;
             if o.progress {
+                eprintln!("resuming from {at} (step {})", ck.step()?);
+            }
+            check_complete(&ck, specs, &at)?;
+            let values = specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if ck.has(&s.name) {
+                        ck.upload(prog, i, s, dtype)
+                    } else {
+                        // A tower locked when the checkpoint was written and unlocked now has
+                        // no optimizer state yet: it starts from zeros, as on the first step.
+                        if o.progress {
+                            eprintln!("starting optimizer state `{}` from zeros (the tower was locked before)", s.name);
+                        }
+                        prog.upload(i, &HostArray::zeros(dtype, &s.shape)?)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((ck.step()?, ck.position()?, values))
+        }
+        Some(_) => Err(Error::invalid(
+            format!("run folder `{}`", o.out.display()),
+            "it already has checkpoints: pass --resume to continue it, or choose another --out",
+        )),
+        None => {
+            if o.resume {
+                // Said even with --quiet: a restart loop that always passes --resume must not
+                // mistake a fresh start for a continued run.
                 eprintln!(
-                    "starting optimizer state `{}` from zeros (the tower was locked before)",
-                    s.name
+                    "--resume: `{}` has no checkpoint yet; starting from step 0",
+                    dir
                 );
             }
-            host.insert(s.name.clone(), HostArray::zeros(dtype, &s.shape)?);
+            let params = &specs[..np];
+            let mut m = BTreeMap::new();
+            for (s, a) in params.iter().zip(init::init_params(params, o.seed, dtype)?) {
+                m.insert(s.name.clone(), a);
+            }
+            if let Some(p) = &o.init_from {
+                init_from(o, p, params, &mut m)?;
+            }
+            let values = specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match m.get(&s.name) {
+                    Some(v) => prog.upload(i, v),
+                    None => prog.upload(i, &HostArray::zeros(dtype, &s.shape)?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((0, Position::default(), values))
         }
     }
+}
+
+/// Refuses a checkpoint that lacks a tensor the step needs (an optimizer slot of a parameter it
+/// has may start from zeros), naming how many and the first.
+fn check_complete(ck: &persist::Opened, specs: &[ParamSpec], at: &str) -> Result<()> {
     let missing: Vec<&String> = specs
         .iter()
-        .chain(sspecs)
+        .filter(|s| {
+            let zeroable = names::slot_param(&s.name).is_some_and(|p| ck.has(p));
+            !ck.has(&s.name) && !zeroable
+        })
         .map(|s| &s.name)
-        .filter(|n| !host.contains_key(*n))
         .collect();
-    if !missing.is_empty() {
-        let fix = crate::model::coatnet::layout_hint(missing.iter().map(|n| n.as_str()), [])
-            .unwrap_or("was it written for another model or optimizer?");
-        return Err(Error::invalid(
-            "checkpoint",
-            format!(
-                "it lacks {} entries the step needs (first: {}); {fix}",
-                missing.len(),
-                missing[0]
-            ),
-        ));
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok((step, start, host))
+    Err(Error::invalid(
+        format!("checkpoint `{at}`"),
+        format!(
+            "it lacks {} entries the step needs (first: {}); was it written for another model or optimizer?",
+            missing.len(),
+            missing[0]
+        ),
+    ))
 }
 
 /// Replaces the parameters in `m` that the file `p` has by its values; refuses a file none of
@@ -881,7 +986,8 @@ fn open_metrics(out: &Path, step: u64) -> Result<(std::fs::File, PathBuf)> {
     Ok((f, path))
 }
 
-/// The parameters of a run's newest checkpoint, by name, as f32.
+/// The parameters of a run's newest checkpoint (a step folder, or a single file of an earlier
+/// version), by name, as f32.
 pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
     let (_, path) = checkpoints(run).pop().ok_or_else(|| {
         Error::invalid(
@@ -889,20 +995,19 @@ pub fn load_run_params(run: &Path, c: &ModelConfig) -> Result<Vec<HostArray>> {
             "it has no checkpoints; train it first with `basic train`",
         )
     })?;
-    let file = safetensors::read(&path)?;
-    let specs = dual::specs(c)?;
-    specs
+    let at = path.display().to_string();
+    let ck = persist::Opened::open(&at)?;
+    dual::specs(c)?
         .iter()
         .map(|s| {
-            let a = file.get(&s.name).ok_or_else(|| {
+            ck.whole(&s.name, DType::F32)?.ok_or_else(|| {
                 let hint = crate::model::coatnet::layout_hint([s.name.as_str()], [])
                     .map_or(String::new(), |h| format!("; {h}"));
                 Error::invalid(
-                    format!("checkpoint `{}`", path.display()),
+                    format!("checkpoint `{at}`"),
                     format!("it has no parameter `{}`{hint}", s.name),
                 )
-            })?;
-            safetensors::convert(a, DType::F32)
+            })
         })
         .collect()
 }

@@ -345,3 +345,77 @@ pub fn check_directional(
         "finite difference {fd} vs reverse mode {analytic}"
     );
 }
+
+/// Every tensor of a checkpoint (a step folder, or a single file of an earlier version), whole.
+pub fn read_checkpoint(
+    at: &std::path::Path,
+) -> std::collections::BTreeMap<String, basic::runtime::HostArray> {
+    basic::train::persist::Opened::open(&at.display().to_string())
+        .and_then(|c| c.all())
+        .unwrap_or_else(|e| panic!("{}: {e}", at.display()))
+}
+
+/// The bytes of a checkpoint (its files, in name order), to see that nothing touched it.
+pub fn checkpoint_bytes(at: &std::path::Path) -> Vec<u8> {
+    if at.is_file() {
+        return std::fs::read(at).unwrap();
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(at)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+/// 600 training and 600 test Fashion-MNIST pairs, imported once per test process.
+pub fn fashion_data() -> &'static std::path::Path {
+    use basic::data::import::{fashion_mnist, FASHION_DIR};
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = std::path::Path::new(FASHION_DIR);
+        assert!(
+            dir.join("train-images-idx3-ubyte.gz").is_file(),
+            "Fashion-MNIST is not installed in {FASHION_DIR}; run scripts/test (it installs dataset-fashion-mnist)"
+        );
+        let d = tmp("data");
+        fashion_mnist(dir, &d, Some(600)).unwrap();
+        d
+    })
+}
+
+/// The same 600 training pairs in 12 shards of 50, for shuffled streams.
+pub fn fashion_shards() -> &'static std::path::Path {
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let d = tmp("sharded");
+        let src = fashion_data().to_str().unwrap();
+        let train = basic::data::source::parse(src, "train", None).unwrap();
+        let mut samples = Vec::new();
+        basic::data::stream::for_each_sample(&train, false, &mut |s| {
+            samples.push(s);
+            Ok(true)
+        })
+        .unwrap();
+        basic::data::shards::write_shards(&d, "train", &samples, 50).unwrap();
+        std::fs::copy(fashion_data().join("captions.txt"), d.join("captions.txt")).unwrap();
+        d
+    })
+}
+
+/// The (step, loss) lines of a run's `metrics.jsonl`, the loss as written (JSON keeps the
+/// shortest exact decimal of the f64).
+pub fn run_losses(run: &std::path::Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
