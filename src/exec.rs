@@ -105,8 +105,25 @@ impl ShardedProgram {
         results: Vec<PartitionSpec>,
         text: String,
     ) -> Result<ShardedProgram> {
+        Self::compile_assigned(client, ctx, None, args, results, text)
+    }
+
+    /// [`ShardedProgram::compile_text`] with mesh position `k` on device `devices[k]` (a
+    /// multi-process job's devices, ordered by process; `None`: ids `0..n`).
+    pub fn compile_assigned(
+        client: &Client,
+        ctx: &ShardingContext,
+        devices: Option<Vec<i64>>,
+        args: Vec<PartitionSpec>,
+        results: Vec<PartitionSpec>,
+        text: String,
+    ) -> Result<ShardedProgram> {
         ctx.mesh.check_devices(client.devices().len())?;
-        let exe = client.compile(&text, &ctx.compile_options())?;
+        let mut options = ctx.compile_options();
+        if devices.is_some() {
+            options.device_assignment = devices;
+        }
+        let exe = client.compile(&text, &options)?;
         let positions = (0..exe.num_devices() as i64).collect();
         Ok(ShardedProgram {
             exe,

@@ -168,6 +168,27 @@ fn train_with_a_saved_executable_equals_train_and_refuses_a_mismatch() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("batch: saved for 32, here 16"), "{err}");
+    // The manifest records the process layout; one saved for another layout (here: its one
+    // device driven by process 1 of a two-process job) is refused, naming it.
+    let mut saved = basic::io::executable::SavedExecutable::read(&exe).unwrap();
+    assert_eq!(saved.manifest.processes, 1);
+    assert_eq!(saved.manifest.device_processes, vec![0]);
+    assert_eq!(saved.manifest.device_assignment, vec![0]);
+    saved.manifest.processes = 2;
+    saved.manifest.device_processes = vec![1];
+    let moved = dir.join("two-hosts.basicexe");
+    saved.write(&moved).unwrap();
+    let o = train(
+        &dir.join("two-hosts-run"),
+        &["--executable", moved.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("processes: saved for 2, here 1")
+            && err.contains("devices' processes: saved for [1], here [0]"),
+        "{err}"
+    );
     // A file that is not an executable.
     let junk = dir.join("junk");
     std::fs::write(&junk, b"nothing").unwrap();

@@ -229,6 +229,47 @@ fn multi_host_slices_report_hosts_and_process_indices() {
     assert_eq!(v["devices"][63]["process_index"], 15);
 }
 
+/// `basic compile --target tpu-v4:4x4x4` (16 hosts of 8 TensorCores) tells each process the
+/// devices it drives and the rows of every global batch it loads: the devices of the 16
+/// processes partition the mesh, their rows partition the batch, in process order.
+#[test]
+fn a_pod_slice_compile_reports_each_process_devices_and_rows() {
+    let v = compile_batch_json(
+        Some("tpu-v4:4x4x4"),
+        "256",
+        &["--mesh", "data=16,model=8", "--partitioning", "data_model"],
+    );
+    let shares = v["processes"].as_array().unwrap();
+    assert_eq!(shares.len(), 16, "{v}");
+    let devices = v["devices"].as_array().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next_row = 0;
+    for (p, s) in shares.iter().enumerate() {
+        assert_eq!(s["process"], p as i64);
+        let ids = s["devices"].as_array().unwrap();
+        assert_eq!(ids.len(), 8, "process {p}: {s}");
+        for id in ids {
+            assert!(
+                seen.insert(id.as_i64().unwrap()),
+                "device {id} in two processes"
+            );
+        }
+        let rows: Vec<i64> = s["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_i64().unwrap())
+            .collect();
+        assert_eq!(rows, vec![next_row, next_row + 16], "process {p}");
+        next_row += 16;
+        // Mesh positions 8p..8p+8 are the process's devices.
+        for k in 8 * p..8 * p + 8 {
+            assert_eq!(devices[k]["process_index"], p as i64);
+        }
+    }
+    assert_eq!((seen.len(), next_row), (128, 256));
+}
+
 #[test]
 fn plan_picks_a_fit_that_compile_confirms_and_rejects_the_next_larger_micro_batch() {
     let cache = common::tmp("plan-cache");

@@ -273,6 +273,19 @@ fn print_report(setup: &StepSetup, r: &StepReport) {
     if let Some(t) = &r.target {
         print_fit(t, r);
     }
+    if r.shares.len() > 1 {
+        println!("per process       the devices it drives and the rows of each batch it loads");
+        for s in &r.shares {
+            let ids: Vec<String> = s.devices.iter().map(i64::to_string).collect();
+            println!(
+                "  process {:<5}   devices {}; rows {}..{}",
+                s.process,
+                ids.join(","),
+                s.rows.0,
+                s.rows.1
+            );
+        }
+    }
 }
 
 /// Whether a target compile fits, and its step-time bound.

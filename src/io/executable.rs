@@ -54,6 +54,16 @@ pub struct Manifest {
     pub results: Vec<String>,
     /// Device ids, replica-major, that the program was compiled for.
     pub device_assignment: Vec<i64>,
+    /// The processes (hosts) of the job it runs in (1: one process; absent in older files).
+    #[serde(default = "one")]
+    pub processes: usize,
+    /// The process that drives each device of `device_assignment`.
+    #[serde(default)]
+    pub device_processes: Vec<i32>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The `section.key` fields whose values differ between two TOML configs, as
@@ -216,6 +226,24 @@ impl SavedExecutable {
             b.partitioner.to_string(),
         );
         cmp("donate", a.donate.to_string(), b.donate.to_string());
+        cmp(
+            "processes",
+            a.processes.to_string(),
+            b.processes.to_string(),
+        );
+        // Older files recorded no layout: their assignment is taken as given.
+        if !a.device_processes.is_empty() {
+            cmp(
+                "global device ids",
+                format!("{:?}", a.device_assignment),
+                format!("{:?}", b.device_assignment),
+            );
+            cmp(
+                "devices' processes",
+                format!("{:?}", a.device_processes),
+                format!("{:?}", b.device_processes),
+            );
+        }
         diffs.extend(config);
         if diffs.is_empty() && a.program_sha256 != b.program_sha256 {
             diffs.push(format!(

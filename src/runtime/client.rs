@@ -54,7 +54,7 @@ pub(super) struct ClientInner {
     pub(super) raw: *mut ffi::PJRT_Client,
     pub(super) platform: String,
     platform_version: String,
-    devices: Vec<DeviceInfo>,
+    pub(super) devices: Vec<DeviceInfo>,
     /// The key-value callbacks' user argument. Dropped after `drop` destroys the client (fields
     /// drop after `Drop::drop`), so the plugin never calls into a freed store.
     _kv: Option<KvCallbacks>,
@@ -89,7 +89,7 @@ pub struct DeviceInfo {
     pub process_index: i32,
     /// Whether this process can place buffers on it.
     pub addressable: bool,
-    raw: RawDevice,
+    pub(super) raw: RawDevice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -90,6 +90,20 @@ impl Executable {
         self.devices.len()
     }
 
+    /// The id of the device that runs each argument list, in execute order.
+    pub fn device_ids(&self) -> Vec<i32> {
+        self.devices
+            .iter()
+            .map(|raw| {
+                self.client
+                    .devices
+                    .iter()
+                    .find(|d| d.raw == *raw)
+                    .map_or(-1, |d| d.id)
+            })
+            .collect()
+    }
+
     /// Copies `array` to the device that runs argument list `device`.
     pub fn upload(&self, array: &HostArray, device: usize) -> Result<DeviceBuffer> {
         let d = *self

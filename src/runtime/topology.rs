@@ -292,8 +292,18 @@ impl Topology {
         p.len()
     }
 
+    /// The first `n` devices in the order a job's mesh takes them: by process, then id (as a
+    /// running job orders its global devices), so that each host's devices are consecutive
+    /// mesh positions.
+    pub fn job_order(&self, n: usize) -> Vec<&Description> {
+        let mut all: Vec<&Description> = self.devices.iter().collect();
+        all.sort_by_key(|d| (d.process_index, d.id));
+        all.truncate(n);
+        all
+    }
+
     /// Compiles StableHLO text for this target. The device assignment must name the target's
-    /// devices (by default, the first `num_devices` of them in the topology's order).
+    /// devices (by default, the first `num_devices` of them in [`Topology::job_order`]).
     pub fn compile(&self, program: &str, options: &CompileOptions) -> Result<CompiledProgram> {
         let mut options = options.clone();
         options.validate()?;
@@ -311,7 +321,7 @@ impl Topology {
         }
         if options.device_assignment.is_none() {
             options.device_assignment = Some(
-                self.devices[..options.num_devices()]
+                self.job_order(options.num_devices())
                     .iter()
                     .map(|d| i64::from(d.id))
                     .collect(),

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::exec::{emit, ShardedProgram};
 use crate::io::executable::{sha256_hex, Manifest, SavedExecutable, FORMAT};
 use crate::ir::Graph;
-use crate::model::{ModelConfig, ParamSpec};
+use crate::model::{names, ModelConfig, ParamSpec};
 use crate::partition::PartitionSpec;
 use crate::runtime::{Client, CompiledProgram, Costs, MemoryStats, Signature, Topology};
 use crate::target::{OutOfMemory, Target};
@@ -151,6 +151,8 @@ impl StepProgram {
             arguments: sig.args.iter().map(|p| p.ty.to_string()).collect(),
             results: sig.results.iter().map(|p| p.ty.to_string()).collect(),
             device_assignment: machine.device_assignment.clone(),
+            processes: machine.processes(),
+            device_processes: machine.device_processes.clone(),
         })
     }
 
@@ -241,9 +243,19 @@ pub struct Machine {
     pub device_kind: String,
     pub plugin_version: String,
     pub device_assignment: Vec<i64>,
+    /// The process that drives each device of the assignment.
+    pub device_processes: Vec<i32>,
 }
 
 impl Machine {
+    /// The processes the program spans.
+    pub fn processes(&self) -> usize {
+        let mut p = self.device_processes.clone();
+        p.sort_unstable();
+        p.dedup();
+        p.len().max(1)
+    }
+
     /// A described target's machine, for a program compiled with `program`'s device assignment.
     pub fn of_target(target: &Target, topology: &Topology, program: &CompiledProgram) -> Machine {
         Machine {
@@ -258,19 +270,34 @@ impl Machine {
                 topology.plugin(),
                 topology.platform_version(),
             ),
+            device_processes: program
+                .options()
+                .devices()
+                .iter()
+                .map(|id| {
+                    topology
+                        .devices()
+                        .iter()
+                        .find(|d| i64::from(d.id) == *id)
+                        .map_or(0, |d| d.process_index)
+                })
+                .collect(),
             device_assignment: program.options().devices(),
         }
     }
 
-    /// The local client's machine, for a program over its first `devices` devices.
+    /// The client's machine, for a program over its first `devices` devices in the job's order
+    /// (by process, then id; one process: the local devices by id).
     pub fn of_client(client: &Client, devices: usize) -> Machine {
         let plugin = client.plugin();
-        let ids: Vec<i64> = client
-            .addressable_devices()
+        let mut all: Vec<(i32, i32)> = client
+            .devices()
             .iter()
-            .take(devices)
-            .map(|d| i64::from(d.id))
+            .map(|d| (d.process_index, d.id))
             .collect();
+        all.sort_unstable();
+        all.truncate(devices);
+        let ids: Vec<i64> = all.iter().map(|&(_, id)| i64::from(id)).collect();
         Machine {
             target: format!("{}:{}", client.platform(), devices),
             platform: client.platform().to_string(),
@@ -281,6 +308,7 @@ impl Machine {
                 .unwrap_or_default(),
             plugin_version: crate::target::plugin_identity(plugin, client.platform_version()),
             device_assignment: ids,
+            device_processes: all.iter().map(|&(p, _)| p).collect(),
         }
     }
 }
@@ -331,6 +359,47 @@ pub struct StepReport {
     pub refused: Option<String>,
     /// The compiler's cost analysis, where the plugin gives one.
     pub costs: Option<Costs>,
+    /// What each process of the job runs and loads.
+    pub shares: Vec<ProcessShare>,
+}
+
+/// One process's part of a job: its devices and the rows of each global batch it loads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessShare {
+    pub process: i32,
+    /// Global device ids, in mesh-position order.
+    pub devices: Vec<i64>,
+    /// Rows `[start, end)` of the global batch its devices hold.
+    pub rows: (i64, i64),
+}
+
+/// The share of each process of a program whose mesh position `k` runs on device `ids[k]`,
+/// driven by process `process_index[k]`; the rows from the images' spec `spec`.
+fn process_shares(
+    process_index: &[i32],
+    ids: &[i64],
+    spec: &crate::partition::PartitionSpec,
+    mesh: &crate::partition::Mesh,
+    batch: i64,
+) -> Result<Vec<ProcessShare>> {
+    let mut procs: Vec<i32> = process_index.to_vec();
+    procs.sort_unstable();
+    procs.dedup();
+    procs
+        .into_iter()
+        .map(|p| {
+            let positions: Vec<i64> = (0..process_index.len())
+                .filter(|&k| process_index[k] == p)
+                .map(|k| k as i64)
+                .collect();
+            let rows = super::hosts::rows_held(names::io::IMAGES, batch, spec, mesh, &positions)?;
+            Ok(ProcessShare {
+                process: p,
+                devices: positions.iter().map(|&k| ids[k as usize]).collect(),
+                rows,
+            })
+        })
+        .collect()
 }
 
 impl StepReport {
@@ -382,6 +451,11 @@ impl StepReport {
             "partitioner": layout.partitioner, "devices": devices,
             "generated_code_bytes": mem.generated_code_bytes, "hosts": self.hosts(),
         });
+        out["processes"] = json!(self
+            .shares
+            .iter()
+            .map(|s| json!({"process": s.process, "devices": s.devices, "rows": [s.rows.0, s.rows.1]}))
+            .collect::<Vec<_>>());
         if let Some(c) = &self.costs {
             out["cost_analysis"] = json!({"flops": c.flops, "bytes_accessed": c.bytes_accessed,
                 "optimal_seconds": c.optimal_seconds, "loops_counted_once": true});
@@ -427,16 +501,15 @@ pub fn compile_step(
         crate::fs::write_atomic(p, sp.text.as_bytes())?;
     }
     let n = setup.devices();
+    let ids: Vec<i64>;
     let (target, compile_seconds, mem, process_index, refused, costs) = match on {
         CompileOn::Target(t) => {
             let topo = t.topology()?;
-            // The program runs on the topology's first `n` devices (its default assignment).
-            let process_index: Vec<i32> = topo
-                .devices()
-                .iter()
-                .take(n)
-                .map(|d| d.process_index)
-                .collect();
+            // The program runs on the topology's first `n` devices in the job's order (its
+            // default assignment).
+            let order = topo.job_order(n);
+            let process_index: Vec<i32> = order.iter().map(|d| d.process_index).collect();
+            ids = order.iter().map(|d| i64::from(d.id)).collect();
             let m = sp.measure_on_target(t, &topo, &setup.layout)?;
             if let Some(path) = out.save_executable {
                 let compiled = m.compiled.as_ref().ok_or_else(|| {
@@ -476,9 +549,23 @@ pub fn compile_step(
                 sp.save(path, setup, &machine, prog.exe.serialize()?)?;
             }
             let costs = prog.exe.cost_analysis().ok();
+            ids = prog
+                .exe
+                .device_ids()
+                .iter()
+                .map(|&d| i64::from(d))
+                .collect();
             (None, seconds, prog.memory_stats()?, vec![0; n], None, costs)
         }
     };
+    let images = &sp.args[sp.input_index(names::io::IMAGES)?];
+    let shares = process_shares(
+        &process_index,
+        &ids,
+        images,
+        &setup.layout.mesh,
+        setup.options.batch,
+    )?;
     Ok(StepReport {
         target,
         params: sp.param_count(),
@@ -489,5 +576,6 @@ pub fn compile_step(
         process_index,
         refused,
         costs,
+        shares,
     })
 }

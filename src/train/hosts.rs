@@ -51,17 +51,27 @@ impl Hosts {
         })
     }
 
-    /// This process's part of a real job over the client's first `n` global devices (by process
-    /// index, then id): the mesh positions of its addressable devices.
-    pub fn of_client(client: &Client, n: usize, process: usize, processes: usize) -> Result<Hosts> {
-        let global = global_order(client, n)?;
-        let addressable = client.addressable_devices();
-        let mut positions = Vec::new();
-        for d in &addressable {
-            if let Some(p) = global.iter().position(|id| *id == i64::from(d.id)) {
-                positions.push(p as i64);
-            }
-        }
+    /// This process's part of a real job whose program runs mesh position `k` on global device
+    /// `order[k]` ([`global_order`]): the mesh position of each device the executable runs here
+    /// (`executing`, its device ids in execute order).
+    pub fn of_job(
+        order: &[i64],
+        executing: &[i32],
+        process: usize,
+        processes: usize,
+    ) -> Result<Hosts> {
+        let positions = executing
+            .iter()
+            .map(|id| {
+                order
+                    .iter()
+                    .position(|g| *g == i64::from(*id))
+                    .map(|p| p as i64)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("device {id} runs the step but is not in its mesh"))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Hosts {
             processes,
             local: vec![process],

@@ -511,6 +511,13 @@ impl<'a> Trainer<'a> {
     fn program(rt: &Runtime, o: &RunOptions, sp: StepProgram) -> Result<(ShardedProgram, Hosts)> {
         let c = &o.setup.config;
         let n = o.setup.devices();
+        // A job's mesh runs over the global devices ordered by process, then id (as JAX orders
+        // them): each process's devices are consecutive mesh positions, so its rows of the
+        // batch are contiguous.
+        let order = match &o.job {
+            Some(_) => Some(super::hosts::global_order(rt.client(), n)?),
+            None => None,
+        };
         let mut prog = match &o.executable {
             Some(path) => {
                 let machine = Machine::of_client(rt.client(), n);
@@ -527,17 +534,23 @@ impl<'a> Trainer<'a> {
                 }
                 prog
             }
-            None => ShardedProgram::compile_text(
+            None => ShardedProgram::compile_assigned(
                 rt.client(),
                 &o.setup.layout.context(),
+                order.clone(),
                 sp.args,
                 sp.results,
                 sp.text,
             )?,
         };
-        let hosts = match &o.job {
-            Some(job) => Hosts::of_client(rt.client(), n, job.process_id(), job.num_processes())?,
-            None => Hosts::simulated(prog.positions().len(), o.simulated_processes.max(1))?,
+        let hosts = match (&o.job, &order) {
+            (Some(job), Some(order)) => Hosts::of_job(
+                order,
+                &prog.exe.device_ids(),
+                job.process_id(),
+                job.num_processes(),
+            )?,
+            _ => Hosts::simulated(prog.positions().len(), o.simulated_processes.max(1))?,
         };
         prog.set_positions(hosts.positions.clone())?;
         Ok((prog, hosts))
