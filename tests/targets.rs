@@ -263,8 +263,8 @@ fn a_pod_slice_compile_reports_each_process_devices_and_rows() {
         assert_eq!(rows, vec![next_row, next_row + 16], "process {p}");
         next_row += 16;
         // Mesh positions 8p..8p+8 are the process's devices.
-        for k in 8 * p..8 * p + 8 {
-            assert_eq!(devices[k]["process_index"], p as i64);
+        for d in &devices[8 * p..8 * p + 8] {
+            assert_eq!(d["process_index"], p as i64);
         }
     }
     assert_eq!((seen.len(), next_row), (128, 256));
