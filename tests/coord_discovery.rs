@@ -391,3 +391,208 @@ fn a_tpu_vm_with_damaged_metadata_is_an_error_naming_it() {
         .to_string();
     assert!(err.contains("worker-network-endpoints=\"a:b\""), "{err}");
 }
+
+// ---------------------------------------------------------------- the launch files
+
+/// A file of `launch/`.
+fn launch_file(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("launch")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `bash -n`: the script parses.
+fn bash_parses(name: &str) {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("launch")
+        .join(name);
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `--flags` of a `basic train` command line exist: `basic train --help` lists each.
+fn train_flags_exist(what: &str, words: &[String]) {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_basic"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags: Vec<&String> = words.iter().filter(|w| w.starts_with("--")).collect();
+    assert!(flags.len() > 5, "{what}: {words:?}");
+    for f in flags {
+        let name = f.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{name} ")) || help.contains(&format!("{name}\n")),
+            "{what}: `basic train` has no {name}"
+        );
+    }
+}
+
+/// The words of the `basic train ...` command in a shell script (its continued lines joined).
+fn train_words(script: &str) -> Vec<String> {
+    let joined = script.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.contains("basic train"))
+        .expect("a basic train command");
+    let after = &line[line.find("basic train").unwrap() + "basic train".len()..];
+    after
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\'').to_string())
+        .collect()
+}
+
+/// `launch/slurm.sbatch` parses; with the node count its `#SBATCH` lines ask for, every task of
+/// `srun` finds its id, the task count and the first node's coordinator, as discovery reads them.
+#[test]
+fn the_slurm_script_parses_and_its_tasks_find_their_places() {
+    bash_parses("slurm.sbatch");
+    let s = launch_file("slurm.sbatch");
+    let directive = |key: &str| -> String {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("#SBATCH "))
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no #SBATCH {key}"))
+            .to_string()
+    };
+    let nodes: usize = directive("--nodes").parse().unwrap();
+    let per: usize = directive("--ntasks-per-node").parse().unwrap();
+    assert_eq!(per, 1, "one process per node");
+    assert!(
+        directive("--signal").starts_with("TERM@"),
+        "SIGTERM before the limit"
+    );
+    assert!(s.contains("srun "), "tasks started by srun");
+    let words = train_words(&s);
+    train_flags_exist("slurm.sbatch", &words);
+    assert!(!words
+        .iter()
+        .any(|w| w == "--coordinator" || w == "--process-id"));
+    let n = (nodes * per).to_string();
+    for id in 0..nodes * per {
+        let spec = found(
+            &Explicit::default(),
+            &[
+                ("SLURM_PROCID", &id.to_string()),
+                ("SLURM_NTASKS", &n),
+                ("SLURM_STEP_NODELIST", "gpu-[017-020]"),
+                ("SLURM_JOB_ID", "4100"),
+            ],
+        );
+        assert_eq!(layout(&spec), ("gpu-017:61444", nodes * per, id));
+    }
+}
+
+/// `launch/gke-jobset.yaml` parses; its pods, named as JobSet names them, find their id, the
+/// process count and process 0's pod through the JobSet's headless service.
+#[test]
+fn the_gke_jobset_parses_and_its_pods_find_their_places() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let docs = YamlLoader::load_from_str(&launch_file("gke-jobset.yaml")).unwrap();
+    let y = &docs[0];
+    assert_eq!(y["kind"].as_str(), Some("JobSet"));
+    assert_eq!(
+        y["spec"]["network"]["enableDNSHostnames"].as_bool(),
+        Some(true)
+    );
+    let name = y["metadata"]["name"].as_str().unwrap();
+    let rj = &y["spec"]["replicatedJobs"][0];
+    let rj_name = rj["name"].as_str().unwrap();
+    let job = &rj["template"]["spec"];
+    assert_eq!(job["completionMode"].as_str(), Some("Indexed"));
+    let n = job["parallelism"].as_i64().unwrap();
+    assert_eq!(job["completions"].as_i64(), Some(n));
+    let c = &job["template"]["spec"]["containers"][0];
+    let env_of = |k: &str| -> &Yaml {
+        c["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} in the container's env"))
+    };
+    let count = env_of("BASIC_NUM_PROCESSES")["value"].as_str().unwrap();
+    assert_eq!(
+        count,
+        n.to_string(),
+        "BASIC_NUM_PROCESSES is the parallelism"
+    );
+    assert_eq!(
+        env_of("JOBSET_NAME")["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.labels['jobset.sigs.k8s.io/jobset-name']")
+    );
+    assert_eq!(c["ports"][0]["containerPort"].as_i64(), Some(8482));
+    let command: Vec<String> = c["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&command[..2], ["basic", "train"]);
+    train_flags_exist("gke-jobset.yaml", &command[2..]);
+    // JobSet names pod i of job 0 `<jobset>-<replicated job>-0-<i>`; the label holds <jobset>.
+    for id in 0..n as usize {
+        let host = format!("{name}-{rj_name}-0-{id}");
+        let spec = found(
+            &Explicit::default(),
+            &[
+                ("JOB_COMPLETION_INDEX", &id.to_string()),
+                ("HOSTNAME", &host),
+                ("JOBSET_NAME", name),
+                ("BASIC_NUM_PROCESSES", count),
+            ],
+        );
+        let coordinator = format!("{name}-{rj_name}-0-0.{name}:8482");
+        assert_eq!(layout(&spec), (coordinator.as_str(), n as usize, id));
+    }
+}
+
+/// `launch/tpu-vm.sh` parses and runs one `basic train` on every worker with no process flags;
+/// each worker, answered by its metadata server, finds its number, the slice's host count and
+/// host 0's coordinator.
+#[test]
+fn the_tpu_vm_script_parses_and_its_workers_find_their_places() {
+    bash_parses("tpu-vm.sh");
+    let s = launch_file("tpu-vm.sh");
+    let joined = s.replace("\\\n", " ");
+    let train = joined.lines().find(|l| l.contains("basic train")).unwrap();
+    assert!(
+        train.contains("gcloud compute tpus tpu-vm ssh") && train.contains("--worker=all"),
+        "{train}"
+    );
+    let words = train_words(&s);
+    train_flags_exist("tpu-vm.sh", &words);
+    assert!(words
+        .windows(2)
+        .any(|w| w[0] == "--backend" && w[1] == "tpu"));
+    assert!(!words
+        .iter()
+        .any(|w| w == "--coordinator" || w == "--process-id"));
+    // tpu-v4:4x8x8: 64 hosts.
+    let endpoints: Vec<String> = (0..64)
+        .map(|i| format!("w-{i}:8470:10.130.{}.{}", i / 200, 2 + i % 200))
+        .collect();
+    let endpoints = endpoints.join(",");
+    for worker in [0, 1, 63] {
+        let w = worker.to_string();
+        let md = MetadataStandIn::start(
+            &[
+                ("agent-worker-number", &w),
+                ("worker-network-endpoints", &endpoints),
+            ],
+            true,
+        );
+        let e = env(&[("GCE_METADATA_HOST", &md.addr)]);
+        let s = discover(&Explicit::default(), &e, true).unwrap().unwrap();
+        assert_eq!(layout(&s), ("10.130.0.2:8482", 64, worker));
+    }
+}
