@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::BackendArgs;
+use super::{BackendArgs, ProcessArgs};
 
 #[derive(Args, Debug)]
 pub struct DevicesArgs {
@@ -11,12 +11,15 @@ pub struct DevicesArgs {
     backend: BackendArgs,
 
     /// List a described target's devices instead (no hardware needed): tpu-v5e:2x2, h100:8, ...
-    #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices"])]
+    #[arg(long, value_name = "NAME:TOPOLOGY", conflicts_with_all = ["backend", "cpu_devices", "mock_gpu_topology"])]
     target: Option<String>,
 
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    processes: ProcessArgs,
 }
 
 /// A target's devices as its plugin describes them, with hosts and each device's process.
@@ -128,10 +131,20 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.target {
         return target_devices(t, args.json);
     }
-    let rt = args.backend.open()?;
+    let (rt, job) = args.backend.open_in_job(&args.processes)?;
+    show(&rt, args.json)?;
+    drop(rt);
+    super::end_job(job)
+}
+
+/// The plugin and the client's devices: all of the job's, each with its process.
+fn show(rt: &basic::runtime::Runtime, json_out: bool) -> anyhow::Result<()> {
     let plugin = rt.plugin();
     let client = rt.client();
-    if args.json {
+    let mut processes: Vec<i32> = client.devices().iter().map(|d| d.process_index).collect();
+    processes.sort_unstable();
+    processes.dedup();
+    if json_out {
         let devices: Vec<_> = client
             .devices()
             .iter()
@@ -140,6 +153,7 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
                     "id": d.id,
                     "kind": d.kind,
                     "description": d.description,
+                    "process_index": d.process_index,
                     "addressable": d.addressable,
                 })
             })
@@ -152,6 +166,7 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
             "stablehlo_current_version": plugin.stablehlo_current_version(),
             "stablehlo_minimum_version": plugin.stablehlo_minimum_version(),
             "host_huge_pages": basic::runtime::host::huge_pages_on(),
+            "processes": processes.len(),
             "devices": devices,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -181,12 +196,17 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
             "off (BASIC_HUGE_PAGES=0, or not glibc on Linux)"
         }
     );
-    println!("devices           {}", client.devices().len());
+    println!(
+        "devices           {} over {} process(es)",
+        client.devices().len(),
+        processes.len()
+    );
     for d in client.devices() {
         println!(
-            "  {:>3}  {:<10} {}{}",
+            "  {:>3}  {:<10} process {:<4} {}{}",
             d.id,
             d.kind,
+            d.process_index,
             d.description,
             if d.addressable {
                 ""

@@ -27,16 +27,81 @@ pub struct BackendArgs {
     /// Number of virtual CPU devices (CPU plugins only)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub cpu_devices: Option<u32>,
+
+    /// CUDA only: act as a job of SLICESxHOSTSxGPUS with NCCL mocked, so that one GPU runs the
+    /// multi-host paths (topology exchange, partitioning over hosts) for checks
+    #[arg(long, value_name = "SxHxG")]
+    pub mock_gpu_topology: Option<String>,
 }
 
 impl BackendArgs {
+    pub fn kind(&self) -> basic::runtime::Backend {
+        basic::runtime::Backend::from_flag_or_env(self.backend.as_deref())
+    }
+
+    /// The client options the flags ask for.
+    pub fn options(&self) -> anyhow::Result<basic::runtime::ClientOptions> {
+        if let Some(t) = &self.mock_gpu_topology {
+            let dims: Vec<Option<u32>> = t.split('x').map(|d| d.parse().ok()).collect();
+            if dims.len() != 3 || dims.iter().any(|d| d.is_none_or(|n| n == 0)) {
+                return Err(basic::Error::invalid(
+                    format!("--mock-gpu-topology {t}"),
+                    "give slices, hosts per slice and GPUs per host as SxHxG, e.g. 1x2x1 (two hosts of one GPU)",
+                )
+                .into());
+            }
+            if self.kind() != basic::runtime::Backend::Cuda {
+                return Err(basic::Error::invalid(
+                    "--mock-gpu-topology",
+                    "only the CUDA plugin mocks NCCL: add --backend cuda",
+                )
+                .into());
+            }
+        }
+        Ok(basic::runtime::ClientOptions {
+            cpu_device_count: self.cpu_devices.map(i64::from),
+            mock_gpu_topology: self.mock_gpu_topology.clone(),
+            ..Default::default()
+        })
+    }
+
     pub fn open(&self) -> anyhow::Result<basic::runtime::Runtime> {
-        let backend = basic::runtime::Backend::from_flag_or_env(self.backend.as_deref());
-        Ok(basic::runtime::Runtime::open(
-            &backend,
-            self.cpu_devices.map(|n| n as usize),
+        Ok(basic::runtime::Runtime::open_with(
+            &self.kind(),
+            &self.options()?,
         )?)
     }
+
+    /// Joins the job the process flags, the environment or the cluster describe (process 0
+    /// starting the coordinator) and opens the backend with the job's store; without a job,
+    /// opens it alone. Every later error of a job's process names it. End the job with
+    /// [`end_job`] after the runtime is dropped.
+    pub fn open_in_job(
+        &self,
+        processes: &ProcessArgs,
+    ) -> anyhow::Result<(basic::runtime::Runtime, Option<basic::coord::Job>)> {
+        let backend = self.kind();
+        let Some(spec) = processes.discover(&backend)? else {
+            return Ok((self.open()?, None));
+        };
+        basic::coord::job::refuse_cpu(&spec, &backend)?;
+        std::env::set_var(
+            "BASIC_PROCESS_LABEL",
+            format!("process {} of {}", spec.process_id, spec.num_processes),
+        );
+        let job = basic::coord::Job::start(spec, Default::default())?;
+        let rt = job.runtime(&backend, self.options()?)?;
+        Ok((rt, Some(job)))
+    }
+}
+
+/// Ends this process's part of a job (after its runtime is dropped): waits for the others, then
+/// process 0 stops the coordinator.
+pub fn end_job(job: Option<basic::coord::Job>) -> anyhow::Result<()> {
+    if let Some(j) = job {
+        j.finish()?;
+    }
+    Ok(())
 }
 
 /// The process layout of a job over several hosts (the same command on every host).

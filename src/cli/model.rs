@@ -205,29 +205,40 @@ pub struct CompileArgs {
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    processes: super::ProcessArgs,
 }
 
 pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
     let target = a.target.as_deref().map(Target::parse).transpose()?;
     let setup = a.model.setup(&a.model.choices(a.batch, a.dtype, a.steps))?;
-    let rt;
-    let on = match &target {
-        Some(t) => CompileOn::Target(t),
-        None => {
-            rt = a.model.open(&setup.layout)?;
-            CompileOn::Client(rt.client())
-        }
-    };
+    if let Some(t) = &target {
+        return compile_on(a, &setup, CompileOn::Target(t));
+    }
+    let mut backend = a.model.backend.clone();
+    if backend.cpu_devices.is_none() && backend.kind() == basic::runtime::Backend::Cpu {
+        backend.cpu_devices = Some(setup.layout.mesh.size() as u32);
+    }
+    let (rt, job) = backend.open_in_job(&a.processes)?;
+    let r = compile_on(a, &setup, CompileOn::Client(rt.client()));
+    drop(rt);
+    super::end_job(job)?;
+    r
+}
+
+/// Compiles the step on a target or a client and reports.
+fn compile_on(a: &CompileArgs, setup: &StepSetup, on: CompileOn<'_>) -> anyhow::Result<()> {
     let outputs = CompileOutputs {
         emit: a.emit.as_deref(),
         save_executable: a.save_executable.as_deref(),
     };
-    let report = compile_step(&setup, on, outputs)?;
+    let report = compile_step(setup, on, outputs)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json(&setup))?);
+        println!("{}", serde_json::to_string_pretty(&report.to_json(setup))?);
         return Ok(());
     }
-    print_report(&setup, &report);
+    print_report(setup, &report);
     if let Some(p) = &a.save_executable {
         println!("executable        {}", p.display());
     }

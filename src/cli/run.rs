@@ -27,6 +27,9 @@ pub struct RunArgs {
     #[command(flatten)]
     backend: BackendArgs,
 
+    #[command(flatten)]
+    processes: super::ProcessArgs,
+
     /// Number of SPMD partitions [default: the module's `mhlo.num_partitions`, else 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     partitions: Option<u32>,
@@ -212,11 +215,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // On CPU, give a partitioned program as many virtual devices as it needs.
         backend.cpu_devices = Some(options.num_devices() as u32);
     }
-    let rt = backend.open()?;
+    let (rt, job) = backend.open_in_job(&args.processes)?;
+    let result = run_loaded(args, &rt, &text, &options);
+    drop(rt);
+    super::end_job(job)?;
+    result
+}
+
+/// Compiles `text` on `rt`, times it and reports (its addressable devices: all of them, or this
+/// process's share of a job's).
+fn run_loaded(
+    args: &RunArgs,
+    rt: &basic::runtime::Runtime,
+    text: &str,
+    options: &basic::runtime::CompileOptions,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let exe = rt
         .client()
-        .compile(&text, &options)
+        .compile(text, options)
         .with_context(|| format!("compiling `{}`", args.program.display()))?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     let mem = exe.memory_stats()?;

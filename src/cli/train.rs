@@ -217,30 +217,12 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     // The schedule spans the requested run.
     let steps = a.steps.map(|s| s as i64);
     let setup = a.model.setup(&a.model.choices(a.batch, a.dtype, steps))?;
-    let backend = basic::runtime::Backend::from_flag_or_env(a.model.backend.backend.as_deref());
-    let job = match a.processes.discover(&backend)? {
-        Some(spec) => {
-            basic::coord::job::refuse_cpu(&spec, &backend)?;
-            // Every later error of this process names it.
-            std::env::set_var(
-                "BASIC_PROCESS_LABEL",
-                format!("process {} of {}", spec.process_id, spec.num_processes),
-            );
-            Some(basic::coord::Job::start(spec, Default::default())?)
-        }
-        None => None,
-    };
-    let rt = match &job {
-        Some(j) => {
-            let cpu = a.model.backend.cpu_devices.map(|n| n as usize);
-            let on_cpu = backend == basic::runtime::Backend::Cpu;
-            j.runtime(
-                &backend,
-                cpu.or(on_cpu.then(|| setup.layout.mesh.size() as usize)),
-            )?
-        }
-        None => a.model.open(&setup.layout)?,
-    };
+    // On CPU, exactly as many virtual devices as the mesh (as `ModelArgs::open`).
+    let mut backend = a.model.backend.clone();
+    if backend.cpu_devices.is_none() && backend.kind() == basic::runtime::Backend::Cpu {
+        backend.cpu_devices = Some(setup.layout.mesh.size() as u32);
+    }
+    let (rt, job) = backend.open_in_job(&a.processes)?;
     let steps = setup.config.train.total_steps as u64;
     let opts = RunOptions {
         setup,
@@ -281,9 +263,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         }
     };
     drop(rt);
-    if let Some(j) = job {
-        j.finish()?;
-    }
+    super::end_job(job)?;
     let last = s.losses.last().map_or(f64::NAN, |l| l.1);
     println!(
         "trained to step {} in {:.1} s; last loss {last:.4}; input pipeline {:.1}% of the time{}{}",

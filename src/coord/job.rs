@@ -51,11 +51,11 @@ impl Job {
         })
     }
 
-    /// The job's PJRT client on `backend`: the store handed to the plugin (keys prefixed with
-    /// the platform, as JAX does), and the CUDA plugin told this host's node id and the node
-    /// count. The CPU plugins have no cross-process collectives, so a job of several processes
-    /// on `cpu` is refused here, before anything compiles.
-    pub fn runtime(&self, backend: &Backend, cpu_devices: Option<usize>) -> Result<Runtime> {
+    /// The job's PJRT client on `backend`, with `base`'s options: the store handed to the
+    /// plugin (keys prefixed with the platform, as JAX does), and the CUDA plugin told this
+    /// host's node id and the node count. The CPU plugins have no cross-process collectives, so
+    /// a job of several processes on `cpu` is refused here, before anything compiles.
+    pub fn runtime(&self, backend: &Backend, base: PjrtOptions) -> Result<Runtime> {
         let n = self.spec.num_processes;
         refuse_cpu(&self.spec, backend)?;
         let platform = match backend {
@@ -65,10 +65,9 @@ impl Job {
         };
         let store = Prefixed::new(format!("{platform}:"), Arc::new(self.client.clone()));
         let options = PjrtOptions {
-            cpu_device_count: cpu_devices.map(|d| d as i64),
             kv_store: Some(Arc::new(store)),
             node: (*backend == Backend::Cuda).then_some((self.spec.process_id as i64, n as i64)),
-            mock_gpu_topology: None,
+            ..base
         };
         Runtime::open_with(backend, &options)
     }

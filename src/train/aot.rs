@@ -535,10 +535,23 @@ pub fn compile_step(
             )
         }
         CompileOn::Client(client) => {
+            // A job's devices in its order (by process, then id), as `basic train` takes them.
+            let order = super::hosts::global_order(client, n)?;
+            let process_index: Vec<i32> = order
+                .iter()
+                .map(|id| {
+                    client
+                        .devices()
+                        .iter()
+                        .find(|d| i64::from(d.id) == *id)
+                        .map_or(0, |d| d.process_index)
+                })
+                .collect();
             let t1 = Instant::now();
-            let prog = ShardedProgram::compile_text(
+            let prog = ShardedProgram::compile_assigned(
                 client,
                 &setup.layout.context(),
+                Some(order.clone()),
                 sp.args.clone(),
                 sp.results.clone(),
                 sp.text.clone(),
@@ -549,13 +562,15 @@ pub fn compile_step(
                 sp.save(path, setup, &machine, prog.exe.serialize()?)?;
             }
             let costs = prog.exe.cost_analysis().ok();
-            ids = prog
-                .exe
-                .device_ids()
-                .iter()
-                .map(|&d| i64::from(d))
-                .collect();
-            (None, seconds, prog.memory_stats()?, vec![0; n], None, costs)
+            ids = order;
+            (
+                None,
+                seconds,
+                prog.memory_stats()?,
+                process_index,
+                None,
+                costs,
+            )
         }
     };
     let images = &sp.args[sp.input_index(names::io::IMAGES)?];
