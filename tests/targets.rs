@@ -368,6 +368,11 @@ fn a_failed_target_compile_leaves_the_next_one_working() {
     use basic::train::{aot::StepProgram, Layout, StepOptions};
     let target = basic::target::Target::parse("tpu-v5e:2x2").unwrap();
     let topo = target.topology().unwrap();
+    // What libtpu wrote into this process's environment without a metadata server is taken
+    // back: processes started from here would read it as a GKE worker id.
+    for k in ["TPU_WORKER_ID", "CLOUD_TPU_TASK_ID"] {
+        assert!(std::env::var_os(k).is_none(), "{k} left set");
+    }
     let mut c = ModelConfig::load("tiny").unwrap();
     c.train.batch = 32;
     c.train.microbatches = 2;

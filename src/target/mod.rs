@@ -126,6 +126,9 @@ fn names() -> String {
         .join(", ")
 }
 
+/// Variables libtpu sets in its own process when it cannot reach a TPU VM's metadata server.
+const LIBTPU_WRITES: [&str; 2] = ["TPU_WORKER_ID", "CLOUD_TPU_TASK_ID"];
+
 impl Target {
     /// Parses `NAME:TOPOLOGY`. An unknown name or topology is one error listing the valid ones.
     pub fn parse(s: &str) -> Result<Target> {
@@ -260,8 +263,37 @@ impl Target {
 
     /// The topology description, from the target's plugin, with nothing attached.
     pub fn topology(&self) -> Result<Topology> {
+        // With no metadata server, libtpu writes its warning ("WARNING: could not determine TPU
+        // worker number, ...") into TPU_WORKER_ID and CLOUD_TPU_TASK_ID of this process as it
+        // initialises, where the job discovery of this process and of every process it starts
+        // would read it as a GKE worker id. What it wrote is taken back.
+        let absent: Vec<&str> = LIBTPU_WRITES
+            .iter()
+            .copied()
+            .filter(|k| std::env::var_os(k).is_none())
+            .collect();
+        let topology = self.topology_of_plugin();
+        for k in absent {
+            std::env::remove_var(k);
+        }
+        let topology = topology?;
+        if topology.devices().len() as i64 != self.devices() {
+            return Err(Error::invalid(
+                format!(
+                    "target `{}`: the plugin describes {} device(s), the target file {}",
+                    self.name(),
+                    topology.devices().len(),
+                    self.devices()
+                ),
+                "correct devices_per_chip in the target file",
+            ));
+        }
+        Ok(topology)
+    }
+
+    fn topology_of_plugin(&self) -> Result<Topology> {
         let plugin = self.plugin()?;
-        let topology = match self.spec.plugin {
+        Ok(match self.spec.plugin {
             TargetPlugin::Tpu => {
                 let name = format!(
                     "{}:{}",
@@ -288,19 +320,7 @@ impl Target {
                 )?;
                 Topology::new(plugin, "", &options)?
             }
-        };
-        if topology.devices().len() as i64 != self.devices() {
-            return Err(Error::invalid(
-                format!(
-                    "target `{}`: the plugin describes {} device(s), the target file {}",
-                    self.name(),
-                    topology.devices().len(),
-                    self.devices()
-                ),
-                "correct devices_per_chip in the target file",
-            ));
-        }
-        Ok(topology)
+        })
     }
 
     /// The compile options for this target: the layout's, plus what the target's compiler needs

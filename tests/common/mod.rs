@@ -218,12 +218,32 @@ pub fn check_grads_step(
     }
 }
 
-/// The `basic` binary with quiet plugin logs and no standard input.
+/// Variables by which `basic` finds its place in a multi-process job: the tests' processes run
+/// alone unless a test sets them (a test run inside a SLURM allocation or a TPU pod would
+/// otherwise join that job).
+pub const JOB_VARS: [&str; 11] = [
+    "BASIC_COORDINATOR",
+    "BASIC_NUM_PROCESSES",
+    "BASIC_PROCESS_ID",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NODELIST",
+    "TPU_WORKER_ID",
+    "TPU_WORKER_HOSTNAMES",
+    "JOB_COMPLETION_INDEX",
+    "JOBSET_NAME",
+    "CLOUD_TPU_TASK_ID",
+];
+
+/// The `basic` binary with quiet plugin logs, no standard input and no job variables.
 pub fn basic_cmd(args: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_basic"));
     c.args(args)
         .env("TF_CPP_MIN_LOG_LEVEL", "2")
         .stdin(std::process::Stdio::null());
+    for k in JOB_VARS {
+        c.env_remove(k);
+    }
     c
 }
 
