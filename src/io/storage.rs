@@ -33,6 +33,11 @@ use object_store::{
 
 use crate::error::{Error, Result};
 
+/// Objects larger than this are uploaded in parts of `PART_BYTES`, `PARTS_AT_ONCE` at a time.
+const MULTIPART_ABOVE: usize = 64 << 20;
+const PART_BYTES: usize = 16 << 20;
+const PARTS_AT_ONCE: usize = 8;
+
 /// The runtime every storage request runs on.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -330,6 +335,29 @@ impl Location {
     fn put_mode(&self, data: Vec<u8>, mode: PutMode) -> Result<bool> {
         match &self.kind {
             Kind::Local(p) => put_local(p, &data, matches!(mode, PutMode::Create)),
+            // A large object (a checkpoint's data file) goes up in parts, several at once: one
+            // request is limited (5 GB on S3) and slow.
+            Kind::Remote { store, path }
+                if data.len() > MULTIPART_ABOVE && matches!(mode, PutMode::Overwrite) =>
+            {
+                let upload = async {
+                    let up = store.put_multipart(path).await?;
+                    let mut w = object_store::WriteMultipart::new_with_chunk_size(up, PART_BYTES);
+                    let all = Bytes::from(data);
+                    let mut at = 0;
+                    while at < all.len() {
+                        let end = (at + PART_BYTES).min(all.len());
+                        w.wait_for_capacity(PARTS_AT_ONCE).await?;
+                        w.put(all.slice(at..end));
+                        at = end;
+                    }
+                    w.finish().await
+                };
+                runtime()
+                    .block_on(upload)
+                    .map(|_| true)
+                    .map_err(|e| request_err(&self.url, e))
+            }
             Kind::Remote { store, path } => {
                 let opts = PutOptions {
                     mode,
