@@ -169,7 +169,18 @@ fn build_safetensors(b: &mut Bytes) -> (Vec<u8>, Option<&'static str>) {
         let shape: Vec<u64> = (0..rank).map(|_| b.below(5) as u64).collect();
         let bytes = shape.iter().product::<u64>() as usize * dtype_size(dtype);
         let start = body.len();
-        body.extend((0..bytes).map(|_| b.u8()));
+        if dtype == "BOOL" {
+            // Booleans are 0 or 1; another byte is damage.
+            body.extend((0..bytes).map(|_| match b.u8() {
+                0xff => 2,
+                x => x & 1,
+            }));
+            if body[start..].iter().any(|&x| x > 1) {
+                damage = Some("a boolean other than 0 or 1");
+            }
+        } else {
+            body.extend((0..bytes).map(|_| b.u8()));
+        }
         let mut offsets = (start as u64, body.len() as u64);
         let mut shape_v = serde_json::json!(shape);
         match b.u8() {
@@ -461,7 +472,9 @@ pub fn executable(data: &[u8]) -> Result<(), String> {
             parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
         );
-        let m = m.replace("@SHA@", &sha256_hex(p.as_bytes()));
+        let m = m
+            .replace("@SHA@", &sha256_hex(p.as_bytes()))
+            .replace("@XSHA@", &sha256_hex(x.as_bytes()));
         let mut f = b"BASICEXE".to_vec();
         for s in [m.as_bytes(), p.as_bytes(), x.as_bytes()] {
             f.extend_from_slice(&(s.len() as u64).to_le_bytes());

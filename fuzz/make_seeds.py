@@ -237,7 +237,7 @@ def main():
         "batch": 8, "microbatches": 1, "remat": "none", "dtype": "f32", "mesh": "data=1",
         "partitioning": "data_parallel", "partitioner": "shardy", "donate": False,
         "program_sha256": "@SHA@", "arguments": ["tensor<2xf32>"], "results": ["tensor<2xf32>"],
-        "device_assignment": [0],
+        "device_assignment": [0], "executable_sha256": "@XSHA@",
     }
     program = read("graphs", "examples", "dense.mlir").decode()
     put("executable", "built", b"\1" + json.dumps(manifest, indent=1).encode() + b"\n===\n"
