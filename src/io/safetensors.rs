@@ -4,6 +4,11 @@
 //! header as JSON, every offset and byte count) and names the file in every error. Writing goes
 //! to a temporary file in the same folder, is flushed to disk, then renamed over the target, so a
 //! crash never leaves a half-written file under the real name.
+//!
+//! A file basic writes carries a CRC-32 of its contents (names, dtypes, shapes, data, metadata)
+//! in its metadata under [`CHECKSUM_KEY`], which reading checks: a flipped byte anywhere, which
+//! the format itself cannot see (a tensor's data, a name, a metadata value), is an error naming
+//! the file. Files of other libraries have none and are read without it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +54,35 @@ fn from_dtype(d: DType) -> Dtype {
         DType::F32 => Dtype::F32,
         DType::F64 => Dtype::F64,
     }
+}
+
+/// The metadata key of the checksum basic writes: CRC-32 (IEEE), 8 hex digits.
+pub const CHECKSUM_KEY: &str = "basic.crc32";
+
+/// CRC-32 of tensors in name order (each: name, dtype, shape, data) and of the metadata in key
+/// order: every byte that a reader turns into values, independent of the file's layout.
+fn checksum<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a HostArray)>,
+    metadata: &BTreeMap<String, String>,
+) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for (name, a) in tensors {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(a.dtype().name().as_bytes());
+        for d in a.shape() {
+            h.update(&d.to_le_bytes());
+        }
+        h.update(&(a.bytes().len() as u64).to_le_bytes());
+        h.update(a.bytes());
+    }
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != CHECKSUM_KEY) {
+        for part in [k, v] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    format!("{:08x}", h.finalize())
 }
 
 /// The largest header safetensors allows (its own limit).
@@ -112,6 +146,35 @@ pub fn read_with_metadata(
         let a = HostArray::from_bytes(e.dtype, &e.shape, raw.to_vec())
             .map_err(|err| bad(path, format!("tensor `{}`: {err}", e.name)))?;
         out.insert(e.name, a);
+    }
+    let mut metadata = metadata;
+    // A flipped bit in the key's own name would otherwise pass for a file without a checksum.
+    let one_off = |k: &str| {
+        k.len() == CHECKSUM_KEY.len()
+            && k.bytes()
+                .zip(CHECKSUM_KEY.bytes())
+                .filter(|(a, b)| a != b)
+                .count()
+                == 1
+    };
+    if let Some(k) = metadata.keys().find(|k| one_off(k)) {
+        return Err(bad(
+            path,
+            format!("its metadata key `{k}` is basic's `{CHECKSUM_KEY}` damaged: the file is damaged; restore it from another copy or an earlier checkpoint"),
+        ));
+    }
+    if let Some(stored) = metadata.remove(CHECKSUM_KEY) {
+        let got = checksum(out.iter().map(|(n, a)| (n.as_str(), a)), &metadata);
+        if got != stored {
+            return Err(bad(
+                path,
+                format!(
+                    "its contents do not match the checksum basic wrote into it ({CHECKSUM_KEY} \
+                     {stored}, the contents give {got}): the file is damaged; restore it from \
+                     another copy or an earlier checkpoint"
+                ),
+            ));
+        }
     }
     Ok((out, metadata))
 }
@@ -321,12 +384,23 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, HostArray>> {
     Ok(read_with_metadata(path)?.0)
 }
 
-/// Writes named arrays atomically (temporary file, fsync, rename).
+/// Writes named arrays atomically (temporary file, fsync, rename), with their checksum in the
+/// metadata (see [`CHECKSUM_KEY`]; reading removes it).
 pub fn write(
     path: &Path,
     tensors: &[(String, &HostArray)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
+    let mut by_name: BTreeMap<&str, &HostArray> = BTreeMap::new();
+    for (n, a) in tensors {
+        if by_name.insert(n, a).is_some() {
+            return Err(bad(path, format!("tensor `{n}` is given twice")));
+        }
+    }
+    let mut metadata = metadata.clone();
+    metadata.remove(CHECKSUM_KEY);
+    let sum = checksum(by_name.into_iter(), &metadata);
+    metadata.insert(CHECKSUM_KEY.to_string(), sum);
     let views = tensors
         .iter()
         .map(|(n, a)| {
@@ -340,11 +414,10 @@ pub fn write(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    // No `__metadata__` when there is none: safetensors 0.4 sizes its JSON map by the metadata's
+    // Never an empty `__metadata__`: safetensors 0.4 sizes its JSON map by the metadata's
     // entries, and with no tensors an empty map closed the object before `__metadata__` was
-    // written (`{}"__metadata__":{}}`, a file nothing reads).
-    let meta = (!meta.is_empty()).then_some(meta);
-    let data = safetensors::serialize(views, &meta)
+    // written (`{}"__metadata__":{}}`, a file nothing reads). The checksum is always there.
+    let data = safetensors::serialize(views, &Some(meta))
         .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
     crate::fs::write_atomic(path, &data)
 }
