@@ -695,15 +695,13 @@ pub fn shard_spec(data: &[u8]) -> Result<(), String> {
     let weights: Option<Vec<f64>> = lines
         .next()
         .map(|l| l.split(',').filter_map(|w| w.trim().parse().ok()).collect());
-    let expanded = brace_expand(spec).map_err(|e| e.to_string());
-    if let Ok(list) = &expanded {
-        assert!(!list.is_empty());
-    }
     let local_only = spec
         .split("::")
         .all(|p| !basic::io::storage::is_remote(p) && !p.starts_with('/') && !p.contains(".."));
     if !local_only {
-        return expanded.map(|_| ());
+        let list = brace_expand(spec).map_err(|e| e.to_string())?;
+        assert!(!list.is_empty());
+        return Ok(());
     }
     let d = parse(spec, "train", weights.as_deref()).map_err(|e| e.to_string())?;
     assert_eq!(d.shards.len(), d.weights.len());

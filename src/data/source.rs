@@ -65,9 +65,9 @@ impl Dataset {
 
 /// The most names one pattern expands to (the largest public webdataset corpora have about a
 /// million shards).
-pub const MAX_EXPANDED: usize = 1 << 22;
+pub const MAX_EXPANDED: usize = 1 << 20;
 /// The most bytes of names one pattern expands to.
-const MAX_EXPANDED_BYTES: usize = 256 << 20;
+const MAX_EXPANDED_BYTES: usize = 64 << 20;
 
 /// Expands webdataset's brace patterns: `{000..123}` (zero-padded like its first bound) and
 /// `{a,b,c}`, any number of them. The number of names and their total length are computed from
@@ -115,7 +115,11 @@ pub fn brace_expand(s: &str) -> Result<Vec<String>> {
         let mut next = Vec::with_capacity(out.len() * g.len());
         for head in &out {
             for i in 0..g.len() {
-                next.push(format!("{head}{}{text}", g.item(i)));
+                let mut name = String::with_capacity(head.len() + g.max_len() + text.len());
+                name.push_str(head);
+                g.push_item(i, &mut name);
+                name.push_str(text);
+                next.push(name);
             }
         }
         out = next;
@@ -175,10 +179,14 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn item(&self, i: usize) -> String {
+    /// Appends item `i` to `out`.
+    fn push_item(&self, i: usize, out: &mut String) {
+        use std::fmt::Write;
         match self {
-            Group::Range { first, width, .. } => format!("{:0w$}", first + i as u64, w = width),
-            Group::List(items) => items[i].to_string(),
+            Group::Range { first, width, .. } => {
+                let _ = write!(out, "{:0w$}", first + i as u64, w = width);
+            }
+            Group::List(items) => out.push_str(items[i]),
         }
     }
 }
