@@ -1113,3 +1113,214 @@ fn a_stop_before_any_step_stops_at_the_first_one() {
         assert_eq!(a.stop_requested().unwrap().by, 0);
     });
 }
+
+// ---------------------------------------------------------------- hostile peers: the gaps
+
+#[test]
+fn the_server_listens_only_on_the_address_it_was_given() {
+    within(30, |_| {
+        let server = Server::start("127.0.0.1:0", 2, ServerOptions::default()).unwrap();
+        let port = server.local_addr().port();
+        assert_eq!(server.local_addr().ip().to_string(), "127.0.0.1");
+        // Another loopback address of this host: nothing listens there on that port.
+        let other = format!("127.0.0.2:{port}");
+        let err = TcpStream::connect_timeout(&other.parse().unwrap(), Duration::from_secs(2))
+            .expect_err("the server must not listen on 127.0.0.2");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        // An address of another host is refused at once, naming it.
+        let e = Server::start("192.0.2.1:0", 2, ServerOptions::default())
+            .err()
+            .expect("TEST-NET-1 is no address of this host");
+        assert!(
+            e.to_string().contains("cannot listen on 192.0.2.1:0"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn a_stray_process_of_another_job_can_neither_join_nor_write_keys() {
+    within(60, |_| {
+        let token = |t: &str| ClientOptions {
+            job_token: Some(t.into()),
+            ..quick()
+        };
+        let opts = ServerOptions {
+            job_token: Some("job-a".into()),
+            ..Default::default()
+        };
+        let server = Server::start("127.0.0.1:0", 2, opts).unwrap();
+        let addr = server.local_addr().to_string();
+        // Before the job forms: another job's process takes no id (its hello and the put that
+        // follows it in the same write are refused), so the real process 1 still registers.
+        let mut stray = hello_frame(1, 2, "job-b");
+        stray.extend(put_frame("shared", b"from job b"));
+        let reply = raw_exchange(&addr, &stray);
+        assert!(
+            reply.contains("did not present this job's token"),
+            "{reply}"
+        );
+        let reply = raw_exchange(&addr, &hello_frame(1, 2, ""));
+        assert!(reply.contains("BASIC_JOB_TOKEN"), "{reply}");
+        let a = connect_bg(&addr, 0, 2, token("job-a"));
+        let b = Client::connect(&addr, 1, 2, token("job-a")).unwrap();
+        let a = a.join().unwrap().unwrap();
+        assert!(
+            a.try_get("shared").is_err(),
+            "the stray's put reached the store"
+        );
+        a.put("shared", b"from job a").unwrap();
+        // After it forms: a stray with the right token and a taken id is refused too, and the
+        // value stays the job's own.
+        let mut late = hello_frame(0, 2, "job-a");
+        late.extend(put_frame("shared", b"overwritten"));
+        let reply = raw_exchange(&addr, &late);
+        assert!(reply.contains("already registered"), "{reply}");
+        assert_eq!(
+            b.get("shared", Duration::from_secs(2)).unwrap(),
+            b"from job a"
+        );
+        a.health().unwrap();
+        b.health().unwrap();
+    });
+}
+
+/// A SplitMix64 stream for the hostile peers below (deterministic: a failure reproduces).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A damaged copy of a valid stream of frames: bytes flipped, cut, duplicated or inserted.
+fn mutate(r: &mut Rng, valid: &[u8]) -> Vec<u8> {
+    let mut v = valid.to_vec();
+    for _ in 0..1 + r.below(4) {
+        if v.is_empty() {
+            v.push(r.next() as u8);
+        }
+        let at = r.below(v.len());
+        match r.below(5) {
+            0 => v[at] ^= 1 << r.below(8),
+            1 => v[at] = r.next() as u8,
+            2 => v.truncate(at),
+            3 => v.insert(at, r.next() as u8),
+            _ => {
+                let end = (at + 1 + r.below(16)).min(v.len());
+                let dup = v[at..end].to_vec();
+                v.splice(at..at, dup);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn hundreds_of_damaged_conversations_leave_process_0_and_the_store_intact() {
+    within(120, |_| {
+        let opts = ServerOptions {
+            job_token: Some("tok".into()),
+            hello_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let opts_c = ClientOptions {
+            job_token: Some("tok".into()),
+            ..quick()
+        };
+        let (server, a, b) = pair(opts, opts_c);
+        let addr = server.local_addr().to_string();
+        a.put("kept", b"original").unwrap();
+        // Valid conversations of a peer: hellos (the ids are taken: refused), calls, heartbeats.
+        let mut call = vec![2u8];
+        call.extend_from_slice(&1u64.to_be_bytes());
+        call.push(4);
+        call.extend_from_slice(&4u32.to_be_bytes());
+        call.extend_from_slice(b"sync");
+        call.extend_from_slice(&100u64.to_be_bytes());
+        call.extend_from_slice(&0u64.to_be_bytes());
+        let valid: Vec<Vec<u8>> = vec![
+            [hello_frame(1, 2, "tok"), put_frame("kept", b"x")].concat(),
+            [hello_frame(0, 2, "tok"), frame(&call)].concat(),
+            [
+                put_frame("new", b"y"),
+                frame(&[3, 1, 0, 0, 0, 0, 0, 0, 0, 9]),
+            ]
+            .concat(),
+        ];
+        let mut r = Rng(20261205);
+        let start = Instant::now();
+        let (mut closed, mut with_error) = (0, 0);
+        for i in 0..300 {
+            let bytes = mutate(&mut r, &valid[i % valid.len()]);
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(&bytes);
+            // Half the peers hang up at once, half wait for the server to close.
+            if i % 2 == 0 {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            let reply = read_to_close(&mut s);
+            closed += 1;
+            with_error += usize::from(!reply.is_empty());
+        }
+        println!(
+            "300 damaged conversations in {:?}: all closed, {with_error} with an error frame",
+            start.elapsed()
+        );
+        assert_eq!(closed, 300);
+        // Process 0's server is alive and the store intact: the job goes on.
+        assert_eq!(b.get("kept", Duration::from_secs(2)).unwrap(), b"original");
+        assert!(a.try_get("new").is_err(), "a hostile put reached the store");
+        b.put("after", b"1").unwrap();
+        assert_eq!(a.get("after", Duration::from_secs(2)).unwrap(), b"1");
+        let a2 = a.clone();
+        let t = std::thread::spawn(move || a2.barrier("still", Duration::from_secs(5)));
+        b.barrier("still", Duration::from_secs(5)).unwrap();
+        t.join().unwrap().unwrap();
+        a.health().unwrap();
+        b.health().unwrap();
+    });
+}
+
+#[test]
+fn a_registered_process_that_sends_garbage_fails_the_job_naming_it_and_the_server_lives() {
+    within(30, |_| {
+        let server = Server::start("127.0.0.1:0", 2, ServerOptions::default()).unwrap();
+        let addr = server.local_addr().to_string();
+        let mut raw = TcpStream::connect(&addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(&hello_frame(1, 2, "")).unwrap();
+        let a = Client::connect(&addr, 0, 2, quick()).unwrap();
+        a.put("kept", b"v").unwrap();
+        // Process 1 (the raw peer) sends a call with an unknown tag.
+        raw.write_all(&frame(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 99]))
+            .unwrap();
+        let reply = read_to_close(&mut raw);
+        assert!(reply.contains("unknown call tag 99"), "{reply}");
+        let start = Instant::now();
+        let err = loop {
+            if let Err(e) = a.health() {
+                break e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the job did not fail"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(err.to_string().contains("process 1"), "{err}");
+        // The server still answers: a new peer is told the job has failed.
+        let reply = raw_exchange(&addr, &hello_frame(1, 2, ""));
+        assert!(reply.contains("the job has failed"), "{reply}");
+        drop(server);
+    });
+}

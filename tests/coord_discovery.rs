@@ -86,6 +86,43 @@ fn flags_and_basic_variables_field_by_field() {
 }
 
 #[test]
+fn the_bind_address_is_where_process_0_listens_and_counts_are_bounded() {
+    let base = [
+        ("BASIC_COORDINATOR", "10.0.0.1:9000"),
+        ("BASIC_NUM_PROCESSES", "4"),
+        ("BASIC_PROCESS_ID", "0"),
+    ];
+    assert_eq!(
+        found(&Explicit::default(), &base).listen_addr(),
+        "0.0.0.0:9000"
+    );
+    let mut bound = base.to_vec();
+    bound.push(("BASIC_COORDINATOR_BIND", "10.0.0.1:9000"));
+    let s = found(&Explicit::default(), &bound);
+    assert_eq!(s.listen_addr(), "10.0.0.1:9000");
+    assert_eq!(s.coordinator, "10.0.0.1:9000");
+    let mut typo = base.to_vec();
+    typo.push(("BASIC_COORDINATOR_BIND", "10.0.0.1"));
+    let e = error(&Explicit::default(), &typo);
+    assert!(
+        e.contains("BASIC_COORDINATOR_BIND") && e.contains("host:port"),
+        "{e}"
+    );
+    // A count from a variable is bounded before anything is sized by it.
+    let huge = [
+        ("BASIC_COORDINATOR", "h:1"),
+        ("BASIC_NUM_PROCESSES", "1000000000000000"),
+        ("BASIC_PROCESS_ID", "0"),
+    ];
+    let e = error(&Explicit::default(), &huge);
+    assert!(
+        e.contains("number of processes 1000000000000000 (from BASIC_NUM_PROCESSES)"),
+        "{e}"
+    );
+    assert!(e.contains(&basic::coord::MAX_PROCESSES.to_string()), "{e}");
+}
+
+#[test]
 fn partial_and_conflicting_settings_are_one_error_naming_the_variables() {
     let e = error(&Explicit::default(), &[("BASIC_PROCESS_ID", "1")]);
     assert!(e.contains("the process id (from BASIC_PROCESS_ID)"), "{e}");

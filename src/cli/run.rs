@@ -207,6 +207,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(p) = args.partitioner {
         options.partitioner = p;
     }
+    // The counts come from the file: refused before a backend is opened with that many devices.
+    options
+        .validate()
+        .with_context(|| format!("the module of `{}`", args.program.display()))?;
     if let Some(t) = &args.target {
         return compile_only(args, &text, &options, t);
     }

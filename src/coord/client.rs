@@ -463,10 +463,13 @@ fn check_key(key: &str, what: &str) -> Result<()> {
 }
 
 fn check_options(id: usize, n: usize, o: &ClientOptions) -> Result<()> {
-    if n == 0 || n > u32::MAX as usize {
+    if n == 0 || n > super::MAX_PROCESSES {
         return Err(Error::invalid(
             format!("number of processes {n}"),
-            "a job has at least one process",
+            format!(
+                "a job has from 1 to {} processes (one per host)",
+                super::MAX_PROCESSES
+            ),
         ));
     }
     if id >= n {

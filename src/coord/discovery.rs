@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The most processes a job may have: more than any pod slice or cluster has hosts, and a bound
+/// on what the coordinator allocates per process.
+pub const MAX_PROCESSES: usize = 1 << 16;
+
 /// The coordinator's port when nothing names one (JAX's, since it moved from 8476).
 pub const DEFAULT_PORT: u16 = 8482;
 
@@ -23,6 +27,9 @@ pub struct ProcessSpec {
     pub process_id: usize,
     /// `BASIC_JOB_TOKEN`, when set.
     pub job_token: Option<String>,
+    /// `BASIC_COORDINATOR_BIND` (`host:port`), when set: the one address process 0's server
+    /// listens on, instead of every interface.
+    pub bind: Option<String>,
     /// Where the values came from, for logs: e.g. `SLURM (SLURM_PROCID, ...)`.
     pub source: String,
 }
@@ -35,9 +42,14 @@ impl ProcessSpec {
             .unwrap_or(DEFAULT_PORT)
     }
 
-    /// Where process 0's server listens: every interface, the coordinator's port.
+    /// Where process 0's server listens: `BASIC_COORDINATOR_BIND` when set, else every
+    /// interface on the coordinator's port (as JAX's coordinator does; the other hosts must
+    /// reach it at the address they were given, which may name any of this host's interfaces).
     pub fn listen_addr(&self) -> String {
-        format!("0.0.0.0:{}", self.port())
+        match &self.bind {
+            Some(b) => b.clone(),
+            None => format!("0.0.0.0:{}", self.port()),
+        }
     }
 }
 
@@ -109,6 +121,12 @@ pub fn discover(
         (Some(c), Some(n), Some(i)) => (c, n, i),
         (c, n, i) => return Err(incomplete(c, n, i, cluster.name)),
     };
+    if num.value > MAX_PROCESSES {
+        return Err(Error::invalid(
+            format!("number of processes {} (from {})", num.value, num.from),
+            format!("a job has at most {MAX_PROCESSES} processes (one per host)"),
+        ));
+    }
     if num.value == 0 {
         return Err(Error::invalid(
             format!("number of processes 0 (from {})", num.from),
@@ -137,6 +155,9 @@ pub fn discover(
             .get("BASIC_JOB_TOKEN")
             .filter(|t| !t.is_empty())
             .cloned(),
+        bind: nonempty(env, "BASIC_COORDINATOR_BIND")
+            .map(|b| bind_addr(&b))
+            .transpose()?,
         source: sources.join(", "),
     }))
 }
@@ -292,7 +313,7 @@ fn parse(v: &str, var: &str) -> Result<usize> {
 
 /// The first host of a SLURM node list: `node[001-004,010],other` gives `node001`; several
 /// bracket groups (`rack[1-2]-n[01-04]`) each give their first value, zero padding kept.
-fn first_host(list: &str) -> std::result::Result<String, String> {
+pub(crate) fn first_host(list: &str) -> std::result::Result<String, String> {
     let mut depth = 0usize;
     let first = list
         .split(|c: char| {
@@ -438,7 +459,7 @@ fn tpu_vm(env: &HashMap<String, String>) -> Result<Layout> {
 }
 
 /// The IPs of `worker-network-endpoints`: entries are `name:id:ip` or a bare IPv4 address.
-fn endpoint_ips(list: &str) -> Option<Vec<String>> {
+pub(crate) fn endpoint_ips(list: &str) -> Option<Vec<String>> {
     let ips: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -493,15 +514,21 @@ fn metadata(host: &str, key: &str) -> Result<Option<String>> {
             "its answer is longer than {METADATA_MAX} bytes"
         )));
     }
-    let text = String::from_utf8_lossy(&raw);
+    metadata_answer(&raw).map_err(bad)
+}
+
+/// What a metadata server's HTTP answer says: the attribute's value (`200`), `None` for `404` or
+/// a server that is not Google's (no `Metadata-Flavor: Google`), else why it cannot be read.
+pub(crate) fn metadata_answer(raw: &[u8]) -> std::result::Result<Option<String>, String> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("its answer is not HTTP".into()))?;
+        .ok_or("its answer is not HTTP")?;
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
-        .ok_or_else(|| bad("its answer has no status line".into()))?;
+        .ok_or("its answer has no status line")?;
     let google = lines.any(|l| {
         l.split_once(':').is_some_and(|(k, v)| {
             k.trim().eq_ignore_ascii_case("metadata-flavor") && v.trim() == "Google"
@@ -512,7 +539,7 @@ fn metadata(host: &str, key: &str) -> Result<Option<String>> {
         _ if !google => Ok(None),
         "200" => Ok(Some(body.trim().to_string())),
         "404" => Ok(None),
-        other => Err(bad(format!("it answered HTTP {other}"))),
+        other => Err(format!("it answered HTTP {}", super::wire::clip(other, 64))),
     }
 }
 
@@ -525,6 +552,20 @@ fn split_port(addr: &str) -> Option<(&str, &str)> {
     match addr.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => Some((h, p)),
         _ => None,
+    }
+}
+
+/// `BASIC_COORDINATOR_BIND`: an address with a port, checked here so that a typo is named before
+/// the server starts.
+fn bind_addr(addr: &str) -> Result<String> {
+    let what = "BASIC_COORDINATOR_BIND";
+    match split_port(addr) {
+        Some((_, p)) if p.parse::<u16>().is_ok() => Ok(addr.to_string()),
+        _ => Err(Error::invalid(
+            format!("{what}={addr:?}"),
+            "give the address process 0's coordinator listens on as host:port (0.0.0.0:8482 \
+             for every interface, an IPv6 address as [addr]:port)",
+        )),
     }
 }
 

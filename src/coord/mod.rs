@@ -46,7 +46,7 @@ mod wire;
 use std::time::Duration;
 
 pub use client::{Client, ClientOptions, FailureCallback, StopNotice};
-pub use discovery::{discover, env_map, Explicit, ProcessSpec, DEFAULT_PORT};
+pub use discovery::{discover, env_map, Explicit, ProcessSpec, DEFAULT_PORT, MAX_PROCESSES};
 pub use job::Job;
 pub use server::{Server, ServerOptions};
 pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
@@ -55,6 +55,66 @@ pub use wire::{MAX_KEY, MAX_TEXT, MAX_VALUE};
 pub const RESERVED: &str = "coord/";
 /// The barrier of [`Client::shutdown`].
 const SHUTDOWN_BARRIER: &str = "coord/shutdown";
+
+/// The coordinator's parsers of untrusted bytes, as the server, the clients and [`discover`]
+/// call them, for the fuzz targets of `fuzz/` and their regression test. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::wire::{FrameReader, Polled, ReadError, ToClient, ToServer};
+
+    /// Decodes the body of a frame that a peer sends to the coordinator; on success, the body
+    /// that the decoded message encodes back to.
+    pub fn to_server(body: &[u8]) -> Result<Vec<u8>, String> {
+        let m = ToServer::decode(body).map_err(|m| m.0)?;
+        Ok(m.encode()[4..].to_vec())
+    }
+
+    /// [`to_server`] for a frame that the coordinator sends to a process.
+    pub fn to_client(body: &[u8]) -> Result<Vec<u8>, String> {
+        let m = ToClient::decode(body).map_err(|m| m.0)?;
+        Ok(m.encode()[4..].to_vec())
+    }
+
+    /// Cuts a byte stream into frame bodies of at most `max` bytes as a connection's reader
+    /// does, the stream arriving `chunk` bytes per read; the error that ended it, if any.
+    pub fn frames(stream: &[u8], max: usize, chunk: usize) -> (Vec<Vec<u8>>, Option<String>) {
+        struct Chunked<'a>(&'a [u8], usize);
+        impl std::io::Read for Chunked<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(buf.len()).min(self.1.max(1));
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut src = Chunked(stream, chunk);
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        loop {
+            match reader.poll(&mut src, max) {
+                Ok(Polled::Frame(f)) => out.push(f),
+                Ok(Polled::Bytes | Polled::Idle) => {}
+                Err(ReadError::Closed { mid_frame: false }) => return (out, None),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    /// The attribute a metadata server's raw HTTP answer carries (see `discover`).
+    pub fn metadata_answer(raw: &[u8]) -> Result<Option<String>, String> {
+        super::discovery::metadata_answer(raw)
+    }
+
+    /// The IPs of a TPU VM's `worker-network-endpoints` attribute.
+    pub fn endpoint_ips(list: &str) -> Option<Vec<String>> {
+        super::discovery::endpoint_ips(list)
+    }
+
+    /// The first host of a SLURM node list.
+    pub fn first_host(list: &str) -> Result<String, String> {
+        super::discovery::first_host(list)
+    }
+}
 
 /// `now + d`, saturating ten years out: a timeout from a peer or an option may be any size, and
 /// `Instant + Duration` panics on overflow.

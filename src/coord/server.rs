@@ -77,10 +77,13 @@ impl Server {
     /// Binds exactly `addr` (e.g. `0.0.0.0:8482`, or `127.0.0.1:0` for an ephemeral port) and
     /// serves a job of `num_processes` processes.
     pub fn start(addr: &str, num_processes: usize, opts: ServerOptions) -> Result<Server> {
-        if num_processes == 0 || num_processes > u32::MAX as usize {
+        if num_processes == 0 || num_processes > super::MAX_PROCESSES {
             return Err(Error::invalid(
                 format!("number of processes {num_processes}"),
-                "a job has at least one process",
+                format!(
+                    "a job has from 1 to {} processes (one per host)",
+                    super::MAX_PROCESSES
+                ),
             ));
         }
         if opts

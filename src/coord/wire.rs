@@ -314,10 +314,13 @@ fn encode_step(mut e: Enc, step: Option<u64>) -> Vec<u8> {
 fn decode_step(d: &mut Dec<'_>) -> Result<Option<u64>, Malformed> {
     let has = d.u8("step flag")?;
     let step = d.u64("step")?;
-    match has {
-        0 => Ok(None),
-        1 => Ok(Some(step)),
-        f => Err(Malformed(format!("step flag {f} is neither 0 nor 1"))),
+    match (has, step) {
+        (0, 0) => Ok(None),
+        (0, s) => Err(Malformed(format!(
+            "a message without a step carries step {s}"
+        ))),
+        (1, s) => Ok(Some(s)),
+        (f, _) => Err(Malformed(format!("step flag {f} is neither 0 nor 1"))),
     }
 }
 

@@ -54,12 +54,32 @@ static GREY: [f32; 256] = {
     t
 };
 
+/// The most pixels an image may have (8192 × 8192): its header is checked against this before
+/// anything is allocated for the pixels, so a small file that claims a huge image is refused.
+pub const MAX_PIXELS: u64 = 1 << 26;
+
+/// Refuses an image of `w × h` pixels past [`MAX_PIXELS`], or with no pixels.
+fn check_size(name: &str, w: u64, h: u64) -> Result<()> {
+    if w == 0 || h == 0 || w.saturating_mul(h) > MAX_PIXELS {
+        return Err(bad(
+            name,
+            format!(
+                "it claims {w}×{h} pixels; basic decodes images of 1 to {MAX_PIXELS} pixels \
+                 (resize larger ones when making the shards)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes PNG, JPEG or WebP bytes (by their signature) to 8-bit samples; `name` appears in errors.
 pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
     if bytes.starts_with(b"\x89PNG") {
         let mut dec = png::Decoder::new(bytes);
         dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
         let mut reader = dec.read_info().map_err(|e| bad(name, e))?;
+        let info = reader.info();
+        check_size(name, info.width.into(), info.height.into())?;
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).map_err(|e| bad(name, e))?;
         let c = match info.color_type {
@@ -77,6 +97,13 @@ pub fn decode_pixels(bytes: &[u8], name: &str) -> Result<Pixels> {
         // 4/255 per sample, 0.015 after 224 px preprocessing), and basic's pixels must stay the
         // ones it trained on (benches/pipeline.rs measures both).
         let mut dec = jpeg_decoder::Decoder::new(bytes);
+        dec.read_info().map_err(|e| bad(name, e))?;
+        let info = dec
+            .info()
+            .ok_or_else(|| bad(name, "no image information"))?;
+        check_size(name, info.width.into(), info.height.into())?;
+        // Planes and coefficients of up to four components, beside the output.
+        dec.set_max_decoding_buffer_size((MAX_PIXELS * 16) as usize);
         let data = dec.decode().map_err(|e| bad(name, e))?;
         let info = dec
             .info()
@@ -111,6 +138,7 @@ fn decode_webp(bytes: &[u8], name: &str) -> Result<Pixels> {
     let mut dec =
         image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(|e| bad(name, e))?;
     let (w, h) = dec.dimensions();
+    check_size(name, w.into(), h.into())?;
     let c = if dec.has_alpha() { 4 } else { 3 };
     let n = dec
         .output_buffer_size()

@@ -63,40 +63,132 @@ impl Dataset {
     }
 }
 
+/// The most names one pattern expands to (the largest public webdataset corpora have about a
+/// million shards).
+pub const MAX_EXPANDED: usize = 1 << 20;
+/// The most bytes of names one pattern expands to.
+const MAX_EXPANDED_BYTES: usize = 64 << 20;
+
 /// Expands webdataset's brace patterns: `{000..123}` (zero-padded like its first bound) and
-/// `{a,b,c}`, any number of them.
+/// `{a,b,c}`, any number of them. The number of names and their total length are computed from
+/// the groups and bounded ([`MAX_EXPANDED`]) before any name is made.
 pub fn brace_expand(s: &str) -> Result<Vec<String>> {
-    let Some(open) = s.find('{') else {
-        return Ok(vec![s.to_string()]);
+    // The pattern as literal text between brace groups: text, group, text, ..., group, text.
+    let mut texts = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .map(|i| i + open)
+            .ok_or_else(|| Error::invalid(format!("shard pattern `{s}`"), "a `{` is not closed"))?;
+        texts.push(&rest[..open]);
+        groups.push(Group::parse(&rest[open + 1..close], s)?);
+        rest = &rest[close + 1..];
+    }
+    texts.push(rest);
+    let too_many = || {
+        Error::invalid(
+            format!("shard pattern `{s}`"),
+            format!(
+                "it expands to more than {MAX_EXPANDED} names or {MAX_EXPANDED_BYTES} bytes of \
+                 names; split the data into several patterns or a shard list"
+            ),
+        )
     };
-    let close = s[open..]
-        .find('}')
-        .map(|i| i + open)
-        .ok_or_else(|| Error::invalid(format!("shard pattern `{s}`"), "a `{` is not closed"))?;
-    let (head, body, tail) = (&s[..open], &s[open + 1..close], &s[close + 1..]);
-    let options: Vec<String> = if let Some((a, b)) = body.split_once("..") {
-        let bad = || {
-            Error::invalid(
-                format!("brace range `{{{body}}}` in `{s}`"),
-                "write it as {FIRST..LAST} with FIRST <= LAST, decimal numbers",
-            )
-        };
-        let (x, y): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-        if x > y || y - x > 10_000_000 {
-            return Err(bad());
-        }
-        (x..=y).map(|i| format!("{i:0w$}", w = a.len())).collect()
-    } else {
-        body.split(',').map(str::to_string).collect()
-    };
-    let tails = brace_expand(tail)?;
-    let mut out = Vec::with_capacity(options.len() * tails.len());
-    for o in &options {
-        for t in &tails {
-            out.push(format!("{head}{o}{t}"));
+    // Names and bytes, each bounded before it can overflow.
+    let (mut count, mut bytes) = (1usize, texts.iter().map(|t| t.len()).sum::<usize>());
+    for g in &groups {
+        // Every name so far, followed by each of the group's items.
+        let n = g.len();
+        count = count.checked_mul(n).ok_or_else(too_many)?;
+        bytes = bytes
+            .checked_mul(n)
+            .and_then(|b| b.checked_add(count.checked_mul(g.max_len())?))
+            .ok_or_else(too_many)?;
+        if count > MAX_EXPANDED || bytes > MAX_EXPANDED_BYTES {
+            return Err(too_many());
         }
     }
+    let mut out = vec![texts[0].to_string()];
+    for (g, text) in groups.iter().zip(&texts[1..]) {
+        let mut next = Vec::with_capacity(out.len() * g.len());
+        for head in &out {
+            for i in 0..g.len() {
+                let mut name = String::with_capacity(head.len() + g.max_len() + text.len());
+                name.push_str(head);
+                g.push_item(i, &mut name);
+                name.push_str(text);
+                next.push(name);
+            }
+        }
+        out = next;
+    }
     Ok(out)
+}
+
+/// One `{...}` of a shard pattern.
+enum Group<'a> {
+    /// `{FIRST..LAST}`, zero-padded to `width`.
+    Range {
+        first: u64,
+        last: u64,
+        width: usize,
+    },
+    List(Vec<&'a str>),
+}
+
+impl<'a> Group<'a> {
+    fn parse(body: &'a str, pattern: &str) -> Result<Group<'a>> {
+        let Some((a, b)) = body.split_once("..") else {
+            return Ok(Group::List(body.split(',').collect()));
+        };
+        let bad = || {
+            Error::invalid(
+                format!("brace range `{{{body}}}` in `{pattern}`"),
+                format!(
+                    "write it as {{FIRST..LAST}} with FIRST <= LAST, decimal numbers, at most \
+                     {MAX_EXPANDED} apart"
+                ),
+            )
+        };
+        let (first, last): (u64, u64) =
+            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if first > last || last - first >= MAX_EXPANDED as u64 {
+            return Err(bad());
+        }
+        Ok(Group::Range {
+            first,
+            last,
+            width: a.len(),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Group::Range { first, last, .. } => (last - first) as usize + 1,
+            Group::List(items) => items.len(),
+        }
+    }
+
+    /// The longest item, in bytes.
+    fn max_len(&self) -> usize {
+        match self {
+            Group::Range { last, width, .. } => (*width).max(last.to_string().len()),
+            Group::List(items) => items.iter().map(|i| i.len()).max().unwrap_or(0),
+        }
+    }
+
+    /// Appends item `i` to `out`.
+    fn push_item(&self, i: usize, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Group::Range { first, width, .. } => {
+                let _ = write!(out, "{:0w$}", first + i as u64, w = width);
+            }
+            Group::List(items) => out.push_str(items[i]),
+        }
+    }
 }
 
 fn is_shard_name(n: &str) -> bool {
@@ -478,6 +570,20 @@ mod tests {
             let e = brace_expand(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split('{').next().unwrap()), "{e}");
         }
+        // Sizes are bounded before anything is made: the product of the groups, and the bytes
+        // of the names (a zero-padded range of very wide numbers).
+        for huge in [
+            "s-{0..99999999999}.tar",
+            "s-{0..9999}-{0..9999}.tar",
+            &format!("s-{{{}..999999}}.tar", "0".repeat(1000)),
+        ] {
+            let e = brace_expand(huge).unwrap_err().to_string();
+            assert!(e.contains("at most") || e.contains("more than"), "{e}");
+        }
+        assert_eq!(
+            brace_expand(&"{a}".repeat(10_000)).unwrap(),
+            ["a".repeat(10_000)]
+        );
         let dir = std::env::temp_dir().join(format!("basic-source-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("f")).unwrap();
         for n in [

@@ -45,12 +45,15 @@ impl Tokenizer {
     /// Loads a HF `tokenizer.json`.
     pub fn load(path: &Path) -> Result<Tokenizer> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+        let json = serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
             bad(
                 path,
                 format!("it is not JSON ({e}); give a HF tokenizer.json"),
             )
         })?;
+        if let Some(p) = json.get("post_processor") {
+            check_templates(p).map_err(|why| bad(path, why))?;
+        }
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             bad(
                 path,
@@ -84,17 +87,30 @@ impl Tokenizer {
                 format!("the tokenizer cannot encode it: {e}"),
             )
         };
-        let mut enc = self.inner.encode(text, false).map_err(fail)?;
-        let specials = self
-            .inner
-            .get_post_processor()
-            .map_or(0, |p| p.added_tokens(false));
-        let room = length.saturating_sub(specials);
-        let truncated = enc.len() > room;
-        if truncated {
-            enc.truncate(room, 0, tokenizers::TruncationDirection::Right);
-        }
-        let enc = self.inner.post_process(enc, None, true).map_err(fail)?;
+        // The tokenizers library trusts the file it loaded and panics on some inconsistencies
+        // that `load` cannot all foresee: a panic here is this caption's error, not a crash.
+        let run = || -> tokenizers::Result<(tokenizers::Encoding, bool)> {
+            let mut enc = self.inner.encode(text, false)?;
+            let specials = self
+                .inner
+                .get_post_processor()
+                .map_or(0, |p| p.added_tokens(false));
+            let room = length.saturating_sub(specials);
+            let truncated = enc.len() > room;
+            if truncated {
+                enc.truncate(room, 0, tokenizers::TruncationDirection::Right);
+            }
+            Ok((self.inner.post_process(enc, None, true)?, truncated))
+        };
+        let (enc, truncated) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .map_err(|_| {
+                Error::invalid(
+                    format!("caption `{text}`"),
+                    "the tokenizers library failed on it (its tokenizer.json is inconsistent); \
+                     use a tokenizer.json that transformers loads and encodes with",
+                )
+            })?
+            .map_err(fail)?;
         let mut ids: Vec<i32> = enc
             .get_ids()
             .iter()
@@ -165,5 +181,47 @@ impl Tokenizer {
         t.save(out, false)
             .map_err(|e| bad(out, format!("cannot save: {e}")))?;
         Tokenizer::load(out)
+    }
+}
+
+/// The special tokens of every `TemplateProcessing` post-processor (also inside a `Sequence`)
+/// exist and have as many ids as tokens: the tokenizers library checks this when a template is
+/// built in code but not when it is read from a file, and panics when encoding with one that
+/// lacks them.
+fn check_templates(p: &serde_json::Value) -> std::result::Result<(), String> {
+    match p.get("type").and_then(|t| t.as_str()) {
+        Some("Sequence") => p
+            .get("processors")
+            .and_then(|v| v.as_array())
+            .map_or(Ok(()), |ps| ps.iter().try_for_each(check_templates)),
+        Some("TemplateProcessing") => {
+            let specials = p.get("special_tokens").and_then(|v| v.as_object());
+            for (name, tok) in specials.into_iter().flatten() {
+                let len = |k: &str| tok.get(k).and_then(|v| v.as_array()).map(Vec::len);
+                if len("ids") != len("tokens") {
+                    return Err(format!(
+                        "its post-processor's special token `{name}` has a different number of \
+                         ids and tokens"
+                    ));
+                }
+            }
+            let pieces = ["single", "pair"]
+                .iter()
+                .filter_map(|k| p.get(*k).and_then(|v| v.as_array()))
+                .flatten();
+            for piece in pieces {
+                let Some(id) = piece.pointer("/SpecialToken/id").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                if !specials.is_some_and(|s| s.contains_key(id)) {
+                    return Err(format!(
+                        "its post-processor's template uses the special token `{id}`, which its \
+                         special_tokens do not define"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use super::shards::Sample;
 
 const BLOCK: usize = 512;
+/// The largest member read (16 GiB); larger sizes in a header are damage.
+const MAX_MEMBER: u64 = 1 << 34;
+/// Member data is read this much at a time.
+const CHUNK: usize = 1 << 20;
 
 /// A damaged archive: what was wrong, and the byte of the tar stream (and, when compressed, of
 /// the file) where it was found.
@@ -133,14 +137,21 @@ impl TarReader {
         Ok(true)
     }
 
-    /// Reads `n` bytes of member data and the padding after them.
+    /// Reads `n` bytes of member data and the padding after them. The buffer grows as the bytes
+    /// arrive, so a header that claims more than the archive holds costs no memory.
     fn data(&mut self, n: u64) -> Result<Vec<u8>, Damage> {
-        if n > 1 << 34 {
-            return Err(self.damage(format!("a member claims {n} bytes")));
+        if n > MAX_MEMBER {
+            return Err(self.damage(format!(
+                "a member claims {n} bytes, more than the {MAX_MEMBER} a shard's member may have"
+            )));
         }
-        let mut v = vec![0; n as usize];
-        if !self.fill(&mut v)? && n > 0 {
-            return Err(self.damage("the archive is truncated"));
+        let mut v = Vec::with_capacity((n as usize).min(CHUNK));
+        while (v.len() as u64) < n {
+            let old = v.len();
+            v.resize(old + (n as usize - old).min(CHUNK), 0);
+            if !self.fill(&mut v[old..])? {
+                return Err(self.damage("the archive is truncated"));
+            }
         }
         let pad = (BLOCK - (n as usize % BLOCK)) % BLOCK;
         let mut p = [0u8; BLOCK];
@@ -174,11 +185,26 @@ impl TarReader {
             })?;
             match header.kind {
                 b'L' | b'x' => {
+                    if header.size > MAX_NAME_RECORD {
+                        return Err(Damage {
+                            offset: at,
+                            ..self.damage(format!(
+                                "a long-name or pax header claims {} bytes, more than the \
+                                 {MAX_NAME_RECORD} such a record may have",
+                                header.size
+                            ))
+                        });
+                    }
                     let d = self.data(header.size)?;
                     long_name = if header.kind == b'L' {
                         Some(cstr(&d))
                     } else {
-                        pax_path(&d).or(long_name)
+                        pax_path(&d)
+                            .map_err(|w| Damage {
+                                offset: at,
+                                ..self.damage(format!("a pax header is malformed: {w}"))
+                            })?
+                            .or(long_name)
                     };
                 }
                 b'0' | 0 | b'7' => {
@@ -194,9 +220,18 @@ impl TarReader {
         }
     }
 
-    /// Drains what follows the end-of-archive blocks (a pipe's writer must see its output read).
-    pub fn drain(&mut self) {
-        let _ = std::io::copy(&mut self.r, &mut std::io::sink());
+    /// Reads what follows the end-of-archive blocks: a pipe's writer must see its output read,
+    /// and a compressed stream is read to its end, where gzip's checksum of the whole archive is
+    /// checked (a flipped bit in the compressed data can decompress without a complaint until
+    /// then). A plain archive's trailing bytes (tar pads to whole records) are not checked.
+    pub fn drain(&mut self) -> Result<(), Damage> {
+        match std::io::copy(&mut self.r, &mut std::io::sink()) {
+            Err(e) if self.compressed.is_some() => Err(self.damage(format!(
+                "the gzip stream is damaged after the archive's end ({e}): its data cannot be \
+                 trusted"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -221,10 +256,10 @@ impl Header {
             ));
         }
         let size = if h[124] & 0x80 != 0 {
-            // GNU base-256 for sizes of 8 GiB and more.
-            h[125..136]
-                .iter()
-                .fold(0u64, |a, &b| a.saturating_mul(256) + u64::from(b))
+            // GNU base-256 for sizes of 8 GiB and more (saturating: a reader bounds it).
+            h[125..136].iter().fold(0u64, |a, &b| {
+                a.saturating_mul(256).saturating_add(u64::from(b))
+            })
         } else {
             octal(&h[124..136]).ok_or("a tar header has no readable size")?
         };
@@ -254,26 +289,34 @@ fn octal(b: &[u8]) -> Option<u64> {
     u64::from_str_radix(t, 8).ok()
 }
 
-/// The `path` of a pax extended header (records `LEN key=value\n`).
-fn pax_path(d: &[u8]) -> Option<String> {
+/// The longest GNU long name or pax header read.
+const MAX_NAME_RECORD: u64 = 1 << 20;
+
+/// The `path` of a pax extended header (records `LEN key=value\n`, LEN counting the whole
+/// record), or what is wrong with its records.
+fn pax_path(d: &[u8]) -> Result<Option<String>, String> {
     let mut rest = d;
+    let mut path = None;
     while !rest.is_empty() {
-        let sp = rest.iter().position(|&c| c == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
-        if len == 0 || len > rest.len() {
-            return None;
+        let sp = rest
+            .iter()
+            .position(|&c| c == b' ')
+            .ok_or("a record has no length")?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or("a record's length is not a number")?;
+        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err(format!(
+                "a record of {len} bytes does not fit its `LEN key=value\\n` form"
+            ));
         }
-        let rec = &rest[sp + 1..len];
-        if let Some(v) = rec.strip_prefix(b"path=") {
-            return Some(
-                String::from_utf8_lossy(v)
-                    .trim_end_matches('\n')
-                    .to_string(),
-            );
+        if let Some(v) = rest[sp + 1..len - 1].strip_prefix(b"path=") {
+            path = Some(String::from_utf8_lossy(v).into_owned());
         }
         rest = &rest[len..];
     }
-    None
+    Ok(path)
 }
 
 /// `(key, extension)` of a member name, webdataset's way: the key is everything up to the first
@@ -345,7 +388,7 @@ impl Samples {
             }
             let Some(m) = self.tar.next_member()? else {
                 self.finished = true;
-                self.tar.drain();
+                self.tar.drain()?;
                 continue;
             };
             let Some((key, ext)) = split_name(&m.name) else {
@@ -401,6 +444,7 @@ pub fn count_samples(r: Box<dyn Read + Send>) -> Result<u64, Damage> {
             }
         }
     }
+    tar.drain()?;
     Ok(n + done(&current))
 }
 

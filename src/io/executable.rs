@@ -5,7 +5,9 @@
 //! Layout of the file: the 8 bytes `BASICEXE`, then three sections, each a little-endian `u64`
 //! length and its bytes: the manifest (JSON), the StableHLO program it was compiled from (its
 //! `@main` signature checks every execute), and the plugin's serialized executable. Written
-//! atomically.
+//! atomically. The manifest carries the SHA-256 of the program and (since files written after
+//! 2026-12) of the executable's bytes, so that a damaged file is refused before the plugin is
+//! handed bytes it may not survive.
 
 use std::path::Path;
 
@@ -114,9 +116,23 @@ pub struct SavedExecutable {
     pub executable: Vec<u8>,
 }
 
+/// The manifest as stored: the fields of [`Manifest`] and the executable section's hash (absent
+/// in files written before it was added; those are read without the check).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    manifest: Manifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    executable_sha256: Option<String>,
+}
+
 impl SavedExecutable {
     pub fn write(&self, path: &Path) -> Result<()> {
-        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| {
+        let stored = Stored {
+            manifest: self.manifest.clone(),
+            executable_sha256: Some(sha256_hex(&self.executable)),
+        };
+        let manifest = serde_json::to_vec_pretty(&stored).map_err(|e| {
             Error::invalid(
                 format!("the manifest of `{}`", path.display()),
                 format!("cannot serialize it: {e}"),
@@ -161,8 +177,16 @@ impl SavedExecutable {
         if at != data.len() {
             return Err(bad("it has trailing bytes"));
         }
-        let manifest: Manifest = serde_json::from_slice(sections[0])
+        let Stored {
+            manifest,
+            executable_sha256,
+        } = serde_json::from_slice(sections[0])
             .map_err(|e| bad(&format!("its manifest does not parse ({e})")))?;
+        if executable_sha256.is_some_and(|h| h != sha256_hex(sections[2])) {
+            return Err(bad(
+                "its executable does not match the manifest's hash (corrupt file)",
+            ));
+        }
         if manifest.format != FORMAT {
             return Err(bad(&format!(
                 "it has format {}, this basic reads format {FORMAT}",
@@ -261,5 +285,77 @@ impl SavedExecutable {
                 a.target,
                 diffs.join("; ")
             ), "compile it again for this machine and these flags with `basic compile --save-executable`, or drop --executable"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> SavedExecutable {
+        let program = "func.func @main() -> () {}".to_string();
+        SavedExecutable {
+            manifest: Manifest {
+                format: FORMAT,
+                target: "cpu:1".into(),
+                platform: "cpu".into(),
+                device_kind: "cpu".into(),
+                devices: 1,
+                plugin_version: "test 1".into(),
+                model: "tiny".into(),
+                config_sha256: "00".into(),
+                config: String::new(),
+                batch: 8,
+                microbatches: 1,
+                remat: RematPolicy::None,
+                dtype: Precision::F32,
+                mesh: "data=1".into(),
+                partitioning: "data_parallel".into(),
+                partitioner: Partitioner::Shardy,
+                donate: false,
+                program_sha256: sha256_hex(program.as_bytes()),
+                arguments: vec![],
+                results: vec![],
+                device_assignment: vec![0],
+            },
+            program,
+            executable: b"the plugin's bytes".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_damaged_executable_section_is_refused_before_the_plugin_sees_it() {
+        let dir = std::env::temp_dir().join(format!("basic-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("step.exe");
+        let e = saved();
+        e.write(&path).unwrap();
+        let back = SavedExecutable::read(&path).unwrap();
+        assert_eq!(
+            (back.manifest, back.executable),
+            (e.manifest.clone(), e.executable)
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = SavedExecutable::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("executable does not match") && err.contains("step.exe"),
+            "{err}"
+        );
+        // A file written before the hash was stored still reads.
+        let legacy = serde_json::to_vec(&e.manifest).unwrap();
+        let mut old = MAGIC.to_vec();
+        for s in [&legacy[..], e.program.as_bytes(), b"other bytes"] {
+            old.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            old.extend_from_slice(s);
+        }
+        std::fs::write(&path, &old).unwrap();
+        assert_eq!(
+            SavedExecutable::read(&path).unwrap().executable,
+            b"other bytes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

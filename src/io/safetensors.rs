@@ -4,6 +4,11 @@
 //! header as JSON, every offset and byte count) and names the file in every error. Writing goes
 //! to a temporary file in the same folder, is flushed to disk, then renamed over the target, so a
 //! crash never leaves a half-written file under the real name.
+//!
+//! A file basic writes carries a CRC-32 of its contents (names, dtypes, shapes, data, metadata)
+//! in its metadata under [`CHECKSUM_KEY`], which reading checks: a flipped byte anywhere, which
+//! the format itself cannot see (a tensor's data, a name, a metadata value), is an error naming
+//! the file. Files of other libraries have none and are read without it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,7 +56,54 @@ fn from_dtype(d: DType) -> Dtype {
     }
 }
 
+/// The metadata key of the checksum basic writes: CRC-32 (IEEE), 8 hex digits.
+pub const CHECKSUM_KEY: &str = "basic.crc32";
+
+/// CRC-32 of tensors in name order (each: name, dtype, shape, data) and of the metadata in key
+/// order: every byte that a reader turns into values, independent of the file's layout.
+fn checksum<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a HostArray)>,
+    metadata: &BTreeMap<String, String>,
+) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for (name, a) in tensors {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(a.dtype().name().as_bytes());
+        for d in a.shape() {
+            h.update(&d.to_le_bytes());
+        }
+        h.update(&(a.bytes().len() as u64).to_le_bytes());
+        h.update(a.bytes());
+    }
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != CHECKSUM_KEY) {
+        for part in [k, v] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// The largest header safetensors allows (its own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One tensor's entry in a header, as read.
+struct Entry {
+    name: String,
+    dtype: DType,
+    shape: Vec<i64>,
+    start: usize,
+    end: usize,
+}
+
 /// Every tensor of a safetensors file, by name, with the file's metadata.
+///
+/// Beyond the safetensors library's own checks (lengths, offsets, sizes), the header must be
+/// exactly what the format describes: one JSON object with no key twice, each tensor's entry
+/// exactly `dtype`, `shape` and `data_offsets`, `__metadata__` a map of strings, the tensors'
+/// bytes one after another with neither gap nor overlap and nothing after them, booleans 0 or
+/// 1. Anything else is an error naming the file and the tensor.
 pub fn read_with_metadata(
     path: &Path,
 ) -> Result<(BTreeMap<String, HostArray>, BTreeMap<String, String>)> {
@@ -66,36 +118,265 @@ pub fn read_with_metadata(
         ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    if n > MAX_HEADER {
+        return Err(bad(path, format!("its header claims {n} bytes, more than the {MAX_HEADER} safetensors allows: the file is damaged or not safetensors")));
+    }
     if n > (bytes.len() - 8) as u64 {
         return Err(bad(path, format!("its header claims {n} bytes but only {} follow: the file is truncated or not safetensors", bytes.len() - 8)));
     }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(path, format!("invalid header: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(path, format!("invalid contents: {e}")))?;
+    let (header, data) = bytes[8..].split_at(n as usize);
+    let (entries, metadata) = parse_header(path, header, data.len())?;
+    // The library reads it too: a disagreement is an error, never a silent difference.
+    safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(path, format!("invalid contents: {e:?}")))?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let dtype = to_dtype(view.dtype()).ok_or_else(|| {
-            bad(
+    for e in entries {
+        let raw = &data[e.start..e.end];
+        if e.dtype == DType::Pred {
+            if let Some(i) = raw.iter().position(|&b| b > 1) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor `{}` is BOOL but its element {i} is the byte {}: booleans are 0 or 1 (the data is damaged)",
+                        e.name, raw[i]
+                    ),
+                ));
+            }
+        }
+        let a = HostArray::from_bytes(e.dtype, &e.shape, raw.to_vec())
+            .map_err(|err| bad(path, format!("tensor `{}`: {err}", e.name)))?;
+        out.insert(e.name, a);
+    }
+    let mut metadata = metadata;
+    // A flipped bit in the key's own name would otherwise pass for a file without a checksum.
+    let one_off = |k: &str| {
+        k.len() == CHECKSUM_KEY.len()
+            && k.bytes()
+                .zip(CHECKSUM_KEY.bytes())
+                .filter(|(a, b)| a != b)
+                .count()
+                == 1
+    };
+    if let Some(k) = metadata.keys().find(|k| one_off(k)) {
+        return Err(bad(
+            path,
+            format!("its metadata key `{k}` is basic's `{CHECKSUM_KEY}` damaged: the file is damaged; restore it from another copy or an earlier checkpoint"),
+        ));
+    }
+    if let Some(stored) = metadata.remove(CHECKSUM_KEY) {
+        let got = checksum(out.iter().map(|(n, a)| (n.as_str(), a)), &metadata);
+        if got != stored {
+            return Err(bad(
                 path,
                 format!(
-                    "tensor `{name}` has dtype {:?}, which basic does not read",
-                    view.dtype()
+                    "its contents do not match the checksum basic wrote into it ({CHECKSUM_KEY} \
+                     {stored}, the contents give {got}): the file is damaged; restore it from \
+                     another copy or an earlier checkpoint"
                 ),
+            ));
+        }
+    }
+    Ok((out, metadata))
+}
+
+/// Checks a header and returns its tensors (in data order) and metadata; `data_len` is the size
+/// of the data section that follows it.
+fn parse_header(
+    path: &Path,
+    header: &[u8],
+    data_len: usize,
+) -> Result<(Vec<Entry>, BTreeMap<String, String>)> {
+    use serde_json::Value;
+    if header.first() != Some(&b'{') {
+        return Err(bad(
+            path,
+            "its header does not start with `{`: the file is damaged or not safetensors",
+        ));
+    }
+    let fields = strict_object(header)
+        .map_err(|e| bad(path, format!("its header is not a valid JSON object: {e}")))?;
+    let mut metadata = BTreeMap::new();
+    let mut entries = Vec::new();
+    for (name, v) in fields {
+        if name == "__metadata__" {
+            let Value::Object(m) = v else {
+                return Err(bad(path, "its `__metadata__` is not a map of strings"));
+            };
+            for (k, v) in m {
+                let Value::String(v) = v else {
+                    return Err(bad(
+                        path,
+                        format!("its `__metadata__` entry `{k}` is not a string"),
+                    ));
+                };
+                metadata.insert(k, v);
+            }
+            continue;
+        }
+        entries.push(entry(path, name, v, data_len)?);
+    }
+    entries.sort_by_key(|e| (e.start, e.end));
+    let mut at = 0;
+    for e in &entries {
+        if e.start != at {
+            let what = if e.start < at {
+                "overlaps the tensor before it"
+            } else {
+                "leaves a gap after the tensor before it"
+            };
+            return Err(bad(path, format!("tensor `{}` starts at byte {} of the data but the tensors before it end at {at}: it {what} (the header is damaged)", e.name, e.start)));
+        }
+        at = e.end;
+    }
+    if at != data_len {
+        return Err(bad(path, format!("its tensors end at byte {at} of the data but the data section is {data_len} bytes: the file is truncated or has bytes after its tensors")));
+    }
+    Ok((entries, metadata))
+}
+
+/// One tensor's entry: exactly `dtype`, `shape` and `data_offsets`, consistent with each other
+/// and inside the data section.
+fn entry(path: &Path, name: String, v: serde_json::Value, data_len: usize) -> Result<Entry> {
+    let serde_json::Value::Object(mut m) = v else {
+        return Err(bad(
+            path,
+            format!("the entry of tensor `{name}` is not an object"),
+        ));
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["dtype", "shape", "data_offsets"].contains(&k.as_str()))
+    {
+        return Err(bad(path, format!("the entry of tensor `{name}` has an unknown field `{k}`; it has exactly dtype, shape and data_offsets")));
+    }
+    let field = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str| {
+        m.remove(k)
+            .ok_or_else(|| bad(path, format!("the entry of tensor `{name}` has no `{k}`")))
+    };
+    let dtype: Dtype = serde_json::from_value(field(&mut m, "dtype")?)
+        .map_err(|e| bad(path, format!("tensor `{name}` has an unknown dtype: {e}")))?;
+    let dtype = to_dtype(dtype).ok_or_else(|| {
+        bad(
+            path,
+            format!("tensor `{name}` has dtype {dtype:?}, which basic does not read"),
+        )
+    })?;
+    let shape: Vec<u64> = serde_json::from_value(field(&mut m, "shape")?).map_err(|_| {
+        bad(
+            path,
+            format!("the shape of tensor `{name}` is not a list of non-negative integers"),
+        )
+    })?;
+    let (start, end): (u64, u64) =
+        serde_json::from_value(field(&mut m, "data_offsets")?).map_err(|_| {
+            bad(
+                path,
+                format!("the data_offsets of tensor `{name}` are not two non-negative integers"),
             )
         })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let a = HostArray::from_bytes(dtype, &shape, view.data().to_vec())
-            .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
-        out.insert(name, a);
+    let bytes = shape
+        .iter()
+        .try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d))
+        .filter(|&b| b <= data_len as u64 && shape.iter().all(|&d| d <= i64::MAX as u64));
+    let Some(bytes) = bytes else {
+        return Err(bad(
+            path,
+            format!("tensor `{name}` has shape {shape:?}: more bytes than the file holds"),
+        ));
+    };
+    if end < start || end - start != bytes || end > data_len as u64 {
+        return Err(bad(path, format!(
+            "tensor `{name}` ({dtype}, shape {shape:?}: {bytes} bytes) has data_offsets [{start}, {end}] in a data section of {data_len} bytes (the header is damaged)"
+        )));
     }
-    let metadata = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    Ok((out, metadata))
+    Ok(Entry {
+        name,
+        dtype,
+        shape: shape.iter().map(|&d| d as i64).collect(),
+        start: start as usize,
+        end: end as usize,
+    })
+}
+
+/// The fields of a JSON object in file order, refusing a key that appears twice at any depth
+/// (JSON readers keep one of the two, silently).
+fn strict_object(text: &[u8]) -> std::result::Result<Vec<(String, serde_json::Value)>, String> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let v: Unique = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    match v.0 {
+        serde_json::Value::Object(m) => Ok(v
+            .1
+            .into_iter()
+            .map(|k| {
+                let val = m.get(&k).cloned().unwrap_or_default();
+                (k, val)
+            })
+            .collect()),
+        _ => Err("it is not an object".into()),
+    }
+}
+
+/// A JSON value whose objects have distinct keys, with its top-level keys in order.
+struct Unique(serde_json::Value, Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Unique, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Unique, A::Error> {
+                let mut m = serde_json::Map::new();
+                let mut keys = Vec::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    let v: Unique = a.next_value()?;
+                    if m.insert(k.clone(), v.0).is_some() {
+                        return Err(serde::de::Error::custom(format!("key `{k}` appears twice")));
+                    }
+                    keys.push(k);
+                }
+                Ok(Unique(serde_json::Value::Object(m), keys))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Unique, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element::<Unique>()? {
+                    v.push(x.0);
+                }
+                Ok(Unique(serde_json::Value::Array(v), vec![]))
+            }
+            fn visit_bool<E>(self, b: bool) -> std::result::Result<Unique, E> {
+                Ok(Unique(b.into(), vec![]))
+            }
+            fn visit_i64<E>(self, n: i64) -> std::result::Result<Unique, E> {
+                Ok(Unique(n.into(), vec![]))
+            }
+            fn visit_u64<E>(self, n: u64) -> std::result::Result<Unique, E> {
+                Ok(Unique(n.into(), vec![]))
+            }
+            fn visit_f64<E>(self, n: f64) -> std::result::Result<Unique, E> {
+                Ok(Unique(n.into(), vec![]))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Unique, E> {
+                Ok(Unique(s.into(), vec![]))
+            }
+            fn visit_string<E>(self, s: String) -> std::result::Result<Unique, E> {
+                Ok(Unique(s.into(), vec![]))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Unique, E> {
+                Ok(Unique(serde_json::Value::Null, vec![]))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Every tensor of a safetensors file, by name.
@@ -103,12 +384,23 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, HostArray>> {
     Ok(read_with_metadata(path)?.0)
 }
 
-/// Writes named arrays atomically (temporary file, fsync, rename).
+/// Writes named arrays atomically (temporary file, fsync, rename), with their checksum in the
+/// metadata (see [`CHECKSUM_KEY`]; reading removes it).
 pub fn write(
     path: &Path,
     tensors: &[(String, &HostArray)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
+    let mut by_name: BTreeMap<&str, &HostArray> = BTreeMap::new();
+    for (n, a) in tensors {
+        if by_name.insert(n, a).is_some() {
+            return Err(bad(path, format!("tensor `{n}` is given twice")));
+        }
+    }
+    let mut metadata = metadata.clone();
+    metadata.remove(CHECKSUM_KEY);
+    let sum = checksum(by_name.into_iter(), &metadata);
+    metadata.insert(CHECKSUM_KEY.to_string(), sum);
     let views = tensors
         .iter()
         .map(|(n, a)| {
@@ -122,6 +414,9 @@ pub fn write(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Never an empty `__metadata__`: safetensors 0.4 sizes its JSON map by the metadata's
+    // entries, and with no tensors an empty map closed the object before `__metadata__` was
+    // written (`{}"__metadata__":{}}`, a file nothing reads). The checksum is always there.
     let data = safetensors::serialize(views, &Some(meta))
         .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
     crate::fs::write_atomic(path, &data)
@@ -209,7 +504,16 @@ pub fn match_params(
                 a.shape(),
                 s.shape
             )),
-            Some(a) => out.push(convert(a, dtype)?),
+            Some(a) => out.push(convert(a, dtype).map_err(|e| {
+                bad(
+                    path,
+                    format!(
+                        "parameter `{}`: {e}; parameters are floating point (is the file \
+                         damaged, or not a parameter file?)",
+                        s.name
+                    ),
+                )
+            })?),
         }
     }
     let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();

@@ -529,6 +529,7 @@ impl ModelConfig {
                 .problem()
                 .or_else(|| self.text_problem())
                 .or_else(|| self.train.problem())
+                .or_else(|| self.out_of_bounds())
         };
         match problem {
             Some((what, fix)) => Err(Error::invalid(format!("{what} in `{source}`"), fix)),
@@ -566,6 +567,113 @@ impl ModelConfig {
     }
 }
 
+/// Bounds on a config's sizes, far above any real model's, so that a damaged or mistyped file is
+/// refused before anything is traced or allocated for it.
+const MAX_WIDTH: i64 = 1 << 20;
+const MAX_DEPTH: i64 = 1 << 10;
+const MAX_STAGES: usize = 16;
+const MAX_IMAGE: i64 = 1 << 14;
+const MAX_CHANNELS: i64 = 16;
+const MAX_VOCAB: i64 = 1 << 24;
+const MAX_LENGTH: i64 = 1 << 20;
+const MAX_BATCH: i64 = 1 << 24;
+
+/// `(field, value)` of the first size outside `lo..=hi`.
+fn first_outside(fields: &[(&str, i64, i64, i64)]) -> Option<(String, i64, i64, i64)> {
+    fields
+        .iter()
+        .find(|(_, v, lo, hi)| !(lo..=hi).contains(&v))
+        .map(|&(f, v, lo, hi)| (f.to_string(), v, lo, hi))
+}
+
+/// The first float that is not finite or is below `lo` (or not above it, when `open`).
+fn first_bad_float(fields: &[(&str, f64, f64, bool)]) -> Option<String> {
+    fields
+        .iter()
+        .find(|(_, v, lo, open)| !v.is_finite() || *v < *lo || (*open && *v <= *lo))
+        .map(|(f, v, lo, open)| {
+            let need = if *open { "above" } else { "at least" };
+            format!("{f} = {v} (it must be finite and {need} {lo})")
+        })
+}
+
+impl ModelConfig {
+    /// The first size or number out of its bounds, as (field and value, fix).
+    fn out_of_bounds(&self) -> Option<(String, &'static str)> {
+        let (t, tr) = (&self.text, &self.train);
+        let mut sizes = vec![
+            ("embed_dim", self.embed_dim, 1, MAX_WIDTH),
+            ("text.vocab", t.vocab, 2, MAX_VOCAB),
+            ("text.length", t.length, 1, MAX_LENGTH),
+            ("text.max_positions", t.max_positions, 0, MAX_LENGTH),
+            ("text.width", t.width, 1, MAX_WIDTH),
+            ("text.depth", t.depth, 0, MAX_DEPTH),
+            ("text.heads", t.heads, 1, MAX_WIDTH),
+            ("text.mlp", t.mlp, 1, MAX_WIDTH),
+            ("text.pad_id", t.pad_id, 0, t.vocab - 1),
+            ("train.batch", tr.batch, 1, MAX_BATCH),
+            ("train.microbatches", tr.microbatches, 1, MAX_BATCH),
+            ("train.loss_block", tr.loss_block, 0, MAX_BATCH),
+            ("train.warmup_steps", tr.warmup_steps, 0, i64::MAX),
+            ("train.total_steps", tr.total_steps, 0, i64::MAX),
+        ];
+        let mut floats = vec![
+            ("temperature.init", self.temperature.init, 0.0, true),
+            ("temperature.min", self.temperature.min, 0.0, true),
+            ("text.layer_norm_eps", t.eps(), 0.0, true),
+            ("train.learning_rate", tr.learning_rate, 0.0, false),
+            ("train.weight_decay", tr.weight_decay, 0.0, false),
+            ("train.beta1", tr.beta1, 0.0, false),
+            ("train.beta2", tr.beta2, 0.0, false),
+            ("train.eps", tr.eps, 0.0, false),
+            ("train.clip_norm", tr.clip_norm, 0.0, false),
+            ("train.update_clip", tr.update_clip, 0.0, false),
+        ];
+        match &self.image {
+            ImageConfig::Vit(v) => {
+                sizes.extend([
+                    ("image.image_size", v.image_size, 1, MAX_IMAGE),
+                    ("image.channels", v.channels, 1, MAX_CHANNELS),
+                    ("image.width", v.width, 1, MAX_WIDTH),
+                    ("image.depth", v.depth, 0, MAX_DEPTH),
+                    ("image.mlp", v.mlp, 1, MAX_WIDTH),
+                ]);
+                floats.push(("image.layer_norm_eps", v.layer_norm_eps, 0.0, true));
+            }
+            ImageConfig::Coatnet(c) => {
+                sizes.extend([
+                    ("image.image_size", c.image_size, 1, MAX_IMAGE),
+                    ("image.channels", c.channels, 1, MAX_CHANNELS),
+                    ("image.stem_width", c.stem_width, 1, MAX_WIDTH),
+                    ("image.expansion", c.expansion, 1, 64),
+                ]);
+                for s in &c.stages {
+                    sizes.extend([
+                        ("image.stages[].depth", s.depth, 1, MAX_DEPTH),
+                        ("image.stages[].width", s.width, 1, MAX_WIDTH),
+                    ]);
+                }
+            }
+        }
+        if let Some((field, v, lo, hi)) = first_outside(&sizes) {
+            return Some((
+                format!("{field} = {v} (allowed: {lo} to {hi})"),
+                "sizes are bounded far above any real model's: is the file damaged or mistyped?",
+            ));
+        }
+        let norm = tr.mean.iter().map(|&m| ("train.mean", m, f64::MIN, false));
+        let std = tr.std.iter().map(|&s| ("train.std", s, 0.0, true));
+        floats.extend(norm.chain(std));
+        first_bad_float(&floats).map(|f| {
+            (
+                f,
+                "give finite numbers: rates, decays, betas, epsilons and norms are not negative; \
+                 temperatures, layer-norm epsilons and standard deviations are positive",
+            )
+        })
+    }
+}
+
 impl ImageConfig {
     /// The first problem of the image tower, as (field and value, fix).
     fn problem(&self) -> Option<(String, &'static str)> {
@@ -598,6 +706,12 @@ impl CoatnetConfig {
 
     /// The first problem of a CoAtNet tower, as (field and value, fix).
     fn problem(&self) -> Option<(String, &'static str)> {
+        if self.stages.len() > MAX_STAGES {
+            return Some((
+                format!("image.stages: {} stages", self.stages.len()),
+                "a CoAtNet has at most 16 stages (the paper's have 4)",
+            ));
+        }
         let downs = self.downsamplings();
         if self.stages.is_empty() || downs > 30 || self.image_size % (1 << downs) != 0 {
             return Some((

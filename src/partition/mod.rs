@@ -50,6 +50,15 @@ impl Mesh {
                 "give at least one axis, e.g. data=1",
             ));
         }
+        let max = crate::runtime::MAX_DEVICES as i64;
+        let size = out.iter().try_fold(1i64, |n, (_, s)| n.checked_mul(*s));
+        if size.is_none_or(|n| n > max) {
+            let axes: Vec<String> = out.iter().map(|(n, s)| format!("{n}={s}")).collect();
+            return Err(mesh_err(
+                format!("mesh {}", axes.join(",")),
+                &format!("a mesh has at most {max} devices"),
+            ));
+        }
         Ok(Mesh { axes: out })
     }
 

@@ -46,7 +46,7 @@ pub use named::{
     NamedOptions, OptionKind, OptionSchema, OptionValue, CPU_CLIENT, CUDA_CLIENT, CUDA_TOPOLOGY,
     TPU_TOPOLOGY,
 };
-pub use options::{CompileOptions, DebugValue, Partitioner};
+pub use options::{CompileOptions, DebugValue, Partitioner, MAX_DEVICES};
 pub use plugin::{AttrValue, Plugin};
 pub use program::{parse_hlo_sharding, Param, Signature, Tiling};
 pub use topology::{Description, Topology};

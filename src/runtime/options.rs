@@ -52,6 +52,10 @@ impl std::str::FromStr for Partitioner {
     }
 }
 
+/// The most devices a program may run on: more than any slice or cluster has, and a bound on what
+/// the options allocate (a device assignment) from counts a program's text declares.
+pub const MAX_DEVICES: usize = 1 << 20;
+
 /// How a program is laid out over devices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompileOptions {
@@ -109,9 +113,10 @@ impl CompileOptions {
         }
     }
 
-    /// Number of devices the program runs on.
+    /// Number of devices the program runs on (saturating: [`CompileOptions::validate`] refuses
+    /// more than [`MAX_DEVICES`]).
     pub fn num_devices(&self) -> usize {
-        self.num_replicas * self.num_partitions
+        self.num_replicas.saturating_mul(self.num_partitions)
     }
 
     /// The device ids in replica-major order.
@@ -130,6 +135,15 @@ impl CompileOptions {
                     self.num_replicas, self.num_partitions
                 ),
                 "both counts must be at least 1",
+            ));
+        }
+        if self.num_devices() > MAX_DEVICES {
+            return Err(Error::invalid(
+                format!(
+                    "compile options (num_replicas = {}, num_partitions = {})",
+                    self.num_replicas, self.num_partitions
+                ),
+                format!("a program runs on at most {MAX_DEVICES} devices"),
             ));
         }
         if let Some(d) = &self.device_assignment {
@@ -279,7 +293,8 @@ impl CompileOptions {
             let at = header.find(key)? + key.len();
             let rest = header[at..].trim_start().strip_prefix('=')?.trim_start();
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-            digits.parse().ok()
+            // Too many digits for a count saturates, for `validate` to refuse.
+            (!digits.is_empty()).then(|| digits.parse().unwrap_or(usize::MAX))
         };
         let partitions = read("mhlo.num_partitions").unwrap_or(1).max(1);
         let replicas = read("mhlo.num_replicas").unwrap_or(1).max(1);

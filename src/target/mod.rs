@@ -72,7 +72,9 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
-    fn parse(file: &str, text: &str) -> Result<TargetSpec> {
+    /// Parses the text of a target file; `file` names it in errors. Public for the fuzz targets.
+    #[doc(hidden)]
+    pub fn parse(file: &str, text: &str) -> Result<TargetSpec> {
         let s: TargetSpec = toml::from_str(text).map_err(|e| {
             Error::invalid(
                 format!("target file `{file}`: {e}"),
@@ -91,9 +93,16 @@ impl TargetSpec {
             }
             _ => {}
         }
-        if s.devices_per_chip < 1 || s.hbm_bytes < 1 || s.peak_bf16_flops <= 0.0 {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let fits = (1..=64).contains(&s.devices_per_chip)
+            && s.hbm_bytes >= 1
+            && positive(s.peak_bf16_flops)
+            && positive(s.hbm_bandwidth)
+            && s.devices_per_host.is_none_or(|d| (1..=1024).contains(&d));
+        if !fits {
             return Err(bad(
-                "devices_per_chip, hbm_bytes and peak_bf16_flops must be positive",
+                "devices_per_chip (1 to 64), devices_per_host (1 to 1024), hbm_bytes, \
+                 peak_bf16_flops and hbm_bandwidth must be positive finite numbers",
             ));
         }
         Ok(s)
@@ -199,6 +208,20 @@ impl Target {
                 }
             }
         };
+        // Chips and devices are products of the topology: bounded before anything multiplies them.
+        let devices = shape
+            .iter()
+            .chain([&spec.devices_per_chip])
+            .try_fold(1i64, |n, &d| n.checked_mul(d));
+        if devices.is_none_or(|d| d > crate::runtime::MAX_DEVICES as i64) {
+            return Err(Error::invalid(
+                format!("topology `{topo}` of target `{name}`"),
+                format!(
+                    "a target has at most {} devices",
+                    crate::runtime::MAX_DEVICES
+                ),
+            ));
+        }
         Ok(Target {
             spec,
             topology: topo,
