@@ -91,6 +91,7 @@ fn write(dir: &str, parts: &[HostArray], rows: usize) -> f64 {
         mesh: format!("data={}", parts.len()),
         tensors,
         data_position: serde_json::Value::Null,
+        sha256: String::new(),
     };
     checkpoint::write_manifest(dir, &m).unwrap();
     t.elapsed().as_secs_f64()

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("shard_spec", shard_spec),
     ("coord_wire", coord_wire),
     ("discovery", discovery),
+    ("checkpoint", checkpoint),
 ];
 
 /// Runs the target `name` on `data`.
@@ -767,4 +768,48 @@ pub fn discovery(data: &[u8]) -> Result<(), String> {
     let _ = endpoint_ips(&text);
     let _ = first_host(&text);
     result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A sharded checkpoint's manifest (`train::checkpoint::Reader`, as `basic train --resume` and
+/// `eval` open it) over four data files of known bytes: the input as written (its own SHA-256
+/// must match), and, when it parses as a manifest, the same manifest signed again so that the
+/// checks behind the checksum (shapes, pieces, byte ranges, file names) and the reads see
+/// fuzzed values. Every tensor of at most 2^20 values is read whole.
+pub fn checkpoint(data: &[u8]) -> Result<(), String> {
+    use basic::train::checkpoint::{write_manifest, Manifest, Reader};
+    let dir = scratch("ckpt");
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    for p in 0..4u32 {
+        let bytes: Vec<u8> = (0..256u32).map(|i| ((p * 31 + i) % 251) as u8).collect();
+        std::fs::write(dir.join(format!("process-{p:05}.bin")), bytes).expect("data file");
+    }
+    let d = dir.to_str().expect("a UTF-8 scratch path").to_string();
+    let read_all = |r: &Reader| -> Result<(), String> {
+        for (name, t) in &r.manifest.tensors {
+            if t.shape.iter().product::<i64>() > 1 << 20 {
+                continue;
+            }
+            let zeros = vec![0; t.shape.len()];
+            r.read(name, &zeros, &t.shape, basic::DType::F32)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    std::fs::write(dir.join("manifest.json"), data).expect("manifest");
+    let raw = match Reader::open(&d) {
+        Ok(r) => read_all(&r),
+        Err(e) => Err(refused(e, "manifest.json")),
+    };
+    let signed = match serde_json::from_slice::<Manifest>(data) {
+        Err(e) => Err(e.to_string()),
+        Ok(m) => {
+            write_manifest(&d, &m).expect("a manifest that parsed writes");
+            match Reader::open(&d) {
+                Ok(r) => read_all(&r),
+                Err(e) => Err(refused(e, "manifest.json")),
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    raw.and(signed)
 }

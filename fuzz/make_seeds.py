@@ -9,8 +9,10 @@ Usage: python3 fuzz/make_seeds.py   (from anywhere; rewrites fuzz/seeds/)
 """
 
 import gzip
+import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import struct
@@ -304,6 +306,29 @@ def main():
     }
     for name, env in envs.items():
         put("discovery", name, env)
+
+    # checkpoint: manifests over the harness's four data files (256 bytes each, byte i of process
+    # p is (31p + i) % 251), unsigned (the harness signs what parses).
+    def data_file(p):
+        return bytes((31 * p + i) % 251 for i in range(256))
+
+    def piece(p, offset, start, shape):
+        n = 4 * math.prod(shape)
+        return {"file": f"process-{p:05}.bin", "offset": offset, "bytes": n, "start": start,
+                "shape": shape, "sha256": hashlib.sha256(data_file(p)[offset:offset + n]).hexdigest()}
+
+    def manifest(tensors):
+        return json.dumps({"format": 1, "step": 100, "seed": 7, "processes": 4, "mesh": "data=4",
+                           "tensors": tensors, "data_position": {"epoch": 1, "streams": [3, 4]},
+                           "sha256": ""}, indent=2).encode()
+
+    rows = {"w": {"dtype": "f32", "shape": [8, 4],
+                  "pieces": [piece(p, 0, [2 * p, 0], [2, 4]) for p in range(4)]}}
+    put("checkpoint", "rows", manifest(rows))
+    mixed = {"a": {"dtype": "f32", "shape": [4, 6],
+                   "pieces": [piece(0, 0, [0, 0], [4, 3]), piece(1, 16, [0, 3], [4, 3])]},
+             "t": {"dtype": "f32", "shape": [], "pieces": [piece(2, 8, [], [])]}}
+    put("checkpoint", "columns-and-scalar", manifest(mixed))
 
 
 if __name__ == "__main__":

@@ -193,3 +193,227 @@ fn a_file_of_another_library_has_no_checksum_and_is_still_read() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sharded checkpoint as four processes of a job write it: two tensors split by rows, a
+/// scalar held by process 0, a data position.
+fn write_checkpoint(dir: &str, seed: u64) -> Vec<(String, HostArray)> {
+    use basic::train::checkpoint::{write_manifest, write_process, Block, Manifest, TensorEntry};
+    let mut r = Rng(seed);
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| (r.next() % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    let tensors = vec![
+        (
+            "image/kernel".to_string(),
+            HostArray::new(&[8, 12], &values(96)).unwrap(),
+        ),
+        (
+            "text/embed".to_string(),
+            HostArray::new(&[16, 6], &values(96)).unwrap(),
+        ),
+        (
+            "temperature".to_string(),
+            HostArray::new(&[], &values(1)).unwrap(),
+        ),
+    ];
+    let mut entries: BTreeMap<String, TensorEntry> = BTreeMap::new();
+    for (name, t) in &tensors {
+        entries.insert(
+            name.clone(),
+            TensorEntry {
+                dtype: "f32".into(),
+                shape: t.shape().to_vec(),
+                pieces: vec![],
+            },
+        );
+    }
+    for p in 0..4usize {
+        let mut blocks = Vec::new();
+        for (name, t) in &tensors {
+            if t.shape().is_empty() {
+                if p == 0 {
+                    blocks.push(Block {
+                        tensor: name.clone(),
+                        start: vec![],
+                        value: t.clone(),
+                    });
+                }
+                continue;
+            }
+            let rows = t.shape()[0] / 4;
+            let part = t.split(0, 4).unwrap().swap_remove(p);
+            blocks.push(Block {
+                tensor: name.clone(),
+                start: vec![p as i64 * rows, 0],
+                value: part,
+            });
+        }
+        for (name, piece) in write_process(dir, p, &blocks).unwrap() {
+            entries.get_mut(&name).unwrap().pieces.push(piece);
+        }
+    }
+    let m = Manifest {
+        format: basic::train::checkpoint::FORMAT,
+        step: 1200 + seed,
+        seed,
+        processes: 4,
+        mesh: "data=4".into(),
+        tensors: entries,
+        data_position: serde_json::json!({"epoch": 3, "streams": [{"shard": 17, "sample": 250}]}),
+        sha256: String::new(),
+    };
+    write_manifest(dir, &m).unwrap();
+    tensors
+}
+
+/// What a restore reads back: every tensor whole, the step, the seed and the data position.
+fn restore(dir: &str) -> basic::Result<(Vec<Vec<u8>>, u64, u64, serde_json::Value)> {
+    let r = basic::train::checkpoint::Reader::open(dir)?;
+    let mut out = Vec::new();
+    for (name, t) in &r.manifest.tensors {
+        let zeros = vec![0; t.shape.len()];
+        out.push(
+            r.read(name, &zeros, &t.shape, basic::DType::F32)?
+                .bytes()
+                .to_vec(),
+        );
+    }
+    let m = &r.manifest;
+    Ok((out, m.step, m.seed, m.data_position.clone()))
+}
+
+#[test]
+fn every_damaged_sharded_checkpoint_is_refused_naming_the_file() {
+    let root = std::env::temp_dir().join(format!("basic-ckpt-damage-{}", std::process::id()));
+    let good = root.join("good");
+    let other = root.join("other");
+    for d in [&good, &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    write_checkpoint(good.to_str().unwrap(), 1);
+    write_checkpoint(other.to_str().unwrap(), 2);
+    let want = restore(good.to_str().unwrap()).unwrap();
+    let files: Vec<String> = (0..4).map(|p| format!("process-{p:05}.bin")).collect();
+    let read = |name: &str| std::fs::read(good.join(name)).unwrap();
+    let kinds = [
+        "manifest bit",
+        "manifest digit",
+        "manifest cut",
+        "data bit",
+        "data cut",
+        "shuffled shards",
+        "missing shard",
+        "other run's manifest",
+        "data appended",
+    ];
+    let mut r = Rng(20261206);
+    let bad = root.join("bad");
+    // Per kind: cases, accepted with other values, accepted unchanged, refused, crashed.
+    let mut table = vec![[0usize; 5]; kinds.len()];
+    let mut failures = Vec::new();
+    for case in 0..180 {
+        let k = case % kinds.len();
+        let _ = std::fs::remove_dir_all(&bad);
+        std::fs::create_dir_all(&bad).unwrap();
+        for f in files.iter().map(String::as_str).chain(["manifest.json"]) {
+            std::fs::write(bad.join(f), read(f)).unwrap();
+        }
+        let victim = files[r.below(4)].clone();
+        let damaged: Vec<String> = match k {
+            0..=2 => {
+                let mut b = read("manifest.json");
+                match k {
+                    0 => {
+                        let at = r.below(b.len());
+                        b[at] ^= 1 << r.below(8);
+                    }
+                    // A digit of a number (a step, a shape, an offset, a position) made another.
+                    1 => {
+                        let digits: Vec<usize> = (1..b.len())
+                            .filter(|&i| b[i].is_ascii_digit() && b[i - 1] != b'"')
+                            .filter(|&i| !b[i - 1].is_ascii_hexdigit() || b[i - 1] == b' ')
+                            .collect();
+                        let at = digits[r.below(digits.len())];
+                        b[at] = b'0' + ((b[at] - b'0' + 1 + r.below(9) as u8) % 10);
+                    }
+                    _ => b.truncate(r.below(b.len())),
+                }
+                std::fs::write(bad.join("manifest.json"), b).unwrap();
+                vec!["manifest.json".into()]
+            }
+            3 | 4 | 8 => {
+                let mut b = read(&victim);
+                match k {
+                    3 => {
+                        let at = r.below(b.len());
+                        b[at] ^= 1 << r.below(8);
+                    }
+                    4 => b.truncate(r.below(b.len())),
+                    _ => b.extend((0..1 + r.below(64)).map(|_| r.next() as u8)),
+                }
+                std::fs::write(bad.join(&victim), b).unwrap();
+                vec![victim]
+            }
+            5 => {
+                let a = r.below(4);
+                let b = (a + 1 + r.below(3)) % 4;
+                std::fs::write(bad.join(&files[a]), read(&files[b])).unwrap();
+                std::fs::write(bad.join(&files[b]), read(&files[a])).unwrap();
+                vec![files[a].clone(), files[b].clone()]
+            }
+            6 => {
+                std::fs::remove_file(bad.join(&victim)).unwrap();
+                vec![victim]
+            }
+            _ => {
+                std::fs::copy(other.join("manifest.json"), bad.join("manifest.json")).unwrap();
+                let mut all = files.clone();
+                all.push("manifest.json".into());
+                all
+            }
+        };
+        let row = &mut table[k];
+        row[0] += 1;
+        match catch_unwind(AssertUnwindSafe(|| restore(bad.to_str().unwrap()))) {
+            Err(_) => {
+                row[4] += 1;
+                failures.push(format!("case {case} ({}): a panic", kinds[k]));
+            }
+            Ok(Ok(got)) if got == want => row[2] += 1,
+            Ok(Ok(_)) => {
+                row[1] += 1;
+                failures.push(format!(
+                    "case {case} ({}): accepted with other values",
+                    kinds[k]
+                ));
+            }
+            Ok(Err(e)) => {
+                row[3] += 1;
+                let e = e.to_string();
+                if !damaged.iter().any(|f| e.contains(f.as_str())) {
+                    failures.push(format!(
+                        "case {case} ({}): the error names none of {damaged:?}: {e}",
+                        kinds[k]
+                    ));
+                }
+            }
+        }
+    }
+    println!("damage                 cases  accepted-changed  accepted-same  refused  crashed");
+    for (k, row) in kinds.iter().zip(&table) {
+        println!(
+            "{k:<22} {:>5}  {:>16}  {:>13}  {:>7}  {:>7}",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Only appended bytes (outside every piece) may be read back unchanged; all else is refused.
+    for (k, row) in kinds.iter().zip(&table) {
+        if *k != "data appended" {
+            assert_eq!(row[3], row[0], "{k}: {row:?}");
+        }
+    }
+}

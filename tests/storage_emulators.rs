@@ -130,6 +130,7 @@ fn s3_checkpoints(s3: &Emulator) {
         mesh: "data=2".into(),
         tensors,
         data_position: serde_json::Value::Null,
+        sha256: String::new(),
     };
     checkpoint::write_manifest(&step, &m).unwrap();
     let listed = checkpoint::list(dir).unwrap();

@@ -317,6 +317,8 @@ mod tests {
                 arguments: vec![],
                 results: vec![],
                 device_assignment: vec![0],
+                processes: 1,
+                device_processes: vec![0],
             },
             program,
             executable: b"the plugin's bytes".to_vec(),

@@ -42,6 +42,7 @@ pub fn folder_step(name: &str) -> Option<u64> {
 
 /// One block of a tensor in a process's data file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Piece {
     /// The data file, relative to the step folder.
     pub file: String,
@@ -56,14 +57,18 @@ pub struct Piece {
 
 /// A tensor of the checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TensorEntry {
     pub dtype: String,
     pub shape: Vec<i64>,
     pub pieces: Vec<Piece>,
 }
 
-/// What makes a step folder a checkpoint.
+/// What makes a step folder a checkpoint. Its own checksum covers every other field (a flipped
+/// digit of the step, a shape or an offset changes what is restored without touching the data
+/// files' checksums); unknown fields are refused, so that damage cannot hide a field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub step: u64,
@@ -74,7 +79,27 @@ pub struct Manifest {
     pub tensors: BTreeMap<String, TensorEntry>,
     /// The data streams' position after the step (every process's streams, merged).
     pub data_position: serde_json::Value,
+    /// SHA-256 of the manifest's JSON written with this field empty; set by [`write_manifest`].
+    #[serde(default)]
+    pub sha256: String,
 }
+
+impl Manifest {
+    /// The manifest's JSON with `sha256` empty, and that JSON's SHA-256.
+    fn unsigned(&self) -> Result<(Vec<u8>, String)> {
+        let mut m = self.clone();
+        m.sha256.clear();
+        let text = serde_json::to_vec_pretty(&m)
+            .map_err(|e| Error::Internal(format!("cannot write a checkpoint manifest: {e}")))?;
+        let sum = sha256_hex(&text);
+        Ok((text, sum))
+    }
+}
+
+/// The most values of one tensor and the most pieces of a checkpoint a manifest may declare: far
+/// above any model's, so that a damaged manifest cannot ask for an allocation first.
+const MAX_VALUES: i64 = 1 << 40;
+const MAX_PIECES: usize = 1 << 24;
 
 /// One block to write: a tensor's name, where the block starts, and its values.
 pub struct Block {
@@ -108,11 +133,72 @@ pub fn write_process(dir: &str, process: usize, blocks: &[Block]) -> Result<Vec<
     Ok(pieces)
 }
 
-/// Writes the manifest: the step is a checkpoint from here on.
+/// Writes the manifest, with its checksum: the step is a checkpoint from here on.
 pub fn write_manifest(dir: &str, m: &Manifest) -> Result<()> {
-    let text = serde_json::to_vec_pretty(m)
+    let mut m = m.clone();
+    m.sha256 = m.unsigned()?.1;
+    let text = serde_json::to_vec_pretty(&m)
         .map_err(|e| Error::Internal(format!("cannot write a checkpoint manifest: {e}")))?;
     Location::parse(&join(dir, "manifest.json"))?.put(text)
+}
+
+/// Whether `name` is a data file's name as [`write_process`] makes them (no folder, no `..`: a
+/// manifest cannot send a read outside its step folder).
+fn is_data_file(name: &str) -> bool {
+    name.strip_prefix("process-")
+        .and_then(|r| r.strip_suffix(".bin"))
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The first inconsistency of a manifest's tensors and pieces, as text: dtypes basic reads,
+/// non-negative shapes of bounded size, pieces inside their tensor with as many bytes as their
+/// shape, in data files of the step folder.
+fn manifest_problem(m: &Manifest) -> Option<String> {
+    let mut pieces = 0usize;
+    for (name, t) in &m.tensors {
+        let Ok(dtype) = t.dtype.parse::<DType>() else {
+            return Some(format!(
+                "tensor `{name}` has dtype `{}`, not one basic reads",
+                t.dtype
+            ));
+        };
+        let count = |shape: &[i64]| {
+            shape.iter().try_fold(1i64, |n, &d| {
+                (d >= 0)
+                    .then(|| n.checked_mul(d))
+                    .flatten()
+                    .filter(|&n| n <= MAX_VALUES)
+            })
+        };
+        if count(&t.shape).is_none() {
+            return Some(format!("tensor `{name}` has shape {:?}", t.shape));
+        }
+        pieces += t.pieces.len();
+        if pieces > MAX_PIECES {
+            return Some(format!("it declares more than {MAX_PIECES} pieces"));
+        }
+        for p in &t.pieces {
+            let inside = p.start.len() == t.shape.len()
+                && p.shape.len() == t.shape.len()
+                && (0..t.shape.len()).all(|d| {
+                    p.start[d] >= 0 && p.shape[d] >= 0 && p.start[d] <= t.shape[d] - p.shape[d]
+                });
+            let bytes = count(&p.shape).map(|n| n as u64 * dtype.size_in_bytes() as u64);
+            if !inside || bytes != Some(p.bytes) || p.offset.checked_add(p.bytes).is_none() {
+                return Some(format!(
+                    "tensor `{name}` of shape {:?} has a piece at {:?} of shape {:?} with {} bytes",
+                    t.shape, p.start, p.shape, p.bytes
+                ));
+            }
+            if !is_data_file(&p.file) {
+                return Some(format!(
+                    "tensor `{name}` has a piece in `{}`, not a data file of the step folder",
+                    p.file
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// `dir/name` for a folder URL or path.
@@ -149,6 +235,18 @@ impl Reader {
                     "it has format {}; this basic reads format {FORMAT}",
                     manifest.format
                 ),
+            ));
+        }
+        if manifest.unsigned()?.1 != manifest.sha256 {
+            return Err(Error::invalid(
+                format!("checkpoint manifest `{at}`"),
+                "its contents do not match its SHA-256: it is damaged (restore an earlier step, or write the checkpoint again)",
+            ));
+        }
+        if let Some(why) = manifest_problem(&manifest) {
+            return Err(Error::invalid(
+                format!("checkpoint manifest `{at}`"),
+                format!("{why}: it is damaged or was not written by basic train"),
             ));
         }
         Ok(Reader {
@@ -223,7 +321,7 @@ impl Reader {
     fn piece(&self, tensor: &str, p: &Piece) -> Result<Vec<u8>> {
         let url = join(&self.dir, &p.file);
         let bytes = Location::parse(&url)?.get_range(p.offset..p.offset + p.bytes)?;
-        if sha256_hex(&bytes) != p.sha256 {
+        if bytes.len() as u64 != p.bytes || sha256_hex(&bytes) != p.sha256 {
             return Err(Error::invalid(
                 format!("checkpoint file `{url}`"),
                 format!(
@@ -417,6 +515,7 @@ mod tests {
             mesh: "data=2".into(),
             tensors,
             data_position: serde_json::Value::Null,
+            sha256: String::new(),
         };
         write_manifest(&d, &m).unwrap();
         let r = Reader::open(&d).unwrap();

@@ -191,6 +191,7 @@ fn manifest(
         tensors,
         data_position: serde_json::to_value(&saved.position)
             .map_err(|e| Error::Internal(e.to_string()))?,
+        sha256: String::new(),
     })
 }
 
