@@ -330,6 +330,9 @@ pub struct ZeroShotArgs {
     /// (the 80 CLIP templates), clip-short, cifar
     #[arg(long)]
     templates: String,
+    /// Leave (and count) damaged shards instead of stopping at the first
+    #[arg(long)]
+    skip_bad: bool,
     /// Use at most this many test images
     #[arg(long)]
     limit: Option<usize>,
@@ -348,6 +351,9 @@ pub struct RetrievalArgs {
     /// Captioned test shards: as for `basic eval zero-shot`
     #[arg(long)]
     data: String,
+    /// Leave (and count) damaged shards instead of stopping at the first
+    #[arg(long)]
+    skip_bad: bool,
     #[arg(long)]
     limit: Option<usize>,
     #[command(flatten)]
@@ -457,6 +463,16 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says on standard error what the test data's reading left out.
+fn report_skipped(c: &basic::data::stream::Counts) {
+    if c.skipped_samples > 0 || c.bad_shards > 0 {
+        eprintln!(
+            "left out: {} samples without an image or caption, {} damaged shards",
+            c.skipped_samples, c.bad_shards
+        );
+    }
+}
+
 pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
     match e {
         EvalCommand::ZeroShot(a) => {
@@ -465,48 +481,23 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 (None, Some(m)) => open_foreign(m, &a.backend, a.tokenizer.as_deref())?,
                 (None, None) => bail!("give --run RUN or --model hf:DIR|open_clip:DIR"),
             };
-            // An image folder has class sub-folders and neither shards nor a manifest.
-            let dir = std::path::Path::new(&a.data);
-            let listing: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-                .map(|d| d.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            let image_folder = listing.iter().any(|p| p.is_dir())
-                && !listing
-                    .iter()
-                    .any(|p| p.extension().is_some_and(|e| e == "tar" || e == "jsonl"));
-            let folder = if image_folder {
-                Some(basic::eval::image_folder(dir)?)
-            } else {
-                None
-            };
-            let names = match (&a.classes, &folder) {
+            let data = basic::eval::TestData::open(&a.data)?;
+            let names = match (&a.classes, &data) {
                 (Some(c), _) => basic::eval::named_or_file(c)?,
-                (None, Some((_, n))) => n.clone(),
-                (None, None) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
+                (None, basic::eval::TestData::Folder(_, n)) => n.clone(),
+                (None, _) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
             };
             let temps = basic::eval::named_or_file(&a.templates)?;
             let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
             let ce = class_embeddings(&emb, &tok, &names, &temps)?;
             let limit = a.limit.unwrap_or(usize::MAX);
             let labelled = |s: &basic::data::Sample| s.label.is_some();
-            let test = match &folder {
-                Some((files, folder_names)) => {
-                    basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
-                        for (p, l) in files {
-                            if !f(basic::eval::folder_sample(p, *l, folder_names)?)? {
-                                break;
-                            }
-                        }
-                        Ok(())
-                    })?
-                }
-                None => {
-                    let d = basic::data::source::parse(&a.data, "test", None)?;
-                    basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
-                        basic::data::stream::for_each_sample(&d, false, f).map(|_| ())
-                    })?
-                }
-            };
+            let mut counts = Default::default();
+            let test = basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
+                counts = data.for_each(a.skip_bad, f)?;
+                Ok(())
+            })?;
+            report_skipped(&counts);
             if test.images.is_empty() {
                 bail!("`{}` has no labelled test images", a.data);
             }
@@ -522,7 +513,7 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per, "truncated_prompts": emb.truncated()})
+                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per, "truncated_prompts": emb.truncated(), "skipped_samples": counts.skipped_samples, "bad_shards": counts.bad_shards})
                     )?
                 );
             } else {
@@ -549,12 +540,17 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
             let (c, tok, params, rt) = open_run(&a.run, &a.backend, None)?;
             let d = basic::data::source::parse(&a.data, "test", None)?;
             let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
+            let mut counts = Default::default();
             let test = basic::eval::embed_streamed(
                 &emb,
                 a.limit.unwrap_or(usize::MAX),
                 &|_| true,
-                &mut |f| basic::data::stream::for_each_sample(&d, false, f).map(|_| ()),
+                &mut |f| {
+                    counts = basic::data::stream::for_each_sample(&d, a.skip_bad, f)?;
+                    Ok(())
+                },
             )?;
+            report_skipped(&counts);
             let (ie, captions) = (test.images, test.captions);
             let te = emb.embed_texts(&captions, &tok)?;
             let r = retrieval(&ie, &te, &[1, 5, 10]);
@@ -562,6 +558,8 @@ pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
                 let mut m: serde_json::Map<String, serde_json::Value> =
                     r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
                 m.insert("truncated_captions".into(), json!(emb.truncated()));
+                m.insert("skipped_samples".into(), json!(counts.skipped_samples));
+                m.insert("bad_shards".into(), json!(counts.bad_shards));
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::Value::Object(m))?

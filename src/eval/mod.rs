@@ -281,6 +281,56 @@ pub type LabelledFile = (std::path::PathBuf, i64);
 /// Hands every sample to its argument until that returns `false`.
 pub type SampleSource<'a> = dyn FnMut(&mut dyn FnMut(Sample) -> Result<bool>) -> Result<()> + 'a;
 
+/// The test images of `basic eval zero-shot`: an image folder (class sub-folders, and neither
+/// shards nor a manifest beside them) or captioned shards (a folder, a bucket, a pattern).
+pub enum TestData {
+    /// Each image's path and label, and the class (folder) names.
+    Folder(Vec<LabelledFile>, Vec<String>),
+    Shards(crate::data::source::Dataset),
+}
+
+impl TestData {
+    /// Tells an image folder from shards by what `data` holds.
+    pub fn open(data: &str) -> Result<TestData> {
+        let dir = Path::new(data);
+        let listing: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let is_folder = listing.iter().any(|p| p.is_dir())
+            && !listing
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "tar" || e == "jsonl"));
+        if is_folder {
+            let (files, names) = image_folder(dir)?;
+            Ok(TestData::Folder(files, names))
+        } else {
+            Ok(TestData::Shards(crate::data::source::parse(
+                data, "test", None,
+            )?))
+        }
+    }
+
+    /// Hands every sample to `f` until it returns `false`; the shards' skip counts (`skip_bad`:
+    /// damaged shards are left and counted instead of stopping).
+    pub fn for_each(
+        &self,
+        skip_bad: bool,
+        f: &mut dyn FnMut(Sample) -> Result<bool>,
+    ) -> Result<crate::data::stream::Counts> {
+        match self {
+            TestData::Folder(files, names) => {
+                for (p, l) in files {
+                    if !f(folder_sample(p, *l, names)?)? {
+                        break;
+                    }
+                }
+                Ok(Default::default())
+            }
+            TestData::Shards(d) => crate::data::stream::for_each_sample(d, skip_bad, f),
+        }
+    }
+}
+
 /// An image-folder dataset: one sub-folder per class (sorted by name: label order), its PNG, JPEG
 /// and WebP files the images. Returns each image's path and label, and the class (folder)
 /// names; the images are read as they are used ([`folder_sample`]).
