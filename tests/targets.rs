@@ -410,3 +410,45 @@ fn a_failed_target_compile_leaves_the_next_one_working() {
         program.len()
     );
 }
+
+/// The step is built, compiled and measured by the library (what `basic compile` and `basic plan`
+/// both call), here on a CPU client of 2 devices with no binary started: one test of what fits.
+#[test]
+fn the_library_compiles_and_measures_the_step_without_the_binary() {
+    use basic::train::aot::{compile_step, fits_in, CompileOn, CompileOutputs};
+    use basic::train::{LayoutChoices, StepChoices, StepSetup};
+    let base = basic::model::ModelConfig::load("tiny").unwrap();
+    let step = StepChoices {
+        batch: Some(16),
+        microbatches: Some(2),
+        ..Default::default()
+    };
+    let layout = LayoutChoices {
+        mesh: Some("data=2".into()),
+        partitioning: Some("data_parallel".into()),
+        partitioner: basic::runtime::Partitioner::Shardy,
+    };
+    let setup = StepSetup::new(&base, &step, &layout, false).unwrap();
+    let rt = basic::runtime::Runtime::open(&basic::runtime::Backend::Cpu, Some(2)).unwrap();
+    let r = compile_step(
+        &setup,
+        CompileOn::Client(rt.client()),
+        CompileOutputs::default(),
+    )
+    .unwrap();
+    assert!(r.params > 0 && r.flops > 0.0, "{r:?}");
+    assert!(
+        r.mem.peak_bytes > 0 && r.mem.argument_bytes > 0,
+        "{:?}",
+        r.mem
+    );
+    // Without a target there is no HBM to fit; the one test of what fits is exact at the peak.
+    assert_eq!(r.fits(), None);
+    assert!(fits_in(&r.mem, None, r.mem.peak_bytes));
+    assert!(!fits_in(&r.mem, None, r.mem.peak_bytes - 1));
+    assert!(!fits_in(&r.mem, Some("RESOURCE_EXHAUSTED"), i64::MAX));
+    // One process holding both devices and every row.
+    assert_eq!(r.shares.len(), 1);
+    assert_eq!(r.shares[0].rows, (0, 16));
+    assert_eq!(r.shares[0].devices.len(), 2);
+}

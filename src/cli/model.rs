@@ -13,6 +13,7 @@ use basic::io::safetensors;
 use basic::ir::RematPolicy;
 use basic::model::config::{Modality, Precision};
 use basic::model::inference::{embed_graph, text_features_graph};
+use basic::model::names::io;
 use basic::model::{dual, ModelConfig};
 use basic::runtime::{HostArray, Partitioner};
 use basic::target::Target;
@@ -441,11 +442,11 @@ fn load_or_random_batch(
         (Some(p), _) => {
             let mut f = safetensors::read(p)?;
             let images = f
-                .remove("images")
-                .with_context(|| format!("`{}` has no tensor `images`", p.display()))?;
+                .remove(io::IMAGES)
+                .with_context(|| format!("`{}` has no tensor `{}`", p.display(), io::IMAGES))?;
             let tokens = f
-                .remove("tokens")
-                .with_context(|| format!("`{}` has no tensor `tokens`", p.display()))?;
+                .remove(io::TOKENS)
+                .with_context(|| format!("`{}` has no tensor `{}`", p.display(), io::TOKENS))?;
             (safetensors::convert(&images, dtype)?, tokens)
         }
         (None, Some(n)) => {
@@ -473,7 +474,10 @@ fn load_or_random_batch(
                 let f32_images = safetensors::convert(&images, DType::F32)?;
                 safetensors::write(
                     out,
-                    &[("images".into(), &f32_images), ("tokens".into(), &tokens)],
+                    &[
+                        (io::IMAGES.into(), &f32_images),
+                        (io::TOKENS.into(), &tokens),
+                    ],
                     &BTreeMap::new(),
                 )?;
             }

@@ -13,10 +13,10 @@ pub struct Image {
 }
 
 fn bad(name: &str, why: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument {
-        what: format!("image `{name}`"),
-        fix: format!("{why}; it is not a readable PNG, JPEG or WebP"),
-    }
+    Error::invalid(
+        format!("image `{name}`"),
+        format!("{why}; it is not a readable PNG, JPEG or WebP"),
+    )
 }
 
 /// Decoded 8-bit samples as the file stores them: `h × w × c`, `c` being 1 (grey), 2 (grey and

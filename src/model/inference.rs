@@ -112,3 +112,37 @@ pub fn text_features_graph(
     b.output(io::TEXT_EMBEDDINGS, &f.convert(DType::F32)?)?;
     Ok((b.finish(), specs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_features_declare_the_tower_without_its_projection_whatever_its_kind() {
+        for preset in ["tiny", "siglip-b16"] {
+            let mut c = ModelConfig::load(preset).unwrap();
+            c.text.depth = 1;
+            let (_, specs) = text_features_graph(&c, 2, DType::F32).unwrap();
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            assert!(
+                names.iter().all(|n| n.starts_with("text/")),
+                "{preset}: {names:?}"
+            );
+            assert!(
+                !names.iter().any(|n| n.starts_with("text/proj")),
+                "{preset}: {names:?}"
+            );
+            assert!(
+                names.iter().any(|n| n.contains("embed")),
+                "{preset}: {names:?}"
+            );
+        }
+        // siglip-b16's head is a linear layer with a bias: both are in the full model.
+        let c = ModelConfig::load("siglip-b16").unwrap();
+        assert_eq!(
+            c.text_projection,
+            crate::model::config::Projection::LinearBias,
+            "the preset this test relies on changed"
+        );
+    }
+}

@@ -328,7 +328,7 @@ pub fn scanned(
     let noise = t.fold(100)?;
     scan_layers(
         x,
-        &s.sub("layers"),
+        &s.sub(crate::model::names::LAYERS),
         c.depth,
         &consts,
         &t.with_noise(noise.as_ref()),

@@ -279,6 +279,10 @@ fn clear_value(
 
 /// Runs `f` on the store behind `user_arg` with the key as UTF-8, turning a panic into an
 /// INTERNAL error (a panic must not unwind into the plugin's C++ frames).
+///
+/// # Safety
+/// `user_arg` is null or the `Arc<dyn KeyValueStore>` a [`KvCallbacks`] handed to the plugin,
+/// still alive; `key` is null or points to `key_size` readable bytes for the call.
 unsafe fn with_store<T>(
     user_arg: *mut c_void,
     key: *const c_char,
@@ -308,6 +312,10 @@ unsafe fn with_store<T>(
     })
 }
 
+/// The `n` bytes at `p` (none when `p` is null or `n` is 0).
+///
+/// # Safety
+/// A non-null `p` points to `n` readable bytes that outlive `'a`.
 unsafe fn bytes<'a>(p: *const c_char, n: usize) -> &'a [u8] {
     if p.is_null() || n == 0 {
         &[]
@@ -357,6 +365,10 @@ unsafe extern "C" fn free_value(value: *mut c_char) {
 }
 
 /// Turns `e` into the plugin's error object through its `callback_error`.
+///
+/// # Safety
+/// `make` is null or points to the plugin's `PJRT_CallbackError` function pointer, valid for the
+/// call.
 unsafe fn report(make: *mut ffi::PJRT_CallbackError, e: &Error) -> *mut ffi::PJRT_Error {
     let code = e.status_code().unwrap_or(StatusCode::Internal);
     let message = e.to_string();

@@ -332,10 +332,6 @@ impl Builder {
             &[Tensor],
         ) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
     ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let scan_err = |message: String| Error::Shape {
-            op: "scan".into(),
-            message,
-        };
         if length < 1 {
             return Err(scan_err(format!("length must be at least 1, got {length}")));
         }
@@ -345,24 +341,12 @@ impl Builder {
             self.state.borrow().graph.nodes.len()
         ));
         let index = sub.parameter("index", DType::S32, &[])?;
-        // The body's parameters after the index, in the scan's operand order: one row of each xs.
-        let mut row_types: Vec<TensorType> =
-            consts.iter().chain(carry).map(|t| t.ty.clone()).collect();
-        for t in xs {
-            if t.ty.shape.first() != Some(&length) {
-                return Err(scan_err(format!(
-                    "every xs array needs a leading axis of the scan length {length}, got {}",
-                    t.ty
-                )));
-            }
-            row_types.push(TensorType::new(t.ty.dtype, &t.ty.shape[1..]));
-        }
-        let params: Vec<Tensor> = row_types
+        let params: Vec<Tensor> = scan_row_types(length, consts, carry, xs)?
             .iter()
             .enumerate()
             .map(|(p, t)| sub.parameter_typed(&format!("p{}", p + 1), t))
             .collect::<Result<_>>()?;
-        let layout = crate::ir::ScanLayout {
+        let mut layout = crate::ir::ScanLayout {
             consts: consts.len(),
             carry: carry.len(),
             xs: xs.len(),
@@ -371,21 +355,8 @@ impl Builder {
         };
         let p = layout.ins(&params)?;
         let (new_carry, ys) = body(&index, p.consts, p.carry, p.xs)?;
-        if new_carry.len() != carry.len() {
-            return Err(scan_err(format!(
-                "the body returned {} carries for {} inputs",
-                new_carry.len(),
-                carry.len()
-            )));
-        }
-        for (i, (a, b)) in new_carry.iter().zip(carry).enumerate() {
-            if a.ty != b.ty {
-                return Err(scan_err(format!(
-                    "carry {i} enters as {} but the body returns {}",
-                    b.ty, a.ty
-                )));
-            }
-        }
+        check_body_carry(carry, &new_carry)?;
+        layout.ys = ys.len();
         for (i, t) in new_carry.iter().chain(&ys).enumerate() {
             sub.output(&format!("o{i}"), t)?;
         }
@@ -402,8 +373,8 @@ impl Builder {
             },
             &inputs,
         )?;
-        let (a, b) = outs.split_at(carry.len());
-        Ok((a.to_vec(), b.to_vec()))
+        let o = layout.outs(&outs)?;
+        Ok((o.carry.to_vec(), o.ys.to_vec()))
     }
 
     fn graph_name(&self) -> String {
@@ -475,4 +446,52 @@ impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Builder({})", self.graph_name())
     }
+}
+
+fn scan_err(message: String) -> Error {
+    Error::Shape {
+        op: "scan".into(),
+        message,
+    }
+}
+
+/// The types of a scan body's parameters after its index, in the scan's operand order: the
+/// constants and carries as they are, one row of each `xs` (which needs `length` rows).
+fn scan_row_types(
+    length: i64,
+    consts: &[Tensor],
+    carry: &[Tensor],
+    xs: &[Tensor],
+) -> Result<Vec<TensorType>> {
+    let mut types: Vec<TensorType> = consts.iter().chain(carry).map(|t| t.ty.clone()).collect();
+    for t in xs {
+        if t.ty.shape.first() != Some(&length) {
+            return Err(scan_err(format!(
+                "every xs array needs a leading axis of the scan length {length}, got {}",
+                t.ty
+            )));
+        }
+        types.push(TensorType::new(t.ty.dtype, &t.ty.shape[1..]));
+    }
+    Ok(types)
+}
+
+/// A scan body returns one carry of the same type for each carry it was given.
+fn check_body_carry(carry: &[Tensor], new_carry: &[Tensor]) -> Result<()> {
+    if new_carry.len() != carry.len() {
+        return Err(scan_err(format!(
+            "the body returned {} carries for {} inputs",
+            new_carry.len(),
+            carry.len()
+        )));
+    }
+    for (i, (a, b)) in new_carry.iter().zip(carry).enumerate() {
+        if a.ty != b.ty {
+            return Err(scan_err(format!(
+                "carry {i} enters as {} but the body returns {}",
+                b.ty, a.ty
+            )));
+        }
+    }
+    Ok(())
 }

@@ -164,10 +164,10 @@ pub fn data_tokenizer(
         return Tokenizer::load(&saved);
     }
     let missing = || {
-        Error::InvalidArgument {
-        what: format!("data folder `{root}`"),
-        fix: "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`, or pass --tokenizer".into(),
-    }
+        Error::invalid(
+            format!("data folder `{root}`"),
+            "it has neither tokenizer.json nor captions.txt; train one with `basic tokenizer train`, or pass --tokenizer",
+        )
     };
     // A bucket's corpus is copied next to the run; a local one is read where it is.
     let local = if crate::io::storage::is_remote(root) {
