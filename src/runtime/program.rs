@@ -346,8 +346,9 @@ fn parse_meshes(text: &str) -> Result<BTreeMap<String, Vec<(String, i64)>>> {
 
 /// `<["a"=2, "b"=4]>` or `<["a"=2], device_ids=[...]>` → `[("a", 2), ("b", 4)]`.
 fn parse_mesh_axes(def: &str) -> Result<Vec<(String, i64)>> {
+    // The first `]` after the first `[` (a `]` before it is not this list's end).
     let open = def.find('[');
-    let close = def.find(']');
+    let close = open.and_then(|o| def[o..].find(']').map(|c| o + c));
     let (Some(open), Some(close)) = (open, close) else {
         return Ok(vec![]);
     };
