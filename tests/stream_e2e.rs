@@ -125,6 +125,15 @@ fn buckets_and_commands_train_to_the_losses_of_the_local_copy() {
         let spec = format!("{s}://shards/fm/train-{{00000..00011}}.tar");
         ok(&train(&spec, &run, "12", &["--tokenizer", tok], &e.env()));
         assert_eq!(losses(&run), want, "{spec}");
+        if kind == Kind::S3 {
+            // The same objects as plain http:// URLs (the emulator serves them without
+            // credentials, as a public bucket does), with no storage settings at all.
+            e.upload_public_folder("shards", "public", d);
+            let run = tmp("stream-http-braces");
+            let spec = format!("{}/shards/public/train-{{00000..00011}}.tar", e.endpoint());
+            ok(&train(&spec, &run, "12", &["--tokenizer", tok], &[]));
+            assert_eq!(losses(&run), want, "{spec}");
+        }
     }
 
     // A command's output as each shard: the size is not known, so it is given.

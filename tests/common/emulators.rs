@@ -138,11 +138,22 @@ impl Emulator {
         path: &str,
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request_with(method, path, body, "")
+    }
+
+    /// [`Emulator::request`] with extra header lines (`Name: value\r\n` each).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n{headers}Connection: close\r\n\r\n",
             self.port,
             body.len()
         );
@@ -200,6 +211,30 @@ impl Emulator {
             "uploading {name}: {status} {}",
             String::from_utf8_lossy(&body)
         );
+    }
+
+    /// Uploads every file of `dir` under `prefix/` of an S3 bucket, readable without
+    /// credentials (a canned `public-read` ACL on each), as a public dataset's objects are.
+    pub fn upload_public_folder(&self, bucket: &str, prefix: &str, dir: &Path) {
+        assert_eq!(self.kind, Kind::S3, "public objects are set up on S3 only");
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_file() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (status, body) = self
+                    .request_with(
+                        "PUT",
+                        &format!("/{bucket}/{prefix}/{name}"),
+                        &std::fs::read(e.path()).unwrap(),
+                        "x-amz-acl: public-read\r\n",
+                    )
+                    .expect("the emulator answers");
+                assert!(
+                    status < 300,
+                    "uploading {name}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
     }
 
     /// Uploads every file of `dir` under `prefix/`.
