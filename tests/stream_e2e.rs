@@ -76,8 +76,11 @@ fn train(
         "4",
         "--eval-every",
         "0",
-        "--quiet",
     ];
+    // Quiet, except a resumed run, which says where it resumed from.
+    if !extra.contains(&"--resume") {
+        args.push("--quiet");
+    }
     args.extend_from_slice(extra);
     let mut c = basic_cmd(&args);
     for (k, v) in env {
@@ -125,6 +128,13 @@ fn buckets_and_commands_train_to_the_losses_of_the_local_copy() {
         let spec = format!("{s}://shards/fm/train-{{00000..00011}}.tar");
         ok(&train(&spec, &run, "12", &["--tokenizer", tok], &e.env()));
         assert_eq!(losses(&run), want, "{spec}");
+        // Stopped after 6 steps and resumed from the bucket: the stream's position comes back.
+        let run = tmp(&format!("stream-{s}-resumed"));
+        ok(&train(&spec, &run, "6", &["--tokenizer", tok], &e.env()));
+        let o = train(&spec, &run, "12", &["--tokenizer", tok, "--resume"], &e.env());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && err.contains("(step 6)"), "{err}");
+        assert_eq!(losses(&run), want, "{spec}, resumed");
         if kind == Kind::S3 {
             // The same objects as plain http:// URLs (the emulator serves them without
             // credentials, as a public bucket does), with no storage settings at all.
