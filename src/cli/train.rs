@@ -475,108 +475,111 @@ fn report_skipped(c: &basic::data::stream::Counts) {
 
 pub fn eval(e: &EvalCommand) -> anyhow::Result<()> {
     match e {
-        EvalCommand::ZeroShot(a) => {
-            let (c, tok, params, rt) = match (&a.run, &a.model) {
-                (Some(run), _) => open_run(run, &a.backend, a.tokenizer.as_deref())?,
-                (None, Some(m)) => open_foreign(m, &a.backend, a.tokenizer.as_deref())?,
-                (None, None) => bail!("give --run RUN or --model hf:DIR|open_clip:DIR"),
-            };
-            let data = basic::eval::TestData::open(&a.data)?;
-            let names = match (&a.classes, &data) {
-                (Some(c), _) => basic::eval::named_or_file(c)?,
-                (None, basic::eval::TestData::Folder(_, n)) => n.clone(),
-                (None, _) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
-            };
-            let temps = basic::eval::named_or_file(&a.templates)?;
-            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
-            let ce = class_embeddings(&emb, &tok, &names, &temps)?;
-            let limit = a.limit.unwrap_or(usize::MAX);
-            let labelled = |s: &basic::data::Sample| s.label.is_some();
-            let mut counts = Default::default();
-            let test = basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
-                counts = data.for_each(a.skip_bad, f)?;
-                Ok(())
-            })?;
-            report_skipped(&counts);
-            if test.images.is_empty() {
-                bail!("`{}` has no labelled test images", a.data);
-            }
-            let ie = test.images;
-            let labels: Vec<i64> = test.labels.iter().map(|l| l.unwrap_or(0)).collect();
-            let z = zero_shot_scores(&ie, &labels, &ce, &names)?;
-            if a.json {
-                let per: serde_json::Map<String, serde_json::Value> = z
-                    .per_class
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v)))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per, "truncated_prompts": emb.truncated(), "skipped_samples": counts.skipped_samples, "bad_shards": counts.bad_shards})
-                    )?
-                );
-            } else {
-                println!(
-                    "zero-shot on {} images: top-1 {:.2}%, top-5 {:.2}%",
-                    z.images,
-                    100.0 * z.top1,
-                    100.0 * z.top5
-                );
-                if emb.truncated() > 0 {
-                    println!(
-                        "  {} of {} prompts were cut to the model's {} tokens",
-                        emb.truncated(),
-                        names.len() * temps.len(),
-                        c.text.length
-                    );
-                }
-                for (k, v) in &z.per_class {
-                    println!("  {k:<16} {:.1}%", 100.0 * v);
-                }
-            }
+        EvalCommand::ZeroShot(a) => eval_zero_shot(a),
+        EvalCommand::Retrieval(a) => eval_retrieval(a),
+    }
+}
+
+/// `basic eval zero-shot`: class embeddings from the prompts, then top-1/top-5 over the test data.
+fn eval_zero_shot(a: &ZeroShotArgs) -> anyhow::Result<()> {
+    let (c, tok, params, rt) = match (&a.run, &a.model) {
+        (Some(run), _) => open_run(run, &a.backend, a.tokenizer.as_deref())?,
+        (None, Some(m)) => open_foreign(m, &a.backend, a.tokenizer.as_deref())?,
+        (None, None) => bail!("give --run RUN or --model hf:DIR|open_clip:DIR"),
+    };
+    let data = basic::eval::TestData::open(&a.data)?;
+    let names = match (&a.classes, &data) {
+        (Some(c), _) => basic::eval::named_or_file(c)?,
+        (None, basic::eval::TestData::Folder(_, n)) => n.clone(),
+        (None, _) => bail!("give --classes (a file, or imagenet, cifar10, cifar100)"),
+    };
+    let temps = basic::eval::named_or_file(&a.templates)?;
+    let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
+    let ce = class_embeddings(&emb, &tok, &names, &temps)?;
+    let limit = a.limit.unwrap_or(usize::MAX);
+    let labelled = |s: &basic::data::Sample| s.label.is_some();
+    let mut counts = Default::default();
+    let test = basic::eval::embed_streamed(&emb, limit, &labelled, &mut |f| {
+        counts = data.for_each(a.skip_bad, f)?;
+        Ok(())
+    })?;
+    report_skipped(&counts);
+    if test.images.is_empty() {
+        bail!("`{}` has no labelled test images", a.data);
+    }
+    let ie = test.images;
+    let labels: Vec<i64> = test.labels.iter().map(|l| l.unwrap_or(0)).collect();
+    let z = zero_shot_scores(&ie, &labels, &ce, &names)?;
+    if a.json {
+        let per: serde_json::Map<String, serde_json::Value> = z
+            .per_class
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"top1": z.top1, "top5": z.top5, "images": z.images, "per_class": per, "truncated_prompts": emb.truncated(), "skipped_samples": counts.skipped_samples, "bad_shards": counts.bad_shards})
+            )?
+        );
+    } else {
+        println!(
+            "zero-shot on {} images: top-1 {:.2}%, top-5 {:.2}%",
+            z.images,
+            100.0 * z.top1,
+            100.0 * z.top5
+        );
+        if emb.truncated() > 0 {
+            println!(
+                "  {} of {} prompts were cut to the model's {} tokens",
+                emb.truncated(),
+                names.len() * temps.len(),
+                c.text.length
+            );
         }
-        EvalCommand::Retrieval(a) => {
-            let (c, tok, params, rt) = open_run(&a.run, &a.backend, None)?;
-            let d = basic::data::source::parse(&a.data, "test", None)?;
-            let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
-            let mut counts = Default::default();
-            let test = basic::eval::embed_streamed(
-                &emb,
-                a.limit.unwrap_or(usize::MAX),
-                &|_| true,
-                &mut |f| {
-                    counts = basic::data::stream::for_each_sample(&d, a.skip_bad, f)?;
-                    Ok(())
-                },
-            )?;
-            report_skipped(&counts);
-            let (ie, captions) = (test.images, test.captions);
-            let te = emb.embed_texts(&captions, &tok)?;
-            let r = retrieval(&ie, &te, &[1, 5, 10]);
-            if a.json {
-                let mut m: serde_json::Map<String, serde_json::Value> =
-                    r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                m.insert("truncated_captions".into(), json!(emb.truncated()));
-                m.insert("skipped_samples".into(), json!(counts.skipped_samples));
-                m.insert("bad_shards".into(), json!(counts.bad_shards));
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::Value::Object(m))?
-                );
-            } else {
-                for (k, v) in r {
-                    println!("{k:<28} {:.2}%", 100.0 * v);
-                }
-                if emb.truncated() > 0 {
-                    println!(
-                        "{} of {} captions were cut to the model's {} tokens",
-                        emb.truncated(),
-                        captions.len(),
-                        c.text.length
-                    );
-                }
-            }
+        for (k, v) in &z.per_class {
+            println!("  {k:<16} {:.1}%", 100.0 * v);
+        }
+    }
+    Ok(())
+}
+
+/// `basic eval retrieval`: image→text and text→image recall over captioned test shards.
+fn eval_retrieval(a: &RetrievalArgs) -> anyhow::Result<()> {
+    let (c, tok, params, rt) = open_run(&a.run, &a.backend, None)?;
+    let d = basic::data::source::parse(&a.data, "test", None)?;
+    let emb = Embedder::new(rt.client(), &c, params, 250, a.compute.get())?;
+    let mut counts = Default::default();
+    let test =
+        basic::eval::embed_streamed(&emb, a.limit.unwrap_or(usize::MAX), &|_| true, &mut |f| {
+            counts = basic::data::stream::for_each_sample(&d, a.skip_bad, f)?;
+            Ok(())
+        })?;
+    report_skipped(&counts);
+    let (ie, captions) = (test.images, test.captions);
+    let te = emb.embed_texts(&captions, &tok)?;
+    let r = retrieval(&ie, &te, &[1, 5, 10]);
+    if a.json {
+        let mut m: serde_json::Map<String, serde_json::Value> =
+            r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        m.insert("truncated_captions".into(), json!(emb.truncated()));
+        m.insert("skipped_samples".into(), json!(counts.skipped_samples));
+        m.insert("bad_shards".into(), json!(counts.bad_shards));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Object(m))?
+        );
+    } else {
+        for (k, v) in r {
+            println!("{k:<28} {:.2}%", 100.0 * v);
+        }
+        if emb.truncated() > 0 {
+            println!(
+                "{} of {} captions were cut to the model's {} tokens",
+                emb.truncated(),
+                captions.len(),
+                c.text.length
+            );
         }
     }
     Ok(())
