@@ -625,3 +625,46 @@ fn the_readme_ring_of_partial_sums_sums_every_block() {
     let want: Vec<f64> = (0..4).flat_map(|_| total.clone()).collect();
     assert_close(&got[0].to_f64_vec(), &want, 1e-12);
 }
+
+/// Programs with collectives running at the same time on devices of the same ids (here two
+/// clients of one process, each with 4 devices) each get their own results: every execution
+/// has its own launch id, which XLA's CPU runtime uses to pair the devices of one collective
+/// (with one id for all, they joined each other's `psum`s and `ppermute`s).
+#[test]
+fn programs_running_at_once_do_not_join_each_others_collectives() {
+    let threads: Vec<_> = (0..3u64)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let x = Rng(40 + k).array(&[8, 4], -1.0, 1.0);
+                let v = x.to_f64_vec();
+                let mut want: Vec<f64> =
+                    (0..4).map(|c| (0..8).map(|r| v[r * 4 + c]).sum()).collect();
+                // Row block i moves to device i + 1: the rolled array.
+                want.extend((0..32).map(|i| v[(i + 32 - 8) % 32]));
+                let (prog, _) = program(
+                    "data=4",
+                    Partitioner::Shardy,
+                    std::slice::from_ref(&x),
+                    &|b: &Builder, xs: &[Tensor]| {
+                        let sums = region(b, &xs[0], rows(), PartitionSpec::of(&[&[]]), |_, t| {
+                            t.sum(&[0])?.psum(&["data"])
+                        })?;
+                        let rolled = region(b, &xs[0], rows(), rows(), |_, t| {
+                            t.ppermute("data", &[(0, 1), (1, 2), (2, 3), (3, 0)])
+                        })?;
+                        Ok(vec![sums, rolled])
+                    },
+                );
+                for _ in 0..40 {
+                    let got = prog.run_host(std::slice::from_ref(&x)).unwrap();
+                    let mut g = got[0].to_f64_vec();
+                    g.extend(got[1].to_f64_vec());
+                    assert_close(&g, &want, 1e-12);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

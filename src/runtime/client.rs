@@ -58,6 +58,18 @@ pub(super) struct ClientInner {
     /// The key-value callbacks' user argument. Dropped after `drop` destroys the client (fields
     /// drop after `Drop::drop`), so the plugin never calls into a freed store.
     _kv: Option<KvCallbacks>,
+    /// Mixed into the launch ids of this client's executions: 0 for the process's first client
+    /// (so the processes of a job, one client each, give the same ids), another value for each
+    /// later one (see [`super::executable::Launches`]).
+    pub(super) launch_salt: u32,
+}
+
+/// The launch-id salt of the next client this process creates.
+fn next_launch_salt() -> u32 {
+    static CLIENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    CLIENTS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9)
 }
 
 // SAFETY: PJRT clients, buffers and executables are thread-safe per the C API's contract; the raw
@@ -173,6 +185,7 @@ impl Client {
             platform_version: String::new(),
             devices: Vec::new(),
             _kv: kv,
+            launch_salt: next_launch_salt(),
         };
         // From here on `inner` owns the client and destroys it on any error below.
         inner.platform = client_string(&inner, false)?;
@@ -313,6 +326,7 @@ impl Client {
         signature: Signature,
         options: CompileOptions,
     ) -> Result<Executable> {
+        let launches = super::executable::Launches::new(&name, &signature, self.inner.launch_salt);
         let mut exe = Executable {
             client: self.inner.clone(),
             raw,
@@ -320,6 +334,7 @@ impl Client {
             signature,
             options,
             devices: Vec::new(),
+            launches,
         };
         let mut d = args!(PJRT_LoadedExecutable_AddressableDevices_Args {
             executable: exe.raw,

@@ -52,6 +52,37 @@ pub struct Executable {
     pub(super) options: CompileOptions,
     /// `devices[i]` runs argument list `i`.
     pub(super) devices: Vec<RawDevice>,
+    pub(super) launches: Launches,
+}
+
+/// The launch ids of one executable's executions. XLA's CPU and GPU executables take the launch
+/// id as the run id that keys the rendezvous of their collectives among a process's devices:
+/// with one id for every execution (0), two programs running at once on devices of the same ids
+/// (two clients of one process, or a step enqueued before the last one ended) joined each
+/// other's collectives and read each other's data. Each execution takes the next id of a
+/// sequence seeded from the program's name and signature (the same on every process of a job,
+/// as JAX seeds it from the executable's fingerprint) and the client's salt; never 0.
+pub(super) struct Launches {
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Launches {
+    pub(super) fn new(name: &str, signature: &Signature, salt: u32) -> Launches {
+        // FNV-1a over the name and the signature's text.
+        let text = format!("{name}\n{signature:?}");
+        let seed = text.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        Launches {
+            next: std::sync::atomic::AtomicU32::new(seed ^ salt),
+        }
+    }
+
+    /// The id of the next execution: positive, as PJRT's `int` field holds it.
+    fn next(&self) -> std::os::raw::c_int {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x7fff_ffff;
+        id.max(1) as std::os::raw::c_int
+    }
 }
 
 // SAFETY: see `ClientInner`.
@@ -270,7 +301,7 @@ impl Executable {
             recv_callbacks: null_mut(),
             num_send_ops: 0,
             num_recv_ops: 0,
-            launch_id: 0,
+            launch_id: self.launches.next(),
             non_donatable_input_indices: null(),
             num_non_donatable_input_indices: 0,
             context: null_mut(),
