@@ -225,16 +225,17 @@ fn build_safetensors(b: &mut Bytes) -> (Vec<u8>, Option<&'static str>) {
         }
         entries.push((name, info));
     }
-    let mut header = String::from("{");
+    let mut parts: Vec<String> = Vec::new();
     if b.u8() & 1 == 1 {
-        header.push_str("\"__metadata__\":{\"format\":\"pt\"},");
+        parts.push("\"__metadata__\":{\"format\":\"pt\"}".to_string());
     }
-    let parts: Vec<String> = entries
-        .iter()
-        .map(|(n, v)| format!("{}:{}", serde_json::json!(n), v))
-        .collect();
-    header.push_str(&parts.join(","));
-    header.push('}');
+    parts.extend(
+        entries
+            .iter()
+            .map(|(n, v)| format!("{}:{}", serde_json::json!(n), v)),
+    );
+    // (Joined, so that metadata without tensors has no trailing comma.)
+    let mut header = format!("{{{}}}", parts.join(","));
     // Padding to 8 bytes with spaces is allowed; anything else after the JSON is not.
     while header.len() % 8 != 0 {
         header.push(' ');

@@ -187,14 +187,17 @@ impl Tokenizer {
 /// The special tokens of every `TemplateProcessing` post-processor (also inside a `Sequence`)
 /// exist and have as many ids as tokens: the tokenizers library checks this when a template is
 /// built in code but not when it is read from a file, and panics when encoding with one that
-/// lacks them.
+/// lacks them. Processors are recognised by their fields, not their `type`: the library reads
+/// a post-processor by its shape whatever its `type` says (a misspelt type still loads as a
+/// template).
 fn check_templates(p: &serde_json::Value) -> std::result::Result<(), String> {
-    match p.get("type").and_then(|t| t.as_str()) {
-        Some("Sequence") => p
-            .get("processors")
-            .and_then(|v| v.as_array())
-            .map_or(Ok(()), |ps| ps.iter().try_for_each(check_templates)),
-        Some("TemplateProcessing") => {
+    let has = |k: &str| p.get(k).is_some();
+    if let Some(ps) = p.get("processors").and_then(|v| v.as_array()) {
+        return ps.iter().try_for_each(check_templates);
+    }
+    match has("single") || has("pair") || has("special_tokens") {
+        false => Ok(()),
+        true => {
             let specials = p.get("special_tokens").and_then(|v| v.as_object());
             for (name, tok) in specials.into_iter().flatten() {
                 let len = |k: &str| tok.get(k).and_then(|v| v.as_array()).map(Vec::len);
@@ -222,6 +225,5 @@ fn check_templates(p: &serde_json::Value) -> std::result::Result<(), String> {
             }
             Ok(())
         }
-        _ => Ok(()),
     }
 }
