@@ -131,7 +131,13 @@ fn buckets_and_commands_train_to_the_losses_of_the_local_copy() {
         // Stopped after 6 steps and resumed from the bucket: the stream's position comes back.
         let run = tmp(&format!("stream-{s}-resumed"));
         ok(&train(&spec, &run, "6", &["--tokenizer", tok], &e.env()));
-        let o = train(&spec, &run, "12", &["--tokenizer", tok, "--resume"], &e.env());
+        let o = train(
+            &spec,
+            &run,
+            "12",
+            &["--tokenizer", tok, "--resume"],
+            &e.env(),
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success() && err.contains("(step 6)"), "{err}");
         assert_eq!(losses(&run), want, "{spec}, resumed");
