@@ -452,3 +452,77 @@ fn the_library_compiles_and_measures_the_step_without_the_binary() {
     assert_eq!(r.shares[0].rows, (0, 16));
     assert_eq!(r.shares[0].devices.len(), 2);
 }
+
+/// Without `--batch`, the plan gives the largest batch that fits and the largest whose
+/// estimated throughput is within 10% of the best planned; every point carries an estimate made
+/// from libtpu's cost analysis, and the points that fit are ranked by it.
+#[test]
+fn plan_without_a_batch_gives_the_largest_and_the_fast_enough_batch() {
+    let cache = common::tmp("plan-largest-cache");
+    let (ok, p, err) = run(&[
+        "plan",
+        "--model",
+        "tiny",
+        "--target",
+        "tpu-v5e:2x2",
+        "--budget",
+        "12MiB",
+        "--mesh",
+        "data=4",
+        "--partitioning",
+        "fsdp",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let (best, fast) = (&p["best"], &p["fast"]);
+    assert!(best.is_object() && fast.is_object(), "{p}");
+    let batch = |t: &Value| t["batch"].as_i64().unwrap();
+    let rate = |t: &Value| batch(t) as f64 / t["estimated_seconds"].as_f64().unwrap();
+    assert!(batch(fast) <= batch(best), "{p}");
+    assert!(rate(fast) > 0.0 && rate(fast).is_finite(), "{fast}");
+    let fits = p["fits"].as_array().unwrap();
+    for t in fits {
+        let basis = t["estimate_basis"].as_str().unwrap();
+        assert!(
+            basis.contains("compiler"),
+            "libtpu's bytes accessed unused: {basis}"
+        );
+    }
+    // Ranked by the estimate (ties within 0.1% broken by recomputation and micro-batches).
+    for w in fits.windows(2) {
+        let (a, b) = (
+            w[0]["estimated_seconds"].as_f64().unwrap(),
+            w[1]["estimated_seconds"].as_f64().unwrap(),
+        );
+        assert!(a <= b * 1.001, "{a} ranked before {b}");
+    }
+    // Among the batches planned (the largest and its halves), none is more than 10% faster
+    // per example than the answer, and none larger than the answer is within 10%.
+    // Halves as the planner takes them: multiples of the data axis (4).
+    let halves: Vec<i64> = std::iter::successors(Some(batch(best)), |b| Some(b / 2 / 4 * 4))
+        .take(7)
+        .collect();
+    let planned = |b: i64| halves.contains(&b);
+    let top = fits
+        .iter()
+        .filter(|t| planned(batch(t)))
+        .map(rate)
+        .fold(0.0, f64::max);
+    assert!(
+        rate(fast) >= 0.9 * top * (1.0 - 1e-9),
+        "{fast} against {top}"
+    );
+    for t in fits
+        .iter()
+        .filter(|t| planned(batch(t)) && batch(t) > batch(fast))
+    {
+        let fastest_of_its_batch = fits
+            .iter()
+            .filter(|u| batch(u) == batch(t))
+            .map(rate)
+            .fold(0.0, f64::max);
+        assert!(fastest_of_its_batch < 0.9 * top * (1.0 + 1e-9), "{t}");
+    }
+}

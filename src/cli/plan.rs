@@ -168,7 +168,7 @@ fn print_table(p: &basic::plan::Plan) {
         "scan",
         "donate",
         "peak",
-        "bound (s)",
+        "est. (s)",
         "fits"
     );
     for (i, t) in p.tried.iter().enumerate() {
@@ -178,8 +178,8 @@ fn print_table(p: &basic::plan::Plan) {
             .iter()
             .position(|f| f.choice == t.choice)
             .map_or(format!("{}", i + 1), |r| format!("#{}", r + 1));
-        let bound = if t.step_time_lower_bound_seconds.is_finite() {
-            format!("{:.3e}", t.step_time_lower_bound_seconds)
+        let bound = if t.estimated_seconds.is_finite() {
+            format!("{:.3e}", t.estimated_seconds)
         } else {
             "-".into()
         };
@@ -217,15 +217,30 @@ fn print_best(p: &basic::plan::Plan, model: &str) {
         return;
     };
     println!(
-        "best              {} — peak {} per device, step ≥ {:.3e} s (a bound: analytic FLOPs at peak bf16)",
+        "best              {} — peak {} per device, step ≈ {:.3e} s ({:.0} examples/s; at least {:.3e} s at peak bf16)",
         describe(b),
         b.peak_bytes.map_or("-".into(), human),
+        b.estimated_seconds,
+        b.choice.batch as f64 / b.estimated_seconds,
         b.step_time_lower_bound_seconds
     );
+    println!("estimated as      {}", b.estimate_basis);
     let flags = b.choice.flags();
     println!(
         "compile with      basic compile --model {model} --target {} {flags}",
         p.target
     );
     println!("train with        basic train --model {model} {flags} --data DATA --out RUN");
+    if let Some(f) = &p.fast {
+        println!(
+            "within 10%        {} — the largest batch whose estimated throughput ({:.0} examples/s) is within 10% of the best planned",
+            describe(f),
+            f.choice.batch as f64 / f.estimated_seconds
+        );
+        println!(
+            "compile with      basic compile --model {model} --target {} {}",
+            p.target,
+            f.choice.flags()
+        );
+    }
 }

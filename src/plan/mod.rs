@@ -75,6 +75,10 @@ pub struct Tried {
     /// Analytic FLOPs of the step (recomputation included).
     pub flops: f64,
     pub step_time_lower_bound_seconds: f64,
+    /// The step's estimated time ([`StepCost::seconds`]), what the ranking uses.
+    pub estimated_seconds: f64,
+    /// How `estimated_seconds` was made.
+    pub estimate_basis: String,
     pub compile_seconds: f64,
     /// Figures from the on-disk cache: no compile ran.
     pub cached: bool,
@@ -90,8 +94,11 @@ pub struct Plan {
     pub budget_bytes: i64,
     pub hbm_bytes: i64,
     pub best: Option<Tried>,
-    /// The points that fit, best first: by step-time bound, then by recomputation (weaker remat
-    /// first), then by fewer micro-batches.
+    /// Without `--batch`: the largest batch whose estimated throughput (examples per second)
+    /// is within 10% of the best throughput of the batches planned (the largest and its halves).
+    pub fast: Option<Tried>,
+    /// The points that fit, best first: by estimated step time, then by recomputation (weaker
+    /// remat first), then by fewer micro-batches.
     pub fits: Vec<Tried>,
     /// Every point looked at, in the order it was.
     pub tried: Vec<Tried>,
@@ -138,6 +145,9 @@ struct CacheEntry {
     /// it needs: a lower bound).
     #[serde(default)]
     refused: Option<String>,
+    /// The compiler's bytes accessed per device (libtpu reports it).
+    #[serde(default)]
+    bytes_accessed: Option<f64>,
 }
 
 /// One point's figures.
@@ -149,9 +159,23 @@ struct Figures {
     seconds: f64,
     cached: bool,
     refused: Option<String>,
+    bytes_accessed: Option<f64>,
+    /// Bytes of the weights one device reads in the compute dtype.
+    weight_bytes: f64,
 }
 
 impl Figures {
+    fn cost(&self, microbatches: i64) -> StepCost {
+        StepCost {
+            flops: self.flops,
+            devices: self.devices,
+            microbatches,
+            compiler_bytes: self.bytes_accessed,
+            once_bytes: (self.memory.argument_bytes + self.memory.output_bytes) as f64,
+            weight_bytes: self.weight_bytes,
+        }
+    }
+
     fn fits_in(&self, budget: i64) -> bool {
         crate::train::aot::fits_in(&self.memory, self.refused.as_deref(), budget)
     }
@@ -213,6 +237,8 @@ impl Planner<'_> {
             fits: false,
             flops: 0.0,
             step_time_lower_bound_seconds: f64::INFINITY,
+            estimated_seconds: f64::INFINITY,
+            estimate_basis: String::new(),
             compile_seconds: 0.0,
             cached: false,
             error: None,
@@ -226,6 +252,12 @@ impl Planner<'_> {
                 t.flops = f.flops;
                 t.step_time_lower_bound_seconds =
                     self.req.target.step_time_bound(f.flops, f.devices);
+                let spec = &self.req.target.spec;
+                let (secs, basis) = f
+                    .cost(choice.microbatches)
+                    .seconds(spec.peak_bf16_flops, spec.hbm_bandwidth);
+                t.estimated_seconds = secs;
+                t.estimate_basis = basis.to_string();
                 t.compile_seconds = f.seconds;
                 t.cached = f.cached;
                 t.error = f.refused;
@@ -242,6 +274,10 @@ impl Planner<'_> {
         let sp = setup.build()?;
         let flops = crate::ops::flops(&sp.graph);
         let devices = setup.devices();
+        let model_axis = setup.layout.mesh.axis_size("model").unwrap_or(1).max(1);
+        let weight_bytes = sp.param_count() as f64
+            * setup.options.compute_dtype.size_in_bytes() as f64
+            / model_axis as f64;
         let cache = self.cache_path(&sp.text);
         if let Some(p) = &cache {
             if let Ok(text) = std::fs::read_to_string(p) {
@@ -253,11 +289,19 @@ impl Planner<'_> {
                         seconds: e.compile_seconds,
                         cached: true,
                         refused: e.refused,
+                        bytes_accessed: e.bytes_accessed,
+                        weight_bytes,
                     });
                 }
             }
         }
         let m = sp.measure_on_target(&self.req.target, &self.topology, &setup.layout)?;
+        let bytes_accessed = m
+            .compiled
+            .as_ref()
+            .and_then(|c| c.cost_analysis().ok())
+            .and_then(|c| c.bytes_accessed)
+            .filter(|b| b.is_finite() && *b > 0.0);
         let (memory, refused, seconds) = (m.memory, m.refused, m.seconds);
         self.compiles += 1;
         if let Some(p) = &cache {
@@ -267,6 +311,7 @@ impl Planner<'_> {
                 memory,
                 compile_seconds: seconds,
                 refused: refused.clone(),
+                bytes_accessed,
             };
             if let Ok(text) = serde_json::to_string_pretty(&entry) {
                 // A cache that cannot be written only costs a recompile next time.
@@ -280,6 +325,8 @@ impl Planner<'_> {
             seconds,
             cached: false,
             refused,
+            bytes_accessed,
+            weight_bytes,
         })
     }
 
@@ -465,14 +512,58 @@ fn can_scan(c: &ModelConfig) -> bool {
     s.validate(&c.name).is_ok()
 }
 
-/// Best first: lower step-time bound (bounds within 0.1% of each other count as equal: scanned and
-/// unrolled towers differ in a few index computations), then less recomputation, then fewer
-/// micro-batches, then lower peak.
+/// What a step's time is estimated from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCost {
+    /// Analytic FLOPs of the whole step (every micro-batch, recomputation included), all devices.
+    pub flops: f64,
+    pub devices: usize,
+    pub microbatches: i64,
+    /// Bytes one device's program reads and writes, by the compiler's cost analysis, which
+    /// counts a loop's body once: the step's work outside the micro-batch loop plus one
+    /// micro-batch. libtpu reports it; the CPU and CUDA plugins do not.
+    pub compiler_bytes: Option<f64>,
+    /// Bytes moved once a step whatever the micro-batches: every argument read and every output
+    /// written (parameters, optimizer state, the batch), per device.
+    pub once_bytes: f64,
+    /// Bytes of the weights one device reads, in the compute dtype.
+    pub weight_bytes: f64,
+}
+
+impl StepCost {
+    /// The estimated seconds of one step at `peak_flops` and `bandwidth` (bytes/s) per device,
+    /// and how it was made. Each micro-batch takes the longer of its compute (its share of the
+    /// FLOPs at peak) and its memory traffic at HBM bandwidth: the compiler's bytes accessed
+    /// less what moves once a step, when the compiler reports them; else the weights read three
+    /// times (the forward pass and the backward pass's two products). What moves once a step
+    /// is added. Small micro-batches re-read the weights for little compute, which this sees
+    /// and the FLOP bound alone does not; overlap of compute and traffic across micro-batches,
+    /// collectives and the host are not modelled.
+    pub fn seconds(&self, peak_flops: f64, bandwidth: f64) -> (f64, &'static str) {
+        let m = self.microbatches.max(1) as f64;
+        let compute = self.flops / (self.devices.max(1) as f64 * peak_flops) / m;
+        let (per_micro, basis) = match self.compiler_bytes {
+            Some(b) => (
+                (b - self.once_bytes).max(0.0),
+                "per micro-batch the longer of analytic FLOPs at peak and the compiler's bytes accessed at HBM bandwidth, plus arguments and outputs once",
+            ),
+            None => (
+                3.0 * self.weight_bytes,
+                "per micro-batch the longer of analytic FLOPs at peak and three reads of the weights at HBM bandwidth, plus arguments and outputs once",
+            ),
+        };
+        (
+            m * compute.max(per_micro / bandwidth) + self.once_bytes / bandwidth,
+            basis,
+        )
+    }
+}
+
+/// Best first: lower estimated step time (estimates within 0.1% of each other count as equal:
+/// scanned and unrolled towers differ in a few index computations), then less recomputation,
+/// then fewer micro-batches, then lower peak.
 fn rank(a: &Tried, b: &Tried) -> std::cmp::Ordering {
-    let (x, y) = (
-        a.step_time_lower_bound_seconds,
-        b.step_time_lower_bound_seconds,
-    );
+    let (x, y) = (a.estimated_seconds, b.estimated_seconds);
     let bound = if (x - y).abs() <= 1e-3 * x.abs().max(y.abs()) {
         std::cmp::Ordering::Equal
     } else {
@@ -511,9 +602,13 @@ pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Resul
         compiles: 0,
         progress,
     };
-    let (best, batches) = match req.batch {
+    let (best, mut batches) = match req.batch {
         Some(b) => (p.plan_batch(b), vec![b]),
         None => largest_batch(&mut p),
+    };
+    let fast = match req.batch {
+        Some(_) => None,
+        None => within_ten_percent(&mut p, best.as_ref(), &mut batches),
     };
     let mut fits: Vec<Tried> = p.tried.iter().filter(|t| t.fits).cloned().collect();
     fits.sort_by(rank);
@@ -529,6 +624,7 @@ pub fn plan(req: &PlanRequest, progress: &mut dyn FnMut(&Tried, usize)) -> Resul
         budget_bytes: budget,
         hbm_bytes: hbm,
         best,
+        fast,
         fits,
         space: p.space(&batches),
         compiles: p.compiles,
@@ -613,6 +709,39 @@ fn largest_batch(p: &mut Planner<'_>) -> (Option<Tried>, Vec<i64>) {
     (best, batches)
 }
 
+/// Plans the halves of the largest batch (down to the preset's batch, at most six halvings) and
+/// returns the largest batch whose estimated throughput (examples per second) is within 10% of
+/// the best among them: past it, a larger batch costs more time per example.
+fn within_ten_percent(
+    p: &mut Planner<'_>,
+    largest: Option<&Tried>,
+    batches: &mut Vec<i64>,
+) -> Option<Tried> {
+    let largest = largest?.clone();
+    let data = Mesh::parse(&largest.choice.mesh)
+        .ok()
+        .and_then(|m| m.axis_size("data"))
+        .unwrap_or(1);
+    let floor = p.req.config.train.batch.max(data);
+    let mut planned = vec![largest.clone()];
+    let mut b = largest.choice.batch;
+    for _ in 0..6 {
+        let half = (b / 2 / data) * data;
+        if half < floor || half == b {
+            break;
+        }
+        b = half;
+        batches.push(b);
+        planned.extend(p.plan_batch(b));
+    }
+    let rate = |t: &Tried| t.choice.batch as f64 / t.estimated_seconds;
+    let top = planned.iter().map(rate).fold(0.0, f64::max);
+    planned
+        .into_iter()
+        .filter(|t| rate(t) >= 0.9 * top)
+        .max_by_key(|t| t.choice.batch)
+}
+
 /// Reads a `--budget` value: bytes, or with a unit (`15GiB`, `15.5GB`, `800MiB`).
 pub fn parse_bytes(s: &str) -> Result<i64> {
     let t = s.trim();
@@ -661,6 +790,70 @@ mod tests {
         assert_eq!(parse_bytes("2KiB").unwrap(), 2048);
         assert_eq!(parse_bytes("1.5GB").unwrap(), 1_500_000_000);
         assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    /// Hand-worked: 8 devices at 1e15 FLOP/s and 1e12 B/s; 8e15 FLOPs a step (1 s of compute
+    /// over all devices); 2e9 bytes moved once; weights of 1e9 bytes a device.
+    #[test]
+    fn the_estimate_sees_the_weights_each_micro_batch_reads() {
+        let cost = |m: i64, compiler_bytes: Option<f64>| StepCost {
+            flops: 8e15,
+            devices: 8,
+            microbatches: m,
+            compiler_bytes,
+            once_bytes: 2e9,
+            weight_bytes: 1e9,
+        };
+        let secs = |c: StepCost| c.seconds(1e15, 1e12).0;
+        // One micro-batch: compute 1 s > 3e9 B / 1e12 B/s = 3 ms; plus 2 ms once.
+        assert!((secs(cost(1, None)) - 1.002).abs() < 1e-9);
+        // 1000 micro-batches: each 1 ms of compute but 3 ms of weight reads.
+        assert!((secs(cost(1000, None)) - (1000.0 * 3e-3 + 2e-3)).abs() < 1e-9);
+        // With the compiler's figure: 7e9 bytes less the 2e9 moved once = 5 ms a micro-batch.
+        assert!((secs(cost(1000, Some(7e9))) - (1000.0 * 5e-3 + 2e-3)).abs() < 1e-9);
+        assert!(cost(1, Some(7e9))
+            .seconds(1e15, 1e12)
+            .1
+            .contains("compiler"));
+        // The FLOP bound is the same for both; the estimate is not.
+        assert!(secs(cost(1000, None)) > 2.9 * secs(cost(1, None)));
+    }
+
+    #[test]
+    fn the_ranking_follows_the_estimate_then_recomputation() {
+        let tried = |m: i64, remat: RematPolicy, secs: f64| Tried {
+            choice: Choice {
+                batch: 64,
+                microbatches: m,
+                remat,
+                mesh: "data=4".into(),
+                partitioning: "fsdp".into(),
+                scan_layers: false,
+                donate: false,
+            },
+            peak_bytes: Some(1),
+            argument_bytes: Some(1),
+            temp_bytes: Some(1),
+            fits: true,
+            flops: 1.0,
+            step_time_lower_bound_seconds: 1.0,
+            estimated_seconds: secs,
+            estimate_basis: String::new(),
+            compile_seconds: 0.0,
+            cached: false,
+            error: None,
+        };
+        let mut v = vec![
+            tried(16, RematPolicy::None, 3.0),
+            tried(2, RematPolicy::NothingSaveable, 1.0),
+            tried(4, RematPolicy::None, 1.0005),
+        ];
+        v.sort_by(rank);
+        // 1.0 and 1.0005 tie; the weaker remat goes first. The slow point is last although its
+        // FLOP bound is the same.
+        assert_eq!(v[0].choice.microbatches, 4);
+        assert_eq!(v[1].choice.microbatches, 2);
+        assert_eq!(v[2].choice.microbatches, 16);
     }
 
     #[test]
