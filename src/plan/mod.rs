@@ -843,7 +843,7 @@ mod tests {
             cached: false,
             error: None,
         };
-        let mut v = vec![
+        let mut v = [
             tried(16, RematPolicy::None, 3.0),
             tried(2, RematPolicy::NothingSaveable, 1.0),
             tried(4, RematPolicy::None, 1.0005),
