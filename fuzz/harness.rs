@@ -220,7 +220,7 @@ fn build_safetensors(b: &mut Bytes) -> (Vec<u8>, Option<&'static str>) {
             7 if i > 0 => entries[0].0.clone(),
             _ => format!("t{i}"),
         };
-        if i > 0 && name == entries[0].0 {
+        if entries.iter().any(|(n, _)| *n == name) {
             damage = Some("a tensor named twice");
         }
         entries.push((name, info));
