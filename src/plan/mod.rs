@@ -12,7 +12,8 @@
 //! - every compile's figures are kept on disk under the hash of the program text, the target and
 //!   the plugin version, so re-planning recompiles nothing.
 //!
-//! Scanned layers and donation are then tried on the best point only (each one compile).
+//! Scanned layers and donation are then tried on the best point only (each one compile), and kept
+//! when the point ranks better with them (faster by the estimate, or as fast and smaller).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -474,8 +475,9 @@ impl Planner<'_> {
                 }
                 Toggle::Donate => c.donate = !c.donate,
             }
+            // Kept when it ranks better: faster by the estimate, or as fast and smaller.
             let t = self.evaluate(&c);
-            if t.fits && t.peak_bytes < best.peak_bytes {
+            if t.fits && rank(&t, &best) == std::cmp::Ordering::Less {
                 best = t;
             }
         }
@@ -734,6 +736,17 @@ fn within_ten_percent(
         batches.push(b);
         planned.extend(p.plan_batch(b));
     }
+    // Each planned batch at its best-ranked fit (the ranking of every point looked at).
+    let planned: Vec<Tried> = planned
+        .iter()
+        .filter_map(|b| {
+            p.tried
+                .iter()
+                .filter(|t| t.fits && t.choice.batch == b.choice.batch)
+                .min_by(|x, y| rank(x, y))
+                .cloned()
+        })
+        .collect();
     let rate = |t: &Tried| t.choice.batch as f64 / t.estimated_seconds;
     let top = planned.iter().map(rate).fold(0.0, f64::max);
     planned
