@@ -207,14 +207,15 @@ pub unsafe extern "C" fn kv_get_callback(
     });
     // SAFETY: as above.
     let got = unsafe { with_store(a.user_arg, a.key, a.key_size, |s, k| s.get(k, timeout)) };
-    match got {
-        Ok(value) => {
-            (a.value, a.value_size) = leak_value(&value);
-            a.value_deleter_callback = Some(free_value);
-            null_mut()
-        }
-        // SAFETY: `callback_error` is the plugin's.
-        Err(e) => unsafe { report(a.callback_error, &e) },
+    // SAFETY: `callback_error` is the plugin's.
+    unsafe {
+        hand_over(
+            got,
+            &mut a.value,
+            &mut a.value_size,
+            &mut a.value_deleter_callback,
+            a.callback_error,
+        )
     }
 }
 
@@ -234,14 +235,15 @@ pub unsafe extern "C" fn kv_try_get_callback(
     );
     // SAFETY: as above.
     let got = unsafe { with_store(a.user_arg, a.key, a.key_size, |s, k| s.try_get(k)) };
-    match got {
-        Ok(value) => {
-            (a.value, a.value_size) = leak_value(&value);
-            a.value_deleter_callback = Some(free_value);
-            null_mut()
-        }
-        // SAFETY: `callback_error` is the plugin's.
-        Err(e) => unsafe { report(a.callback_error, &e) },
+    // SAFETY: `callback_error` is the plugin's.
+    unsafe {
+        hand_over(
+            got,
+            &mut a.value,
+            &mut a.value_size,
+            &mut a.value_deleter_callback,
+            a.callback_error,
+        )
     }
 }
 
@@ -275,6 +277,28 @@ fn clear_value(
     *value = null_mut();
     *size = 0;
     *deleter = Some(free_value);
+}
+
+/// Gives a get's result to the plugin: the value with its deleter, or the error.
+///
+/// # Safety
+/// As [`report`].
+unsafe fn hand_over(
+    got: Result<Vec<u8>>,
+    value: &mut *mut c_char,
+    size: &mut usize,
+    deleter: &mut ffi::PJRT_KeyValue_ValueDeleter,
+    make: *mut ffi::PJRT_CallbackError,
+) -> *mut ffi::PJRT_Error {
+    match got {
+        Ok(v) => {
+            (*value, *size) = leak_value(&v);
+            *deleter = Some(free_value);
+            null_mut()
+        }
+        // SAFETY: the caller's.
+        Err(e) => unsafe { report(make, &e) },
+    }
 }
 
 /// Runs `f` on the store behind `user_arg` with the key as UTF-8, turning a panic into an

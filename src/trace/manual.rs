@@ -100,14 +100,8 @@ impl PartitionSpec {
     }
 }
 
-/// The block of `t` a device holds under `spec` (each dimension divided by its axes' sizes), or
-/// an error naming the region, the operand and the dimension.
-fn local_type(
-    ctx: &ManualContext,
-    what: &str,
-    t: &TensorType,
-    spec: &PartitionSpec,
-) -> Result<TensorType> {
+/// A spec gives one entry per dimension of its operand.
+fn check_rank(ctx: &ManualContext, what: &str, t: &TensorType, spec: &PartitionSpec) -> Result<()> {
     if spec.0.len() != t.rank() {
         return Err(ctx.err(
             "shard_map",
@@ -118,6 +112,18 @@ fn local_type(
             "give one entry per dimension",
         ));
     }
+    Ok(())
+}
+
+/// The block of `t` a device holds under `spec` (each dimension divided by its axes' sizes), or
+/// an error naming the region, the operand and the dimension.
+fn local_type(
+    ctx: &ManualContext,
+    what: &str,
+    t: &TensorType,
+    spec: &PartitionSpec,
+) -> Result<TensorType> {
+    check_rank(ctx, what, t, spec)?;
     let mut shape = t.shape.clone();
     let mut used: Vec<&String> = Vec::new();
     for (d, axes) in spec.0.iter().enumerate() {
@@ -297,16 +303,7 @@ fn global_type(
     t: &TensorType,
     spec: &PartitionSpec,
 ) -> Result<TensorType> {
-    if spec.0.len() != t.rank() {
-        return Err(ctx.err(
-            "shard_map",
-            format!(
-                "{what} is {t} but its spec {spec} has {} entries",
-                spec.0.len()
-            ),
-            "give one entry per dimension",
-        ));
-    }
+    check_rank(ctx, what, t, spec)?;
     let shape: Vec<i64> = t
         .shape
         .iter()
