@@ -662,12 +662,14 @@ impl Shared {
             if c.failure.is_some() || c.closed {
                 return;
             }
+            // Recorded before any pending call learns of it: a caller whose call just failed
+            // must find the same failure in `health()`.
+            c.failure = Some((code, message.clone()));
+            self.failed.store(true, Ordering::SeqCst);
             for (_, tx) in c.pending.drain() {
                 let _ = tx.try_send(Err((code, message.clone())));
             }
-            c.failure = Some((code, message.clone()));
         }
-        self.failed.store(true, Ordering::SeqCst);
         self.gate_changed.notify_all();
         if let Some(cb) = &self.opts.on_failure {
             cb(&Error::coord(code, message));
