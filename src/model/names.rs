@@ -157,6 +157,18 @@ pub mod io {
     pub const TEXT_EMBEDDINGS: &str = "text_embeddings";
     /// The step's scalar outputs a run reports, in order.
     pub const REPORTED: [&str; 4] = [LOSS, GRAD_NORM, LEARNING_RATE, TEMPERATURE];
+    /// The streamed step's micro-batch index, `s32[]`.
+    pub const MICRO: &str = "micro";
+    /// The streamed step's gradient of the loss with respect to the embeddings.
+    pub const IMAGE_EMBEDDING_GRADS: &str = "image_embedding_grads";
+    pub const TEXT_EMBEDDING_GRADS: &str = "text_embedding_grads";
+    /// The prefix of a parameter's gradient between the streamed step's programs.
+    pub const GRAD: &str = "grad/";
+
+    /// The name of parameter `param`'s gradient.
+    pub fn grad(param: &str) -> String {
+        format!("{GRAD}{param}")
+    }
 }
 
 #[cfg(test)]

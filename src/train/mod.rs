@@ -11,6 +11,7 @@ pub mod run;
 pub mod setup;
 pub mod sharding;
 pub mod step;
+pub mod streamed;
 
 pub use setup::{LayoutChoices, StepChoices, StepSetup};
 pub use sharding::Layout;

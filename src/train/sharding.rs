@@ -63,8 +63,9 @@ impl Layout {
     }
 
     /// Specs for every parameter and output of a step graph: parameters and optimizer state by
-    /// the rules; `images`/`tokens` and embeddings split over `batch`; scalars replicated;
-    /// outputs named like an input share its spec.
+    /// the rules, and a parameter's gradient (`grad/…`) like it; `images`/`tokens`, embeddings
+    /// and their gradients split over `batch` (their first axis); scalars replicated; outputs
+    /// named like an input share its spec.
     pub fn specs(
         &self,
         g: &Graph,
@@ -82,13 +83,18 @@ impl Layout {
             .collect();
         let resolved = self.rules.param_specs(&tensors, &self.mesh)?;
         let by_name = |name: &str, rank: usize| -> Result<PartitionSpec> {
-            if let Some(i) = params.iter().position(|s| s.name == name) {
+            // A gradient is laid out like its parameter.
+            let param = name.strip_prefix(io::GRAD).unwrap_or(name);
+            if let Some(i) = params.iter().position(|s| s.name == param) {
                 return Ok(resolved[i].clone());
             }
             match name {
-                io::IMAGES | io::TOKENS | io::IMAGE_EMBEDDINGS | io::TEXT_EMBEDDINGS => {
-                    self.batch_spec(rank)
-                }
+                io::IMAGES
+                | io::TOKENS
+                | io::IMAGE_EMBEDDINGS
+                | io::TEXT_EMBEDDINGS
+                | io::IMAGE_EMBEDDING_GRADS
+                | io::TEXT_EMBEDDING_GRADS => self.batch_spec(rank),
                 _ => Ok(PartitionSpec::replicated(rank)),
             }
         };

@@ -62,7 +62,7 @@ impl StepOptions {
         })
     }
 
-    fn check(&self, c: &ModelConfig) -> Result<()> {
+    pub(super) fn check(&self, c: &ModelConfig) -> Result<()> {
         if self.batch < 1 || self.microbatches < 1 || self.batch % self.microbatches != 0 {
             return Err(Error::invalid(
                 format!(
@@ -118,7 +118,7 @@ fn batch_inputs(
     ))
 }
 
-fn noise(key: &Tensor, c: &ModelConfig) -> Noise {
+pub(super) fn noise(key: &Tensor, c: &ModelConfig) -> Noise {
     Noise {
         key: key.clone(),
         dropout: c.train.dropout,
@@ -126,7 +126,7 @@ fn noise(key: &Tensor, c: &ModelConfig) -> Noise {
     }
 }
 
-fn embed_pair(
+pub(super) fn embed_pair(
     images: &Tensor,
     tokens: &Tensor,
     p: &Params,
@@ -244,7 +244,7 @@ fn pass1_embeddings(b: &Builder, mbs: &MicroBatches<'_>) -> Result<(Tensor, Tens
 /// both and to the head parameters `heads`: by differentiating the whole-batch loss, or, with
 /// `o.loss_block > 0`, by the tiled loss's own sweeps (which build no `N × N` array), the heads'
 /// gradients then flowing from the scale's and bias's through their definitions.
-fn loss_grads(
+pub(super) fn loss_grads(
     img: &Tensor,
     txt: &Tensor,
     heads: &[Tensor],
@@ -543,6 +543,27 @@ pub fn train_graph(
     let step = b.parameter(io::STEP, DType::S32, &[])?;
     let (images, tokens, rng) = batch_inputs(&b, c, o)?;
     let (loss, grads) = loss_and_grads(&p, &train, &images, &tokens, rng.as_ref(), c, o)?;
+    update_outputs(&b, &p, &state, &step, &grads, Some(&loss), c, o)?;
+    Ok((b.finish(), specs, sspecs))
+}
+
+/// The optimizer update of parameters `p` and state `state` by `grads` (in [`trainable`]
+/// order) at `step`, as outputs: every parameter, every state slot, then the loss when given,
+/// `grad_norm`, `learning_rate` and `temperature`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn update_outputs(
+    b: &Builder,
+    p: &Params,
+    state: &Params,
+    step: &Tensor,
+    grads: &[Tensor],
+    loss: Option<&Tensor>,
+    c: &ModelConfig,
+    o: &StepOptions,
+) -> Result<()> {
+    let specs = dual::specs(c)?;
+    let train = trainable(&specs, o);
+    let sspecs = optim::state_specs(&train, &c.train);
     let ps: Vec<Tensor> = train
         .iter()
         .map(|s| p.get(&s.name).cloned())
@@ -552,7 +573,7 @@ pub fn train_graph(
         .map(|s| state.get(&s.name).cloned())
         .collect::<Result<_>>()?;
     let stepf = step.convert(DType::F32)?;
-    let (new_p, new_s, lr, norm) = optim::update(&train, &ps, &grads, &st, &stepf, &c.train)?;
+    let (new_p, new_s, lr, norm) = optim::update(&train, &ps, grads, &st, &stepf, &c.train)?;
     let mut updated = std::collections::BTreeMap::new();
     for (s, t) in train.iter().zip(new_p) {
         updated.insert(s.name.clone(), t);
@@ -567,15 +588,17 @@ pub fn train_graph(
     for (s, t) in sspecs.iter().zip(new_s) {
         b.output(&s.name, &t)?;
     }
-    b.output(io::LOSS, &loss)?;
+    if let Some(loss) = loss {
+        b.output(io::LOSS, loss)?;
+    }
     b.output(io::GRAD_NORM, &norm)?;
     b.output(io::LEARNING_RATE, &lr)?;
-    let temperature = logit_scale(&Scope::bound(&p), c)?.convert(DType::F32)?;
+    let temperature = logit_scale(&Scope::bound(p), c)?.convert(DType::F32)?;
     b.output(
         io::TEMPERATURE,
         &temperature.scalar_like(1.0)?.div(&temperature)?,
     )?;
-    Ok((b.finish(), specs, sspecs))
+    Ok(())
 }
 
 /// The `(argument, result)` pairs a training step donates: every parameter and optimizer-state

@@ -1,0 +1,720 @@
+//! BASIC's step driven from the host, for batches whose images do not fit on the devices.
+//!
+//! The one-program step ([`super::step`]) takes the whole global batch's images as an argument.
+//! At a batch of millions they cannot all be resident, so the streamed step splits the same
+//! computation into four programs and runs the loops over micro-batches on the host:
+//!
+//! 1. `embed` (once per micro-batch): the towers without activations; the micro-batch's
+//!    embeddings are written into the step's `[N/M, M, E]` embedding buffers on the devices;
+//! 2. `loss` (once): the contrastive loss over the global batch (tiled when `loss_block > 0`),
+//!    its gradient with respect to every embedding and to the loss's own parameters, and the
+//!    zeroed gradient accumulators of the towers;
+//! 3. `backprop` (once per micro-batch): the towers again, with activations, and the vector–
+//!    Jacobian product of the micro-batch's slice of the embedding gradient, added to the
+//!    accumulators;
+//! 4. `update` (once): the optimizer.
+//!
+//! Only one micro-batch's images are on the devices at a time; the host uploads them for pass 1
+//! and again for pass 3 (a loader replays the step's samples instead of holding them). Row `j` of
+//! micro-batch `k` is row `j·M + k` of the one-program step's batch, and micro-batch `k` draws
+//! its dropout from the same key, so the two steps compute the same gradient.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::exec::{emit, Sharded, ShardedArg, ShardedProgram};
+use crate::ir::Graph;
+use crate::model::dual;
+use crate::model::names::{io, Modality};
+use crate::model::noise::Noise;
+use crate::model::{ModelConfig, ParamSpec, Params};
+use crate::partition::PartitionSpec;
+use crate::runtime::{Client, HostArray, MemoryStats};
+use crate::trace::{Builder, Tensor};
+
+use super::optim;
+use super::sharding::Layout;
+use super::step::{
+    batch_shapes, embed_pair, has_rng, loss_grads, noise, trainable, update_outputs, StepOptions,
+};
+
+/// The four graphs of a streamed step and the specs they were built from.
+pub struct StreamedGraphs {
+    pub embed: Graph,
+    pub loss: Graph,
+    pub backprop: Graph,
+    pub update: Graph,
+    /// Every parameter, then the optimizer state (the update's first arguments and results).
+    pub params: Vec<ParamSpec>,
+    pub state: Vec<ParamSpec>,
+}
+
+/// The towers' parameters (the embed and backprop programs' first arguments).
+fn tower_specs(specs: &[ParamSpec]) -> Vec<ParamSpec> {
+    specs
+        .iter()
+        .filter(|s| Modality::of_param(&s.name).is_some())
+        .cloned()
+        .collect()
+}
+
+/// The loss's own parameters (temperature, bias): the loss program's first arguments.
+fn head_specs(specs: &[ParamSpec]) -> Vec<ParamSpec> {
+    specs
+        .iter()
+        .filter(|s| Modality::of_param(&s.name).is_none())
+        .cloned()
+        .collect()
+}
+
+/// Rows of a micro-batch.
+fn rows(o: &StepOptions) -> i64 {
+    o.batch / o.microbatches
+}
+
+/// A micro-batch's inputs: the towers' parameters, the key (when the step is random), images,
+/// tokens and the micro-batch's index.
+struct MicroInputs {
+    p: Params,
+    rng: Option<Tensor>,
+    images: Tensor,
+    tokens: Tensor,
+    micro: Tensor,
+}
+
+impl MicroInputs {
+    fn declare(
+        b: &Builder,
+        towers: &[ParamSpec],
+        c: &ModelConfig,
+        o: &StepOptions,
+    ) -> Result<Self> {
+        let p = Params::declare(b, towers, o.param_dtype)?;
+        let rng = if has_rng(c) {
+            Some(b.parameter(io::RNG, DType::U64, &[2])?)
+        } else {
+            None
+        };
+        let (is, ts) = batch_shapes(c, rows(o));
+        let images = b.parameter(io::IMAGES, o.param_dtype, &is)?.constrain(&[
+            Some("batch"),
+            None,
+            None,
+            None,
+        ])?;
+        let tokens = b
+            .parameter(io::TOKENS, DType::S32, &ts)?
+            .constrain(&[Some("batch"), None])?;
+        let micro = b.parameter(io::MICRO, DType::S32, &[])?;
+        Ok(MicroInputs {
+            p,
+            rng,
+            images,
+            tokens,
+            micro,
+        })
+    }
+
+    /// The micro-batch's noise: the one-program step's (its single batch's with one
+    /// micro-batch, else the key with the index folded in).
+    fn noise(&self, c: &ModelConfig, o: &StepOptions) -> Result<Option<Noise>> {
+        self.rng
+            .as_ref()
+            .map(|k| {
+                let n = noise(k, c);
+                if o.microbatches == 1 {
+                    n.fold(0)
+                } else {
+                    n.fold_index(&self.micro)
+                }
+            })
+            .transpose()
+    }
+
+    /// The micro-batch's image and text embeddings, `[N/M, E]` each.
+    fn embed(&self, c: &ModelConfig, o: &StepOptions) -> Result<(Tensor, Tensor)> {
+        let nz = self.noise(c, o)?;
+        embed_pair(&self.images, &self.tokens, &self.p, c, o, nz.as_ref())
+    }
+}
+
+/// A `[N/M, M, E]` buffer of the step's embeddings (or their gradients): row `j` of micro-batch
+/// `k` at `[j, k]`, so that its `[N, E]` view is the batch in the one-program step's order and a
+/// device's rows of it are its rows of every micro-batch.
+fn buffer(b: &Builder, name: &str, c: &ModelConfig, o: &StepOptions) -> Result<Tensor> {
+    b.parameter(name, o.param_dtype, &[rows(o), o.microbatches, c.embed_dim])?
+        .constrain(&[Some("batch"), None, None])
+}
+
+fn zero_index(b: &Builder) -> Result<Tensor> {
+    b.scalar(0.0, DType::S32)
+}
+
+/// `all` with micro-batch `micro`'s rows set to `x` (`[N/M, E]`).
+fn put(all: &Tensor, x: &Tensor, micro: &Tensor) -> Result<Tensor> {
+    let z = zero_index(all.builder())?;
+    let s = all.shape().to_vec();
+    all.dynamic_update_slice(
+        &x.reshape(&[s[0], 1, s[2]])?,
+        &[z.clone(), micro.clone(), z],
+    )?
+    .constrain(&[Some("batch"), None, None])
+}
+
+/// Micro-batch `micro`'s rows of `all`, `[N/M, E]`.
+fn take(all: &Tensor, micro: &Tensor) -> Result<Tensor> {
+    let z = zero_index(all.builder())?;
+    let s = all.shape().to_vec();
+    all.dynamic_slice(&[z.clone(), micro.clone(), z], &[s[0], 1, s[2]])?
+        .reshape(&[s[0], s[2]])?
+        .constrain(&[Some("batch"), None])
+}
+
+/// `(towers..., [rng], images, tokens, micro, image_embeddings, text_embeddings) →
+/// (image_embeddings, text_embeddings)` with micro-batch `micro`'s rows filled in.
+fn embed_graph(c: &ModelConfig, o: &StepOptions, specs: &[ParamSpec]) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_embed", c.name));
+    let mi = MicroInputs::declare(&b, &tower_specs(specs), c, o)?;
+    let img_all = buffer(&b, io::IMAGE_EMBEDDINGS, c, o)?;
+    let txt_all = buffer(&b, io::TEXT_EMBEDDINGS, c, o)?;
+    let (img, txt) = mi.embed(c, o)?;
+    b.output(io::IMAGE_EMBEDDINGS, &put(&img_all, &img, &mi.micro)?)?;
+    b.output(io::TEXT_EMBEDDINGS, &put(&txt_all, &txt, &mi.micro)?)?;
+    Ok(b.finish())
+}
+
+/// `(heads..., image_embeddings, text_embeddings) → (loss, image_embedding_grads,
+/// text_embedding_grads, grad/head..., grad/tower...)`: the loss over the global batch, its
+/// gradients, and the towers' accumulators at zero.
+fn loss_graph(c: &ModelConfig, o: &StepOptions, specs: &[ParamSpec]) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_loss", c.name));
+    let heads = head_specs(specs);
+    let p = Params::declare(&b, &heads, o.param_dtype)?;
+    let (n, e) = (o.batch, c.embed_dim);
+    let whole =
+        |t: Tensor| -> Result<Tensor> { t.reshape(&[n, e])?.constrain(&[Some("batch"), None]) };
+    let img = whole(buffer(&b, io::IMAGE_EMBEDDINGS, c, o)?)?;
+    let txt = whole(buffer(&b, io::TEXT_EMBEDDINGS, c, o)?)?;
+    let train = trainable(specs, o);
+    let trained_heads: Vec<&ParamSpec> = train
+        .iter()
+        .filter(|s| Modality::of_param(&s.name).is_none())
+        .collect();
+    let head_params: Vec<Tensor> = trained_heads
+        .iter()
+        .map(|s| p.get(&s.name).cloned())
+        .collect::<Result<_>>()?;
+    let (loss, d_img, d_txt, head_grads) = loss_grads(&img, &txt, &head_params, &p, c, o)?;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape(&[rows(o), o.microbatches, e])?
+            .constrain(&[Some("batch"), None, None])
+    };
+    b.output(io::LOSS, &loss)?;
+    b.output(io::IMAGE_EMBEDDING_GRADS, &split(&d_img)?)?;
+    b.output(io::TEXT_EMBEDDING_GRADS, &split(&d_txt)?)?;
+    for (s, g) in trained_heads.iter().zip(&head_grads) {
+        b.output(&io::grad(&s.name), g)?;
+    }
+    let zero = b.scalar(0.0, o.param_dtype)?;
+    for s in train
+        .iter()
+        .filter(|s| Modality::of_param(&s.name).is_some())
+    {
+        b.output(&io::grad(&s.name), &zero.broadcast_to(&s.shape)?)?;
+    }
+    Ok(b.finish())
+}
+
+/// `(towers..., [rng], images, tokens, micro, image_embedding_grads, text_embedding_grads,
+/// grad/tower...) → (grad/tower...)`: micro-batch `micro`'s share of the towers' gradients added
+/// to the accumulators.
+fn backprop_graph(c: &ModelConfig, o: &StepOptions, specs: &[ParamSpec]) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_backprop", c.name));
+    let mi = MicroInputs::declare(&b, &tower_specs(specs), c, o)?;
+    let d_img = take(&buffer(&b, io::IMAGE_EMBEDDING_GRADS, c, o)?, &mi.micro)?;
+    let d_txt = take(&buffer(&b, io::TEXT_EMBEDDING_GRADS, c, o)?, &mi.micro)?;
+    let trained: Vec<ParamSpec> = trainable(specs, o)
+        .into_iter()
+        .filter(|s| Modality::of_param(&s.name).is_some())
+        .collect();
+    let acc: Vec<Tensor> = trained
+        .iter()
+        .map(|s| b.parameter(&io::grad(&s.name), o.param_dtype, &s.shape))
+        .collect::<Result<_>>()?;
+    let wrt: Vec<Tensor> = trained
+        .iter()
+        .map(|s| mi.p.get(&s.name).cloned())
+        .collect::<Result<_>>()?;
+    let (img, txt) = mi.embed(c, o)?;
+    let g = crate::autodiff::vjp(&[img, txt], &[Some(d_img), Some(d_txt)], &wrt)?;
+    for ((s, a), gi) in trained.iter().zip(&acc).zip(g) {
+        let sum = match gi {
+            Some(gi) => a.add(&gi)?,
+            None => a.clone(),
+        };
+        b.output(&io::grad(&s.name), &sum)?;
+    }
+    Ok(b.finish())
+}
+
+/// `(params..., state..., step, grad/trained...) → (params..., state..., grad_norm,
+/// learning_rate, temperature)`.
+fn update_graph(
+    c: &ModelConfig,
+    o: &StepOptions,
+    specs: &[ParamSpec],
+    sspecs: &[ParamSpec],
+) -> Result<Graph> {
+    let b = Builder::new(&format!("{}_update", c.name));
+    let p = Params::declare(&b, specs, o.param_dtype)?;
+    let state = Params::declare(&b, sspecs, o.param_dtype)?;
+    let step = b.parameter(io::STEP, DType::S32, &[])?;
+    let grads: Vec<Tensor> = trainable(specs, o)
+        .iter()
+        .map(|s| b.parameter(&io::grad(&s.name), o.param_dtype, &s.shape))
+        .collect::<Result<_>>()?;
+    update_outputs(&b, &p, &state, &step, &grads, None, c, o)?;
+    Ok(b.finish())
+}
+
+/// The streamed step's graphs for `c` under options `o`.
+pub fn streamed_graphs(c: &ModelConfig, o: &StepOptions) -> Result<StreamedGraphs> {
+    o.check(c)?;
+    let specs = dual::specs(c)?;
+    let sspecs = optim::state_specs(&trainable(&specs, o), &c.train);
+    Ok(StreamedGraphs {
+        embed: embed_graph(c, o, &specs)?,
+        loss: loss_graph(c, o, &specs)?,
+        backprop: backprop_graph(c, o, &specs)?,
+        update: update_graph(c, o, &specs, &sspecs)?,
+        params: specs,
+        state: sspecs,
+    })
+}
+
+/// Which of the streamed step's programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Embed,
+    Loss,
+    Backprop,
+    Update,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Embed, Part::Loss, Part::Backprop, Part::Update];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Embed => "embed",
+            Part::Loss => "loss",
+            Part::Backprop => "backprop",
+            Part::Update => "update",
+        }
+    }
+
+    /// How many times a step runs it.
+    pub fn runs_per_step(self, o: &StepOptions) -> i64 {
+        match self {
+            Part::Embed | Part::Backprop => o.microbatches,
+            Part::Loss | Part::Update => 1,
+        }
+    }
+}
+
+/// One emitted program of a streamed step.
+pub struct PartProgram {
+    pub part: Part,
+    pub graph: Graph,
+    pub args: Vec<PartitionSpec>,
+    pub results: Vec<PartitionSpec>,
+    pub donations: Vec<(usize, usize)>,
+    /// The partitioned StableHLO.
+    pub text: String,
+}
+
+impl PartProgram {
+    fn input(&self, name: &str) -> Result<usize> {
+        position(&self.graph.params, name, self.part)
+    }
+    fn output(&self, name: &str) -> Result<usize> {
+        position(&self.graph.outputs, name, self.part)
+    }
+}
+
+fn position<T>(list: &[(String, T)], name: &str, part: Part) -> Result<usize> {
+    list.iter().position(|(n, _)| n == name).ok_or_else(|| {
+        Error::Program(format!(
+            "the streamed step's {} program has no `{name}`",
+            part.name()
+        ))
+    })
+}
+
+/// The streamed step emitted for a layout: its four programs, in [`Part::ALL`] order.
+pub struct StreamedProgram {
+    pub parts: Vec<PartProgram>,
+    pub params: Vec<ParamSpec>,
+    pub state: Vec<ParamSpec>,
+}
+
+impl StreamedProgram {
+    /// Builds and emits the streamed step of `c` under `layout`. The embedding buffers and the
+    /// gradient accumulators are always donated (each program hands them on); parameters and
+    /// optimizer state are donated to the update when `donate`.
+    pub fn build(
+        c: &ModelConfig,
+        o: &StepOptions,
+        layout: &Layout,
+        donate: bool,
+    ) -> Result<StreamedProgram> {
+        let mut o = o.clone();
+        if o.loss_block > 0 {
+            o.ring = layout.ring()?;
+        }
+        let g = streamed_graphs(c, &o)?;
+        let mut all = g.params.clone();
+        all.extend(g.state.iter().cloned());
+        let np = all.len();
+        let graphs = [g.embed, g.loss, g.backprop, g.update];
+        let mut parts = Vec::with_capacity(4);
+        for (part, graph) in Part::ALL.into_iter().zip(graphs) {
+            let (args, results) = layout.specs(&graph, &all)?;
+            // Each output named like an input takes its buffers (the accumulators, the
+            // embeddings); the update's parameters and state only when asked.
+            let donations: Vec<(usize, usize)> = graph
+                .outputs
+                .iter()
+                .enumerate()
+                .filter_map(|(r, (name, _))| {
+                    let a = graph.params.iter().position(|(n, _)| n == name)?;
+                    let is_state = part == Part::Update && a < np;
+                    (donate || !is_state).then_some((a, r))
+                })
+                .collect();
+            let text = emit(&graph, &layout.context(), &args, &results, &donations)?;
+            parts.push(PartProgram {
+                part,
+                graph,
+                args,
+                results,
+                donations,
+                text,
+            });
+        }
+        Ok(StreamedProgram {
+            parts,
+            params: g.params,
+            state: g.state,
+        })
+    }
+
+    pub fn part(&self, p: Part) -> &PartProgram {
+        &self.parts[p as usize]
+    }
+
+    /// Compiles the four programs on `client` (over `devices` in mesh order, `None`: ids
+    /// `0..n`).
+    pub fn compile(
+        self,
+        client: &Client,
+        layout: &Layout,
+        devices: Option<Vec<i64>>,
+    ) -> Result<StreamedStep> {
+        let ctx = layout.context();
+        let mut progs = Vec::with_capacity(4);
+        let mut io = Vec::with_capacity(4);
+        for pp in self.parts {
+            io.push(PartIo::of(&pp)?);
+            progs.push(ShardedProgram::compile_assigned(
+                client,
+                &ctx,
+                devices.clone(),
+                pp.args,
+                pp.results,
+                pp.text,
+            )?);
+        }
+        let np = self.params.len() + self.state.len();
+        Ok(StreamedStep {
+            progs,
+            io,
+            values: np,
+            spare: std::sync::Mutex::new(None),
+        })
+    }
+}
+
+/// Where a program's inputs sit.
+struct PartIo {
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    loss: Option<usize>,
+}
+
+impl PartIo {
+    fn of(pp: &PartProgram) -> Result<PartIo> {
+        Ok(PartIo {
+            inputs: pp.graph.params.iter().map(|(n, _)| n.clone()).collect(),
+            outputs: pp.graph.outputs.iter().map(|(n, _)| n.clone()).collect(),
+            loss: match pp.part {
+                Part::Loss => Some(pp.output(io::LOSS)?),
+                _ => None,
+            },
+        })
+        .and_then(|io| {
+            // Every micro-batch program reads its micro-batch by name.
+            if matches!(pp.part, Part::Embed | Part::Backprop) {
+                pp.input(io::IMAGES)?;
+                pp.input(io::TOKENS)?;
+                pp.input(io::MICRO)?;
+            }
+            Ok(io)
+        })
+    }
+}
+
+/// One micro-batch on the devices: its images and tokens, uploaded with
+/// [`StreamedStep::upload_images`] and [`StreamedStep::upload_tokens`] (or the callers' own
+/// per-process pieces through [`StreamedStep::micro_program`]).
+pub struct MicroBatch {
+    pub images: Sharded,
+    pub tokens: Sharded,
+}
+
+/// What one streamed step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamedDone {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    pub temperature: f64,
+}
+
+/// A streamed step compiled for a client.
+pub struct StreamedStep {
+    progs: Vec<ShardedProgram>,
+    io: Vec<PartIo>,
+    /// Parameters plus optimizer state.
+    values: usize,
+    /// Device buffers of the embeddings' shape kept from the last step, for the next pass 1.
+    spare: std::sync::Mutex<Option<Vec<Sharded>>>,
+}
+
+impl StreamedStep {
+    pub fn program(&self, p: Part) -> &ShardedProgram {
+        &self.progs[p as usize]
+    }
+
+    /// The embed program, whose `images` and `tokens` arguments a micro-batch is uploaded for
+    /// (the backprop program lays them out the same).
+    pub fn micro_program(&self) -> &ShardedProgram {
+        self.program(Part::Embed)
+    }
+
+    fn arg_index(&self, p: Part, name: &str) -> Result<usize> {
+        position(
+            &self.io[p as usize]
+                .inputs
+                .iter()
+                .map(|n| (n.clone(), ()))
+                .collect::<Vec<_>>(),
+            name,
+            p,
+        )
+    }
+
+    /// Uploads a whole micro-batch's images (`[N/M, ...]`) from one host array.
+    pub fn upload_micro(&self, images: &HostArray, tokens: &HostArray) -> Result<MicroBatch> {
+        let p = self.micro_program();
+        Ok(MicroBatch {
+            images: p.upload(self.arg_index(Part::Embed, io::IMAGES)?, images)?,
+            tokens: p.upload(self.arg_index(Part::Embed, io::TOKENS)?, tokens)?,
+        })
+    }
+
+    /// Peak bytes per device of each program, in [`Part::ALL`] order.
+    pub fn memory_stats(&self) -> Result<Vec<MemoryStats>> {
+        self.progs
+            .iter()
+            .map(ShardedProgram::memory_stats)
+            .collect()
+    }
+
+    /// Runs one step on parameters and state `values` (the update's first arguments, in order),
+    /// at step `step` with dropout key `rng`, fetching micro-batch `k` with `micro(k)` once for
+    /// pass 1 and once again for pass 3. Returns the updated values and what the step reported.
+    pub fn run(
+        &self,
+        values: Vec<Sharded>,
+        step: i32,
+        rng: Option<[u64; 2]>,
+        mut micro: impl FnMut(usize) -> Result<MicroBatch>,
+    ) -> Result<(Vec<Sharded>, StreamedDone)> {
+        if values.len() != self.values {
+            return Err(Error::Internal(format!(
+                "the streamed step takes {} parameters and state slots, not {}",
+                self.values,
+                values.len()
+            )));
+        }
+        let m = self.micro_count()?;
+        let by_name = |p: Part, vals: &[Sharded]| -> Result<Vec<usize>> {
+            // Positions in `values` of a program's leading parameter inputs.
+            let names = &self.io[Part::Update as usize].inputs[..self.values];
+            self.io[p as usize]
+                .inputs
+                .iter()
+                .take_while(|n| names.contains(n))
+                .map(|n| {
+                    names
+                        .iter()
+                        .position(|x| x == n)
+                        .filter(|&i| i < vals.len())
+                        .ok_or_else(|| Error::Internal(format!("no value for `{n}`")))
+                })
+                .collect()
+        };
+        let towers = by_name(Part::Embed, &values)?;
+        let heads = by_name(Part::Loss, &values)?;
+        let upload = |p: Part, name: &str, a: &HostArray| -> Result<Sharded> {
+            self.program(p).upload(self.arg_index(p, name)?, a)
+        };
+        let rng_arg = |p: Part| -> Result<Option<Sharded>> {
+            rng.map(|k| upload(p, io::RNG, &HostArray::new(&[2], &k)?))
+                .transpose()
+        };
+        // Pass 1: every micro-batch's embeddings into the buffers.
+        let mut embs = self.empty_embeddings()?;
+        for k in 0..m {
+            let mb = micro(k)?;
+            let mut args: Vec<ShardedArg<'_>> = towers
+                .iter()
+                .map(|&i| ShardedArg::Borrowed(&values[i]))
+                .collect();
+            args.extend(rng_arg(Part::Embed)?.map(ShardedArg::Owned));
+            args.push(ShardedArg::Owned(mb.images));
+            args.push(ShardedArg::Owned(mb.tokens));
+            args.push(ShardedArg::Owned(upload(
+                Part::Embed,
+                io::MICRO,
+                &HostArray::scalar(k as i32),
+            )?));
+            args.extend(embs.into_iter().map(ShardedArg::Owned));
+            embs = self.program(Part::Embed).run_owned(args)?;
+        }
+        // Pass 2: the loss, the embeddings' gradients, the heads' gradients, the accumulators.
+        let mut args: Vec<ShardedArg<'_>> = heads
+            .iter()
+            .map(|&i| ShardedArg::Borrowed(&values[i]))
+            .collect();
+        args.extend(embs.into_iter().map(ShardedArg::Owned));
+        let mut out = self.program(Part::Loss).run_owned(args)?;
+        let loss_at = self.io[Part::Loss as usize].loss.unwrap_or(0);
+        let loss = out[loss_at].bufs[0].to_host()?.to_f64_vec()[0];
+        let loss_names = self.io[Part::Loss as usize].outputs.clone();
+        let mut loss_out: Vec<(String, Sharded)> =
+            loss_names.into_iter().zip(out.drain(..)).collect();
+        let mut take_out = |name: &str| -> Result<Sharded> {
+            let i = loss_out
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| {
+                    Error::Internal(format!("the loss program has no output `{name}`"))
+                })?;
+            Ok(loss_out.remove(i).1)
+        };
+        let d_img = take_out(io::IMAGE_EMBEDDING_GRADS)?;
+        let d_txt = take_out(io::TEXT_EMBEDDING_GRADS)?;
+        // Pass 3: each micro-batch's share of the towers' gradients.
+        let acc_names: Vec<String> = self.io[Part::Backprop as usize].outputs.clone();
+        let mut acc: Vec<Sharded> = acc_names
+            .iter()
+            .map(|n| take_out(n))
+            .collect::<Result<_>>()?;
+        for k in 0..m {
+            let mb = micro(k)?;
+            let mut args: Vec<ShardedArg<'_>> = towers
+                .iter()
+                .map(|&i| ShardedArg::Borrowed(&values[i]))
+                .collect();
+            args.extend(rng_arg(Part::Backprop)?.map(ShardedArg::Owned));
+            args.push(ShardedArg::Owned(mb.images));
+            args.push(ShardedArg::Owned(mb.tokens));
+            args.push(ShardedArg::Owned(upload(
+                Part::Backprop,
+                io::MICRO,
+                &HostArray::scalar(k as i32),
+            )?));
+            args.push(ShardedArg::Borrowed(&d_img));
+            args.push(ShardedArg::Borrowed(&d_txt));
+            args.extend(acc.into_iter().map(ShardedArg::Owned));
+            acc = self.program(Part::Backprop).run_owned(args)?;
+        }
+        *lock(&self.spare) = Some(vec![d_img, d_txt]);
+        // The update, its gradients by name: the heads' from pass 2, the towers' from pass 3.
+        let mut grads: Vec<(String, Sharded)> = acc_names.into_iter().zip(acc).collect();
+        grads.append(&mut loss_out);
+        let upd = &self.io[Part::Update as usize];
+        let mut args: Vec<ShardedArg<'_>> = values.into_iter().map(ShardedArg::Owned).collect();
+        args.push(ShardedArg::Owned(upload(
+            Part::Update,
+            io::STEP,
+            &HostArray::scalar(step),
+        )?));
+        for name in &upd.inputs[self.values + 1..] {
+            let i = grads
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| Error::Internal(format!("no gradient `{name}` for the update")))?;
+            args.push(ShardedArg::Owned(grads.remove(i).1));
+        }
+        let mut out = self.program(Part::Update).run_owned(args)?;
+        let scalar = |i: usize| -> Result<f64> { Ok(out[i].bufs[0].to_host()?.to_f64_vec()[0]) };
+        let n = self.values;
+        let done = StreamedDone {
+            loss,
+            grad_norm: scalar(n)?,
+            learning_rate: scalar(n + 1)?,
+            temperature: scalar(n + 2)?,
+        };
+        out.truncate(n);
+        Ok((out, done))
+    }
+
+    /// Micro-batches per step (the embedding buffers' second axis).
+    fn micro_count(&self) -> Result<usize> {
+        Ok(self.embedding_type()?.shape[1] as usize)
+    }
+
+    fn embedding_type(&self) -> Result<crate::dtype::TensorType> {
+        let sig = crate::runtime::Signature::from_program(&self.program(Part::Embed).text)?;
+        let i = self.arg_index(Part::Embed, io::IMAGE_EMBEDDINGS)?;
+        Ok(sig.args[i].ty.clone())
+    }
+
+    /// Embedding buffers for pass 1: the last step's embedding gradients (pass 1 writes every
+    /// row, so what they hold does not matter), or zeros made piece by piece on the first step.
+    fn empty_embeddings(&self) -> Result<Vec<Sharded>> {
+        if let Some(v) = lock(&self.spare).take() {
+            return Ok(v);
+        }
+        let p = self.program(Part::Embed);
+        let ty = self.embedding_type()?;
+        let i = self.arg_index(Part::Embed, io::IMAGE_EMBEDDINGS)?;
+        let spec = p.arg(i)?.clone();
+        let mesh = p.mesh().clone();
+        (0..2)
+            .map(|_| {
+                p.upload_with(|_, position| {
+                    let (_, block) = super::persist::region(&ty.shape, &spec, &mesh, position);
+                    HostArray::zeros(ty.dtype, &block)
+                })
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded value is replaced whole, never left half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
