@@ -526,3 +526,89 @@ fn plan_without_a_batch_gives_the_largest_and_the_fast_enough_batch() {
         assert!(fastest_of_its_batch < 0.9 * top * (1.0 + 1e-9), "{t}");
     }
 }
+
+/// `basic compile --streamed --json` of the tiny model at `batch` in micro-batches of 16, with
+/// the tiled loss.
+fn streamed_json(target: Option<&str>, batch: i64) -> Value {
+    let (b, m) = (batch.to_string(), (batch / 16).to_string());
+    let mut args = vec![
+        "compile",
+        "--model",
+        "tiny",
+        "--batch",
+        &b,
+        "--microbatches",
+        &m,
+        "--loss-block",
+        "32",
+        "--streamed",
+        "--json",
+    ];
+    if let Some(t) = target {
+        args.extend_from_slice(&["--target", t, "--mesh", "data=8"]);
+    }
+    let (ok, v, err) = run(&args);
+    assert!(ok, "{args:?}: {err}");
+    v
+}
+
+#[test]
+fn the_streamed_step_reports_its_programs_and_its_peak_grows_by_embeddings_not_images() {
+    let small = streamed_json(None, 64);
+    let big = streamed_json(None, 1024);
+    let progs = small["programs"].as_array().unwrap();
+    let names: Vec<&str> = progs.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["embed", "loss", "backprop", "update"]);
+    let runs: Vec<i64> = progs
+        .iter()
+        .map(|p| p["runs_per_step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(runs, [4, 1, 4, 1]);
+    for p in progs {
+        assert_eq!(
+            p["step_peak_bytes"].as_i64().unwrap(),
+            p["peak_bytes"].as_i64().unwrap() + p["resident_beside_bytes"].as_i64().unwrap()
+        );
+    }
+    let max = progs
+        .iter()
+        .map(|p| p["step_peak_bytes"].as_i64().unwrap())
+        .max();
+    assert_eq!(small["peak_bytes"].as_i64(), max);
+    // Each micro-batch crosses twice (passes 1 and 3), the one-program step's batch once.
+    let h2d = |v: &Value| v["host_to_device_bytes_per_step"].as_i64().unwrap();
+    let once = |v: &Value| {
+        v["one_program_host_to_device_bytes_per_step"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(h2d(&small), 2 * once(&small));
+    // The host holds one micro-batch of 16 at any batch.
+    assert_eq!(
+        small["host_bytes_per_micro_batch"],
+        big["host_bytes_per_micro_batch"]
+    );
+    assert_eq!(once(&big), 16 * once(&small));
+    // 16× the batch: the peak grows by the embeddings (N·E, with their gradients), far less than
+    // the images the one-program step would hold.
+    let c = basic::model::ModelConfig::load("tiny").unwrap();
+    let grown = big["peak_bytes"].as_i64().unwrap() - small["peak_bytes"].as_i64().unwrap();
+    let embeddings = (1024 - 64) * c.embed_dim * 4;
+    assert!(
+        grown > 0 && grown <= 8 * embeddings,
+        "grew {grown} (N·E: {embeddings})"
+    );
+    assert!(grown < once(&big) - once(&small), "grew {grown}");
+}
+
+#[test]
+fn the_streamed_step_compiles_for_a_gpu_host_and_fits() {
+    let v = streamed_json(Some("h100:8"), 1024);
+    assert_eq!(v["target"], "h100:8");
+    assert_eq!(v["fits"], true, "{v}");
+    assert!(v["step_time_lower_bound_seconds"].as_f64().unwrap() > 0.0);
+    for p in v["programs"].as_array().unwrap() {
+        assert!(p["peak_bytes"].as_i64().unwrap() > 0, "{p}");
+        assert!(p.get("compiler_refused").is_none(), "{p}");
+    }
+}

@@ -207,6 +207,12 @@ pub struct CompileArgs {
     #[arg(long)]
     json: bool,
 
+    /// Compile the streamed step (four programs driven over micro-batches from the host, one
+    /// micro-batch's images on the devices at a time) and report each program, the step's peak
+    /// and its host traffic
+    #[arg(long, conflicts_with_all = ["emit", "save_executable"])]
+    streamed: bool,
+
     #[command(flatten)]
     processes: super::ProcessArgs,
 }
@@ -234,6 +240,15 @@ fn compile_on(a: &CompileArgs, setup: &StepSetup, on: CompileOn<'_>) -> anyhow::
         emit: a.emit.as_deref(),
         save_executable: a.save_executable.as_deref(),
     };
+    if a.streamed {
+        let r = basic::train::streamed::compile_streamed(setup, on)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r.to_json(setup))?);
+        } else {
+            print_streamed(setup, &r);
+        }
+        return Ok(());
+    }
     let report = compile_step(setup, on, outputs)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json(setup))?);
@@ -244,6 +259,49 @@ fn compile_on(a: &CompileArgs, setup: &StepSetup, on: CompileOn<'_>) -> anyhow::
         println!("executable        {}", p.display());
     }
     Ok(())
+}
+
+/// The text form of `basic compile --streamed`'s report.
+fn print_streamed(setup: &StepSetup, r: &basic::train::streamed::StreamedReport) {
+    let o = &setup.options;
+    println!(
+        "streamed step     {} · batch {} in {} micro-batches of {} · mesh {}",
+        setup.config.name,
+        o.batch,
+        o.microbatches,
+        o.batch / o.microbatches,
+        setup.layout.mesh
+    );
+    println!("program    runs        peak      beside   step peak");
+    for p in &r.parts {
+        println!(
+            "{:<9} {:>5}  {:>10}  {:>10}  {:>10}{}",
+            p.part.name(),
+            p.runs_per_step,
+            human(p.memory.peak_bytes),
+            human(p.resident_beside_bytes),
+            human(p.step_peak_bytes()),
+            p.refused
+                .as_ref()
+                .map(|m| format!("  refused: {m}"))
+                .unwrap_or_default()
+        );
+    }
+    print!("peak per device   {}", human(r.peak_bytes()));
+    match (&r.target, r.fits()) {
+        (Some(t), Some(f)) => println!(
+            " of {}: {}",
+            human(t.spec.hbm_bytes),
+            if f { "fits" } else { "does not fit" }
+        ),
+        _ => println!(),
+    }
+    println!(
+        "host              {} per micro-batch per process; {} host→device per step ({} for the one-program step)",
+        human(r.host_bytes_per_micro_batch),
+        human(r.host_to_device_bytes_per_step),
+        human(r.one_program_host_to_device_bytes)
+    );
 }
 
 /// The text form of `basic compile`'s report.

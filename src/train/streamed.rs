@@ -718,3 +718,252 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded value is replaced whole, never left half-updated.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// One program of a streamed step as compiled and measured.
+#[derive(Clone, Debug)]
+pub struct PartReport {
+    pub part: Part,
+    pub runs_per_step: i64,
+    /// Per device; for a program the target's compiler refused, what it said it needs.
+    pub memory: MemoryStats,
+    pub refused: Option<String>,
+    /// Analytic FLOPs of one run.
+    pub flops: f64,
+    pub compile_seconds: f64,
+    /// Bytes per device the step holds while this program runs that are not its arguments
+    /// (the other programs' parameters, the optimizer state, buffers kept for the next pass).
+    pub resident_beside_bytes: i64,
+}
+
+impl PartReport {
+    /// The device's peak while this program runs: its own peak and what is held beside it.
+    pub fn step_peak_bytes(&self) -> i64 {
+        self.memory.peak_bytes + self.resident_beside_bytes
+    }
+}
+
+/// What compiling a streamed step reports: `basic compile --streamed`.
+#[derive(Clone, Debug)]
+pub struct StreamedReport {
+    pub target: Option<crate::target::Target>,
+    pub params: i64,
+    pub parts: Vec<PartReport>,
+    /// Host bytes of one micro-batch as one process loads it (its rows' images and tokens in
+    /// the step's input types).
+    pub host_bytes_per_micro_batch: i64,
+    /// Host → device bytes of a step over the whole job: every micro-batch twice (passes 1
+    /// and 3).
+    pub host_to_device_bytes_per_step: i64,
+    /// What the one-program step of the same batch would upload: every example once.
+    pub one_program_host_to_device_bytes: i64,
+    pub processes: usize,
+}
+
+impl StreamedReport {
+    /// The step's peak per device: the largest of its programs' peaks with what is held beside.
+    pub fn peak_bytes(&self) -> i64 {
+        self.parts
+            .iter()
+            .map(PartReport::step_peak_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether every program compiled and the step's peak fits the target's HBM (`None` on a
+    /// local client).
+    pub fn fits(&self) -> Option<bool> {
+        self.target.as_ref().map(|t| {
+            self.parts.iter().all(|p| p.refused.is_none()) && self.peak_bytes() <= t.spec.hbm_bytes
+        })
+    }
+
+    /// Analytic FLOPs of a whole step (each program times its runs).
+    pub fn flops_per_step(&self) -> f64 {
+        self.parts
+            .iter()
+            .map(|p| p.flops * p.runs_per_step as f64)
+            .sum()
+    }
+
+    /// `basic compile --streamed --json`'s object.
+    pub fn to_json(&self, setup: &super::StepSetup) -> serde_json::Value {
+        use serde_json::json;
+        let (c, o, layout) = (&setup.config, &setup.options, &setup.layout);
+        let programs: Vec<_> = self
+            .parts
+            .iter()
+            .map(|p| {
+                let m = &p.memory;
+                let mut v = json!({"name": p.part.name(), "runs_per_step": p.runs_per_step,
+                    "argument_bytes": m.argument_bytes, "output_bytes": m.output_bytes,
+                    "alias_bytes": m.alias_bytes, "temp_bytes": m.temp_bytes,
+                    "peak_bytes": m.peak_bytes, "resident_beside_bytes": p.resident_beside_bytes,
+                    "step_peak_bytes": p.step_peak_bytes(), "flops": p.flops,
+                    "compile_seconds": p.compile_seconds});
+                if let Some(r) = &p.refused {
+                    v["compiler_refused"] = json!(r);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({
+            "model": c.name, "params": self.params, "streamed": true,
+            "batch": o.batch, "microbatches": o.microbatches, "micro_batch": o.batch / o.microbatches,
+            "loss_block": o.loss_block, "remat": c.train.remat, "dtype": c.train.dtype,
+            "mesh": layout.mesh.to_string(), "partitioner": layout.partitioner,
+            "programs": programs, "peak_bytes": self.peak_bytes(),
+            "peak_bytes_is": "per device: the largest over the programs of the program's peak plus the bytes the step holds beside its arguments",
+            "flops_per_step": self.flops_per_step(),
+            "processes": self.processes,
+            "host_bytes_per_micro_batch": self.host_bytes_per_micro_batch,
+            "host_bytes_per_micro_batch_is": "per process: its rows of one micro-batch, images and tokens as the step takes them",
+            "host_to_device_bytes_per_step": self.host_to_device_bytes_per_step,
+            "one_program_host_to_device_bytes_per_step": self.one_program_host_to_device_bytes,
+        });
+        if let Some(t) = &self.target {
+            out["target"] = json!(t.name());
+            out["hbm_bytes"] = json!(t.spec.hbm_bytes);
+            out["fits"] = json!(self.fits());
+            let bound = t.step_time_bound(self.flops_per_step(), setup.devices());
+            out["step_time_lower_bound_seconds"] = json!(bound);
+            out["examples_per_second_upper_bound"] = json!(o.batch as f64 / bound);
+            out["step_time_lower_bound_is"] = json!(
+                "analytic FLOPs of every program run / (devices × peak dense bf16 FLOP/s): a bound, not a prediction"
+            );
+        }
+        out
+    }
+}
+
+/// Bytes per device of an argument of `ty` laid out by `spec`.
+fn shard_bytes(
+    ty: &crate::dtype::TensorType,
+    spec: &PartitionSpec,
+    mesh: &crate::partition::Mesh,
+) -> i64 {
+    let tiles: i64 = spec.tiles(mesh).iter().product();
+    let n: i64 = ty.shape.iter().product();
+    n / tiles.max(1) * ty.dtype.size_in_bytes() as i64
+}
+
+/// Builds the streamed step of `setup`, compiles its four programs on `on` and measures them.
+/// A program the target's compiler refuses as too large is reported (the step then does not
+/// fit), not an error.
+pub fn compile_streamed(
+    setup: &super::StepSetup,
+    on: super::aot::CompileOn<'_>,
+) -> Result<StreamedReport> {
+    use super::aot::CompileOn;
+    use crate::target::OutOfMemory;
+    use std::time::Instant;
+    let (c, o, layout) = (&setup.config, &setup.options, &setup.layout);
+    let sp = StreamedProgram::build(c, o, layout, setup.donate)?;
+    let mesh = &layout.mesh;
+    let n = setup.devices();
+    // Per-device bytes of every named argument of every program.
+    let sized = |pp: &PartProgram| -> Vec<(String, i64)> {
+        pp.graph
+            .params
+            .iter()
+            .zip(&pp.args)
+            .map(|((name, v), spec)| (name.clone(), shard_bytes(pp.graph.ty(*v), spec, mesh)))
+            .collect()
+    };
+    let all: Vec<Vec<(String, i64)>> = sp.parts.iter().map(sized).collect();
+    let values: Vec<(String, i64)> =
+        all[Part::Update as usize][..sp.params.len() + sp.state.len()].to_vec();
+    let embeddings: i64 = all[Part::Embed as usize]
+        .iter()
+        .filter(|(n, _)| n == io::IMAGE_EMBEDDINGS || n == io::TEXT_EMBEDDINGS)
+        .map(|(_, b)| b)
+        .sum();
+    let head_grads: i64 = all[Part::Update as usize]
+        .iter()
+        .filter(|(n, _)| {
+            n.strip_prefix(io::GRAD)
+                .is_some_and(|p| Modality::of_param(p).is_none())
+        })
+        .map(|(_, b)| b)
+        .sum();
+    let (target, topology) = match on {
+        CompileOn::Target(t) => (Some(t.clone()), Some(t.topology()?)),
+        CompileOn::Client(_) => (None, None),
+    };
+    let mut parts = Vec::with_capacity(4);
+    for (pp, args) in sp.parts.iter().zip(&all) {
+        let held: i64 = values
+            .iter()
+            .filter(|(n, _)| !args.iter().any(|(a, _)| a == n))
+            .map(|(_, b)| b)
+            .sum();
+        let extra = match pp.part {
+            Part::Backprop => head_grads,
+            Part::Update => embeddings,
+            Part::Embed | Part::Loss => 0,
+        };
+        let t0 = Instant::now();
+        let (memory, refused) = match (on, &target, &topology) {
+            (CompileOn::Target(_), Some(t), Some(topo)) => {
+                let options = t.compile_options(&layout.context().compile_options())?;
+                match topo.compile(&pp.text, &options) {
+                    Ok(compiled) => (compiled.memory_stats()?, None),
+                    Err(e) => match OutOfMemory::from_error(&e) {
+                        Some(oom) => (oom.memory_stats(), Some(oom.message)),
+                        None => return Err(e),
+                    },
+                }
+            }
+            (CompileOn::Client(client), _, _) => {
+                let order = super::hosts::global_order(client, n)?;
+                let prog = ShardedProgram::compile_assigned(
+                    client,
+                    &layout.context(),
+                    Some(order),
+                    pp.args.clone(),
+                    pp.results.clone(),
+                    pp.text.clone(),
+                )?;
+                (prog.memory_stats()?, None)
+            }
+            _ => return Err(Error::Internal("a target without its topology".into())),
+        };
+        parts.push(PartReport {
+            part: pp.part,
+            runs_per_step: pp.part.runs_per_step(o),
+            memory,
+            refused,
+            flops: crate::ops::flops(&pp.graph),
+            compile_seconds: t0.elapsed().as_secs_f64(),
+            resident_beside_bytes: held + extra,
+        });
+    }
+    // Host side: one micro-batch's rows per process, every micro-batch uploaded twice.
+    let processes = match (&topology, on) {
+        (Some(topo), _) => {
+            let mut p: Vec<i32> = topo.job_order(n).iter().map(|d| d.process_index).collect();
+            p.sort_unstable();
+            p.dedup();
+            p.len().max(1)
+        }
+        _ => 1,
+    };
+    let embed = sp.part(Part::Embed);
+    let example_bytes: i64 = [io::IMAGES, io::TOKENS]
+        .iter()
+        .map(|name| -> Result<i64> {
+            let v = embed.graph.params[embed.input(name)?].1;
+            let ty = embed.graph.ty(v);
+            Ok(ty.shape[1..].iter().product::<i64>() * ty.dtype.size_in_bytes() as i64)
+        })
+        .sum::<Result<i64>>()?;
+    let mb = o.batch / o.microbatches;
+    Ok(StreamedReport {
+        target,
+        params: sp.params.iter().map(|s| s.element_count()).sum(),
+        parts,
+        host_bytes_per_micro_batch: mb / processes as i64 * example_bytes,
+        host_to_device_bytes_per_step: 2 * o.batch * example_bytes,
+        one_program_host_to_device_bytes: o.batch * example_bytes,
+        processes,
+    })
+}
