@@ -219,6 +219,100 @@ fn killed_runs_resume_to_the_same_losses() {
     );
 }
 
+/// `streamed_args` with the streamed step: 4 micro-batches of 4, each read (one sample from
+/// each of the 4 data streams), uploaded and embedded, then read again for the backward pass.
+fn streamed_step_args<'a>(d: &'a str, r: &'a str, steps: &'a str) -> Vec<&'a str> {
+    let mut a = streamed_args(d, r, steps);
+    a.extend(["--streamed", "--microbatches", "4"]);
+    a
+}
+
+#[test]
+fn the_streamed_step_trains_as_the_one_program_step_and_resumes_after_sigkill() {
+    let d = sharded().to_str().unwrap().to_string();
+    let steps = "20";
+    // The one-program step reads each stream's next 4 samples as its rows; the streamed step
+    // reads them one per micro-batch: the same pairs, so the same loss and gradient (up to f32
+    // rounding of sums taken in another order).
+    let one = tmp("one-program");
+    let o = one.to_str().unwrap().to_string();
+    assert!(basic_cmd(&streamed_args(&d, &o, steps))
+        .status()
+        .unwrap()
+        .success());
+    let full = tmp("streamed-full");
+    let f = full.to_str().unwrap().to_string();
+    let out = basic_cmd(&streamed_step_args(&d, &f, steps))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = losses(&full);
+    assert_eq!(want.len(), 20);
+    let mut worst = 0f64;
+    for ((s, a), (_, b)) in want.iter().zip(losses(&one)) {
+        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        worst = worst.max((a - b).abs() / b.abs());
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "step {s}: streamed {a}, one program {b}"
+        );
+    }
+    println!("largest relative difference of the losses: {worst:e}");
+
+    // Killed with SIGKILL once it has logged step 7, then resumed from step 5's checkpoint: the
+    // same losses, bit for bit.
+    let killed = tmp("streamed-killed");
+    let k = killed.to_str().unwrap().to_string();
+    let mut child = basic_cmd(&streamed_step_args(&d, &k, steps))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let logged = std::fs::read_to_string(killed.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if logged >= 7 {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training ended before it could be killed: {status}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the streamed run logged no 7 steps within 600 s");
+        }
+        std::thread::yield_now();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut resume = streamed_step_args(&d, &k, steps);
+    resume.push("--resume");
+    let out = basic_cmd(&resume).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(losses(&killed), want, "SIGKILL + resume, streamed");
+
+    // Its checkpoints count micro-batches: the one-program step refuses to resume them.
+    let mut other = streamed_args(&d, &k, "14");
+    other.push("--resume");
+    let out = basic_cmd(&other).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("batches of 4 pairs") && err.contains("--streamed"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_inputs_give_one_clear_error_naming_the_file() {
     let dir = tmp("bad");
@@ -510,6 +604,7 @@ fn keep_zero_keeps_the_newest_checkpoint() {
         init_from: None,
         tokenizer: None,
         executable: None,
+        streamed: false,
         checkpoint_dir: None,
         job: None,
         simulated_processes: 1,

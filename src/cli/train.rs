@@ -196,8 +196,15 @@ pub struct TrainArgs {
 
     /// Load the step from an executable saved by `basic compile --save-executable` for this
     /// machine and these flags, instead of compiling it (a mismatch is refused)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "streamed")]
     executable: Option<PathBuf>,
+
+    /// Run the streamed step: the micro-batches (--microbatches) loaded, uploaded and embedded
+    /// one at a time, then replayed from the data for the backward pass, so that only one
+    /// micro-batch's images are on the devices and in host memory (for batches whose images do
+    /// not fit); the same gradient as the one-program step
+    #[arg(long)]
+    streamed: bool,
 
     /// Where checkpoints go: a folder, or a bucket prefix (gs://B/run/ckpt, s3://...)
     /// [default: RUN/checkpoints]
@@ -248,6 +255,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         init_from: a.init_from.clone(),
         tokenizer: a.tokenizer.clone(),
         executable: a.executable.clone(),
+        streamed: a.streamed,
         checkpoint_dir: a.checkpoint_dir.clone(),
         job: job.as_ref().map(|j| j.client.clone()),
         simulated_processes: a.simulate_processes,

@@ -36,6 +36,14 @@ pub struct Position {
     /// The state of each stream (by index) this position covers.
     #[serde(default)]
     pub streams: BTreeMap<usize, StreamState>,
+    /// Pairs in each batch that `batch` counts: the loader's global batch (a streamed step's
+    /// loader counts micro-batches). 0: not recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Position {
@@ -321,6 +329,15 @@ pub struct Loader {
 /// The streams' shape: S, samples per stream and epoch, batches per epoch.
 fn shape(data: &Dataset, o: &LoaderOptions, start: &Position) -> Result<(usize, u64, u64)> {
     let (b, p) = (o.batch, o.processes.max(1));
+    if start.batch_rows != 0 && start.batch_rows != b as u64 {
+        return Err(Error::invalid(
+            format!(
+                "a data position counted in batches of {} pairs, read in batches of {b}",
+                start.batch_rows
+            ),
+            "resume with the batch, --microbatches and --streamed the run was checkpointed with (a streamed step reads its data a micro-batch at a time)",
+        ));
+    }
     let total = match o.samples_per_epoch {
         Some(n) => n,
         None => super::source::count(data, o.skip_bad)?,
@@ -484,6 +501,7 @@ impl Walk {
     fn run(self, start: Position, jobs: &SyncSender<Job>, notes: &SyncSender<Note>) {
         let mut pos = Position {
             data_streams: self.streams,
+            batch_rows: self.global as u64,
             ..start
         };
         // This process's streams only: the others' states are other processes' to report.

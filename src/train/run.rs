@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::data::loader::Batch;
+use crate::data::source::Dataset;
 use crate::data::stream::Counts;
 use crate::data::{Loader, LoaderOptions, Position, Sample, Tokenizer};
 use crate::dtype::DType;
@@ -27,6 +29,7 @@ use super::hosts::{rows_held, Hosts};
 use super::init;
 use super::persist;
 use super::setup::StepSetup;
+use super::streamed::{MicroBatch, Part, StreamedProgram, StreamedStep};
 use crate::model::ParamSpec;
 
 /// What `basic train` was asked to do.
@@ -57,6 +60,9 @@ pub struct RunOptions {
     pub tokenizer: Option<PathBuf>,
     /// Load the step from this saved executable instead of compiling it.
     pub executable: Option<PathBuf>,
+    /// Run the streamed step ([`super::streamed`]): the loader reads micro-batches, each
+    /// uploaded for pass 1 and read again (replayed from the step's data position) for pass 3.
+    pub streamed: bool,
     /// Where checkpoints go: a folder or a bucket prefix (`gs://b/run/checkpoints`)
     /// [default: RUN/checkpoints].
     pub checkpoint_dir: Option<String>,
@@ -190,10 +196,21 @@ pub fn data_tokenizer(
     )
 }
 
+/// Pairs the loader reads at a time: the step's batch, or with the streamed step one
+/// micro-batch.
+fn loader_batch(o: &RunOptions) -> i64 {
+    let s = &o.setup.options;
+    if o.streamed {
+        s.batch / s.microbatches
+    } else {
+        s.batch
+    }
+}
+
 fn loader_options(o: &RunOptions, process: usize, processes: usize) -> LoaderOptions {
     let c = &o.setup.config;
     LoaderOptions {
-        batch: o.setup.options.batch as usize,
+        batch: loader_batch(o) as usize,
         seed: o.seed,
         image_size: c.image.image_size() as usize,
         channels: c.image.channels() as usize,
@@ -337,6 +354,37 @@ impl StepIo {
     }
 }
 
+/// The compiled step: one program over the whole batch, or the streamed step's four programs.
+enum Runner {
+    One {
+        prog: Box<ShardedProgram>,
+        io: StepIo,
+    },
+    Streamed(StreamedStep),
+}
+
+impl Runner {
+    /// The program whose first arguments and results are the parameters, then the optimizer
+    /// state (what checkpoints and uploads of the values go through).
+    fn values(&self) -> &ShardedProgram {
+        match self {
+            Runner::One { prog, .. } => prog,
+            Runner::Streamed(s) => s.program(Part::Update),
+        }
+    }
+
+    /// The program a batch's images and tokens are uploaded for, and their argument positions.
+    fn batch_args(&self) -> Result<(&ShardedProgram, usize, usize)> {
+        match self {
+            Runner::One { prog, io } => Ok((prog, io.images, io.tokens)),
+            Runner::Streamed(s) => {
+                let (i, t) = s.micro_args()?;
+                Ok((s.micro_program(), i, t))
+            }
+        }
+    }
+}
+
 /// What one step reported.
 struct StepDone {
     loss: f64,
@@ -351,11 +399,12 @@ struct Trainer<'a> {
     rt: &'a Runtime,
     o: &'a RunOptions,
     tok: Arc<Tokenizer>,
+    /// The training data (the streamed step replays each step's samples from it).
+    data: Dataset,
     test: Vec<Sample>,
     /// The data folder's classes and templates (periodic zero-shot).
     lists: Option<(Vec<String>, Vec<String>)>,
-    prog: ShardedProgram,
-    io: StepIo,
+    runner: Runner,
     /// Parameters, then optimizer state, in the step's argument order.
     specs: Vec<ParamSpec>,
     /// How many of `specs` are parameters.
@@ -364,7 +413,8 @@ struct Trainer<'a> {
     hosts: Hosts,
     /// One loader per process acting here, in `hosts.local` order.
     loaders: Vec<Loader>,
-    /// Each local process's rows `[start, end)` of the global batch.
+    /// Each local process's rows `[start, end)` of what a loader reads at a time (the global
+    /// batch, or with the streamed step a micro-batch).
     rows: Vec<(i64, i64)>,
     /// Process 0's metrics file.
     metrics: Option<(std::fs::File, PathBuf)>,
@@ -428,20 +478,18 @@ impl<'a> Trainer<'a> {
             }
             _ => Vec::new(),
         };
-        let sp = o.setup.build()?;
-        let io = StepIo::of(&sp, c)?;
-        let specs: Vec<ParamSpec> = sp.params.iter().chain(&sp.state).cloned().collect();
-        let np = sp.params.len();
-        let (prog, hosts) = Self::program(rt, o, sp)?;
-        let (step, start, values) = initial_state(o, &prog, &specs, np)?;
+        let (runner, hosts, specs, np) = Self::program(rt, o)?;
+        let (step, start, values) = initial_state(o, runner.values(), &specs, np)?;
+        let per_read = loader_batch(o);
+        let (bprog, images_arg, _) = runner.batch_args()?;
         let rows = hosts
             .local
             .iter()
             .map(|&p| {
                 let positions: Vec<i64> = hosts.devices_of(p).iter().map(|&d| hosts.positions[d]).collect();
-                let held = rows_held(io::IMAGES, o.setup.options.batch, prog.arg(io.images)?, prog.mesh(), &positions)?;
+                let held = rows_held(io::IMAGES, per_read, bprog.arg(images_arg)?, bprog.mesh(), &positions)?;
                 // The loader of process p makes rows [p·B/P, (p+1)·B/P).
-                let per = o.setup.options.batch / hosts.processes as i64;
+                let per = per_read / hosts.processes as i64;
                 let loads = (p as i64 * per, (p as i64 + 1) * per);
                 if held != loads {
                     return Err(Error::invalid(
@@ -484,10 +532,10 @@ impl<'a> Trainer<'a> {
             rt,
             o,
             tok,
+            data: train_data,
             test,
             lists,
-            prog,
-            io,
+            runner,
             specs,
             np,
             values,
@@ -506,9 +554,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The step compiled (or loaded from a saved executable) for this process's devices, and
-    /// which process each device belongs to.
-    fn program(rt: &Runtime, o: &RunOptions, sp: StepProgram) -> Result<(ShardedProgram, Hosts)> {
+    /// The step built and compiled (or loaded from a saved executable) for this process's
+    /// devices, which process each device belongs to, and the specs of the parameters and
+    /// state (with how many are parameters).
+    fn program(rt: &Runtime, o: &RunOptions) -> Result<(Runner, Hosts, Vec<ParamSpec>, usize)> {
         let c = &o.setup.config;
         let n = o.setup.devices();
         // A job's mesh runs over the global devices ordered by process, then id (as JAX orders
@@ -518,7 +567,61 @@ impl<'a> Trainer<'a> {
             Some(_) => Some(super::hosts::global_order(rt.client(), n)?),
             None => None,
         };
-        let mut prog = match &o.executable {
+        let (mut runner, specs, np) = if o.streamed {
+            if o.executable.is_some() {
+                return Err(Error::invalid(
+                    "--executable with --streamed",
+                    "a saved executable holds the one-program step: drop one of the two",
+                ));
+            }
+            let s = &o.setup;
+            let sp = StreamedProgram::build(c, &s.options, &s.layout, s.donate)?;
+            let specs: Vec<ParamSpec> = sp.params.iter().chain(&sp.state).cloned().collect();
+            let np = sp.params.len();
+            let step = sp.compile(rt.client(), &s.layout, order.clone())?;
+            (Runner::Streamed(step), specs, np)
+        } else {
+            let sp = o.setup.build()?;
+            let io = StepIo::of(&sp, c)?;
+            let specs: Vec<ParamSpec> = sp.params.iter().chain(&sp.state).cloned().collect();
+            let np = sp.params.len();
+            let prog = Self::one_program(rt, o, sp, order.clone())?;
+            (
+                Runner::One {
+                    prog: Box::new(prog),
+                    io,
+                },
+                specs,
+                np,
+            )
+        };
+        let ids = runner.values().exe.device_ids();
+        let hosts = match (&o.job, &order) {
+            (Some(job), Some(order)) => {
+                Hosts::of_job(order, &ids, job.process_id(), job.num_processes())?
+            }
+            _ => Hosts::simulated(
+                runner.values().positions().len(),
+                o.simulated_processes.max(1),
+            )?,
+        };
+        match &mut runner {
+            Runner::One { prog, .. } => prog.set_positions(hosts.positions.clone())?,
+            Runner::Streamed(s) => s.set_positions(hosts.positions.clone())?,
+        }
+        Ok((runner, hosts, specs, np))
+    }
+
+    /// The one-program step compiled over `order`, or loaded from `--executable`.
+    fn one_program(
+        rt: &Runtime,
+        o: &RunOptions,
+        sp: StepProgram,
+        order: Option<Vec<i64>>,
+    ) -> Result<ShardedProgram> {
+        let c = &o.setup.config;
+        let n = o.setup.devices();
+        match &o.executable {
             Some(path) => {
                 let machine = Machine::of_client(rt.client(), n);
                 let expected = sp.manifest(
@@ -532,72 +635,44 @@ impl<'a> Trainer<'a> {
                 if o.progress {
                     eprintln!("loaded the step from {}", path.display());
                 }
-                prog
+                Ok(prog)
             }
             None => ShardedProgram::compile_assigned(
                 rt.client(),
                 &o.setup.layout.context(),
-                order.clone(),
+                order,
                 sp.args,
                 sp.results,
                 sp.text,
-            )?,
-        };
-        let hosts = match (&o.job, &order) {
-            (Some(job), Some(order)) => Hosts::of_job(
-                order,
-                &prog.exe.device_ids(),
-                job.process_id(),
-                job.num_processes(),
-            )?,
-            _ => Hosts::simulated(prog.positions().len(), o.simulated_processes.max(1))?,
-        };
-        prog.set_positions(hosts.positions.clone())?;
-        Ok((prog, hosts))
-    }
-
-    /// Uploads a batch argument from each local process's rows: each device gets its block of
-    /// the rows its process loaded.
-    fn upload_rows(&self, arg: usize, local: &[&HostArray]) -> Result<Sharded> {
-        let spec = self.prog.arg(arg)?.clone();
-        let mesh = self.prog.mesh().clone();
-        self.prog.upload_with(|d, position| {
-            let owner = self.hosts.owner[d];
-            let k = self
-                .hosts
-                .local
-                .iter()
-                .position(|&p| p == owner)
-                .ok_or_else(|| {
-                    Error::Internal(format!(
-                        "device {d} belongs to process {owner}, not acting here"
-                    ))
-                })?;
-            let a = local[k];
-            let mut shape = a.shape().to_vec();
-            shape[0] = self.o.setup.options.batch;
-            let (start, block) = persist::region(&shape, &spec, &mesh, position);
-            slice_rows(a, start[0] - self.rows[k].0, block[0])
-        })
+            ),
+        }
     }
 
     /// Runs one step on the next batch; the parameters and state are replaced by the step's.
     fn step(&mut self) -> Result<StepDone> {
+        match &self.runner {
+            Runner::One { .. } => self.step_one(),
+            Runner::Streamed(_) => self.step_streamed(),
+        }
+    }
+
+    /// The one-program step on the next batch.
+    fn step_one(&mut self) -> Result<StepDone> {
+        let Runner::One { prog, io } = &self.runner else {
+            return Err(Error::Internal("not the one-program step".into()));
+        };
         let dtype = self.o.setup.options.param_dtype;
         let mut batches = Vec::with_capacity(self.loaders.len());
         for l in &mut self.loaders {
             batches.push(l.next_batch()?);
         }
-        let (o, prog, io) = (self.o, &self.prog, &self.io);
-        let images: Vec<HostArray> = batches
-            .iter()
-            .map(|b| safetensors::convert(&b.images, dtype))
-            .collect::<Result<_>>()?;
-        let img = self.upload_rows(io.images, &images.iter().collect::<Vec<_>>())?;
-        let tks = self.upload_rows(
-            io.tokens,
-            &batches.iter().map(|b| &b.tokens).collect::<Vec<_>>(),
-        )?;
+        let o = self.o;
+        let feed = Feed {
+            hosts: &self.hosts,
+            rows: &self.rows,
+            global: o.setup.options.batch,
+        };
+        let (img, tks) = feed.upload(prog, io.images, io.tokens, &batches, dtype)?;
         let step_arg = prog.upload(io.step, &HostArray::scalar(self.step as i32))?;
         // Dropout and stochastic depth draw from a key made of the seed and the step, so a
         // resumed run draws the same masks.
@@ -619,18 +694,112 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|&i| Ok(out[i].bufs[0].to_host()?.to_f64_vec()[0]))
             .collect::<Result<_>>()?;
-        let loss = scalars[0];
-        if !loss.is_finite() {
+        out.truncate(self.specs.len());
+        let done = StepDone {
+            loss: scalars[0],
+            grad_norm: scalars[1],
+            learning_rate: scalars[2],
+            temperature: scalars[3],
+        };
+        self.finish_step(out, done, &batches)
+    }
+
+    /// The streamed step: each micro-batch read, uploaded and embedded (pass 1); the loss;
+    /// each micro-batch read again from the step's data position and backpropagated (pass 3);
+    /// the update. A micro-batch whose tokens differ between the two reads (the data changed
+    /// under the run) fails the step.
+    fn step_streamed(&mut self) -> Result<StepDone> {
+        let Runner::Streamed(st) = &self.runner else {
+            return Err(Error::Internal("not the streamed step".into()));
+        };
+        let o = self.o;
+        let m = o.setup.options.microbatches as usize;
+        let dtype = o.setup.options.param_dtype;
+        let (images_arg, tokens_arg) = st.micro_args()?;
+        let feed = Feed {
+            hosts: &self.hosts,
+            rows: &self.rows,
+            global: loader_batch(o),
+        };
+        let (loaders, data, tok) = (&mut self.loaders, &self.data, &self.tok);
+        let (start, step_no) = (self.position.clone(), self.step);
+        let mut replay: Vec<Loader> = Vec::new();
+        let mut read: Vec<u64> = Vec::with_capacity(m);
+        let mut last: Vec<Batch> = Vec::new();
+        let mut truncated = 0;
+        let mut calls = 0;
+        let rng = crate::train::step::has_rng(&o.setup.config).then_some([o.seed, self.step]);
+        let values = std::mem::take(&mut self.values);
+        let (out, done) = st.run(values, self.step as i32, rng, |k| {
+            let pass1 = calls < m;
+            calls += 1;
+            if !pass1 && replay.is_empty() {
+                replay = feed
+                    .hosts
+                    .local
+                    .iter()
+                    .zip(loaders.iter())
+                    .map(|(&p, l)| {
+                        let mut lo = loader_options(o, p, feed.hosts.processes);
+                        // As the first read counted them: no second count of the dataset.
+                        lo.samples_per_epoch = Some(l.samples_per_epoch);
+                        lo.data_streams = l.data_streams;
+                        Loader::new(data, tok.clone(), lo, start.clone())
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            let source = if pass1 { &mut *loaders } else { &mut replay };
+            let batches = source
+                .iter_mut()
+                .map(Loader::next_batch)
+                .collect::<Result<Vec<_>>>()?;
+            let digest = tokens_digest(&batches);
+            if pass1 {
+                read.push(digest);
+                truncated += batches.iter().map(|b| b.truncated).sum::<usize>();
+            } else if read.get(k) != Some(&digest) {
+                return Err(Error::invalid(
+                    format!("micro-batch {k} of step {step_no}"),
+                    "its samples differ between the step's first read and its replay for the backward pass: the data changed under the run (a shard rewritten or removed); keep the training data fixed while a run reads it",
+                ));
+            }
+            let (images, tokens) = feed.upload(st.micro_program(), images_arg, tokens_arg, &batches, dtype)?;
+            if pass1 && k + 1 == m {
+                last = batches;
+            }
+            Ok(MicroBatch { images, tokens })
+        })?;
+        let done = StepDone {
+            loss: done.loss,
+            grad_norm: done.grad_norm,
+            learning_rate: done.learning_rate,
+            temperature: done.temperature,
+        };
+        self.summary.truncated_captions += truncated;
+        for b in &mut last {
+            b.truncated = 0;
+        }
+        self.finish_step(out, done, &last)
+    }
+
+    /// Keeps the step's new values and records it: the loss (a non-finite one stops the run),
+    /// truncated captions, and the data position after `batches` (the step's last read).
+    fn finish_step(
+        &mut self,
+        out: Vec<Sharded>,
+        done: StepDone,
+        batches: &[Batch],
+    ) -> Result<StepDone> {
+        if !done.loss.is_finite() {
             return Err(Error::Diverged {
                 step: self.step,
-                loss,
+                loss: done.loss,
                 checkpoint: self.last_good.clone().unwrap_or_else(|| "none".to_string()),
             });
         }
-        out.truncate(self.specs.len());
         self.values = out;
         self.step += 1;
-        self.summary.losses.push((self.step, loss));
+        self.summary.losses.push((self.step, done.loss));
         self.summary.truncated_captions += batches.iter().map(|b| b.truncated).sum::<usize>();
         let parts: Vec<_> = batches.iter().map(|b| b.next.streams.clone()).collect();
         self.position = Position {
@@ -641,17 +810,12 @@ impl<'a> Trainer<'a> {
         self.summary.data_streams = self.position.data_streams;
         for l in &self.loaders {
             for r in l.take_reports() {
-                if o.progress {
+                if self.o.progress {
                     eprintln!("{r}");
                 }
             }
         }
-        Ok(StepDone {
-            loss,
-            grad_norm: scalars[1],
-            learning_rate: scalars[2],
-            temperature: scalars[3],
-        })
+        Ok(done)
     }
 
     /// Whether the run stops before the next step: this process was sent SIGTERM, or (in a
@@ -728,7 +892,7 @@ impl<'a> Trainer<'a> {
         }
         let params = (0..self.np)
             .map(|i| {
-                let p = self.prog.gather(i, &self.values[i])?;
+                let p = self.runner.values().gather(i, &self.values[i])?;
                 safetensors::convert(&p, DType::F32)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -755,7 +919,7 @@ impl<'a> Trainer<'a> {
             position: self.position.clone(),
         };
         let folder = persist::save(
-            &self.prog,
+            self.runner.values(),
             &self.hosts,
             &self.specs,
             &self.values,
@@ -808,6 +972,81 @@ impl<'a> Trainer<'a> {
         }
         Ok(self.summary)
     }
+}
+
+/// How a batch read by each local process reaches the devices: each device gets its block of
+/// the rows its process read.
+struct Feed<'h> {
+    hosts: &'h Hosts,
+    /// Each local process's rows of a read.
+    rows: &'h [(i64, i64)],
+    /// Rows of a read over the whole job.
+    global: i64,
+}
+
+impl Feed<'_> {
+    /// Uploads a batch argument of `prog` from each local process's rows.
+    fn upload_rows(
+        &self,
+        prog: &ShardedProgram,
+        arg: usize,
+        local: &[&HostArray],
+    ) -> Result<Sharded> {
+        let spec = prog.arg(arg)?.clone();
+        let mesh = prog.mesh().clone();
+        prog.upload_with(|d, position| {
+            let owner = self.hosts.owner[d];
+            let k = self
+                .hosts
+                .local
+                .iter()
+                .position(|&p| p == owner)
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "device {d} belongs to process {owner}, not acting here"
+                    ))
+                })?;
+            let a = local[k];
+            let mut shape = a.shape().to_vec();
+            shape[0] = self.global;
+            let (start, block) = persist::region(&shape, &spec, &mesh, position);
+            slice_rows(a, start[0] - self.rows[k].0, block[0])
+        })
+    }
+
+    /// Uploads the images (as `dtype`) and tokens of each local process's batch.
+    fn upload(
+        &self,
+        prog: &ShardedProgram,
+        images: usize,
+        tokens: usize,
+        batches: &[Batch],
+        dtype: DType,
+    ) -> Result<(Sharded, Sharded)> {
+        let imgs: Vec<HostArray> = batches
+            .iter()
+            .map(|b| safetensors::convert(&b.images, dtype))
+            .collect::<Result<_>>()?;
+        let img = self.upload_rows(prog, images, &imgs.iter().collect::<Vec<_>>())?;
+        let tks = self.upload_rows(
+            prog,
+            tokens,
+            &batches.iter().map(|b| &b.tokens).collect::<Vec<_>>(),
+        )?;
+        Ok((img, tks))
+    }
+}
+
+/// A digest of the tokens of each local process's batch: the streamed step's check that its
+/// replay read the same samples.
+fn tokens_digest(batches: &[Batch]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in batches {
+        b.tokens.bytes().hash(&mut h);
+        b.images.bytes().len().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Rows `[from, from + n)` of `a` (along its first dimension).

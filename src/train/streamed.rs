@@ -505,6 +505,23 @@ impl StreamedStep {
         &self.progs[p as usize]
     }
 
+    /// Sets the mesh position of each addressable device on every program (a host's share of
+    /// a multi-process job).
+    pub fn set_positions(&mut self, positions: Vec<i64>) -> Result<()> {
+        for p in &mut self.progs {
+            p.set_positions(positions.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The positions of `images` and `tokens` among the micro-batch program's arguments.
+    pub fn micro_args(&self) -> Result<(usize, usize)> {
+        Ok((
+            self.arg_index(Part::Embed, io::IMAGES)?,
+            self.arg_index(Part::Embed, io::TOKENS)?,
+        ))
+    }
+
     /// The embed program, whose `images` and `tokens` arguments a micro-batch is uploaded for
     /// (the backprop program lays them out the same).
     pub fn micro_program(&self) -> &ShardedProgram {
