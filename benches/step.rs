@@ -40,13 +40,26 @@ fn compile(
 /// and a training run is all steady state.
 const WARMUP_STEPS: usize = 3;
 
-/// Median seconds per step over `steps`, parameters and state staying on the devices.
+/// Median seconds per step over `steps`, parameters and state staying on the devices; the
+/// batch uploaded once, or (`upload_each`) before every step inside the timed part, as a
+/// training run uploads each new batch.
 fn time_steps(
     p: &ShardedProgram,
     c: &ModelConfig,
     o: &StepOptions,
     values: &[HostArray],
     steps: usize,
+) -> basic::Result<f64> {
+    time_steps_uploading(p, c, o, values, steps, false)
+}
+
+fn time_steps_uploading(
+    p: &ShardedProgram,
+    c: &ModelConfig,
+    o: &StepOptions,
+    values: &[HostArray],
+    steps: usize,
+    upload_each: bool,
 ) -> basic::Result<f64> {
     let n = values.len();
     let mut vals: Vec<Sharded> = values
@@ -56,18 +69,26 @@ fn time_steps(
         .collect::<basic::Result<_>>()?;
     let mut r = init::SplitMix(9);
     let (is, ts) = basic::train::step::batch_shapes(c, o.batch);
-    let img: Vec<f32> = (0..is.iter().product::<i64>())
-        .map(|_| r.normal() as f32)
-        .collect();
+    let count = is.iter().product::<i64>();
+    let host_images = if o.image_bytes {
+        let px: Vec<u8> = (0..count).map(|_| (r.next_u64() % 256) as u8).collect();
+        HostArray::from_bytes(DType::U8, &is, px)?
+    } else {
+        let img: Vec<f32> = (0..count).map(|_| r.normal() as f32).collect();
+        HostArray::new(&is, &img)?
+    };
     let tok: Vec<i32> = (0..ts.iter().product::<i64>())
         .map(|i| 1 + (i % 7) as i32)
         .collect();
-    let images = p.upload(n + 1, &HostArray::new(&is, &img)?)?;
+    let mut images = p.upload(n + 1, &host_images)?;
     let tokens = p.upload(n + 2, &HostArray::new(&ts, &tok)?)?;
     let mut times = Vec::new();
     for k in 0..steps + WARMUP_STEPS {
         let step = p.upload(n, &HostArray::scalar(k as i32))?;
         let t = Instant::now();
+        if upload_each {
+            images = p.upload(n + 1, &host_images)?;
+        }
         let mut args: Vec<&Sharded> = vals.iter().collect();
         args.push(&step);
         args.push(&images);
@@ -90,6 +111,8 @@ fn opts(c: &ModelConfig, batch: i64, m: i64, remat: basic::ir::RematPolicy) -> S
         batch,
         microbatches: m,
         remat,
+        // The peers take normalised f32 images.
+        image_bytes: false,
         ..StepOptions::from_config(c).expect("preset")
     }
 }
@@ -145,6 +168,28 @@ fn main() -> basic::Result<()> {
                 s.temp_bytes,
                 s.peak_bytes
             );
+        }
+    }
+    if want("bytes") {
+        // The `small` step fed u8 pixels (normalised on the device) against normalised f32
+        // images, each step uploading its batch as a run does; two rounds, alternating.
+        let c = ModelConfig::load("small")?;
+        for round in 0..2 {
+            for bytes in [false, true] {
+                let o = StepOptions {
+                    image_bytes: bytes,
+                    ..opts(&c, 64, 1, basic::ir::RematPolicy::None)
+                };
+                let (p, secs, values) = compile(&rt, &c, &o, &single)?;
+                let t = time_steps_uploading(&p, &c, &o, &values, 15, true)?;
+                let s = p.memory_stats()?;
+                println!(
+                    "{{\"section\": \"image_bytes\", \"round\": {round}, \"model\": \"small\", \"batch\": 64, \"images\": \"{}\", \"compile_s\": {secs:.3}, \"step_s_median\": {t:.5}, \"argument_bytes\": {}, \"peak_bytes\": {}}}",
+                    if bytes { "u8" } else { "f32" },
+                    s.argument_bytes,
+                    s.peak_bytes
+                );
+            }
         }
     }
     if want("mesh") {

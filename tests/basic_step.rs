@@ -210,6 +210,7 @@ fn remat_policies_give_the_same_step_gradients_and_less_temporary_memory() {
             frozen: vec![],
             loss_block: 0,
             ring: None,
+            image_bytes: false,
         };
         let (g, _) = grad_graph(&c, &o).unwrap();
         compile_graph(&g).memory_stats().unwrap().temp_bytes
@@ -349,4 +350,48 @@ fn locked_towers_run_without_dropout() {
         loss(&[Modality::Image], [1, 1]),
         loss(&[Modality::Image], [2, 1])
     );
+}
+
+#[test]
+fn byte_images_normalised_on_the_device_give_the_float_images_gradient() {
+    // f64 throughout: u8 pixels normalised in the step equal the same pixels normalised on the
+    // host, (x / 255 − mean) / std per channel, to the last bits.
+    let mut c = tiny();
+    c.train.mean = vec![0.48, 0.46, 0.41];
+    c.train.std = vec![0.27, 0.26, 0.28];
+    let n = 4;
+    let specs = dual::specs(&c).unwrap();
+    let params = init::init_params(&specs, 3, DType::F64).unwrap();
+    let (images, tokens) = random_batch(&c, n, 19);
+    let px: Vec<u8> = images
+        .to_f64_vec()
+        .iter()
+        .map(|x| ((x + 1.0) * 127.5).round() as u8)
+        .collect();
+    let bytes = HostArray::from_bytes(DType::U8, images.shape(), px.clone()).unwrap();
+    let ch = c.image.channels() as usize;
+    let floats: Vec<f64> = px
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let k = i % ch;
+            let (m, s) = (c.train.mean[k] as f32 as f64, c.train.std[k] as f32 as f64);
+            (f64::from(p) / 255.0 - m) / s
+        })
+        .collect();
+    let floats = HostArray::new(images.shape(), &floats).unwrap();
+    let want = run_grads(&c, &f64_step(n, 2), &params, &floats, &tokens);
+    let o = StepOptions {
+        image_bytes: true,
+        ..f64_step(n, 2)
+    };
+    let got = run_grads(&c, &o, &params, &bytes, &tokens);
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert_close(&a.to_f64_vec(), &b.to_f64_vec(), 1e-12);
+    }
+    // The program takes u8: a quarter of the bytes of f32 images, an eighth of f64.
+    let (g, _) = grad_graph(&c, &o).unwrap();
+    let at = g.params.iter().position(|(n, _)| n == "images").unwrap();
+    assert_eq!(g.ty(g.params[at].1).dtype, DType::U8);
 }

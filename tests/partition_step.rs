@@ -54,6 +54,7 @@ fn opts(dtype: DType, m: i64) -> StepOptions {
         frozen: vec![],
         loss_block: 0,
         ring: None,
+        image_bytes: false,
     }
 }
 

@@ -58,6 +58,10 @@ fn micro_rows(a: &HostArray, m: i64, k: i64) -> HostArray {
             .collect()
     };
     match a.dtype() {
+        DType::U8 => {
+            let v: Vec<u8> = pick(a.to_f64_vec()).iter().map(|&x| x as u8).collect();
+            HostArray::from_bytes(DType::U8, &shape, v).unwrap()
+        }
         DType::S32 => {
             let v: Vec<i32> = pick(a.to_f64_vec()).iter().map(|&x| x as i32).collect();
             HostArray::new(&shape, &v).unwrap()
@@ -162,7 +166,16 @@ fn check(k: Case) {
     let rt = cpu_runtime(4);
     let n = k.o.batch;
     let values = start(&k.c, &k.o);
-    let batch = random_batch(&k.c, n, 21);
+    let mut batch = random_batch(&k.c, n, 21);
+    if k.o.image_bytes {
+        let px: Vec<u8> = batch
+            .0
+            .to_f64_vec()
+            .iter()
+            .map(|x| ((x + 1.0) * 127.5) as u8)
+            .collect();
+        batch.0 = HostArray::from_bytes(DType::U8, batch.0.shape(), px).unwrap();
+    }
     let want = one_program(&rt, &k, &values, &batch);
     let (got, done, fetched) = streamed(&rt, &k, &values, &batch);
     let nv = values.len();
@@ -208,6 +221,13 @@ fn case(n: i64, m: i64, block: i64, mesh: &'static str) -> Case {
 #[test]
 fn the_streamed_step_equals_the_one_program_step_with_dropout_and_remat() {
     check(case(6, 3, 0, "data=1"));
+}
+
+#[test]
+fn the_streamed_step_equals_the_one_program_step_on_byte_images() {
+    let mut k = case(6, 2, 4, "data=1");
+    k.o.image_bytes = true;
+    check(k);
 }
 
 #[test]

@@ -68,6 +68,7 @@ fn run(rt: &Runtime, layout: &Layout, c: &ModelConfig, m: i64, block: i64) -> Ve
         } else {
             None
         },
+        image_bytes: false,
     };
     let (g, specs) = grad_graph(c, &o).unwrap();
     let (a, r) = layout.specs(&g, &specs).unwrap();
@@ -138,6 +139,7 @@ fn the_tiled_step_holds_no_batch_squared_array() {
             frozen: vec![],
             loss_block: block,
             ring: None,
+            image_bytes: false,
         };
         let (g, _) = grad_graph(&c, &o).unwrap();
         let text = basic::lower::module(&g, &Default::default()).unwrap();

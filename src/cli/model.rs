@@ -572,6 +572,8 @@ pub fn grad(a: &GradArgs) -> anyhow::Result<()> {
     let mut o = StepOptions {
         param_dtype: dtype,
         compute_dtype: dtype,
+        // The batch given is normalised floats of the parity dtype.
+        image_bytes: false,
         ..StepOptions::from_config(&c)?
     };
     if o.loss_block > 0 {

@@ -277,7 +277,7 @@ impl Image {
 
 /// Per-channel mean and standard deviation as floats (a single value applies to every channel;
 /// none means 0 and 1).
-fn per_channel(mean: &[f64], std: &[f64], c: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn per_channel(mean: &[f64], std: &[f64], c: usize) -> (Vec<f32>, Vec<f32>) {
     let pick =
         |v: &[f64], ch: usize, or: f64| v.get(ch).or(v.first()).copied().unwrap_or(or) as f32;
     (

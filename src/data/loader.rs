@@ -82,6 +82,9 @@ pub struct LoaderOptions {
     /// Random-resized-crop augmentation, seeded per sample by (seed, epoch, position), so a
     /// resumed run sees the same crops.
     pub augment: bool,
+    /// Images as `u8` pixel values (resized and cropped, rounded, not normalised: the step
+    /// normalises them on the devices with `mean` and `std`) instead of normalised `f32`.
+    pub bytes: bool,
 }
 
 impl LoaderOptions {
@@ -105,6 +108,7 @@ impl LoaderOptions {
             resampled: false,
             skip_bad: false,
             augment: false,
+            bytes: false,
         }
     }
 }
@@ -203,12 +207,17 @@ impl Row {
     fn prepare(smp: &Sample, seed: u64, tok: &Tokenizer, o: &LoaderOptions) -> Result<Row> {
         let (size, ch) = (o.image_size, o.channels);
         let mut image = vec![0f32; size * size * ch];
-        if o.augment {
-            preprocess_augmented_into(
-                &smp.image, &smp.key, size, ch, &o.mean, &o.std, seed, &mut image,
-            )?;
+        // Pixel values in [0, 255]: "normalised" by a mean of 0 and a deviation of 1/255.
+        let (zero, unit) = (vec![0.0; ch], vec![1.0 / 255.0; ch]);
+        let (mean, std) = if o.bytes {
+            (&zero, &unit)
         } else {
-            preprocess_into(&smp.image, &smp.key, size, ch, &o.mean, &o.std, &mut image)?;
+            (&o.mean, &o.std)
+        };
+        if o.augment {
+            preprocess_augmented_into(&smp.image, &smp.key, size, ch, mean, std, seed, &mut image)?;
+        } else {
+            preprocess_into(&smp.image, &smp.key, size, ch, mean, std, &mut image)?;
         }
         let t = tok.encode(&smp.caption, o.text_length)?;
         Ok(Row {
@@ -257,19 +266,28 @@ impl Pending {
             return Err(e);
         }
         let (n, s, c) = (self.labels.len(), o.image_size, o.channels);
-        let mut images = Vec::with_capacity(n * s * s * c * 4);
+        let width = if o.bytes { 1 } else { 4 };
+        let mut images = Vec::with_capacity(n * s * s * c * width);
         let mut tokens = Vec::with_capacity(n * o.text_length);
         let mut truncated = 0;
         for row in self.rows {
             let row =
                 row.ok_or_else(|| Error::Internal("a batch was sent before it was full".into()))?;
-            images.extend(row.image.iter().flat_map(|x| x.to_le_bytes()));
+            if o.bytes {
+                images.extend(row.image.iter().map(|x| x.round().clamp(0.0, 255.0) as u8));
+            } else {
+                images.extend(row.image.iter().flat_map(|x| x.to_le_bytes()));
+            }
             tokens.extend_from_slice(&row.tokens);
             truncated += usize::from(row.truncated);
         }
         let (n, s, c) = (n as i64, s as i64, c as i64);
         Ok(Batch {
-            images: HostArray::from_bytes(DType::F32, &[n, s, s, c], images)?,
+            images: HostArray::from_bytes(
+                if o.bytes { DType::U8 } else { DType::F32 },
+                &[n, s, s, c],
+                images,
+            )?,
             tokens: HostArray::new(&[n, o.text_length as i64], &tokens)?,
             labels: self.labels,
             truncated,
@@ -844,6 +862,42 @@ mod tests {
         assert_eq!(sb, sorted);
         assert_ne!(a, b, "the second epoch is shuffled anew");
         assert_eq!(got[11].3.counts(), Counts::default());
+    }
+
+    #[test]
+    fn byte_images_are_the_float_images_before_normalising_rounded() {
+        // The same samples, crops and order: the u8 pixels, normalised as the step does, are
+        // the f32 images within half a pixel step.
+        let d = dataset(&[6; 8]);
+        let tok = tokenizer("bytes");
+        let read_one = |bytes: bool| {
+            let o = LoaderOptions {
+                bytes,
+                ..options(2, 0, 1)
+            };
+            Loader::new(&d, tok.clone(), o, Position::default())
+                .unwrap()
+                .next_batch()
+                .unwrap()
+        };
+        let (f, b) = (read_one(false), read_one(true));
+        assert_eq!(b.images.dtype(), DType::U8);
+        assert_eq!(b.images.shape(), f.images.shape());
+        assert_eq!(b.images.bytes().len() * 4, f.images.bytes().len());
+        assert_eq!(b.tokens, f.tokens);
+        let (m, s) = (0.5, 0.25);
+        let floats = f.images.to_f64_vec();
+        let mut exact = 0;
+        for (px, x) in b.images.bytes().iter().zip(&floats) {
+            let y = (f64::from(*px) / 255.0 - m) / s;
+            assert!(
+                (y - x).abs() <= 0.5 / 255.0 / s + 1e-5,
+                "{px} → {y}, float {x}"
+            );
+            exact += usize::from((y - x).abs() < 1e-5);
+        }
+        // Not all exact: the resampled values fall between pixel steps.
+        assert!(exact < floats.len(), "{exact} of {}", floats.len());
     }
 
     #[test]

@@ -227,6 +227,7 @@ fn loader_options(o: &RunOptions, process: usize, processes: usize) -> LoaderOpt
         resampled: o.stream.resampled,
         skip_bad: o.skip_bad,
         augment: c.train.random_resized_crop,
+        bytes: o.setup.options.image_bytes,
     }
 }
 
@@ -661,7 +662,7 @@ impl<'a> Trainer<'a> {
         let Runner::One { prog, io } = &self.runner else {
             return Err(Error::Internal("not the one-program step".into()));
         };
-        let dtype = self.o.setup.options.param_dtype;
+        let dtype = self.o.setup.options.image_dtype();
         let mut batches = Vec::with_capacity(self.loaders.len());
         for l in &mut self.loaders {
             batches.push(l.next_batch()?);
@@ -714,7 +715,7 @@ impl<'a> Trainer<'a> {
         };
         let o = self.o;
         let m = o.setup.options.microbatches as usize;
-        let dtype = o.setup.options.param_dtype;
+        let dtype = o.setup.options.image_dtype();
         let (images_arg, tokens_arg) = st.micro_args()?;
         let feed = Feed {
             hosts: &self.hosts,
@@ -1023,11 +1024,19 @@ impl Feed<'_> {
         batches: &[Batch],
         dtype: DType,
     ) -> Result<(Sharded, Sharded)> {
-        let imgs: Vec<HostArray> = batches
+        // Images arrive as the step takes them (u8), or as normalised f32 for a step in
+        // another float type.
+        let converted: Vec<HostArray> = batches
             .iter()
+            .filter(|b| b.images.dtype() != dtype)
             .map(|b| safetensors::convert(&b.images, dtype))
             .collect::<Result<_>>()?;
-        let img = self.upload_rows(prog, images, &imgs.iter().collect::<Vec<_>>())?;
+        let imgs: Vec<&HostArray> = if converted.is_empty() {
+            batches.iter().map(|b| &b.images).collect()
+        } else {
+            converted.iter().collect()
+        };
+        let img = self.upload_rows(prog, images, &imgs)?;
         let tks = self.upload_rows(
             prog,
             tokens,

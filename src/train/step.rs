@@ -45,6 +45,11 @@ pub struct StepOptions {
     /// The batch axis the tiled loss runs its ring over, when the batch is split over one
     /// ([`crate::train::Layout::ring`]).
     pub ring: Option<Ring>,
+    /// Images cross to the devices as `u8` pixel values and are normalised there with the
+    /// config's mean and deviation, a micro-batch at a time as the towers take them: a quarter
+    /// of the bytes of normalised `f32` images. `false`: normalised images of `param_dtype`
+    /// (parity programs fed exact values).
+    pub image_bytes: bool,
 }
 
 impl StepOptions {
@@ -59,7 +64,17 @@ impl StepOptions {
             frozen: dual::locked(&dual::specs(c)?, &t.lock),
             loss_block: t.loss_block,
             ring: None,
+            image_bytes: true,
         })
+    }
+
+    /// The type a batch's images cross to the devices in.
+    pub fn image_dtype(&self) -> DType {
+        if self.image_bytes {
+            DType::U8
+        } else {
+            self.param_dtype
+        }
     }
 
     pub(super) fn check(&self, c: &ModelConfig) -> Result<()> {
@@ -104,7 +119,7 @@ fn batch_inputs(
     o: &StepOptions,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let (is, ts) = batch_shapes(c, o.batch);
-    let images = b.parameter(io::IMAGES, o.param_dtype, &is)?;
+    let images = b.parameter(io::IMAGES, o.image_dtype(), &is)?;
     let tokens = b.parameter(io::TOKENS, DType::S32, &ts)?;
     let rng = if has_rng(c) {
         Some(b.parameter(io::RNG, DType::U64, &[2])?)
@@ -139,7 +154,7 @@ pub(super) fn embed_pair(
     // A locked tower (LiT) is a fixed feature extractor: it runs without dropout.
     let t = Tower::of(c, o.compute_dtype).with_remat(&o.remat);
     let img = dual::embed_images(
-        &images.convert(o.compute_dtype)?,
+        &normalised(images, c, o)?.convert(o.compute_dtype)?,
         &s,
         c,
         &t.with_noise(noise.filter(|_| !c.train.locks(Modality::Image))),
@@ -151,6 +166,33 @@ pub(super) fn embed_pair(
         &t.with_noise(noise.filter(|_| !c.train.locks(Modality::Text))),
     )?;
     Ok((img.convert(o.param_dtype)?, txt.convert(o.param_dtype)?))
+}
+
+/// Images as the towers take them: `u8` pixel values normalised (in `param_dtype`) with the
+/// config's per-channel mean and deviation, `(x / 255 − mean) / std`; float images as they are.
+fn normalised(images: &Tensor, c: &ModelConfig, o: &StepOptions) -> Result<Tensor> {
+    if images.dtype() != DType::U8 {
+        return Ok(images.clone());
+    }
+    let ch = *images.shape().last().unwrap_or(&1) as usize;
+    let (mean, std) = crate::data::image::per_channel(&c.train.mean, &c.train.std, ch);
+    let b = images.builder();
+    let scale: Vec<f64> = std.iter().map(|&s| 1.0 / (255.0 * f64::from(s))).collect();
+    let shift: Vec<f64> = mean
+        .iter()
+        .zip(&std)
+        .map(|(&m, &s)| f64::from(m) / f64::from(s))
+        .collect();
+    let shape = images.shape().to_vec();
+    let per_channel = |v: &[f64]| -> Result<Tensor> {
+        b.constant(&[ch as i64], v)?
+            .convert(o.param_dtype)?
+            .broadcast_in_dim(&shape, &[shape.len() - 1])
+    };
+    images
+        .convert(o.param_dtype)?
+        .mul(&per_channel(&scale)?)?
+        .sub(&per_channel(&shift)?)
 }
 
 fn head_loss(img: &Tensor, txt: &Tensor, p: &Params, c: &ModelConfig) -> Result<Tensor> {

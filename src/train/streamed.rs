@@ -95,7 +95,7 @@ impl MicroInputs {
             None
         };
         let (is, ts) = batch_shapes(c, rows(o));
-        let images = b.parameter(io::IMAGES, o.param_dtype, &is)?.constrain(&[
+        let images = b.parameter(io::IMAGES, o.image_dtype(), &is)?.constrain(&[
             Some("batch"),
             None,
             None,

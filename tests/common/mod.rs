@@ -77,6 +77,7 @@ pub fn f64_step(n: i64, m: i64) -> basic::train::StepOptions {
         frozen: vec![],
         loss_block: 0,
         ring: None,
+        image_bytes: false,
     }
 }
 
