@@ -48,6 +48,11 @@ fn a_loaded_executable_gives_the_fresh_compile_s_results_bit_for_bit() {
                 let v: Vec<i32> = (0..n).map(|i| 1 + (i % 50) as i32).collect();
                 HostArray::new(&t.shape, &v).unwrap()
             }
+            basic::dtype::DType::U8 => {
+                let n: i64 = t.shape.iter().product();
+                let v: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+                HostArray::from_bytes(basic::dtype::DType::U8, &t.shape, v).unwrap()
+            }
             basic::dtype::DType::U64 => {
                 let n: i64 = t.shape.iter().product();
                 HostArray::new(&t.shape, &vec![1u64; n as usize]).unwrap()

@@ -560,12 +560,16 @@ impl StreamedStep {
     /// Runs one step on parameters and state `values` (the update's first arguments, in order),
     /// at step `step` with dropout key `rng`, fetching micro-batch `k` with `micro(k)` once for
     /// pass 1 and once again for pass 3. Returns the updated values and what the step reported.
+    ///
+    /// `micro` runs on a thread of its own, one micro-batch ahead: micro-batch `k + 1` is read
+    /// and uploaded while the devices run micro-batch `k`, so at most two micro-batches' images
+    /// are on the devices at once.
     pub fn run(
         &self,
         values: Vec<Sharded>,
         step: i32,
         rng: Option<[u64; 2]>,
-        mut micro: impl FnMut(usize) -> Result<MicroBatch>,
+        mut micro: impl FnMut(usize) -> Result<MicroBatch> + Send,
     ) -> Result<(Vec<Sharded>, StreamedDone)> {
         if values.len() != self.values {
             return Err(Error::Internal(format!(
@@ -575,6 +579,38 @@ impl StreamedStep {
             )));
         }
         let m = self.micro_count()?;
+        std::thread::scope(|scope| {
+            // A rendezvous: the reader hands over micro-batch k + 1 when the step takes it.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<MicroBatch>>(0);
+            scope.spawn(move || {
+                for k in (0..m).chain(0..m) {
+                    let r = micro(k);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let next = |k: usize| -> Result<MicroBatch> {
+                rx.recv().unwrap_or_else(|_| {
+                    Err(Error::Internal(format!(
+                        "the micro-batch reader stopped before micro-batch {k}"
+                    )))
+                })
+            };
+            self.passes(values, step, rng, m, next)
+        })
+    }
+
+    /// The step's passes, taking each micro-batch from `next` (pass 1's, then pass 3's).
+    fn passes(
+        &self,
+        values: Vec<Sharded>,
+        step: i32,
+        rng: Option<[u64; 2]>,
+        m: usize,
+        mut micro: impl FnMut(usize) -> Result<MicroBatch>,
+    ) -> Result<(Vec<Sharded>, StreamedDone)> {
         let by_name = |p: Part, vals: &[Sharded]| -> Result<Vec<usize>> {
             // Positions in `values` of a program's leading parameter inputs.
             let names = &self.io[Part::Update as usize].inputs[..self.values];
@@ -748,7 +784,8 @@ pub struct PartReport {
     pub flops: f64,
     pub compile_seconds: f64,
     /// Bytes per device the step holds while this program runs that are not its arguments
-    /// (the other programs' parameters, the optimizer state, buffers kept for the next pass).
+    /// (the other programs' parameters, the optimizer state, buffers kept for the next pass,
+    /// the next micro-batch uploaded ahead).
     pub resident_beside_bytes: i64,
 }
 
@@ -902,6 +939,11 @@ pub fn compile_streamed(
         })
         .map(|(_, b)| b)
         .sum();
+    let prefetched: i64 = all[Part::Embed as usize]
+        .iter()
+        .filter(|(n, _)| n == io::IMAGES || n == io::TOKENS)
+        .map(|(_, b)| b)
+        .sum();
     let (target, topology) = match on {
         CompileOn::Target(t) => (Some(t.clone()), Some(t.topology()?)),
         CompileOn::Client(_) => (None, None),
@@ -913,10 +955,13 @@ pub fn compile_streamed(
             .filter(|(n, _)| !args.iter().any(|(a, _)| a == n))
             .map(|(_, b)| b)
             .sum();
+        // The reader holds the next micro-batch on the devices while a program runs (pass 3's
+        // first during the loss).
         let extra = match pp.part {
-            Part::Backprop => head_grads,
+            Part::Embed => prefetched,
+            Part::Loss => prefetched,
+            Part::Backprop => head_grads + prefetched,
             Part::Update => embeddings,
-            Part::Embed | Part::Loss => 0,
         };
         let t0 = Instant::now();
         let (memory, refused) = match (on, &target, &topology) {
