@@ -5,7 +5,7 @@
 # against the batch, and the step-time bound's examples/s against the smallest batch's.
 #   vitl    clip-vit-l14 (bf16, AdamW, scanned, donated) on h100:8, micro-batches of 8,192;
 #   vitb    vit-b16 on h100:8, micro-batches of 16,384;
-#   basicl  basic-l on tpu-v4:4x8x8 (data=64, model=8), micro-batches of 8,192 (about 12 minutes
+#   basicl  basic-l on tpu-v4:4x8x8 (data=64, model=8), micro-batches of 1,024 (the preset's; about 12 minutes
 #           a point: four programs of three minutes each).
 # SECTIONS="vitl vitb" picks some (default: vitl vitb); BATCHES="..." overrides a section's list.
 # Prints one JSON line per point.
@@ -57,7 +57,7 @@ if has vitb; then
 fi
 
 if has basicl; then
-  for n in ${BATCHES:-1048576}; do
-    point basic-l tpu-v4:4x8x8 data=64,model=8 8192 16384 "$n" --partitioning data_model || true
+  for n in ${BATCHES:-65536 16777216 20971520}; do
+    point basic-l tpu-v4:4x8x8 data=64,model=8 1024 16384 "$n" --partitioning data_model || true
   done
 fi

@@ -576,7 +576,8 @@ const MAX_IMAGE: i64 = 1 << 14;
 const MAX_CHANNELS: i64 = 16;
 const MAX_VOCAB: i64 = 1 << 24;
 const MAX_LENGTH: i64 = 1 << 20;
-const MAX_BATCH: i64 = 1 << 24;
+/// A billion pairs: the streamed step's batch is bounded by its embeddings, not its images.
+const MAX_BATCH: i64 = 1 << 30;
 
 /// `(field, value)` of the first size outside `lo..=hi`.
 fn first_outside(fields: &[(&str, i64, i64, i64)]) -> Option<(String, i64, i64, i64)> {
