@@ -29,7 +29,7 @@ use super::hosts::{rows_held, Hosts};
 use super::init;
 use super::persist;
 use super::setup::StepSetup;
-use super::streamed::{MicroBatch, Part, StreamedProgram, StreamedStep};
+use super::streamed::{MicroBatch, Part, StreamedDone as StepDone, StreamedProgram, StreamedStep};
 use crate::model::ParamSpec;
 
 /// What `basic train` was asked to do.
@@ -386,14 +386,6 @@ impl Runner {
     }
 }
 
-/// What one step reported.
-struct StepDone {
-    loss: f64,
-    grad_norm: f64,
-    learning_rate: f64,
-    temperature: f64,
-}
-
 /// A run in progress: the compiled step, parameters and optimizer state on the devices, the
 /// data of each process acting here, and (as process 0) the run folder's metrics.
 struct Trainer<'a> {
@@ -702,7 +694,8 @@ impl<'a> Trainer<'a> {
             learning_rate: scalars[2],
             temperature: scalars[3],
         };
-        self.finish_step(out, done, &batches)
+        let truncated = batches.iter().map(|b| b.truncated).sum();
+        self.finish_step(out, done, truncated, &batches)
     }
 
     /// The streamed step: each micro-batch read, uploaded and embedded (pass 1); the loss;
@@ -770,25 +763,17 @@ impl<'a> Trainer<'a> {
             }
             Ok(MicroBatch { images, tokens })
         })?;
-        let done = StepDone {
-            loss: done.loss,
-            grad_norm: done.grad_norm,
-            learning_rate: done.learning_rate,
-            temperature: done.temperature,
-        };
-        self.summary.truncated_captions += truncated;
-        for b in &mut last {
-            b.truncated = 0;
-        }
-        self.finish_step(out, done, &last)
+        self.finish_step(out, done, truncated, &last)
     }
 
     /// Keeps the step's new values and records it: the loss (a non-finite one stops the run),
-    /// truncated captions, and the data position after `batches` (the step's last read).
+    /// the `truncated` captions of its reads, and the data position after `batches` (the
+    /// step's last read).
     fn finish_step(
         &mut self,
         out: Vec<Sharded>,
         done: StepDone,
+        truncated: usize,
         batches: &[Batch],
     ) -> Result<StepDone> {
         if !done.loss.is_finite() {
@@ -801,7 +786,7 @@ impl<'a> Trainer<'a> {
         self.values = out;
         self.step += 1;
         self.summary.losses.push((self.step, done.loss));
-        self.summary.truncated_captions += batches.iter().map(|b| b.truncated).sum::<usize>();
+        self.summary.truncated_captions += truncated;
         let parts: Vec<_> = batches.iter().map(|b| b.next.streams.clone()).collect();
         self.position = Position {
             streams: crate::data::stream::merge(&parts),

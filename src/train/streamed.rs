@@ -334,15 +334,19 @@ pub struct PartProgram {
 
 impl PartProgram {
     fn input(&self, name: &str) -> Result<usize> {
-        position(&self.graph.params, name, self.part)
+        position(self.graph.params.iter().map(|(n, _)| n), name, self.part)
     }
     fn output(&self, name: &str) -> Result<usize> {
-        position(&self.graph.outputs, name, self.part)
+        position(self.graph.outputs.iter().map(|(n, _)| n), name, self.part)
     }
 }
 
-fn position<T>(list: &[(String, T)], name: &str, part: Part) -> Result<usize> {
-    list.iter().position(|(n, _)| n == name).ok_or_else(|| {
+fn position<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    name: &str,
+    part: Part,
+) -> Result<usize> {
+    names.into_iter().position(|n| n == name).ok_or_else(|| {
         Error::Program(format!(
             "the streamed step's {} program has no `{name}`",
             part.name()
@@ -421,6 +425,11 @@ impl StreamedProgram {
         devices: Option<Vec<i64>>,
     ) -> Result<StreamedStep> {
         let ctx = layout.context();
+        let embed = self.part(Part::Embed);
+        let embeddings = embed
+            .graph
+            .ty(embed.graph.params[embed.input(io::IMAGE_EMBEDDINGS)?].1)
+            .clone();
         let mut progs = Vec::with_capacity(4);
         let mut io = Vec::with_capacity(4);
         for pp in self.parts {
@@ -435,10 +444,23 @@ impl StreamedProgram {
             )?);
         }
         let np = self.params.len() + self.state.len();
+        // Positions among the values of a program's leading parameter arguments.
+        let leading = |p: Part| -> Vec<usize> {
+            let values = &io[Part::Update as usize].inputs[..np];
+            io[p as usize]
+                .inputs
+                .iter()
+                .map_while(|n| values.iter().position(|v| v == n))
+                .collect()
+        };
+        let (towers, heads) = (leading(Part::Embed), leading(Part::Loss));
         Ok(StreamedStep {
             progs,
             io,
             values: np,
+            towers,
+            heads,
+            embeddings,
             spare: std::sync::Mutex::new(None),
         })
     }
@@ -448,40 +470,42 @@ impl StreamedProgram {
 struct PartIo {
     inputs: Vec<String>,
     outputs: Vec<String>,
-    loss: Option<usize>,
 }
 
 impl PartIo {
+    /// The program's names, checked for those the step looks up.
     fn of(pp: &PartProgram) -> Result<PartIo> {
+        let (ins, outs): (&[&str], &[&str]) = match pp.part {
+            Part::Embed => (
+                &[io::IMAGES, io::TOKENS, io::MICRO, io::IMAGE_EMBEDDINGS],
+                &[],
+            ),
+            Part::Backprop => (&[io::IMAGES, io::TOKENS, io::MICRO], &[]),
+            Part::Loss => (&[], &[io::LOSS]),
+            Part::Update => (&[io::STEP], &[]),
+        };
+        for name in ins {
+            pp.input(name)?;
+        }
+        for name in outs {
+            pp.output(name)?;
+        }
         Ok(PartIo {
             inputs: pp.graph.params.iter().map(|(n, _)| n.clone()).collect(),
             outputs: pp.graph.outputs.iter().map(|(n, _)| n.clone()).collect(),
-            loss: match pp.part {
-                Part::Loss => Some(pp.output(io::LOSS)?),
-                _ => None,
-            },
-        })
-        .and_then(|io| {
-            // Every micro-batch program reads its micro-batch by name.
-            if matches!(pp.part, Part::Embed | Part::Backprop) {
-                pp.input(io::IMAGES)?;
-                pp.input(io::TOKENS)?;
-                pp.input(io::MICRO)?;
-            }
-            Ok(io)
         })
     }
 }
 
 /// One micro-batch on the devices: its images and tokens, uploaded with
-/// [`StreamedStep::upload_images`] and [`StreamedStep::upload_tokens`] (or the callers' own
-/// per-process pieces through [`StreamedStep::micro_program`]).
+/// [`StreamedStep::upload_micro`] (or the callers' own per-process pieces through
+/// [`StreamedStep::micro_program`]).
 pub struct MicroBatch {
     pub images: Sharded,
     pub tokens: Sharded,
 }
 
-/// What one streamed step reports.
+/// What one step reports (the streamed step's, and the trainer's of either step).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamedDone {
     pub loss: f64,
@@ -496,6 +520,12 @@ pub struct StreamedStep {
     io: Vec<PartIo>,
     /// Parameters plus optimizer state.
     values: usize,
+    /// Positions among the values of the towers' parameters (the embed and backprop programs'
+    /// first arguments) and of the loss's (the loss program's).
+    towers: Vec<usize>,
+    heads: Vec<usize>,
+    /// The type of an embedding buffer, `[N/M, M, E]`.
+    embeddings: crate::dtype::TensorType,
     /// Device buffers of the embeddings' shape kept from the last step, for the next pass 1.
     spare: std::sync::Mutex<Option<Vec<Sharded>>>,
 }
@@ -529,15 +559,11 @@ impl StreamedStep {
     }
 
     fn arg_index(&self, p: Part, name: &str) -> Result<usize> {
-        position(
-            &self.io[p as usize]
-                .inputs
-                .iter()
-                .map(|n| (n.clone(), ()))
-                .collect::<Vec<_>>(),
-            name,
-            p,
-        )
+        position(&self.io[p as usize].inputs, name, p)
+    }
+
+    fn arg_out(&self, p: Part, name: &str) -> Result<usize> {
+        position(&self.io[p as usize].outputs, name, p)
     }
 
     /// Uploads a whole micro-batch's images (`[N/M, ...]`) from one host array.
@@ -578,7 +604,7 @@ impl StreamedStep {
                 values.len()
             )));
         }
-        let m = self.micro_count()?;
+        let m = self.embeddings.shape[1] as usize;
         std::thread::scope(|scope| {
             // A rendezvous: the reader hands over micro-batch k + 1 when the step takes it.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<MicroBatch>>(0);
@@ -611,47 +637,30 @@ impl StreamedStep {
         m: usize,
         mut micro: impl FnMut(usize) -> Result<MicroBatch>,
     ) -> Result<(Vec<Sharded>, StreamedDone)> {
-        let by_name = |p: Part, vals: &[Sharded]| -> Result<Vec<usize>> {
-            // Positions in `values` of a program's leading parameter inputs.
-            let names = &self.io[Part::Update as usize].inputs[..self.values];
-            self.io[p as usize]
-                .inputs
-                .iter()
-                .take_while(|n| names.contains(n))
-                .map(|n| {
-                    names
-                        .iter()
-                        .position(|x| x == n)
-                        .filter(|&i| i < vals.len())
-                        .ok_or_else(|| Error::Internal(format!("no value for `{n}`")))
-                })
-                .collect()
-        };
-        let towers = by_name(Part::Embed, &values)?;
-        let heads = by_name(Part::Loss, &values)?;
+        let (towers, heads) = (&self.towers, &self.heads);
         let upload = |p: Part, name: &str, a: &HostArray| -> Result<Sharded> {
             self.program(p).upload(self.arg_index(p, name)?, a)
         };
-        let rng_arg = |p: Part| -> Result<Option<Sharded>> {
-            rng.map(|k| upload(p, io::RNG, &HostArray::new(&[2], &k)?))
-                .transpose()
-        };
-        // Pass 1: every micro-batch's embeddings into the buffers.
-        let mut embs = self.empty_embeddings()?;
-        for k in 0..m {
-            let mb = micro(k)?;
+        // A micro-batch program's leading arguments: the towers, the key, micro-batch k.
+        let micro_args = |p: Part, k: usize, mb: MicroBatch| -> Result<Vec<ShardedArg<'_>>> {
             let mut args: Vec<ShardedArg<'_>> = towers
                 .iter()
                 .map(|&i| ShardedArg::Borrowed(&values[i]))
                 .collect();
-            args.extend(rng_arg(Part::Embed)?.map(ShardedArg::Owned));
+            if let Some(key) = rng {
+                let key = upload(p, io::RNG, &HostArray::new(&[2], &key)?)?;
+                args.push(ShardedArg::Owned(key));
+            }
             args.push(ShardedArg::Owned(mb.images));
             args.push(ShardedArg::Owned(mb.tokens));
-            args.push(ShardedArg::Owned(upload(
-                Part::Embed,
-                io::MICRO,
-                &HostArray::scalar(k as i32),
-            )?));
+            let index = upload(p, io::MICRO, &HostArray::scalar(k as i32))?;
+            args.push(ShardedArg::Owned(index));
+            Ok(args)
+        };
+        // Pass 1: every micro-batch's embeddings into the buffers.
+        let mut embs = self.empty_embeddings()?;
+        for k in 0..m {
+            let mut args = micro_args(Part::Embed, k, micro(k)?)?;
             args.extend(embs.into_iter().map(ShardedArg::Owned));
             embs = self.program(Part::Embed).run_owned(args)?;
         }
@@ -662,7 +671,7 @@ impl StreamedStep {
             .collect();
         args.extend(embs.into_iter().map(ShardedArg::Owned));
         let mut out = self.program(Part::Loss).run_owned(args)?;
-        let loss_at = self.io[Part::Loss as usize].loss.unwrap_or(0);
+        let loss_at = self.arg_out(Part::Loss, io::LOSS)?;
         let loss = out[loss_at].bufs[0].to_host()?.to_f64_vec()[0];
         let loss_names = self.io[Part::Loss as usize].outputs.clone();
         let mut loss_out: Vec<(String, Sharded)> =
@@ -685,19 +694,7 @@ impl StreamedStep {
             .map(|n| take_out(n))
             .collect::<Result<_>>()?;
         for k in 0..m {
-            let mb = micro(k)?;
-            let mut args: Vec<ShardedArg<'_>> = towers
-                .iter()
-                .map(|&i| ShardedArg::Borrowed(&values[i]))
-                .collect();
-            args.extend(rng_arg(Part::Backprop)?.map(ShardedArg::Owned));
-            args.push(ShardedArg::Owned(mb.images));
-            args.push(ShardedArg::Owned(mb.tokens));
-            args.push(ShardedArg::Owned(upload(
-                Part::Backprop,
-                io::MICRO,
-                &HostArray::scalar(k as i32),
-            )?));
+            let mut args = micro_args(Part::Backprop, k, micro(k)?)?;
             args.push(ShardedArg::Borrowed(&d_img));
             args.push(ShardedArg::Borrowed(&d_txt));
             args.extend(acc.into_iter().map(ShardedArg::Owned));
@@ -734,17 +731,6 @@ impl StreamedStep {
         Ok((out, done))
     }
 
-    /// Micro-batches per step (the embedding buffers' second axis).
-    fn micro_count(&self) -> Result<usize> {
-        Ok(self.embedding_type()?.shape[1] as usize)
-    }
-
-    fn embedding_type(&self) -> Result<crate::dtype::TensorType> {
-        let sig = crate::runtime::Signature::from_program(&self.program(Part::Embed).text)?;
-        let i = self.arg_index(Part::Embed, io::IMAGE_EMBEDDINGS)?;
-        Ok(sig.args[i].ty.clone())
-    }
-
     /// Embedding buffers for pass 1: the last step's embedding gradients (pass 1 writes every
     /// row, so what they hold does not matter), or zeros made piece by piece on the first step.
     fn empty_embeddings(&self) -> Result<Vec<Sharded>> {
@@ -752,7 +738,7 @@ impl StreamedStep {
             return Ok(v);
         }
         let p = self.program(Part::Embed);
-        let ty = self.embedding_type()?;
+        let ty = &self.embeddings;
         let i = self.arg_index(Part::Embed, io::IMAGE_EMBEDDINGS)?;
         let spec = p.arg(i)?.clone();
         let mesh = p.mesh().clone();
