@@ -11,20 +11,7 @@ use basic::train::{grad_graph, init, StepOptions};
 use common::{assert_close, check_directional, compile_graph, f64_step, random_batch};
 
 fn tiny() -> ModelConfig {
-    let mut c = ModelConfig::load("tiny").unwrap();
-    // Smaller still for f64 parity runs.
-    if let basic::model::config::ImageConfig::Vit(v) = &mut c.image {
-        v.width = 16;
-        v.mlp = 32;
-        v.heads = 2;
-    }
-    c.text.width = 16;
-    c.text.mlp = 32;
-    c.text.heads = 2;
-    c.text.vocab = 50;
-    c.text.length = 6;
-    c.embed_dim = 8;
-    c
+    common::tiny_for_parity()
 }
 
 fn run_grads(

@@ -16,19 +16,9 @@ use basic::train::streamed::{Part, StreamedDone, StreamedProgram};
 use basic::train::{init, optim, step, Layout, LayoutChoices, StepOptions};
 use common::{cpu_runtime, f64_step, random_batch};
 
+/// The parity model with dropout and stochastic depth.
 fn tiny() -> ModelConfig {
-    let mut c = ModelConfig::load("tiny").unwrap();
-    if let basic::model::config::ImageConfig::Vit(v) = &mut c.image {
-        v.width = 16;
-        v.mlp = 32;
-        v.heads = 2;
-    }
-    c.text.width = 16;
-    c.text.mlp = 32;
-    c.text.heads = 2;
-    c.text.vocab = 50;
-    c.text.length = 6;
-    c.embed_dim = 8;
+    let mut c = common::tiny_for_parity();
     c.train.dropout = 0.1;
     c.train.drop_path = 0.1;
     c

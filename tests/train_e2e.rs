@@ -138,6 +138,40 @@ fn streamed_args<'a>(d: &'a str, r: &'a str, steps: &'a str) -> Vec<&'a str> {
     a
 }
 
+/// Runs `basic args` (a training run into `run`), kills it with SIGKILL once it has logged
+/// `steps` steps, then runs it again with `--resume`, which must succeed.
+fn kill_and_resume(args: Vec<&str>, run: &Path, steps: usize) {
+    let mut child = basic_cmd(&args).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let logged = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if logged >= steps {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training ended before it could be killed: {status}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run logged no {steps} steps within 600 s");
+        }
+        std::thread::yield_now();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut resume = args;
+    resume.push("--resume");
+    let out = basic_cmd(&resume).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn killed_runs_resume_to_the_same_losses() {
     let d = sharded().to_str().unwrap().to_string();
@@ -155,32 +189,7 @@ fn killed_runs_resume_to_the_same_losses() {
     // Killed with SIGKILL once it has logged step 12, then resumed.
     let killed = tmp("killed");
     let k = killed.to_str().unwrap().to_string();
-    let mut child = basic_cmd(&streamed_args(&d, &k, steps))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    loop {
-        let logged = std::fs::read_to_string(killed.join("metrics.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if logged >= 12 {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("training ended before it could be killed: {status}");
-        }
-        std::thread::yield_now();
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let mut resume = streamed_args(&d, &k, steps);
-    resume.push("--resume");
-    let out = basic_cmd(&resume).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kill_and_resume(streamed_args(&d, &k, steps), &killed, 12);
     assert_eq!(losses(&killed), want, "SIGKILL + resume");
 
     // A crash in the middle of the step-15 checkpoint write: the partial file never replaces a
@@ -267,38 +276,7 @@ fn the_streamed_step_trains_as_the_one_program_step_and_resumes_after_sigkill() 
     // same losses, bit for bit.
     let killed = tmp("streamed-killed");
     let k = killed.to_str().unwrap().to_string();
-    let mut child = basic_cmd(&streamed_step_args(&d, &k, steps))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let logged = std::fs::read_to_string(killed.join("metrics.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if logged >= 7 {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("training ended before it could be killed: {status}");
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the streamed run logged no 7 steps within 600 s");
-        }
-        std::thread::yield_now();
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let mut resume = streamed_step_args(&d, &k, steps);
-    resume.push("--resume");
-    let out = basic_cmd(&resume).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kill_and_resume(streamed_step_args(&d, &k, steps), &killed, 7);
     assert_eq!(losses(&killed), want, "SIGKILL + resume, streamed");
 
     // Its checkpoints count micro-batches: the one-program step refuses to resume them.

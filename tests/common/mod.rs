@@ -440,3 +440,20 @@ pub fn run_losses(run: &std::path::Path) -> Vec<(u64, String)> {
         })
         .collect()
 }
+
+/// The tiny preset made smaller still for f64 parity runs.
+pub fn tiny_for_parity() -> basic::model::ModelConfig {
+    let mut c = basic::model::ModelConfig::load("tiny").unwrap();
+    if let basic::model::config::ImageConfig::Vit(v) = &mut c.image {
+        v.width = 16;
+        v.mlp = 32;
+        v.heads = 2;
+    }
+    c.text.width = 16;
+    c.text.mlp = 32;
+    c.text.heads = 2;
+    c.text.vocab = 50;
+    c.text.length = 6;
+    c.embed_dim = 8;
+    c
+}
